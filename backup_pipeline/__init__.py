@@ -1,0 +1,1 @@
+"""Respaldo de información: the Dagster code location that backs up a clinic."""

@@ -1,0 +1,1 @@
+"""The zip the clinic downloads: its layout, names, and streaming assembly."""

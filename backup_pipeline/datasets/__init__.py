@@ -1,0 +1,1 @@
+"""The exported datasets, one module each."""

@@ -1,0 +1,67 @@
+"""What a dataset is: the rows of one workbook, their Spanish columns and types."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pandas as pd
+from sqlalchemy import Connection
+
+from backup_pipeline.resources.storage import ObjectStore
+
+
+class Kind(enum.Enum):
+    TEXT = "text"
+    INTEGER = "integer"
+    DECIMAL = "decimal"  # a measured number (weight, temperature)
+    MONEY = "money"  # two-decimal number format
+    DATE = "date"
+    DATETIME = "datetime"  # stored as naive UTC, shown in the clinic's time zone
+    BOOLEAN = "boolean"  # shown as "Sí" / "No"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the DataFrame column it comes from
+    header: str  # Spanish header the clinic reads
+    kind: Kind = Kind.TEXT
+    width: int | None = None  # characters; None lets the writer choose from the header and kind
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """A small extra sheet (e.g. the anamnesis questions), written after the main rows."""
+
+    title: str
+    columns: tuple[Column, ...]
+    frame: pd.DataFrame
+
+
+@dataclass
+class ExtractContext:
+    connection: Connection
+    subscription_id: int
+    files: ObjectStore  # the platform's files (CFDI XML is read from here)
+    timezone: str
+    chunksize: int = 5_000
+
+
+@dataclass
+class Extraction:
+    """What a dataset yields: its columns (known once the extraction starts) and row chunks."""
+
+    columns: tuple[Column, ...]
+    chunks: Iterator[pd.DataFrame]
+    extra_sheets: list[Sheet] = field(default_factory=list)
+
+
+class Dataset(Protocol):
+    name: str  # code name, e.g. "patients"
+    archive_path: str  # e.g. "pacientes.xlsx" or "facturacion/ingresos/comprobantes_emitidos.xlsx"
+    sheet_title: str  # e.g. "Pacientes"
+    description: str  # one Spanish line for LEEME.txt
+
+    def extract(self, ctx: ExtractContext) -> Extraction: ...

@@ -1,0 +1,1 @@
+"""Adapters to the outside world: the platform database, object storage, mail."""

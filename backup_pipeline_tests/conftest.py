@@ -1,0 +1,5 @@
+"""Shared fixtures: each one starts a real component (see backup_pipeline_tests/support/)."""
+
+pytest_plugins = [
+    "backup_pipeline_tests.support.db",
+]

@@ -1,0 +1,1 @@
+"""Test fixtures that start real components: databases, the GCS emulator, a loopback mail endpoint."""
