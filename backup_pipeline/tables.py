@@ -20,10 +20,18 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+
+def _platform_id() -> Column:
+    # schema.sql says "id BIGINT PRIMARY KEY" without NOT NULL; SQLite takes that literally (its
+    # primary keys admit NULL unless declared NOT NULL), so nullable=True mirrors it exactly there,
+    # while PostgreSQL makes every primary key NOT NULL either way.
+    return Column("id", BigInteger, primary_key=True, autoincrement=False, nullable=True)
+
+
 subscriptions = Table(
     "subscriptions",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("name", Text, nullable=False),
     Column("legal_name", Text),
     Column("rfc", Text),
@@ -35,7 +43,7 @@ subscriptions = Table(
 users = Table(
     "users",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("email", Text, nullable=False),
     Column("full_name", Text, nullable=False),
@@ -48,7 +56,7 @@ users = Table(
 patients = Table(
     "patients",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("first_name", Text, nullable=False),
     Column("last_name", Text),
@@ -81,7 +89,7 @@ patients = Table(
 anamnesis_questions = Table(
     "anamnesis_questions",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("section", Text),
     Column("position", Integer, nullable=False),
@@ -93,7 +101,7 @@ anamnesis_questions = Table(
 anamnesis_answers = Table(
     "anamnesis_answers",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("patient_id", BigInteger, ForeignKey("patients.id"), nullable=False),
     Column("question_id", BigInteger, ForeignKey("anamnesis_questions.id"), nullable=False),
@@ -104,7 +112,7 @@ anamnesis_answers = Table(
 consultations = Table(
     "consultations",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("patient_id", BigInteger, ForeignKey("patients.id"), nullable=False),
     Column("practitioner_user_id", BigInteger, ForeignKey("users.id")),
@@ -131,7 +139,7 @@ consultations = Table(
 dental_treatments = Table(
     "dental_treatments",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("patient_id", BigInteger, ForeignKey("patients.id"), nullable=False),
     Column("consultation_id", BigInteger, ForeignKey("consultations.id")),
@@ -152,7 +160,7 @@ dental_treatments = Table(
 vaccinations = Table(
     "vaccinations",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("patient_id", BigInteger, ForeignKey("patients.id"), nullable=False),
     Column("vaccine", Text, nullable=False),
@@ -171,7 +179,7 @@ vaccinations = Table(
 attachments = Table(
     "attachments",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("patient_id", BigInteger, ForeignKey("patients.id"), nullable=False),
     Column("storage_key", Text, nullable=False),
@@ -186,7 +194,7 @@ attachments = Table(
 cfdi_documents = Table(
     "cfdi_documents",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("direction", Text, nullable=False),
     Column("uuid", Text, nullable=False),
@@ -202,7 +210,7 @@ cfdi_documents = Table(
 backup_requests = Table(
     "backup_requests",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    _platform_id(),
     Column("subscription_id", BigInteger, ForeignKey("subscriptions.id"), nullable=False),
     Column("requested_by_user_id", BigInteger, ForeignKey("users.id"), nullable=False),
     Column("requested_at", TIMESTAMP, nullable=False),
@@ -229,7 +237,9 @@ Index("ix_consultations_subscription", consultations.c.subscription_id)
 Index("ix_dental_treatments_subscription", dental_treatments.c.subscription_id)
 Index("ix_vaccinations_subscription", vaccinations.c.subscription_id)
 Index("ix_attachments_subscription", attachments.c.subscription_id, attachments.c.patient_id)
-Index("ix_cfdi_documents_subscription", cfdi_documents.c.subscription_id, cfdi_documents.c.direction)
+Index(
+    "ix_cfdi_documents_subscription", cfdi_documents.c.subscription_id, cfdi_documents.c.direction
+)
 Index("ix_backup_requests_status", backup_requests.c.status, backup_requests.c.requested_at)
 Index(
     "ix_backup_requests_subscription",
@@ -261,4 +271,17 @@ backup_alerts = Table(
     Column("sent_at", TIMESTAMP, nullable=False),
 )
 
-OUR_TABLES = (backup_quota_windows, backup_alerts)
+
+backup_request_reviews = Table(
+    "backup_request_reviews",
+    metadata,
+    # The sensor's decision on each request, so that a request accepted and waiting in the run
+    # queue (still 'pending' in backup_requests) is not reviewed again on every tick.
+    Column("request_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision", Text, nullable=False),  # 'accepted' | 'rejected'
+    Column("reason_code", Text),
+    Column("run_key", Text),
+    Column("reviewed_at", TIMESTAMP, nullable=False),
+)
+
+OUR_TABLES = (backup_quota_windows, backup_alerts, backup_request_reviews)

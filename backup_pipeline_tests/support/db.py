@@ -21,7 +21,9 @@ def postgres_admin_url() -> str | None:
         return url
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{REQUIRE_ENV}=1 but {POSTGRES_ENV} is not set")
-    pytest.skip(f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/test)")
+    pytest.skip(
+        f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/test)"
+    )
     return None
 
 
