@@ -1,0 +1,85 @@
+"""Small records about the archive's entries, passed between ops as JSON-safe dicts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Self
+
+KIND_ATTACHMENT = "adjunto"
+KIND_CFDI_XML = "cfdi_xml"
+KIND_CFDI_PDF = "cfdi_pdf"
+FILE_KINDS = (KIND_ATTACHMENT, KIND_CFDI_XML, KIND_CFDI_PDF)
+
+
+class _Serialisable:
+    """to_dict/from_dict for flat dataclasses of JSON scalars; from_dict ignores unknown keys
+    so that a manifest written by a newer version still loads."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class StagedEntry(_Serialisable):
+    """A file an op already produced (a workbook, a long text) and staged in the archives store."""
+
+    archive_path: str
+    staging_key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PlannedFile(_Serialisable):
+    """A platform file (attachment, CFDI XML or PDF) to copy into the archive."""
+
+    archive_path: str
+    source_key: str
+    kind: str  # one of FILE_KINDS
+    record_id: int  # attachments.id or cfdi_documents.id
+    patient_id: int | None
+    expected_size: int | None = None
+    expected_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class MissingFile(_Serialisable):
+    """A planned file that could not be copied; reason is Spanish, the clinic reads it."""
+
+    archive_path: str
+    kind: str
+    record_id: int
+    patient_id: int | None
+    reason: str
+
+
+@dataclass
+class ArchiveResult:
+    """What assembling the zip produced."""
+
+    key: str
+    size: int
+    sha256: str
+    entries: int  # zip entries, LEEME.txt and SHA256SUMS included
+    files_copied: int  # planned files that made it into the zip
+    file_bytes: int  # their uncompressed bytes
+    missing: list[MissingFile] = field(default_factory=list)
+    # Files copied whose size or sha256 differs from the platform's record (still included).
+    checksum_mismatches: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["missing"] = [m.to_dict() for m in self.missing]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchiveResult:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["missing"] = [MissingFile.from_dict(m) for m in data.get("missing", [])]
+        return cls(**values)
