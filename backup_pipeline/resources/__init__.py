@@ -1,1 +1,51 @@
-"""Adapters to the outside world: the platform database, object storage, mail."""
+"""Adapters to the outside world, and the one place that builds them from the environment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from backup_pipeline.resources.mailer import MailerResource
+from backup_pipeline.resources.platform_db import PlatformDatabaseResource
+from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.settings import MAX_LINK_TTL, Settings
+
+
+class BackupPolicyResource(dg.ConfigurableResource):
+    """How long links live, when a request counts as late, how long partitions are kept."""
+
+    link_ttl_hours: float = 72.0
+    late_after_hours: float = 24.0
+    partition_retention_days: float = 90.0
+
+    @property
+    def link_ttl(self) -> timedelta:
+        return min(timedelta(hours=self.link_ttl_hours), MAX_LINK_TTL)
+
+    @property
+    def late_after(self) -> timedelta:
+        return timedelta(hours=self.late_after_hours)
+
+    @property
+    def partition_retention(self) -> timedelta:
+        return timedelta(days=self.partition_retention_days)
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the code location uses, chosen by URL (file://, gs://, sendgrid://)."""
+    return {
+        "platform_db": PlatformDatabaseResource(url=settings.platform_db_url),
+        "files": ObjectStoreResource(url=settings.files_url),
+        "archives": ObjectStoreResource(url=settings.archives_url),
+        "mailer": MailerResource(
+            url=settings.mail_url,
+            from_email=settings.from_email,
+            support_email=settings.support_email,
+        ),
+        "policy": BackupPolicyResource(
+            link_ttl_hours=settings.link_ttl.total_seconds() / 3600,
+            late_after_hours=settings.late_after.total_seconds() / 3600,
+            partition_retention_days=settings.partition_retention.total_seconds() / 86400,
+        ),
+    }

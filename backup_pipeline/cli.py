@@ -1,0 +1,206 @@
+"""`backup-pipeline`: set up a development platform, file requests, and run backups by hand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from backup_pipeline.settings import Settings
+
+
+def _ensure_dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to ./var/dagster_home, so runs show in `dagster dev` afterwards."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path("var/dagster_home").resolve())
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = home / "dagster.yaml"
+    packaged = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    if not config.exists() and packaged.exists():
+        config.write_text(packaged.read_text(encoding="utf-8"), encoding="utf-8")
+    return home
+
+
+def _engine(settings: Settings):
+    from backup_pipeline.resources.platform_db import engine_for
+
+    return engine_for(settings.platform_db_url)
+
+
+def _ensure_local_dirs(settings: Settings) -> None:
+    for url in (settings.platform_db_url,):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.resources.platform_db import create_schema
+
+    _ensure_local_dirs(settings)
+    create_schema(_engine(settings))
+    print("Schema created (platform tables and backup_* tables).")
+    return 0
+
+
+def _next_subscription_id(settings: Settings) -> int:
+    from backup_pipeline import tables
+
+    with _engine(settings).connect() as conn:
+        current = conn.execute(select(func.max(tables.subscriptions.c.id))).scalar()
+    return (current or 0) + 1
+
+
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.resources.platform_db import create_schema
+    from backup_pipeline.resources.storage import open_store
+    from backup_pipeline.synthetic import seed_platform
+
+    _ensure_local_dirs(settings)
+    engine = _engine(settings)
+    create_schema(engine)
+    summary = seed_platform(
+        engine,
+        open_store(settings.files_url),
+        profile=args.profile,
+        patients=args.patients,
+        subscriptions=args.subscriptions,
+        seed=args.seed,
+        first_subscription_id=args.first_subscription_id or _next_subscription_id(settings),
+    )
+    for sid in summary.subscription_ids:
+        users = summary.user_ids.get(sid, [])
+        print(f"subscription {sid}: authorised user ids {users}")
+    for table, count in summary.counts.items():
+        print(f"  {table}: {count}")
+    print(f"  file bytes: {summary.file_bytes}")
+    return 0
+
+
+def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.synthetic import file_backup_request
+
+    request_id = file_backup_request(
+        _engine(settings), subscription_id=args.subscription, user_id=args.user
+    )
+    print(f"Filed backup request {request_id} (pending).")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import process_pending
+
+    _ensure_dagster_home()
+    outcome = process_pending(limit=args.limit)
+    print(outcome.summary())
+    return 0 if outcome.ok else 1
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import run_request
+
+    _ensure_dagster_home()
+    outcome = run_request(args.request_id)
+    print(outcome.summary())
+    return 0 if outcome.ok else 1
+
+
+def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import LinkUnavailable, resend_link
+
+    try:
+        resent = resend_link(args.request_id)
+    except LinkUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"New link sent for request {args.request_id}; it expires at {resent:%Y-%m-%d %H:%M} UTC."
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.archive.verify import verify_zip
+
+    report = verify_zip(Path(args.zip))
+    for problem in report.problems:
+        print(f"MISMATCH: {problem}")
+    if report.ok:
+        print(f"OK: {args.zip} is intact and every entry matches SHA256SUMS.")
+        return 0
+    return 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import demo
+
+    _ensure_local_dirs(settings)
+    _ensure_dagster_home()
+    result = demo(settings)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-pipeline",
+        description="Respaldo de información: clinic backups as a Dagster code location.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("init-db", help="create the schema in an empty database (dev and tests)")
+
+    seed = sub.add_parser(
+        "seed", help="fill the platform database and files with synthetic clinics"
+    )
+    seed.add_argument("--profile", default="small", choices=["small", "medium", "large"])
+    seed.add_argument("--patients", type=int, default=None, help="scale everything to N patients")
+    seed.add_argument("--subscriptions", type=int, default=1)
+    seed.add_argument("--seed", type=int, default=0)
+    seed.add_argument("--first-subscription-id", type=int, default=None)
+
+    request = sub.add_parser("request", help="file a pending backup request as the platform would")
+    request.add_argument("--subscription", type=int, required=True)
+    request.add_argument("--user", type=int, required=True)
+
+    process = sub.add_parser(
+        "process", help="one evaluation of the request sensor, then run what it asked for"
+    )
+    process.add_argument("--limit", type=int, default=None)
+
+    run = sub.add_parser("run", help="run (or re-run) the backup of one request")
+    run.add_argument("request_id", type=int)
+
+    resend = sub.add_parser("resend-link", help="a fresh link and email while the archive exists")
+    resend.add_argument("request_id", type=int)
+
+    verify = sub.add_parser("verify", help="check a backup zip against its SHA256SUMS")
+    verify.add_argument("zip")
+
+    sub.add_parser("demo", help="seed a small clinic, request and deliver its backup locally")
+    return parser
+
+
+COMMANDS = {
+    "init-db": cmd_init_db,
+    "seed": cmd_seed,
+    "request": cmd_request,
+    "process": cmd_process,
+    "run": cmd_run,
+    "resend-link": cmd_resend_link,
+    "verify": cmd_verify,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What happens when a backup fails for good: the request is marked, support and the requester told."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine
+
+from backup_pipeline import mail
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.mailer import MailerResource, MailError
+
+log = logging.getLogger(__name__)
+
+
+def failure_reason(step: str | None, error_class: str | None) -> str:
+    """A status_detail in Spanish built only from the step and the error's class: never its text,
+    which may quote SQL parameters or file names (patient data)."""
+    where = f" en el paso «{step}»" if step else ""
+    what = f" ({error_class})" if error_class else ""
+    return (
+        f"No se pudo generar el respaldo: ocurrió un error{where}{what}. "
+        "Este intento no cuenta para el límite de respaldos; el equipo de soporte ya fue avisado."
+    )
+
+
+def fail_request(
+    engine: Engine,
+    mailer: MailerResource,
+    *,
+    request_id: int,
+    run_id: str | None,
+    step: str | None,
+    error_class: str | None,
+) -> bool:
+    """Mark an open request failed and tell support and the requester, once.
+
+    Returns False (and sends nothing) when the request was not open: already failed and told,
+    or delivered by another run.
+    """
+    reason = failure_reason(step, error_class)
+    with engine.begin() as conn:
+        if not db.mark_failed(conn, request_id, reason=reason, run_id=run_id):
+            return False
+        request = db.get_request(conn, request_id)
+        assert request is not None
+        subscription = db.get_subscription(conn, request.subscription_id)
+        requester = db.get_requester(conn, request.requested_by_user_id)
+    sender = mailer.get_mailer()
+    emails = [
+        mail.failure_alert_to_support(
+            support_email=mailer.support_email,
+            from_email=mailer.from_email,
+            request_id=request_id,
+            subscription_id=request.subscription_id,
+            run_id=run_id,
+            reason=f"step={step or '?'} error={error_class or '?'}",
+        )
+    ]
+    if requester is not None and subscription is not None:
+        emails.append(
+            mail.failed_email_to_requester(
+                to=requester.email,
+                clinic_name=subscription.name,
+                support_email=mailer.support_email,
+                from_email=mailer.from_email,
+                request_id=request_id,
+            )
+        )
+    for email in emails:
+        try:
+            sender.send(email)
+        except MailError as exc:
+            # The request is already failed and visible to support in the UI; a lost notice must
+            # not turn into a retry loop of the whole failure handling.
+            log.warning(
+                "could not send failure notice %s for request %s: %s",
+                email.key,
+                request_id,
+                type(exc).__name__,
+            )
+    return True

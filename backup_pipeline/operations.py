@@ -1,0 +1,240 @@
+"""Runs started by hand (the CLI): process pending requests, re-run one, re-send a link, the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import dagster as dg
+
+from backup_pipeline import mail
+from backup_pipeline.failures import fail_request
+from backup_pipeline.intake import review_pending
+from backup_pipeline.jobs import backup_job, backup_partitions, send_or_fail
+from backup_pipeline.resources import build_resources
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.sensors import SENSOR_BATCH, run_tags
+from backup_pipeline.settings import Settings
+from backup_pipeline.spanish import to_clinic_time
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    request_id: int
+    run_id: str
+    success: bool
+    request_status: str | None
+
+
+@dataclass
+class ProcessOutcome:
+    runs: list[RunOutcome] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(run.success for run in self.runs)
+
+    def summary(self) -> str:
+        lines = [f"{len(self.runs)} run(s); rejected: {self.rejected or 'none'}"]
+        lines += [
+            f"  request {r.request_id}: run {r.run_id} "
+            f"{'succeeded' if r.success else 'FAILED'} -> {r.request_status}"
+            for r in self.runs
+        ]
+        return "\n".join(lines)
+
+
+def execute_request(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    request_id: int,
+    subscription_id: int,
+) -> RunOutcome:
+    """Run the backup job for one request in this process, recorded on `instance`."""
+    key = str(request_id)
+    if not instance.has_dynamic_partition(backup_partitions.name, key):
+        instance.add_dynamic_partitions(backup_partitions.name, [key])
+    result = backup_job.execute_in_process(
+        instance=instance,
+        partition_key=key,
+        tags=run_tags(request_id, subscription_id),
+        resources=resources,
+        raise_on_error=False,
+    )
+    engine = resources["platform_db"].get_engine()
+    if not result.success:
+        # No daemon watches an in-process run: do what the run-failure sensor would.
+        failures = result.get_step_failure_events()
+        step = failures[0].step_key if failures else None
+        error = failures[0].event_specific_data.error if failures else None
+        fail_request(
+            engine,
+            resources["mailer"],
+            request_id=request_id,
+            run_id=result.run_id,
+            step=step,
+            error_class=error.cls_name if error else None,
+        )
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    return RunOutcome(
+        request_id, result.run_id, result.success, request.status if request else None
+    )
+
+
+def process_pending(limit: int | None = None, settings: Settings | None = None) -> ProcessOutcome:
+    """One evaluation of the request sensor's logic, then each run it asked for, in this process."""
+    resources = build_resources(settings or Settings.from_env())
+    instance = dg.DagsterInstance.get()
+    intake = review_pending(resources["platform_db"].get_engine(), limit=limit or SENSOR_BATCH)
+    outcome = ProcessOutcome(rejected=dict(intake.rejected))
+    for accepted in intake.accepted:
+        outcome.runs.append(
+            execute_request(instance, resources, accepted.id, accepted.subscription_id)
+        )
+    return outcome
+
+
+def run_request(request_id: int, settings: Settings | None = None) -> ProcessOutcome:
+    """Run (or re-run, for support) the backup of one request, whatever the sensor decided."""
+    resources = build_resources(settings or Settings.from_env())
+    with resources["platform_db"].get_engine().connect() as conn:
+        request = db.get_request(conn, request_id)
+    if request is None:
+        raise SystemExit(f"error: backup request {request_id} does not exist")
+    instance = dg.DagsterInstance.get()
+    return ProcessOutcome(
+        runs=[execute_request(instance, resources, request_id, request.subscription_id)]
+    )
+
+
+class LinkUnavailable(Exception):
+    """The archive is gone or was never made: no new link can be given."""
+
+
+def resend_link(request_id: int, settings: Settings | None = None) -> datetime:
+    """A fresh signed link and email for a delivered request whose archive still exists.
+
+    Uses no quota: the request's status and counts are unchanged. Returns the new expiry (UTC).
+    """
+    resources = build_resources(settings or Settings.from_env())
+    engine = resources["platform_db"].get_engine()
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+        if request is None:
+            raise LinkUnavailable(f"backup request {request_id} does not exist")
+        subscription = db.get_subscription(conn, request.subscription_id)
+        requester = db.get_requester(conn, request.requested_by_user_id)
+    if request.status != "delivered" or not request.archive_key:
+        raise LinkUnavailable(
+            f"request {request_id} is {request.status}: only a delivered request whose archive "
+            "still exists can get a new link (an expired one needs a new backup request)"
+        )
+    store = resources["archives"].get_store()
+    if not store.exists(request.archive_key):
+        raise LinkUnavailable(f"the archive of request {request_id} no longer exists")
+    if subscription is None or requester is None:
+        raise LinkUnavailable(f"request {request_id}: subscription or requester row is gone")
+    policy, mailer = resources["policy"], resources["mailer"]
+    expires_at = db.utcnow() + policy.link_ttl
+    download_name = request.archive_key.rsplit("/", 1)[-1]
+    link = store.signed_url(request.archive_key, policy.link_ttl, download_name)
+    email = mail.delivered_email(
+        to=requester.email,
+        clinic_name=subscription.name,
+        link=link,
+        expires_at_local=to_clinic_time(expires_at, subscription.timezone),
+        timezone_label=subscription.timezone,
+        size_bytes=request.archive_size_bytes or 0,
+        sha256=request.archive_sha256 or "",
+        contents=[],
+        support_email=mailer.support_email,
+        from_email=mailer.from_email,
+        request_id=request_id,
+    )
+    message_id = send_or_fail(mailer, email)
+    with engine.begin() as conn:
+        db.record_archive(
+            conn,
+            request_id,
+            archive_key=request.archive_key,
+            size=request.archive_size_bytes or 0,
+            sha256=request.archive_sha256 or "",
+            link_expires_at=expires_at,
+        )
+        db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id=message_id)
+    return expires_at
+
+
+@dataclass
+class DemoResult:
+    outcome: ProcessOutcome
+    archive_path: str | None
+    link: str | None
+    eml_path: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok and bool(self.outcome.runs) and self.archive_path is not None
+
+    def summary(self) -> str:
+        return "\n".join(
+            [
+                self.outcome.summary(),
+                f"archive: {self.archive_path}",
+                f"link:    {self.link}",
+                f"email:   {self.eml_path}",
+            ]
+        )
+
+
+def _local_path(url: str, key: str | None = None) -> Path | None:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    root = Path(unquote(parsed.path))
+    return root / key if key else root
+
+
+def demo(settings: Settings | None = None) -> DemoResult:
+    """Seed a small clinic, file a request as its owner, process it; everything under ./var."""
+    from sqlalchemy import func, select
+
+    from backup_pipeline import tables
+    from backup_pipeline.resources.platform_db import create_schema, engine_for
+    from backup_pipeline.resources.storage import open_store
+    from backup_pipeline.synthetic import file_backup_request, seed_platform
+
+    settings = settings or Settings.from_env()
+    engine = engine_for(settings.platform_db_url)
+    create_schema(engine)
+    with engine.connect() as conn:
+        first_id = (conn.execute(select(func.max(tables.subscriptions.c.id))).scalar() or 0) + 1
+    summary = seed_platform(
+        engine, open_store(settings.files_url), profile="small", first_subscription_id=first_id
+    )
+    subscription_id = summary.subscription_ids[0]
+    request_id = file_backup_request(
+        engine, subscription_id=subscription_id, user_id=summary.user_ids[subscription_id][0]
+    )
+    outcome = process_pending(settings=settings)
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    archive_path = link = eml_path = None
+    if request is not None and request.archive_key:
+        local = _local_path(settings.archives_url, request.archive_key)
+        archive_path = str(local) if local else f"{settings.archives_url}/{request.archive_key}"
+        store = open_store(settings.archives_url)
+        link = store.signed_url(
+            request.archive_key,
+            build_resources(settings)["policy"].link_ttl,
+            request.archive_key.rsplit("/", 1)[-1],
+        )
+    outbox = _local_path(settings.mail_url)
+    if outbox is not None and outbox.exists():
+        emls = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+        eml_path = str(emls[-1]) if emls else None
+    return DemoResult(outcome, archive_path, link, eml_path)
