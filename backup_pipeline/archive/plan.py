@@ -1,0 +1,154 @@
+"""The plan of platform files to copy into the archive: attachments and CFDI XML/PDF, safely named."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
+
+from backup_pipeline.archive.entries import (
+    KIND_ATTACHMENT,
+    KIND_CFDI_PDF,
+    KIND_CFDI_XML,
+    PlannedFile,
+)
+from backup_pipeline.archive.names import UniqueNames, patient_folder
+from backup_pipeline.cfdi import cfdi_archive_paths
+from backup_pipeline.tables import attachments, cfdi_documents, patients
+
+# Each component may hold 255 bytes, but Windows Explorer cannot extract a path longer than
+# 260 characters: these keep "adjuntos/<folder>/<file>" within that for almost every upload.
+PATIENT_FOLDER_MAX_BYTES = 100
+FILE_NAME_MAX_BYTES = 150
+ATTACHMENT_FALLBACK = "archivo"
+
+_ROWS_PER_FETCH = 1_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def plan_files(connection: Connection, subscription_id: int) -> Iterator[PlannedFile]:
+    """Every file of the subscription's backup, attachments first (by patient, upload time,
+    id), then CFDI XML and PDF (by direction, id). Streams: rows are fetched in batches
+    through a server-side cursor where the database has one."""
+    yield from _attachments(connection, subscription_id)
+    yield from _cfdi_files(connection, subscription_id)
+
+
+def _attachments(connection: Connection, subscription_id: int) -> Iterator[PlannedFile]:
+    query = (
+        select(
+            attachments.c.id,
+            attachments.c.patient_id,
+            attachments.c.storage_key,
+            attachments.c.file_name,
+            attachments.c.size_bytes,
+            attachments.c.sha256,
+            patients.c.last_name,
+            patients.c.second_last_name,
+            patients.c.first_name,
+        )
+        .select_from(
+            attachments.join(
+                patients,
+                and_(
+                    patients.c.id == attachments.c.patient_id,
+                    # A patient of another subscription would leak its name into this backup.
+                    patients.c.subscription_id == subscription_id,
+                    patients.c.deleted_at.is_(None),
+                ),
+            )
+        )
+        .where(
+            attachments.c.subscription_id == subscription_id,
+            attachments.c.deleted_at.is_(None),
+        )
+        .order_by(attachments.c.patient_id, attachments.c.uploaded_at, attachments.c.id)
+        .execution_options(yield_per=_ROWS_PER_FETCH)
+    )
+    current_patient: int | None = None
+    folder = ""
+    names = UniqueNames(max_bytes=FILE_NAME_MAX_BYTES)
+    for row in connection.execute(query):
+        if row.patient_id != current_patient:
+            # Rows come grouped by patient, so each folder's names can be forgotten after it.
+            current_patient = row.patient_id
+            folder = patient_folder(
+                row.last_name,
+                row.second_last_name,
+                row.first_name,
+                row.patient_id,
+                max_bytes=PATIENT_FOLDER_MAX_BYTES,
+            )
+            names = UniqueNames(max_bytes=FILE_NAME_MAX_BYTES)
+        yield PlannedFile(
+            archive_path=names.path(folder, row.file_name or "", fallback=ATTACHMENT_FALLBACK),
+            source_key=row.storage_key,
+            kind=KIND_ATTACHMENT,
+            record_id=int(row.id),
+            patient_id=int(row.patient_id),
+            expected_size=_size(row.size_bytes),
+            expected_sha256=_sha256(row.sha256),
+        )
+
+
+def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[PlannedFile]:
+    query = (
+        select(
+            cfdi_documents.c.id,
+            cfdi_documents.c.direction,
+            cfdi_documents.c.uuid,
+            cfdi_documents.c.xml_storage_key,
+            cfdi_documents.c.pdf_storage_key,
+            cfdi_documents.c.patient_id,
+        )
+        .where(
+            cfdi_documents.c.subscription_id == subscription_id,
+            cfdi_documents.c.direction.in_(("issued", "received")),
+        )
+        .order_by(cfdi_documents.c.direction, cfdi_documents.c.id)
+        .execution_options(yield_per=_ROWS_PER_FETCH)
+    )
+    yield from cfdi_planned_files(connection.execute(query))
+
+
+def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
+    """The XML (and PDF) of each cfdi_documents row, named by backup_pipeline.cfdi.
+
+    The platform may hold one UUID twice (a received invoice uploaded twice): the second
+    copy becomes '<UUID> (2).xml' and its PDF '<UUID> (2).pdf', so both survive and stay paired.
+    """
+    names = UniqueNames()
+    for row in rows:
+        has_pdf = bool(row.pdf_storage_key)
+        xml_path, pdf_path = cfdi_archive_paths(row.direction, row.uuid, row.id, has_pdf)
+        xml_folder, xml_name = xml_path.rsplit("/", 1)
+        unique_xml = names.path(xml_folder, xml_name, fallback=f"sin_uuid_{int(row.id)}.xml")
+        patient_id = int(row.patient_id) if row.patient_id is not None else None
+        yield PlannedFile(
+            archive_path=unique_xml,
+            source_key=row.xml_storage_key,
+            kind=KIND_CFDI_XML,
+            record_id=int(row.id),
+            patient_id=patient_id,
+        )
+        if pdf_path is not None:
+            pdf_folder = pdf_path.rsplit("/", 1)[0]
+            stem = unique_xml.rsplit("/", 1)[1].removesuffix(".xml")
+            yield PlannedFile(
+                archive_path=names.path(pdf_folder, f"{stem}.pdf", fallback=f"{stem}.pdf"),
+                source_key=row.pdf_storage_key,
+                kind=KIND_CFDI_PDF,
+                record_id=int(row.id),
+                patient_id=patient_id,
+            )
+
+
+def _size(value: Any) -> int | None:
+    return int(value) if value is not None and int(value) >= 0 else None
+
+
+def _sha256(value: Any) -> str | None:
+    text = str(value).strip().lower() if value else ""
+    return text if _SHA256.fullmatch(text) else None
