@@ -1,0 +1,137 @@
+"""Whether a pending backup request may run, and if not, why in words the clinic understands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from backup_pipeline import quota
+from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+
+OPEN_STATUSES: frozenset[str] = frozenset({"pending", "running"})
+
+REQUESTER_NOT_IN_SUBSCRIPTION = "requester_not_in_subscription"
+SUBSCRIPTION_INACTIVE = "subscription_inactive"
+REQUESTER_INACTIVE = "requester_inactive"
+REQUESTER_NOT_AUTHORIZED = "requester_not_authorized"
+BACKUP_IN_PROGRESS = "backup_in_progress"
+QUOTA_EXCEEDED = "quota_exceeded"
+
+
+@dataclass(frozen=True)
+class RequestUnderReview:
+    id: int
+    subscription_id: int
+    requested_by_user_id: int
+    requested_at: datetime  # naive UTC
+
+
+@dataclass(frozen=True)
+class Requester:
+    id: int
+    subscription_id: int
+    is_active: bool
+    can_request_backup: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    reason_code: str | None  # one of the constants above; None when accepted
+    status_detail: str | None  # Spanish, for the clinic; None when accepted
+
+
+ACCEPTED = Decision(accepted=True, reason_code=None, status_detail=None)
+
+
+def _rejected(reason_code: str, status_detail: str) -> Decision:
+    return Decision(accepted=False, reason_code=reason_code, status_detail=status_detail)
+
+
+def review_request(
+    request: RequestUnderReview,
+    *,
+    requester: Requester | None,
+    subscription_status: str | None,
+    timezone: str | None,
+    history: Sequence[quota.PastRequest],
+    other_open: Sequence[tuple[int, str]],
+) -> Decision:
+    """Decide a pending request; the first failing check gives the reason.
+
+    - `requester`: the user in `requested_by_user_id`, or None when no such user exists.
+    - `subscription_status`: `subscriptions.status`, or None when the subscription is missing.
+    - `timezone`: `subscriptions.timezone`, used to show the next allowed date.
+    - `history`: this subscription's OTHER requests, every status (the quota picks what counts).
+    - `other_open`: (id, status) of the same rows as `history`; rows neither pending nor running
+      and the request's own id are ignored, so one query may feed both arguments.
+    """
+    if requester is not None and requester.id != request.requested_by_user_id:
+        raise ValueError(f"requester {requester.id} is not the user who made request {request.id}")
+    if requester is None or requester.subscription_id != request.subscription_id:
+        return _rejected(
+            REQUESTER_NOT_IN_SUBSCRIPTION,
+            "El usuario que solicitó el respaldo no pertenece a esta suscripción.",
+        )
+    if subscription_status != "active":
+        return _rejected(
+            SUBSCRIPTION_INACTIVE,
+            "La suscripción no está activa, por lo que no es posible generar el respaldo de "
+            "información. Si tienes dudas, comunícate con el equipo de soporte.",
+        )
+    if not requester.is_active:
+        return _rejected(
+            REQUESTER_INACTIVE, "El usuario que solicitó el respaldo está desactivado."
+        )
+    if not requester.can_request_backup:
+        return _rejected(
+            REQUESTER_NOT_AUTHORIZED,
+            "El usuario no tiene autorización para solicitar respaldos de información. "
+            "Un administrador de la cuenta puede otorgarla.",
+        )
+    # Checked before the quota: of a double click, the oldest request (lowest id) makes the one
+    # backup and the others say so, rather than blaming a quota the clinic has not used up.
+    # A running request always wins, whatever its id: its backup is already being made.
+    if any(_wins_over(request.id, other_id, status) for other_id, status in other_open):
+        return _rejected(
+            BACKUP_IN_PROGRESS,
+            "Ya hay un respaldo en proceso para esta suscripción; recibirás un solo correo "
+            "cuando esté listo.",
+        )
+    # Past the check above, every open request left is a newer pending one (an older or a running
+    # one would have been a double click). It must not use up this request's turn, even when it
+    # carries the very same requested_at: a double click within the clock's resolution.
+    # Later requests are left out here too (quota.is_allowed ignores them) so that the date
+    # shown comes from the same requests that decided the rejection.
+    earlier = [
+        r
+        for r in history
+        if r.status not in OPEN_STATUSES and r.requested_at <= request.requested_at
+    ]
+    if not quota.is_allowed(request.requested_at, earlier):
+        allowed_from = quota.next_allowed_at(earlier)
+        assert allowed_from is not None  # a rejection implies an earlier counted request
+        return _rejected(QUOTA_EXCEEDED, _quota_detail(allowed_from, timezone))
+    return ACCEPTED
+
+
+def _wins_over(request_id: int, other_id: int, other_status: str) -> bool:
+    if other_id == request_id or other_status not in OPEN_STATUSES:
+        return False
+    return other_status == "running" or other_id < request_id
+
+
+def _quota_detail(allowed_from: datetime, timezone: str | None) -> str:
+    local = _ceil_to_minute(to_clinic_time(allowed_from, timezone))
+    return (
+        f"Ya se alcanzó el límite de respaldos: se permiten {quota.MAX_IN_WINDOW} en "
+        f"{quota.WINDOW.days} días, con al menos {quota.MIN_GAP.days} días entre uno y otro. "
+        f"Podrás solicitar el siguiente a partir del {spanish_datetime(local)} (hora local)."
+    )
+
+
+def _ceil_to_minute(moment: datetime) -> datetime:
+    # The text shows minutes; rounding down would name a minute at which a request still fails.
+    truncated = moment.replace(second=0, microsecond=0)
+    return truncated if truncated == moment else truncated + timedelta(minutes=1)
