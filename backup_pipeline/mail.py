@@ -1,0 +1,451 @@
+"""What the emails say: the clinic's Spanish messages and support's alerts, as plain text and HTML."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from backup_pipeline.spanish import spanish_datetime
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    to: str
+    subject: str
+    text: str
+    html: str
+    from_email: str
+    reply_to: str | None = None
+    # Our own stable id for this message (e.g. "backup-42-delivered"): the outbox names its file
+    # after it and SendGrid carries it as a custom arg, so one logical email is recognisable.
+    key: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers in Spanish
+# ---------------------------------------------------------------------------------------------
+
+# Grouped with a no-break space, as the RAE and the SI recommend: a comma or a point would read as
+# a decimal mark to half of our readers (Mexico writes 12,345.6; the brief's sizes use 12,3).
+_GROUP = "\u00a0"
+_UNITS = ("KB", "MB", "GB", "TB")
+
+
+def spanish_count(n: int) -> str:
+    """1234 -> "1234", 12345 -> "12 345" (no-break space; four-digit numbers stay whole, per the RAE)."""
+    digits = str(abs(n))
+    if len(digits) > 4:
+        groups = []
+        while digits:
+            groups.insert(0, digits[-3:])
+            digits = digits[:-3]
+        digits = _GROUP.join(groups)
+    return f"-{digits}" if n < 0 else digits
+
+
+def spanish_size(size_bytes: int) -> str:
+    """A file size as the clinic reads it: 12_900_000 -> "12,3 MB", 512 -> "512 bytes".
+
+    Multiples of 1024 with the KB/MB/GB labels, because that is what Windows Explorer shows for
+    the downloaded file, and the owner will compare the two.
+    """
+    if size_bytes < 1024:
+        return "1 byte" if size_bytes == 1 else f"{spanish_count(size_bytes)} bytes"
+    value = float(size_bytes)
+    for unit in _UNITS:
+        value /= 1024
+        # Choose the unit after rounding, so 1023.97 KB reads "1,0 MB", not "1024,0 KB".
+        if round(value, 1) < 1024 or unit == _UNITS[-1]:
+            whole, tenth = f"{value:.1f}".split(".")
+            return f"{spanish_count(int(whole))},{tenth} {unit}"
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny document model: each email is written once and rendered twice, so the plain-text twin
+# cannot drift from the HTML.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Strong:
+    text: str
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link whose visible text is its own target (a URL or an address), so both parts show it."""
+
+    href: str
+    text: str
+
+
+Span = str | Strong | Code | Link
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    spans: tuple[Span, ...]
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[tuple[Span, ...], ...]
+
+
+@dataclass(frozen=True)
+class Button:
+    """A call to action; the URL is also printed under it for clients that hide buttons."""
+
+    href: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Preformatted:
+    """A value the reader may copy exactly (a checksum): its own line, never wrapped by us."""
+
+    text: str
+
+
+Block = Paragraph | Heading | Bullets | Button | Preformatted
+
+
+def _p(*spans: Span) -> Paragraph:
+    return Paragraph(spans)
+
+
+def _span_text(span: Span) -> str:
+    return span if isinstance(span, str) else span.text
+
+
+def _span_html(span: Span) -> str:
+    if isinstance(span, str):
+        return html.escape(span).replace("\n", "<br>\n")
+    if isinstance(span, Strong):
+        return f"<strong>{html.escape(span.text)}</strong>"
+    if isinstance(span, Code):
+        return f'<code style="{_CODE_STYLE}">{html.escape(span.text)}</code>'
+    return f'<a href="{html.escape(span.href)}" style="color:#1a56db">{html.escape(span.text)}</a>'
+
+
+def render_text(blocks: Sequence[Block]) -> str:
+    parts: list[str] = []
+    for block in blocks:
+        if isinstance(block, Paragraph):
+            parts.append("".join(_span_text(s) for s in block.spans))
+        elif isinstance(block, Heading):
+            parts.append(f"{block.text}\n{'-' * len(block.text)}")
+        elif isinstance(block, Bullets):
+            parts.append("\n".join("- " + "".join(map(_span_text, item)) for item in block.items))
+        elif isinstance(block, Button):
+            parts.append(f"{block.label}:\n{block.href}")
+        else:
+            parts.append(block.text)
+    return "\n\n".join(parts) + "\n"
+
+
+_FONT = "font-family:Arial,Helvetica,sans-serif;font-size:15px;line-height:1.5;color:#1f2937"
+_CODE_STYLE = "font-family:Consolas,Menlo,monospace;background:#f3f4f6;padding:1px 4px"
+
+
+def render_html(blocks: Sequence[Block], *, title: str) -> str:
+    body: list[str] = []
+    for block in blocks:
+        if isinstance(block, Paragraph):
+            body.append(f"<p>{''.join(_span_html(s) for s in block.spans)}</p>")
+        elif isinstance(block, Heading):
+            body.append(
+                f'<h2 style="font-size:17px;margin:24px 0 8px">{html.escape(block.text)}</h2>'
+            )
+        elif isinstance(block, Bullets):
+            items = "".join(f"<li>{''.join(map(_span_html, item))}</li>" for item in block.items)
+            body.append(f"<ul>{items}</ul>")
+        elif isinstance(block, Button):
+            href = html.escape(block.href)
+            body.append(
+                f'<p style="margin:24px 0"><a href="{href}" style="background:#1a56db;color:#ffffff;'
+                "padding:12px 20px;border-radius:6px;text-decoration:none;font-weight:bold;"
+                f'display:inline-block">{html.escape(block.label)}</a></p>'
+                f'<p style="font-size:13px;word-break:break-all"><a href="{href}" '
+                f'style="color:#1a56db">{href}</a></p>'
+            )
+        else:
+            body.append(
+                f'<p><code style="{_CODE_STYLE};word-break:break-all">'
+                f"{html.escape(block.text)}</code></p>"
+            )
+    return (
+        '<!DOCTYPE html>\n<html lang="es">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n</head>\n"
+        f'<body style="margin:0;padding:24px;{_FONT}">\n'
+        '<div style="max-width:600px;margin:0 auto">\n'
+        + "\n".join(body)
+        + "\n</div>\n</body>\n</html>\n"
+    )
+
+
+def _one_line(value: str) -> str:
+    """User-typed names reach subjects and headers: no line breaks, no runs of spaces."""
+    return " ".join(value.split())
+
+
+def _email(
+    *,
+    to: str,
+    subject: str,
+    blocks: Sequence[Block],
+    from_email: str,
+    reply_to: str | None,
+    key: str,
+) -> OutgoingEmail:
+    subject = _one_line(subject)
+    return OutgoingEmail(
+        to=to.strip(),
+        subject=subject,
+        text=render_text(blocks),
+        html=render_html(blocks, title=subject),
+        from_email=from_email,
+        reply_to=reply_to,
+        key=key,
+    )
+
+
+def _mailto(address: str) -> Link:
+    return Link(href=f"mailto:{address}", text=address)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The clinic's emails (Spanish)
+# ---------------------------------------------------------------------------------------------
+
+_SIGNATURE = _p("Saludos,\nEl equipo de soporte")
+
+
+def delivered_email(
+    *,
+    to: str,
+    clinic_name: str,
+    link: str,
+    expires_at_local: datetime,
+    timezone_label: str,
+    size_bytes: int,
+    sha256: str,
+    contents: list[tuple[str, int]],
+    support_email: str,
+    from_email: str,
+    request_id: int,
+) -> OutgoingEmail:
+    """The backup is ready: the link, until when it works (clinic's local time), size, checksum."""
+    if not link.startswith(("https://", "http://")):
+        # The link goes into an href: anything but http(s) (javascript:, data:) is a bug upstream.
+        raise ValueError("the download link must be an http(s) URL")
+    sha256 = sha256.strip().lower()
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError("sha256 must be 64 hexadecimal characters")
+    clinic = _one_line(clinic_name) or "tu clínica"
+    until = f"{spanish_datetime(expires_at_local)} (hora de {_one_line(timezone_label)})"
+    blocks: list[Block] = [
+        _p("Hola:"),
+        _p(
+            "El respaldo de información de ",
+            Strong(clinic),
+            " que solicitaste ya está listo. Puedes descargarlo con el siguiente enlace:",
+        ),
+        Button(href=link, label="Descargar respaldo"),
+        _p(
+            "El enlace funciona hasta el ",
+            Strong(until),
+            ". Después de esa fecha deja de funcionar y no se puede volver a usar, así que te "
+            "recomendamos descargar el archivo lo antes posible y guardarlo en un lugar seguro.",
+        ),
+        Heading("Qué contiene"),
+    ]
+    if contents:
+        blocks.append(_p(f"El archivo .zip pesa {spanish_size(size_bytes)} e incluye:"))
+        blocks.append(
+            Bullets(tuple((f"{label}: {spanish_count(count)}",) for label, count in contents))
+        )
+    else:
+        blocks.append(_p(f"El archivo .zip pesa {spanish_size(size_bytes)}."))
+    blocks += [
+        _p(
+            "Dentro encontrarás el archivo ",
+            Code("LEEME.txt"),
+            ", que explica qué es cada archivo y en qué zona horaria están las fechas. "
+            "Los archivos de Excel se abren con Excel o LibreOffice.",
+        ),
+        Heading("Cómo comprobar que el archivo llegó completo (opcional)"),
+        _p("Esta es la huella digital (SHA-256) del archivo:"),
+        Preformatted(sha256),
+        _p(
+            "En Windows, abre el Símbolo del sistema en la carpeta donde lo descargaste y escribe: ",
+            Code("certutil -hashfile archivo.zip SHA256"),
+        ),
+        _p("En macOS o Linux, abre la Terminal y escribe: ", Code("shasum -a 256 archivo.zip")),
+        _p(
+            "Cambia archivo.zip por el nombre del archivo descargado. Si el resultado es igual a "
+            "la huella de arriba, el archivo está completo."
+        ),
+        Heading("Cuida esta información"),
+        _p(
+            "El respaldo contiene datos personales y de salud de tus pacientes. Guárdalo en un "
+            "lugar seguro y no lo compartas con personas no autorizadas."
+        ),
+        _p(
+            "¿Necesitas ayuda? Escríbenos a ",
+            _mailto(support_email),
+            f" o responde a este correo, e indica el número de solicitud {request_id}.",
+        ),
+        _SIGNATURE,
+    ]
+    return _email(
+        to=to,
+        subject=f"Tu respaldo de información de {clinic} está listo",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=support_email,
+        key=f"backup-{request_id}-delivered",
+    )
+
+
+def failed_email_to_requester(
+    *, to: str, clinic_name: str, support_email: str, from_email: str, request_id: int
+) -> OutgoingEmail:
+    """The backup could not be made; it does not count toward the limit and support is on it."""
+    clinic = _one_line(clinic_name) or "tu clínica"
+    blocks: list[Block] = [
+        _p("Hola:"),
+        _p(
+            "Lamentamos informarte que no pudimos generar el respaldo de información de ",
+            Strong(clinic),
+            " que solicitaste.",
+        ),
+        _p(
+            Strong("Esta solicitud no cuenta para tu límite de 2 respaldos cada 360 días."),
+            " Nuestro equipo de soporte ya está enterado y está trabajando para resolverlo.",
+        ),
+        _p(
+            "Puedes volver a solicitar el respaldo cuando quieras desde la plataforma, en "
+            "FACTURACIÓN Y PLANES > RESPALDO DE INFORMACIÓN."
+        ),
+        _p(
+            "Si tienes dudas, escríbenos a ",
+            _mailto(support_email),
+            f" o responde a este correo, e indica el número de solicitud {request_id}.",
+        ),
+        _SIGNATURE,
+    ]
+    return _email(
+        to=to,
+        subject=f"No pudimos generar el respaldo de información de {clinic}",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=support_email,
+        key=f"backup-{request_id}-failed",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Support's alerts (English; ids only, never patient data)
+# ---------------------------------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def failure_alert_to_support(
+    *,
+    support_email: str,
+    from_email: str,
+    request_id: int,
+    subscription_id: int,
+    run_id: str | None,
+    reason: str,
+) -> OutgoingEmail:
+    """A backup failed for good: which request, which run, and the reason the pipeline recorded."""
+    blocks: list[Block] = [
+        _p(f"Backup request {request_id} failed for good and is now marked 'failed'."),
+        Bullets(
+            (
+                (f"Request: {request_id}",),
+                (f"Subscription: {subscription_id}",),
+                ("Run: ", Code(run_id or "none")),
+                ("Reason: ", _one_line(reason)),
+            )
+        ),
+        _p(
+            "The requester is told that the backup could not be made, that it does not count "
+            "toward their quota, and that they may request it again."
+        ),
+        _p(
+            "Open the run in the Dagster UI to see the failing step. Once the cause is fixed, "
+            "re-run the request or ask the clinic to request again."
+        ),
+    ]
+    return _email(
+        to=support_email,
+        subject=f"[backup] Request {request_id} failed (subscription {subscription_id})",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=None,
+        key=f"backup-{request_id}-failure-alert",
+    )
+
+
+def late_alert_to_support(
+    *,
+    support_email: str,
+    from_email: str,
+    request_id: int,
+    subscription_id: int,
+    status: str,
+    requested_at: datetime,
+    run_id: str | None,
+) -> OutgoingEmail:
+    """A request is not delivered long after it was made: tell support before the clinic asks."""
+    blocks: list[Block] = [
+        _p(
+            f"Backup request {request_id} was made at {_utc(requested_at)} and is still "
+            f"'{_one_line(status)}'."
+        ),
+        Bullets(
+            (
+                (f"Request: {request_id}",),
+                (f"Subscription: {subscription_id}",),
+                (f"Requested at: {_utc(requested_at)}",),
+                (f"Status: {_one_line(status)}",),
+                ("Run: ", Code(run_id or "none yet")),
+            )
+        ),
+        _p(
+            "The clinic was told to expect the email within 48 hours. Check the run (or, with no "
+            "run, the intake sensor) in the Dagster UI."
+        ),
+    ]
+    return _email(
+        to=support_email,
+        subject=f"[backup] Request {request_id} not delivered yet ({_one_line(status)})",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=None,
+        key=f"backup-{request_id}-late-alert",
+    )
