@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "backup_pipeline_tests.support.db",
+    "backup_pipeline_tests.support.sendgrid",
 ]
