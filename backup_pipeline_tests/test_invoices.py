@@ -1,0 +1,428 @@
+"""The invoice reports on SQLite and PostgreSQL: one row per CFDI, read from the XML in the store."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pandas as pd
+import pytest
+from sqlalchemy import Connection, create_engine, insert
+
+from backup_pipeline import tables as t
+from backup_pipeline.cfdi import PROBLEM_BROKEN
+from backup_pipeline.datasets.base import ExtractContext, Kind
+from backup_pipeline.datasets.invoices import ISSUED, PROBLEM_XML_MISSING, RECEIVED
+from backup_pipeline.resources.storage import ObjectInfo, ObjectNotFound, ObjectStore
+
+SAMPLES = Path(__file__).parent / "data" / "cfdi"
+CREATED = datetime(2025, 1, 1)
+
+UUID_INGRESO = "A1D3E6C1-580A-4265-BF6F-A682314EDCA4"
+UUID_EGRESO = "07F9E439-4389-4B7C-AB76-830C1CC2C909"
+UUID_PAGO = "298EDCE9-7F1A-47A8-B657-1B8D0D4865AD"
+UUID_33 = "616E169A-4845-4EB1-AEE4-A8586306529F"
+UUID_BOM = "6A271CA8-DAFB-4D00-937D-04F7B8DBB9C5"
+UUID_MISSING = "11111111-2222-3333-4444-555555555555"
+UUID_BROKEN = "66666666-7777-8888-9999-AAAAAAAAAAAA"
+UUID_USD_PLATFORM = "FFFFFFFF-050B-4AA3-94AD-755E63B5EC4A"  # not the XML's FD5FAC76-...
+UUID_OTHER_CLINIC = "8502C8A6-1AA1-42AA-8668-BB48CFC1603B"
+
+
+class DictStore(ObjectStore):
+    """Objects in a dict: the store interface with nothing behind it."""
+
+    url = "memory://platform-files"
+
+    def __init__(self, objects: dict[str, bytes] | None = None) -> None:
+        self.objects = dict(objects or {})
+
+    def open_read(self, key: str) -> BinaryIO:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError("invalid object key")
+        if key not in self.objects:
+            raise ObjectNotFound("no object at the requested key")
+        return io.BytesIO(self.objects[key])
+
+    def open_write(
+        self, key: str, content_type: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        @contextmanager
+        def writer() -> Iterator[BinaryIO]:
+            buffer = io.BytesIO()
+            yield buffer
+            self.objects[key] = buffer.getvalue()
+
+        return writer()
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for key, data in sorted(self.objects.items()):
+            if key.startswith(prefix):
+                yield ObjectInfo(key=key, size=len(data), updated=CREATED)
+
+    def delete(self, key: str) -> bool:
+        return self.objects.pop(key, None) is not None
+
+    def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
+        return f"{self.url}/{key}"
+
+
+class BrokenStore(DictStore):
+    """A store whose backend is down: every read fails with something other than 'not found'."""
+
+    def open_read(self, key: str) -> BinaryIO:
+        raise ConnectionError("storage backend unavailable")
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def cfdi_row(id: int, subscription_id: int, direction: str, uuid: str, **values: Any) -> dict:
+    row = {
+        "id": id,
+        "subscription_id": subscription_id,
+        "direction": direction,
+        "uuid": uuid,
+        "xml_storage_key": f"cfdi/{subscription_id}/{id}.xml",
+        "pdf_storage_key": None,
+        "issued_at": None,
+        "status": "vigente",
+        "cancelled_at": None,
+        "patient_id": None,
+        "created_at": CREATED,
+    }
+    return row | values
+
+
+@pytest.fixture
+def platform(db_url: str) -> Iterator[tuple[Connection, DictStore]]:
+    """Two clinics with patients, issued and received CFDI, and their XML in a store."""
+    engine = create_engine(db_url)
+    t.metadata.create_all(engine)
+    store = DictStore()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(t.subscriptions),
+            [
+                {"id": 1, "name": "Clínica Uno", "status": "active", "created_at": CREATED},
+                {"id": 2, "name": "Clínica Dos", "status": "active", "created_at": CREATED},
+            ],
+        )
+        patient = {"created_at": CREATED, "deleted_at": None, "second_last_name": None}
+        conn.execute(
+            insert(t.patients),
+            [
+                patient
+                | {
+                    "id": 10,
+                    "subscription_id": 1,
+                    "first_name": "María José",
+                    "last_name": "López",
+                    "second_last_name": "Hernández",
+                },
+                patient
+                | {
+                    "id": 11,
+                    "subscription_id": 1,
+                    "first_name": "Borrado",
+                    "last_name": "Secreto",
+                    "deleted_at": datetime(2025, 3, 1),
+                },
+                patient
+                | {"id": 20, "subscription_id": 2, "first_name": "Otra", "last_name": "Clínica"},
+            ],
+        )
+        rows = [
+            cfdi_row(
+                1,
+                1,
+                "issued",
+                UUID_INGRESO,
+                issued_at=datetime(2025, 3, 14, 16, 32, 5),
+                patient_id=10,
+                pdf_storage_key="cfdi/1/1.pdf",
+            ),
+            cfdi_row(
+                2,
+                1,
+                "issued",
+                UUID_EGRESO,
+                issued_at=datetime(2025, 3, 20, 22, 5),
+                status="cancelado",
+                cancelled_at=datetime(2025, 3, 21, 10, 0),
+                patient_id=11,
+            ),
+            cfdi_row(3, 1, "issued", UUID_MISSING, issued_at=datetime(2025, 4, 1), patient_id=10),
+            cfdi_row(4, 1, "issued", UUID_BROKEN, issued_at=None),
+            cfdi_row(5, 1, "issued", UUID_USD_PLATFORM, issued_at=datetime(2025, 2, 1, 5, 59)),
+            # A patient id of another clinic must not bring that clinic's patient along.
+            cfdi_row(6, 1, "issued", UUID_PAGO, issued_at=datetime(2025, 4, 2), patient_id=20),
+            cfdi_row(7, 1, "received", UUID_33.lower(), issued_at=datetime(2021, 12, 1)),
+            cfdi_row(8, 1, "received", UUID_BOM, issued_at=datetime(2025, 6, 10)),
+            # The same received invoice uploaded twice: both rows, both files.
+            cfdi_row(9, 1, "received", UUID_BOM, issued_at=datetime(2025, 6, 11)),
+            cfdi_row(10, 1, "received", "../../x", xml_storage_key="../etc/passwd", issued_at=None),
+            cfdi_row(
+                30,
+                2,
+                "issued",
+                UUID_OTHER_CLINIC,
+                issued_at=datetime(2025, 1, 1),
+                patient_id=20,
+                pdf_storage_key="cfdi/2/30.pdf",
+            ),
+            cfdi_row(31, 2, "received", UUID_OTHER_CLINIC, issued_at=datetime(2025, 1, 2)),
+        ]
+        conn.execute(insert(t.cfdi_documents), rows)
+    store.objects.update(
+        {
+            "cfdi/1/1.xml": sample("cfdi40_ingreso.xml"),
+            "cfdi/1/1.pdf": b"%PDF-1.7",
+            "cfdi/1/2.xml": sample("cfdi40_egreso.xml"),
+            "cfdi/1/4.xml": sample("broken_truncated.xml"),
+            "cfdi/1/5.xml": sample("cfdi40_usd.xml"),
+            "cfdi/1/6.xml": sample("cfdi40_pago.xml"),
+            "cfdi/1/7.xml": sample("cfdi33_ingreso_retenciones.xml"),
+            "cfdi/1/8.xml": sample("cfdi40_bom.xml"),
+            "cfdi/1/9.xml": sample("cfdi40_bom.xml"),
+            "cfdi/2/30.xml": sample("cfdi40_ingreso.xml"),
+            "cfdi/2/31.xml": sample("cfdi40_ingreso.xml"),
+        }
+    )
+    with engine.connect() as conn:
+        yield conn, store
+    engine.dispose()
+
+
+def extract(dataset, conn: Connection, store: ObjectStore, chunksize: int = 5_000):
+    ctx = ExtractContext(
+        connection=conn,
+        subscription_id=1,
+        files=store,
+        timezone="America/Mexico_City",
+        chunksize=chunksize,
+    )
+    extraction = dataset.extract(ctx)
+    frames = list(extraction.chunks)
+    return extraction, frames
+
+
+def records(frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
+    frame = pd.concat(frames, ignore_index=True)
+    plain = frame.astype(object).where(frame.notna(), None)
+    return plain.to_dict("records")
+
+
+def by_uuid(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["uuid"]: row for row in rows}
+
+
+def test_issued_report_has_one_row_per_clinic_invoice_oldest_first(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+
+    assert [row["uuid"] for row in records(frames)] == [
+        UUID_USD_PLATFORM,
+        UUID_INGRESO,
+        UUID_EGRESO,
+        UUID_MISSING,
+        UUID_PAGO,
+        UUID_BROKEN,  # no issue date: last
+    ]
+
+
+def test_issued_row_is_filled_from_the_xml_and_the_platform(platform):
+    conn, store = platform
+
+    extraction, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_INGRESO]
+
+    assert row == {
+        "uuid": UUID_INGRESO,
+        "serie": "A",
+        "folio": "1024",
+        "fecha_emision": datetime(2025, 3, 14, 10, 32, 5),
+        "fecha_timbrado": datetime(2025, 3, 14, 10, 33, 41),
+        "issued_at": datetime(2025, 3, 14, 16, 32, 5),
+        "version": "4.0",
+        "emisor_rfc": "EKU9003173C9",
+        "emisor_nombre": "ESCUELA KEMPER URGATE",
+        "emisor_regimen": "601 - General de Ley Personas Morales",
+        "receptor_rfc": "XOJI740919U48",
+        "receptor_nombre": "INGRID XODAR JIMENEZ",
+        "uso_cfdi": "D01 - Honorarios médicos, dentales y gastos hospitalarios",
+        "tipo": "I - Ingreso",
+        "forma_pago": "04 - Tarjeta de crédito",
+        "metodo_pago": "PUE - Pago en una sola exhibición",
+        "moneda": "MXN",
+        "tipo_cambio": None,
+        "subtotal": Decimal("1500.00"),
+        "descuento": Decimal("100.00"),
+        "impuestos_trasladados": Decimal("64.00"),
+        "impuestos_retenidos": None,
+        "total": Decimal("1464.00"),
+        "estatus": "Vigente",
+        "fecha_cancelacion": None,
+        "patient_id": 10,
+        "paciente": "María José López Hernández",
+        "archivo_xml": f"facturacion/ingresos/xml/{UUID_INGRESO}.xml",
+        "archivo_pdf": f"facturacion/ingresos/pdf/{UUID_INGRESO}.pdf",
+        "observaciones": None,
+    }
+    assert [column.key for column in extraction.columns] == list(row)
+
+
+def test_cancelled_invoice_shows_status_and_date_without_a_deleted_patient(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_EGRESO]
+
+    assert (row["estatus"], row["fecha_cancelacion"]) == ("Cancelado", datetime(2025, 3, 21, 10))
+    assert (row["patient_id"], row["paciente"]) == (None, None)
+    assert (row["tipo"], row["archivo_pdf"]) == ("E - Egreso", None)
+
+
+def test_patient_of_another_clinic_is_not_shown(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_PAGO]
+
+    assert (row["patient_id"], row["paciente"]) == (None, None)
+    assert (row["tipo"], row["uso_cfdi"]) == ("P - Pago", "CP01 - Pagos")
+    assert row["impuestos_trasladados"] == Decimal("160.00")
+
+
+def test_missing_xml_is_observed_and_has_no_archive_file(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_MISSING]
+
+    assert row["observaciones"] == PROBLEM_XML_MISSING
+    assert row["archivo_xml"] is None
+    assert (row["serie"], row["total"], row["paciente"]) == (
+        None,
+        None,
+        "María José López Hernández",
+    )
+
+
+def test_broken_xml_is_observed_and_still_named_in_the_archive(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_BROKEN]
+
+    assert row["observaciones"] == PROBLEM_BROKEN
+    assert row["archivo_xml"] == f"facturacion/ingresos/xml/{UUID_BROKEN}.xml"
+    assert row["total"] is None
+
+
+def test_uuid_that_differs_from_the_platform_is_observed(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store)
+    row = by_uuid(records(frames))[UUID_USD_PLATFORM]
+
+    assert row["observaciones"] == (
+        "El UUID del XML (FD5FAC76-050B-4AA3-94AD-755E63B5EC4A) no coincide con el registrado "
+        "en la plataforma"
+    )
+    assert (row["moneda"], row["tipo_cambio"]) == ("USD", Decimal("20.5123"))
+    # Named by the platform's UUID, as the archive plan names the file.
+    assert row["archivo_xml"] == f"facturacion/ingresos/xml/{UUID_USD_PLATFORM}.xml"
+
+
+def test_received_report_reads_3_3_and_has_no_pdf_column(platform):
+    conn, store = platform
+
+    extraction, frames = extract(RECEIVED, conn, store)
+    rows = records(frames)
+
+    assert "archivo_pdf" not in [column.key for column in extraction.columns]
+    assert [row["uuid"] for row in rows] == [UUID_33.lower(), UUID_BOM, UUID_BOM, "../../x"]
+    first = rows[0]
+    assert (first["version"], first["observaciones"]) == ("3.3", None)
+    assert first["impuestos_retenidos"] == Decimal("2066.67")
+    assert first["forma_pago"] == "99 - Por definir"
+    assert first["metodo_pago"] == "PPD - Pago en parcialidades o diferido"
+    assert first["archivo_xml"] == f"facturacion/gastos/xml/{UUID_33}.xml"
+
+
+def test_invoice_recorded_twice_names_both_files_as_the_archive_does(platform):
+    conn, store = platform
+
+    _, frames = extract(RECEIVED, conn, store)
+    twice = [row for row in records(frames) if row["uuid"] == UUID_BOM]
+
+    assert [row["archivo_xml"] for row in twice] == [
+        f"facturacion/gastos/xml/{UUID_BOM}.xml",
+        f"facturacion/gastos/xml/{UUID_BOM} (2).xml",
+    ]
+
+
+def test_hostile_storage_key_is_a_missing_file_not_a_crash(platform):
+    conn, store = platform
+
+    _, frames = extract(RECEIVED, conn, store)
+    row = records(frames)[-1]
+
+    assert row["observaciones"] == PROBLEM_XML_MISSING
+    assert row["archivo_xml"] is None
+
+
+def test_rows_arrive_in_chunks_of_the_requested_size(platform):
+    conn, store = platform
+
+    _, frames = extract(ISSUED, conn, store, chunksize=4)
+
+    assert [len(frame) for frame in frames] == [4, 2]
+    assert frames[0]["patient_id"].dtype == "Int64"
+
+
+def test_money_columns_hold_exact_decimals(platform):
+    conn, store = platform
+
+    extraction, frames = extract(ISSUED, conn, store)
+    money = [column.key for column in extraction.columns if column.kind is Kind.MONEY]
+
+    assert money == [
+        "subtotal",
+        "descuento",
+        "impuestos_trasladados",
+        "impuestos_retenidos",
+        "total",
+    ]
+    values = [v for key in money for v in pd.concat(frames)[key].tolist() if v is not None]
+    assert values and all(type(value) is Decimal for value in values)
+
+
+def test_storage_outage_fails_the_extraction_instead_of_reporting_missing_files(platform):
+    conn, _ = platform
+
+    with pytest.raises(ConnectionError):
+        extract(ISSUED, conn, BrokenStore())
+
+
+def test_clinic_without_invoices_yields_no_rows_but_its_columns(platform):
+    conn, store = platform
+    ctx = ExtractContext(
+        connection=conn, subscription_id=999, files=store, timezone="America/Mexico_City"
+    )
+
+    extraction = RECEIVED.extract(ctx)
+
+    assert list(extraction.chunks) == []
+    assert extraction.columns[-1].header == "Observaciones"
