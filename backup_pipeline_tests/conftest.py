@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "backup_pipeline_tests.support.db",
+    "backup_pipeline_tests.support.gcs",
     "backup_pipeline_tests.support.sendgrid",
 ]

@@ -1,0 +1,582 @@
+"""The object store adapter: one suite on a folder and on the GCS emulator, plus each backend's own promises."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import dagster as dg
+import google.auth.credentials
+import google.auth.transport.requests
+import pytest
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from google.cloud import storage
+from google.cloud.storage import _signing
+from google.oauth2 import service_account
+
+from backup_pipeline.resources.storage import (
+    FolderStore,
+    GcsStore,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreResource,
+    open_store,
+)
+from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+
+MiB = 1024 * 1024
+SIGNER = "backup-archives@clinic-platform.iam.gserviceaccount.com"
+DOWNLOAD_NAME = "respaldo_clínica-sonrisas_2026-03-01.zip"
+
+
+def keys_of(store: ObjectStore, prefix: str = "") -> list[str]:
+    return [info.key for info in store.list(prefix)]
+
+
+# --- one suite, both backends ------------------------------------------------------------------
+
+
+def test_bytes_round_trip(store: ObjectStore) -> None:
+    payload = bytes(range(256)) * 3
+    store.put_bytes("reports/2026/summary.bin", payload, "application/octet-stream")
+    store.put_bytes("empty", b"")
+
+    assert store.get_bytes("reports/2026/summary.bin") == payload
+    assert store.get_bytes("empty") == b""
+    assert store.exists("reports/2026/summary.bin")
+    assert not store.exists("reports/2026")  # a "folder" is not an object
+
+
+def test_rewriting_a_key_replaces_the_object(store: ObjectStore) -> None:
+    store.put_bytes("k", b"first version, longer")
+    store.put_bytes("k", b"second")
+
+    assert store.get_bytes("k") == b"second"
+    assert [(info.key, info.size) for info in store.list()] == [("k", 6)]
+
+
+def test_a_20_mb_object_streams_in_and_out_in_chunks(store: ObjectStore) -> None:
+    block = os.urandom(MiB)
+    written = hashlib.sha256()
+    with store.open_write("archives/big.zip", "application/zip") as out:
+        for index in range(20):
+            piece = index.to_bytes(4, "big") + block[4:]  # each MiB differs: order matters
+            out.write(piece)
+            written.update(piece)
+
+    read = hashlib.sha256()
+    sizes = []
+    with store.open_read("archives/big.zip") as src:
+        while piece := src.read(MiB):
+            sizes.append(len(piece))
+            read.update(piece)
+
+    assert read.hexdigest() == written.hexdigest()
+    assert sizes == [MiB] * 20
+    assert [(info.key, info.size) for info in store.list("archives/")] == [
+        ("archives/big.zip", 20 * MiB)
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "adjuntos/Pérez Núñez José (17)/radiografía panorámica.jpg",
+        "adjuntos/Ñandú 😀/sonrisa 🦷.png",
+        "facturación/ingresos/xml/a b  c.xml",
+        "with+plus&amp;=eq?query#hash%20.txt",
+    ],
+)
+def test_keys_with_accents_emoji_spaces_and_url_characters(store: ObjectStore, key: str) -> None:
+    store.put_bytes(key, key.encode())
+
+    assert store.get_bytes(key) == key.encode()
+    assert keys_of(store) == [key]
+    assert store.delete(key)
+    assert keys_of(store) == []
+
+
+def test_list_by_prefix_is_a_string_prefix_sorted_by_key(store: ObjectStore) -> None:
+    for key in ["a/b/2/x", "a/bc", "a/b/1", "z", "a/b.txt", "a/b0"]:
+        store.put_bytes(key, key.encode())
+
+    assert keys_of(store, "a/b/") == ["a/b/1", "a/b/2/x"]
+    assert keys_of(store, "a/b") == ["a/b.txt", "a/b/1", "a/b/2/x", "a/b0", "a/bc"]
+    assert keys_of(store, "a/b/2/x") == ["a/b/2/x"]
+    assert keys_of(store, "nothing/") == []
+    assert keys_of(store) == ["a/b.txt", "a/b/1", "a/b/2/x", "a/b0", "a/bc", "z"]
+    sizes = {info.key: info.size for info in store.list()}
+    assert sizes["a/b/2/x"] == len(b"a/b/2/x")
+
+
+def test_listing_reports_size_and_a_naive_utc_time(store: ObjectStore) -> None:
+    store.put_bytes("one", b"12345")
+
+    (info,) = store.list()
+
+    assert info.size == 5
+    assert info.updated.tzinfo is None
+
+
+def test_delete_reports_whether_there_was_an_object(store: ObjectStore) -> None:
+    store.put_bytes("x/y", b"1")
+
+    assert store.delete("x/y") is True
+    assert store.delete("x/y") is False
+    assert store.delete("never/there") is False
+    assert not store.exists("x/y")
+
+
+def test_delete_prefix_removes_only_keys_under_it(store: ObjectStore) -> None:
+    for key in ["staging/42/a", "staging/42/b/c", "staging/420/a", "archives/42.zip"]:
+        store.put_bytes(key, b"-")
+
+    assert store.delete_prefix("staging/42/") == 2
+    assert keys_of(store) == ["archives/42.zip", "staging/420/a"]
+    assert store.delete_prefix("staging/42/") == 0
+
+
+def test_missing_object_raises_object_not_found(store: ObjectStore) -> None:
+    store.put_bytes("folder/file", b"1")
+
+    with pytest.raises(ObjectNotFound):
+        store.open_read("missing")
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("folder")  # only a prefix of another key
+    with pytest.raises(FileNotFoundError):  # callers may catch the built-in too
+        store.open_read("folder/missing")
+
+
+def test_an_error_inside_open_write_leaves_no_object(store: ObjectStore) -> None:
+    with pytest.raises(RuntimeError, match="zip failed"), store.open_write("out/new.zip") as out:
+        out.write(os.urandom(3 * MiB))
+        raise RuntimeError("zip failed")
+
+    assert not store.exists("out/new.zip")
+    assert keys_of(store) == []
+
+
+def test_an_error_inside_open_write_keeps_the_previous_object(store: ObjectStore) -> None:
+    store.put_bytes("out/a.zip", b"previous")
+
+    with pytest.raises(RuntimeError), store.open_write("out/a.zip") as out:
+        out.write(b"half of the new one")
+        raise RuntimeError("interrupted")
+
+    assert store.get_bytes("out/a.zip") == b"previous"
+    assert keys_of(store) == ["out/a.zip"]
+
+
+@pytest.mark.parametrize(
+    "key", ["../x", "/abs", "a\\b", "a/../../b", "a//b", "./a", "a/", "", "nul\x00"]
+)
+def test_keys_that_could_escape_the_root_are_refused(store: ObjectStore, key: str) -> None:
+    with pytest.raises(ValueError, match="object key"):
+        store.put_bytes(key, b"1")
+    with pytest.raises(ValueError, match="object key"):
+        store.open_read(key)
+    with pytest.raises(ValueError, match="object key"):
+        store.delete(key)
+
+
+def test_signed_urls_live_at_most_seven_days(store: ObjectStore) -> None:
+    store.put_bytes("a.zip", b"1")
+
+    with pytest.raises(ValueError, match="7 days"):
+        store.signed_url("a.zip", timedelta(days=7, seconds=1), DOWNLOAD_NAME)
+    with pytest.raises(ValueError, match="7 days"):
+        store.signed_url("a.zip", timedelta(0), DOWNLOAD_NAME)
+
+
+# --- the folder backend ------------------------------------------------------------------------
+
+
+def test_folder_write_goes_through_a_temporary_file_in_the_same_folder(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "root")
+
+    with store.open_write("deep/er/file.bin") as out:
+        out.write(b"partial")
+        (partial,) = (tmp_path / "root" / "deep" / "er").iterdir()
+        assert partial.name != "file.bin"
+        assert keys_of(store) == []  # never listed as an object
+        assert not store.exists("deep/er/file.bin")
+
+    assert [p.name for p in (tmp_path / "root" / "deep" / "er").iterdir()] == ["file.bin"]
+
+
+def test_folder_failed_write_removes_its_temporary_file(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "root")
+
+    with pytest.raises(KeyboardInterrupt), store.open_write("d/file.bin") as out:
+        out.write(b"x")
+        raise KeyboardInterrupt
+
+    assert list((tmp_path / "root" / "d").iterdir()) == []
+
+
+def test_folder_refuses_keys_outside_its_root_and_creates_nothing(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "root")
+
+    for key in ["../x", "/abs", "a\\b"]:
+        with pytest.raises(ValueError):
+            store.put_bytes(key, b"1")
+
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def test_folder_signed_url_is_the_files_uri(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "root")
+    store.put_bytes("archivos/respaldo ñ.zip", b"zip bytes")
+
+    url = store.signed_url("archivos/respaldo ñ.zip", timedelta(hours=72), DOWNLOAD_NAME)
+
+    assert url.startswith("file:///")
+    with urllib.request.urlopen(url) as response:
+        assert response.read() == b"zip bytes"
+
+
+# --- the GCS backend ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def service_account_credentials(key: rsa.RSAPrivateKey) -> service_account.Credentials:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "clinic-platform",
+        "private_key_id": "test-key-1",
+        "private_key": pem,
+        "client_email": SIGNER,
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    # With the client's scopes already set the client keeps this very object (no scoped copy).
+    return service_account.Credentials.from_service_account_info(info, scopes=storage.Client.SCOPE)
+
+
+def gcs_store_with(url: str, credentials, **kwargs) -> GcsStore:
+    """A store on the emulator bucket of url, whose client holds the given credentials."""
+    parts = urlsplit(url)
+    client = storage.Client(project=EMULATOR_PROJECT, credentials=credentials)
+    return GcsStore(parts.netloc, parts.path, client=client, **kwargs)
+
+
+def signed_query(url: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+
+
+def test_gcs_upload_failing_after_chunks_were_sent_leaves_no_object(gcs_bucket_url: str) -> None:
+    parts = urlsplit(gcs_bucket_url)
+    store = GcsStore(parts.netloc, parts.path, chunk_size=256 * 1024)
+
+    with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
+        out.write(os.urandom(MiB + 10))
+        # The resumable session is open and holds bytes: this is a failure mid-upload.
+        upload, _transport = out._upload_and_transport
+        assert upload.bytes_uploaded >= MiB
+        raise RuntimeError("disk full while zipping")
+
+    assert not store.exists("archives/broken.zip")
+    assert keys_of(store) == []
+    # The session was cancelled, not left to expire: the last chunk cannot be sent any more.
+    late = requests.put(upload.resumable_url, data=b"x", headers={"Content-Range": "bytes */1"})
+    assert late.status_code == 404
+
+
+class CancelFailsTransport:
+    """The client's authorized session, except that cancelling (DELETE) loses the network."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    def delete(self, *args, **kwargs):
+        raise requests.ConnectionError("network down")
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+def test_gcs_upload_whose_cancel_fails_still_never_finalizes(gcs_bucket_url: str) -> None:
+    parts = urlsplit(gcs_bucket_url)
+    store = GcsStore(parts.netloc, parts.path, chunk_size=256 * 1024)
+
+    with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
+        out.write(os.urandom(300 * 1024))
+        upload, transport = out._upload_and_transport
+        out._upload_and_transport = (upload, CancelFailsTransport(transport))
+        raise RuntimeError("zip failed")
+    out.close()  # what io's finalizer does when the writer is collected
+
+    assert not store.exists("archives/broken.zip")
+
+
+def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
+    store = open_store(gcs_bucket_url)
+    store.put_bytes("k.txt", b"1")
+
+    bucket_name = urlsplit(gcs_bucket_url).netloc
+    client = storage.Client(project=EMULATOR_PROJECT)
+    assert [blob.name for blob in client.list_blobs(bucket_name)] == ["some/prefix/k.txt"]
+    assert store.url == gcs_bucket_url
+
+
+def test_gcs_signed_url_with_a_service_account_key(gcs_bucket_url: str, rsa_key) -> None:
+    store = gcs_store_with(gcs_bucket_url, service_account_credentials(rsa_key))
+
+    url = store.signed_url("archives/a b.zip", timedelta(hours=72), DOWNLOAD_NAME)
+
+    query = signed_query(url)
+    assert query["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256"
+    assert query["X-Goog-Expires"] == str(72 * 3600)
+    assert query["X-Goog-Credential"].startswith(SIGNER + "/")
+    assert query["response-content-disposition"] == (
+        'attachment; filename="respaldo_clinica-sonrisas_2026-03-01.zip"; '
+        "filename*=UTF-8''respaldo_cl%C3%ADnica-sonrisas_2026-03-01.zip"
+    )
+    assert unquote(urlsplit(url).path).endswith("/some/prefix/archives/a b.zip")
+
+
+def test_gcs_signed_url_may_live_exactly_seven_days(gcs_bucket_url: str, rsa_key) -> None:
+    store = gcs_store_with(gcs_bucket_url, service_account_credentials(rsa_key))
+
+    url = store.signed_url("a.zip", timedelta(days=7), "a.zip")
+
+    assert signed_query(url)["X-Goog-Expires"] == str(7 * 24 * 3600)
+    with pytest.raises(ValueError, match="7 days"):
+        store.signed_url("a.zip", timedelta(days=8), "a.zip")
+
+
+def test_gcs_signed_url_downloads_from_the_emulator(gcs_bucket_url: str, rsa_key) -> None:
+    open_store(gcs_bucket_url).put_bytes("archives/respaldo ñ.zip", b"PK zip bytes")
+    signer = gcs_store_with(gcs_bucket_url, service_account_credentials(rsa_key))
+
+    url = signer.signed_url("archives/respaldo ñ.zip", timedelta(hours=1), DOWNLOAD_NAME)
+
+    # The emulator serves /bucket/object (it does not check the signature, real GCS does).
+    with urllib.request.urlopen(url) as response:
+        assert response.read() == b"PK zip bytes"
+        assert "filename*=UTF-8''respaldo_cl%C3%ADnica" in response.headers["Content-Disposition"]
+
+
+def test_gcs_signing_without_a_key_or_a_signer_says_how_to_configure(gcs_bucket_url) -> None:
+    store = open_store(gcs_bucket_url)  # the emulator's anonymous credentials cannot sign
+
+    with pytest.raises(RuntimeError, match="BACKUP_GCS_SIGNER_EMAIL"):
+        store.signed_url("a.zip", timedelta(hours=1), "a.zip")
+
+
+class TokenOnlyCredentials(google.auth.credentials.Credentials):
+    """Like workload identity's: an access token from a refresh, no private key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refreshes = 0
+
+    def refresh(self, request) -> None:
+        self.refreshes += 1
+        self.token = f"access-token-{self.refreshes}"
+
+
+class FakeIamCredentialsApi:
+    """A loopback HTTP server answering IAM Credentials signBlob with the service account's key."""
+
+    def __init__(self, key: rsa.RSAPrivateKey) -> None:
+        self.calls: list[dict[str, str | bytes]] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                payload = base64.b64decode(body["payload"])
+                signature = key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+                api.calls.append(
+                    {
+                        "path": self.path,
+                        "authorization": self.headers["Authorization"],
+                        "payload": payload,
+                        "signature": signature,
+                    }
+                )
+                answer = json.dumps(
+                    {"keyId": "test-key-1", "signedBlob": base64.b64encode(signature).decode()}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
+@pytest.fixture
+def iam_api(rsa_key, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIamCredentialsApi]:
+    """Sends the client's signBlob calls to a loopback IAM Credentials API.
+
+    google-cloud-storage 3.17.1 builds the URL as https://iamcredentials.{universe_domain}/... in
+    _signing._sign_message: https is fixed and the universe domain must match the credentials'
+    one, so there is no endpoint override. The narrowest seam is the transport that module
+    uses: its Request is swapped for one that sends IAM's URL to the loopback server, unchanged
+    otherwise (method, headers, body, the real google-auth requests transport).
+    """
+    api = FakeIamCredentialsApi(rsa_key)
+    api.thread.start()
+    iam_host = "https://iamcredentials.googleapis.com/"
+
+    class LoopbackIamRequest(google.auth.transport.requests.Request):
+        def __call__(self, url, method="GET", body=None, headers=None, **kwargs):
+            assert url.startswith(iam_host), url
+            url = api.base_url + "/" + url.removeprefix(iam_host)
+            return super().__call__(url, method=method, body=body, headers=headers, **kwargs)
+
+    monkeypatch.setattr(_signing, "requests", SimpleNamespace(Request=LoopbackIamRequest))
+    try:
+        yield api
+    finally:
+        api.server.shutdown()
+        api.server.server_close()
+
+
+def test_gcs_signed_url_through_iam_sign_blob(gcs_bucket_url: str, rsa_key, iam_api) -> None:
+    credentials = TokenOnlyCredentials()
+    store = gcs_store_with(gcs_bucket_url, credentials, signer_email=SIGNER)
+
+    url = store.signed_url("archives/x.zip", timedelta(hours=72), DOWNLOAD_NAME)
+
+    (call,) = iam_api.calls
+    assert call["path"] == f"/v1/projects/-/serviceAccounts/{SIGNER}:signBlob?alt=json"
+    assert call["authorization"] == "Bearer access-token-1"  # refreshed before use
+    assert call["payload"].startswith(b"GOOG4-RSA-SHA256\n")
+    query = signed_query(url)
+    assert query["X-Goog-Signature"] == call["signature"].hex()
+    assert query["X-Goog-Credential"].startswith(SIGNER + "/")
+    assert query["X-Goog-Expires"] == str(72 * 3600)
+    assert "filename*=UTF-8''respaldo_cl%C3%ADnica" in query["response-content-disposition"]
+    rsa_key.public_key().verify(
+        bytes.fromhex(query["X-Goog-Signature"]),
+        call["payload"],
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
+
+    store.signed_url("archives/x.zip", timedelta(hours=1), "x.zip")
+    assert credentials.refreshes == 1  # a valid token is reused
+
+
+def test_gcs_key_for_another_account_signs_through_iam(gcs_bucket_url, rsa_key, iam_api) -> None:
+    other = "another-signer@clinic-platform.iam.gserviceaccount.com"
+    credentials = service_account_credentials(rsa_key)
+    credentials.token = "key-token"  # a fresh token: no OAuth exchange, there is no network here
+    credentials.expiry = None
+    store = gcs_store_with(gcs_bucket_url, credentials, signer_email=other)
+
+    url = store.signed_url("x.zip", timedelta(hours=1), "x.zip")
+
+    (call,) = iam_api.calls
+    assert f"/serviceAccounts/{other}:signBlob" in call["path"]
+    assert call["authorization"] == "Bearer key-token"
+    assert signed_query(url)["X-Goog-Credential"].startswith(other + "/")
+
+
+# --- choosing a store by URL -------------------------------------------------------------------
+
+
+def test_open_store_file_url_is_a_folder(tmp_path: Path) -> None:
+    root = tmp_path / "archivos ñ"
+
+    store = open_store(root.as_uri())
+
+    assert isinstance(store, FolderStore)
+    assert store.root == root
+    store.put_bytes("a", b"1")
+    assert (root / "a").read_bytes() == b"1"
+
+
+def test_open_store_gs_url_reads_bucket_prefix_and_signer(
+    gcs_emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BACKUP_GCS_SIGNER_EMAIL", "from-env@p.iam.gserviceaccount.com")
+
+    from_query = open_store(f"gs://bucket-1/a/b/?signer={SIGNER}")
+    from_env = open_store("gs://bucket-1")
+
+    assert isinstance(from_query, GcsStore)
+    assert isinstance(from_env, GcsStore)
+    assert (from_query.bucket.name, from_query.prefix, from_query.signer_email) == (
+        "bucket-1",
+        "a/b",
+        SIGNER,
+    )
+    assert (from_env.prefix, from_env.signer_email) == ("", "from-env@p.iam.gserviceaccount.com")
+    assert from_query.url == "gs://bucket-1/a/b"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bucket/x",
+        "/var/archives",
+        "file://otherhost/dir",
+        "file:relative/dir",
+        "gs://",
+        "gs://B",
+    ],
+)
+def test_open_store_refuses_other_urls_naming_the_supported_forms(url: str) -> None:
+    with pytest.raises(ValueError, match=r"file:///.*gs://bucket"):
+        open_store(url)
+
+
+# --- the Dagster resource ----------------------------------------------------------------------
+
+
+def test_resource_opens_its_store_once(tmp_path: Path) -> None:
+    resource = ObjectStoreResource(url=(tmp_path / "a").as_uri())
+
+    assert resource.get_store() is resource.get_store()
+    assert resource.get_store().url == (tmp_path / "a").as_uri()
+
+
+def test_resource_gives_ops_a_working_store(tmp_path: Path) -> None:
+    @dg.op
+    def write_marker(archives: ObjectStoreResource) -> str:
+        store = archives.get_store()
+        assert store is archives.get_store()
+        store.put_bytes("runs/marker.txt", b"ok")
+        return store.url
+
+    @dg.job
+    def marker_job() -> None:
+        write_marker()
+
+    url = (tmp_path / "archives").as_uri()
+    result = marker_job.execute_in_process(resources={"archives": ObjectStoreResource(url=url)})
+
+    assert result.success
+    assert result.output_for_node("write_marker") == url
+    assert (tmp_path / "archives" / "runs" / "marker.txt").read_bytes() == b"ok"
