@@ -1,0 +1,471 @@
+"""The streamed backup zip: contents and order, checksums, compression, names, missing files, failures."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import struct
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backup_pipeline.archive import zipper
+from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
+from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
+from backup_pipeline.archive.verify import verify_zip
+from backup_pipeline.archive.zipper import (
+    REASON_NOT_FOUND,
+    REASON_UNREADABLE,
+    ArchiveIntegrityError,
+    FileTally,
+    assemble_archive,
+)
+from backup_pipeline.resources.storage import ObjectInfo, ObjectNotFound, ObjectStore
+
+FINAL_KEY = "respaldos/1/7/respaldo_clinica_2026-01-02.zip"
+STAMP = datetime(2026, 1, 2, 9, 30)
+
+
+class FolderStore(ObjectStore):
+    """A test-only folder store honouring the contract: an object appears only on success."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def open_read(self, key: str):
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    @contextlib.contextmanager
+    def open_write(self, key: str, content_type: str | None = None) -> Iterator:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+            os.replace(partial, path)
+        except BaseException:
+            os.unlink(partial)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for path in sorted(self.root.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and key.startswith(prefix):
+                yield ObjectInfo(key=key, size=path.stat().st_size, updated=datetime.now())
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
+        raise NotImplementedError
+
+
+class FlakyStore(FolderStore):
+    """Reads of the keys in `failures` raise OSError after the first chunk, that many times."""
+
+    def __init__(self, root: Path, failures: dict[str, int]) -> None:
+        super().__init__(root)
+        self.failures = dict(failures)
+        self.opens: dict[str, int] = {}
+
+    def open_read(self, key: str):
+        self.opens[key] = self.opens.get(key, 0) + 1
+        src = super().open_read(key)
+        if self.failures.get(key, 0) > 0:
+            self.failures[key] -= 1
+            return _BreaksAfterFirstRead(src)
+        return src
+
+
+class _BreaksAfterFirstRead(io.RawIOBase):
+    def __init__(self, src) -> None:
+        self._src = src
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        self._reads += 1
+        if self._reads > 1:
+            raise ConnectionResetError("connection reset mid-read")
+        return self._src.read(size)
+
+    def close(self) -> None:
+        self._src.close()
+        super().close()
+
+
+@pytest.fixture
+def stores(tmp_path):
+    return FolderStore(tmp_path / "archives"), FolderStore(tmp_path / "files")
+
+
+def _stage(archives: ObjectStore, archive_path: str, data: bytes) -> StagedEntry:
+    key = f"staging/7/{archive_path}"
+    archives.put_bytes(key, data)
+    return StagedEntry(archive_path, key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _planned(files: ObjectStore, archive_path: str, data: bytes | None, record_id: int, **kw):
+    key = f"platform/{record_id}"
+    if data is not None:
+        files.put_bytes(key, data)
+    return PlannedFile(
+        archive_path=archive_path,
+        source_key=key,
+        kind=kw.pop("kind", "adjunto"),
+        record_id=record_id,
+        patient_id=kw.pop("patient_id", 10),
+        **kw,
+    )
+
+
+def _facts(tally: FileTally) -> LeemeFacts:
+    return LeemeFacts(
+        clinic_name="Clínica Sonrisas",
+        generated_at_local=STAMP,
+        timezone="America/Mexico_City",
+        workbooks=[("pacientes.xlsx", "Pacientes: datos personales y de contacto", 2)],
+        files_copied=tally.files_copied,
+        file_bytes=tally.file_bytes,
+        missing_count=tally.missing_count,
+        invoices_issued=1,
+    )
+
+
+def _render_missing(missing: list[MissingFile], workdir: Path) -> Path:
+    path = workdir / "faltantes.xlsx"
+    path.write_bytes(b"PK fake xlsx: " + "\n".join(m.archive_path for m in missing).encode())
+    return path
+
+
+def _assemble(archives, files, staged, planned, tmp_path, **kw):
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return assemble_archive(
+        archives=archives,
+        files=files,
+        final_key=FINAL_KEY,
+        staged=staged,
+        planned=planned,
+        render_missing=kw.pop("render_missing", _render_missing),
+        leeme=kw.pop("leeme", lambda tally: leeme_text(_facts(tally))),
+        workdir=workdir,
+        modified_at=STAMP,
+        retry_wait_seconds=0,
+        **kw,
+    )
+
+
+PHOTO = bytes(range(256)) * 40
+NOTE = b"Paciente refiere dolor en pieza 36.\n" * 200
+XML = b'<?xml version="1.0"?><cfdi:Comprobante Version="4.0"/>' * 20
+
+
+@pytest.fixture
+def assembled(stores, tmp_path):
+    archives, files = stores
+    staged = [
+        _stage(archives, "pacientes.xlsx", b"PK workbook pacientes" * 100),
+        _stage(archives, "facturacion/ingresos/comprobantes_emitidos.xlsx", b"PK emitidos"),
+    ]
+    planned = [
+        _planned(files, "adjuntos/Peña Ñúñez Ana (10)/radiografía.png", PHOTO, 100),
+        _planned(files, "adjuntos/Peña Ñúñez Ana (10)/nota.txt", NOTE, 101),
+        _planned(files, "adjuntos/Peña Ñúñez Ana (10)/perdido.pdf", None, 102),
+        _planned(files, "facturacion/ingresos/xml/ABC.xml", XML, 300, kind="cfdi_xml"),
+    ]
+    result = _assemble(archives, files, staged, planned, tmp_path)
+    return result, archives.root / FINAL_KEY
+
+
+def test_entries_come_in_order_workbooks_files_missing_report_leeme_and_sha256sums_last(assembled):
+    result, path = assembled
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert names == [
+        "pacientes.xlsx",
+        "facturacion/ingresos/comprobantes_emitidos.xlsx",
+        "adjuntos/Peña Ñúñez Ana (10)/radiografía.png",
+        "adjuntos/Peña Ñúñez Ana (10)/nota.txt",
+        "facturacion/ingresos/xml/ABC.xml",
+        "archivos_no_incluidos.xlsx",
+        "LEEME.txt",
+        "SHA256SUMS",
+    ]
+    assert result.entries == len(names)
+    assert result.files_copied == 3
+    assert result.file_bytes == len(PHOTO) + len(NOTE) + len(XML)
+
+
+def test_extracted_archive_passes_the_real_sha256sum_check(assembled, tmp_path):
+    _result, path = assembled
+    out = tmp_path / "extracted"
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(out)
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count(": OK") == 7  # every entry but SHA256SUMS itself
+    assert (out / "adjuntos/Peña Ñúñez Ana (10)/radiografía.png").read_bytes() == PHOTO
+
+
+def test_the_reported_sha256_and_size_are_those_of_the_stored_object(assembled):
+    result, path = assembled
+    data = path.read_bytes()
+    assert result.size == len(data)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.key == FINAL_KEY
+
+
+def test_assembled_archive_passes_verify_zip(assembled):
+    _result, path = assembled
+    report = verify_zip(path)
+    assert report.ok, report.problems
+    assert report.entries == 8
+
+
+def test_compressed_formats_are_stored_and_the_rest_deflated(assembled):
+    _result, path = assembled
+    with zipfile.ZipFile(path) as zf:
+        types = {info.filename.rsplit("/", 1)[-1]: info.compress_type for info in zf.infolist()}
+    assert types["radiografía.png"] == zipfile.ZIP_STORED
+    assert types["pacientes.xlsx"] == zipfile.ZIP_STORED
+    assert types["nota.txt"] == zipfile.ZIP_DEFLATED
+    assert types["ABC.xml"] == zipfile.ZIP_DEFLATED
+    assert types["LEEME.txt"] == zipfile.ZIP_DEFLATED
+
+
+def test_non_ascii_names_carry_the_utf8_flag(assembled):
+    _result, path = assembled
+    with zipfile.ZipFile(path) as zf:
+        flags = {info.filename: info.flag_bits for info in zf.infolist()}
+    assert flags["adjuntos/Peña Ñúñez Ana (10)/radiografía.png"] & 0x800
+    assert all(
+        bits & 0x800 for name, bits in flags.items() if not name.isascii()
+    )  # and in the local headers, which streaming unzippers read:
+    for header in _local_headers(path.read_bytes()):
+        assert bool(header["flags"] & 0x800) == (not header["name"].isascii())
+
+
+def test_every_local_header_has_a_zip64_extra_field(assembled):
+    _result, path = assembled
+    headers = list(_local_headers(path.read_bytes()))
+    assert len(headers) == 8
+    for header in headers:
+        assert 0x0001 in header["extra_ids"], header["name"]
+        assert header["flags"] & 0x08  # sizes follow the data: the zip was streamed
+
+
+def test_entries_carry_the_given_local_time(assembled):
+    _result, path = assembled
+    with zipfile.ZipFile(path) as zf:
+        assert {info.date_time for info in zf.infolist()} == {(2026, 1, 2, 9, 30, 0)}
+
+
+def test_a_missing_source_is_recorded_and_left_out(assembled):
+    result, path = assembled
+    assert result.missing == [
+        MissingFile(
+            archive_path="adjuntos/Peña Ñúñez Ana (10)/perdido.pdf",
+            kind="adjunto",
+            record_id=102,
+            patient_id=10,
+            reason=REASON_NOT_FOUND,
+        )
+    ]
+    with zipfile.ZipFile(path) as zf:
+        assert not any("perdido" in name for name in zf.namelist())
+        assert b"perdido.pdf" in zf.read("archivos_no_incluidos.xlsx")
+        assert "perdido" not in zf.read("SHA256SUMS").decode()
+
+
+def test_leeme_is_spanish_crlf_with_a_bom_and_the_counts(assembled):
+    _result, path = assembled
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read("LEEME.txt")
+    assert raw.startswith(b"\xef\xbb\xbf")
+    text = raw.decode("utf-8-sig")
+    assert "\n" not in text.replace("\r\n", "")
+    assert "Clínica Sonrisas" in text
+    assert "America/Mexico_City" in text
+    assert "3 archivos" in text
+    assert "1 archivo no se pudo copiar" in text
+    assert "archivos_no_incluidos.xlsx" in text
+
+
+def test_a_read_that_fails_midway_is_retried_from_the_start(tmp_path):
+    archives = FolderStore(tmp_path / "archives")
+    files = FlakyStore(tmp_path / "files", {"platform/1": 2})
+    planned = [_planned(files, "adjuntos/A (1)/a.txt", NOTE, 1)]
+    result = _assemble(archives, files, [], planned, tmp_path)
+    assert files.opens["platform/1"] == 3
+    assert result.missing == [] and result.files_copied == 1
+    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+        assert zf.read("adjuntos/A (1)/a.txt") == NOTE
+        assert zf.namelist().count("adjuntos/A (1)/a.txt") == 1
+
+
+def test_a_file_that_never_reads_whole_is_missing_with_no_partial_entry(tmp_path):
+    archives = FolderStore(tmp_path / "archives")
+    files = FlakyStore(tmp_path / "files", {"platform/1": 99})
+    planned = [
+        _planned(files, "adjuntos/A (1)/roto.txt", NOTE, 1),
+        _planned(files, "adjuntos/A (1)/bien.txt", b"ok", 2),
+    ]
+    result = _assemble(archives, files, [], planned, tmp_path, read_attempts=3)
+    assert files.opens["platform/1"] == 3
+    assert [(m.record_id, m.reason) for m in result.missing] == [(1, REASON_UNREADABLE)]
+    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+        assert "adjuntos/A (1)/roto.txt" not in zf.namelist()
+        assert zf.read("adjuntos/A (1)/bien.txt") == b"ok"
+    assert verify_zip(archives.root / FINAL_KEY).ok
+
+
+def test_large_files_spill_to_disk_and_copy_whole(stores, tmp_path, monkeypatch):
+    monkeypatch.setattr(zipper, "SPOOL_IN_MEMORY", 64 * 1024)
+    archives, files = stores
+    big = os.urandom(3 * 1024 * 1024 + 17)  # several 1 MiB chunks, incompressible
+    result = _assemble(
+        archives, files, [], [_planned(files, "adjuntos/A (1)/video.mp4", big, 1)], tmp_path
+    )
+    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+        assert zf.read("adjuntos/A (1)/video.mp4") == big
+    assert result.file_bytes == len(big)
+    assert list((tmp_path / "work").iterdir()) == []  # spools are cleaned up
+
+
+def test_a_file_differing_from_the_platform_checksum_is_kept_and_counted(stores, tmp_path):
+    archives, files = stores
+    planned = [
+        _planned(files, "adjuntos/A (1)/a.png", b"abc", 1, expected_sha256="0" * 64),
+        _planned(files, "adjuntos/A (1)/b.png", b"abc", 2, expected_size=4),
+        _planned(
+            files,
+            "adjuntos/A (1)/c.png",
+            b"abc",
+            3,
+            expected_size=3,
+            expected_sha256=hashlib.sha256(b"abc").hexdigest(),
+        ),
+    ]
+    result = _assemble(archives, files, [], planned, tmp_path)
+    assert result.checksum_mismatches == 2
+    assert result.files_copied == 3 and result.missing == []
+
+
+def test_an_error_midway_leaves_no_object_at_the_final_key(stores, tmp_path):
+    archives, files = stores
+    planned = [_planned(files, "adjuntos/A (1)/perdido.png", None, 1)]
+
+    def broken_renderer(missing, workdir):
+        raise RuntimeError("workbook renderer crashed")
+
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        _assemble(archives, files, [], planned, tmp_path, render_missing=broken_renderer)
+    assert not archives.exists(FINAL_KEY)
+    assert list(archives.list("respaldos/")) == []
+
+
+def test_a_damaged_staged_workbook_fails_the_archive(stores, tmp_path):
+    archives, files = stores
+    entry = _stage(archives, "pacientes.xlsx", b"PK original")
+    archives.put_bytes(entry.staging_key, b"PK changed!")
+    with pytest.raises(ArchiveIntegrityError):
+        _assemble(archives, files, [entry], [], tmp_path)
+    assert not archives.exists(FINAL_KEY)
+
+
+def test_two_entries_with_one_path_are_refused(stores, tmp_path):
+    archives, files = stores
+    staged = [_stage(archives, "pacientes.xlsx", b"PK")]
+    planned = [_planned(files, "pacientes.xlsx", b"x", 1)]
+    with pytest.raises(ValueError, match="repeats an archive path"):
+        _assemble(archives, files, staged, planned, tmp_path)
+    assert not archives.exists(FINAL_KEY)
+
+
+def test_no_missing_files_means_no_missing_report_and_no_mention(stores, tmp_path):
+    archives, files = stores
+    calls = []
+    result = _assemble(
+        archives,
+        files,
+        [],
+        [_planned(files, "adjuntos/A (1)/a.txt", b"a", 1)],
+        tmp_path,
+        render_missing=lambda missing, workdir: calls.append(missing),
+    )
+    assert calls == [] and result.missing == []
+    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+        assert zf.namelist() == ["adjuntos/A (1)/a.txt", "LEEME.txt", "SHA256SUMS"]
+        leeme = zf.read("LEEME.txt").decode("utf-8-sig")
+    assert "archivos_no_incluidos" not in leeme
+
+
+def test_leeme_text_explains_verification_dates_and_confidentiality():
+    text = leeme_text(
+        _facts(FileTally(files_copied=1_234, file_bytes=3 * 1024**3, missing_count=0))
+    )
+    assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
+    for expected in (
+        "zona horaria America/Mexico_City",
+        "2 de enero de 2026 a las 09:30",
+        "Get-FileHash -Algorithm SHA256",
+        "shasum -a 256 -c SHA256SUMS",
+        "sha256sum -c SHA256SUMS",
+        "NOM-004-SSA3-2012",
+        "LFPDPPP",
+        "pacientes.xlsx",
+        "(2 registros)",
+        "1,234 archivos",
+        "3.0 GB",
+        "1 comprobante emitido",
+    ):
+        assert expected in text, expected
+
+
+def _local_headers(data: bytes) -> Iterator[dict]:
+    """Walk the zip's local file headers (which zipfile's reader does not expose)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for info in zf.infolist():
+            offset = info.header_offset
+            fields = struct.unpack("<4sHHHHHIIIHH", data[offset : offset + 30])
+            assert fields[0] == b"PK\x03\x04"
+            flags, name_len, extra_len = fields[2], fields[9], fields[10]
+            name = data[offset + 30 : offset + 30 + name_len].decode("utf-8")
+            extra = data[offset + 30 + name_len : offset + 30 + name_len + extra_len]
+            ids = []
+            while len(extra) >= 4:
+                header_id, size = struct.unpack("<HH", extra[:4])
+                ids.append(header_id)
+                extra = extra[4 + size :]
+            yield {"name": name, "flags": flags, "extra_ids": ids}
