@@ -305,12 +305,16 @@ def _declares_entities(data: bytes) -> bool:
     libxml2 parses the internal subset even with resolve_entities=False and expands internal
     entities inside attribute values, so a billion-laughs file is refused here, unparsed.
     """
+    # The raw bytes cover UTF-8 and every ASCII-compatible encoding, whatever the declaration
+    # claims; the decoded text covers UTF-16, UTF-32 and other declared encodings.
+    if b"<!DOCTYPE" in data and b"<!ENTITY" in data:
+        return True
     text = _decode_for_screening(data)
-    return "<!DOCTYPE" in text and "<!ENTITY" in text
+    return text is not None and "<!DOCTYPE" in text and "<!ENTITY" in text
 
 
-def _decode_for_screening(data: bytes) -> str:
-    """The document as text, decoded the way an XML parser would (BOM, then the declaration)."""
+def _decode_for_screening(data: bytes) -> str | None:
+    """The document decoded as an XML parser would (BOM, then the declaration); None: ASCII-like."""
     for bom, codec in (
         (codecs.BOM_UTF32_LE, "utf-32"),
         (codecs.BOM_UTF32_BE, "utf-32"),
@@ -333,8 +337,8 @@ def _decode_for_screening(data: bytes) -> str:
         try:
             return data.decode(declared.group(1).decode("ascii"), errors="replace")
         except LookupError:
-            pass  # a name Python does not know: screen it as the ASCII superset below
-    return data.decode("latin-1")
+            pass  # a name Python does not know: the raw-bytes screen is all there is
+    return None
 
 
 def _parse_xml(data: bytes) -> Any | None:

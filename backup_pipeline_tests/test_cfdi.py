@@ -295,6 +295,15 @@ def test_billion_laughs_in_utf16_is_refused_too():
 
     for data in (text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-16-be")):
         assert parse_cfdi(data).problems == (PROBLEM_ENTITIES,)
+    utf32 = text.replace('encoding="UTF-16"', 'encoding="UTF-32"').encode("utf-32")
+    assert parse_cfdi(utf32).problems == (PROBLEM_ENTITIES,)
+
+
+def test_billion_laughs_whose_declaration_lies_about_its_encoding_is_refused():
+    # ASCII bytes that claim UTF-16: decoding as declared hides the DOCTYPE from a text screen.
+    data = sample("billion_laughs.xml").replace(b'encoding="UTF-8"', b'encoding="UTF-16"')
+
+    assert parse_cfdi(data).problems == (PROBLEM_ENTITIES,)
 
 
 def test_external_entity_never_reads_the_local_file(tmp_path):
