@@ -113,6 +113,8 @@ def check_key(key: str) -> str:
         raise ValueError(f"invalid object key: {_KEY_RULES}")
     if any(segment in ("", ".", "..") for segment in key.split("/")):
         raise ValueError(f"invalid object key: {_KEY_RULES}")
+    if key.endswith(_PARTIAL_SUFFIX):
+        raise ValueError(f"invalid object key: names ending in {_PARTIAL_SUFFIX} are reserved")
     return key
 
 
@@ -155,10 +157,7 @@ class FolderStore(ObjectStore):
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        check_key(key)
-        if key.endswith(_PARTIAL_SUFFIX):
-            raise ValueError(f"invalid object key: names ending in {_PARTIAL_SUFFIX} are reserved")
-        return self.root.joinpath(*key.split("/"))
+        return self.root.joinpath(*check_key(key).split("/"))
 
     def open_read(self, key: str) -> BinaryIO:
         try:
@@ -225,10 +224,11 @@ def _replace_on_success(path: Path) -> Iterator[BinaryIO]:
 class GcsStore(ObjectStore):
     """Objects in a GCS bucket under an optional prefix, through google-cloud-storage.
 
-    Retries: the client's DEFAULT_RETRY (429, 5xx, connection errors; exponential backoff for up to
-    120 s) applies to every call made here: get_blob, the chunked range reads, exists, list_blobs,
-    delete and each resumable-upload request (chunks are sent at explicit offsets, so resending one
-    is safe). A delete retried after a lost reply sees 404 and reports False.
+    Retries: the client's DEFAULT_RETRY (408, 429, 500, 502, 503, 504, connection errors and
+    timeouts; backoff from 1 s up to 60 s, giving up after 120 s) covers every call made here:
+    get_blob, each ranged read, exists, list_blobs, delete, each resumable-upload request (chunks
+    go at explicit offsets, so resending one is safe) and the IAM signBlob call. A delete retried
+    after a lost reply sees 404 and reports False. The upload-cancel DELETE is not retried.
     """
 
     def __init__(
