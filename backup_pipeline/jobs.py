@@ -1,7 +1,5 @@
 """The backup job: one partition per request, from the platform's rows to an emailed link."""
 
-from __future__ import annotations
-
 import json
 import os
 import tempfile
@@ -12,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+from dagster import OpExecutionContext
 import pandas as pd
 from slugify import slugify
 
@@ -90,7 +89,7 @@ def _to_local(utc_naive: datetime, timezone: str) -> datetime:
     return utc_naive.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(timezone))
 
 
-def _request_id(context: dg.OpExecutionContext) -> int:
+def _request_id(context: OpExecutionContext) -> int:
     try:
         return int(context.partition_key)
     except ValueError as exc:
@@ -101,7 +100,7 @@ def _request_id(context: dg.OpExecutionContext) -> int:
 
 @dg.op(retry_policy=TRANSIENT_RETRY, description="Marks the request running; checks it exists.")
 def start_backup(
-    context: dg.OpExecutionContext, platform_db: PlatformDatabaseResource
+    context: OpExecutionContext, platform_db: PlatformDatabaseResource
 ) -> BackupTarget:
     request_id = _request_id(context)
     with platform_db.get_engine().begin() as conn:
@@ -143,7 +142,7 @@ def build_export_op(dataset: Dataset) -> dg.OpDefinition:
         tags={"kind": "excel"},
     )
     def export(
-        context: dg.OpExecutionContext,
+        context: OpExecutionContext,
         target: BackupTarget,
         platform_db: PlatformDatabaseResource,
         files: ObjectStoreResource,
@@ -207,7 +206,7 @@ EXPORT_OPS = [build_export_op(dataset) for dataset in DATASETS]
     description="Lists every attachment and CFDI file with its safe path in the archive.",
 )
 def plan_archive_files(
-    context: dg.OpExecutionContext,
+    context: OpExecutionContext,
     target: BackupTarget,
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
@@ -296,7 +295,7 @@ def _ordered_entries(exports: list[ExportResult]) -> list[StagedEntry]:
     description="Streams the zip into the archives store: workbooks, files, LEEME.txt, SHA256SUMS.",
 )
 def assemble_backup(
-    context: dg.OpExecutionContext,
+    context: OpExecutionContext,
     target: BackupTarget,
     exports: list[ExportResult],
     plan: FilePlan,
@@ -325,6 +324,7 @@ def assemble_backup(
             missing_count=missing_count,
             invoices_issued=rows_by_dataset.get("invoices_issued", 0),
             invoices_received=rows_by_dataset.get("invoices_received", 0),
+            long_text_files=sum(len(e.entries) - 1 for e in exports),
         )
 
     with tempfile.TemporaryDirectory(prefix="bp-assemble-") as tmp:
@@ -339,6 +339,7 @@ def assemble_backup(
             ),
             leeme=lambda f: leeme_text(facts(f.files_copied, f.file_bytes, f.missing_count)),
             workdir=Path(tmp),
+            modified_at=generated_at.replace(tzinfo=None),
         )
     context.add_output_metadata(
         {
@@ -369,7 +370,7 @@ def _content_label(export: ExportResult) -> str:
     description="Signs the link, emails the requester once, and marks the request delivered.",
 )
 def deliver_backup(
-    context: dg.OpExecutionContext,
+    context: OpExecutionContext,
     target: BackupTarget,
     archive: AssembledArchive,
     platform_db: PlatformDatabaseResource,
