@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import struct
 import subprocess
-import tempfile
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -27,59 +25,10 @@ from backup_pipeline.archive.zipper import (
     FileTally,
     assemble_archive,
 )
-from backup_pipeline.resources.storage import ObjectInfo, ObjectNotFound, ObjectStore
+from backup_pipeline.resources.storage import FolderStore, ObjectStore, open_store
 
 FINAL_KEY = "respaldos/1/7/respaldo_clinica_2026-01-02.zip"
 STAMP = datetime(2026, 1, 2, 9, 30)
-
-
-class FolderStore(ObjectStore):
-    """A test-only folder store honouring the contract: an object appears only on success."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = root.as_uri()
-
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*key.split("/"))
-
-    def open_read(self, key: str):
-        try:
-            return self._path(key).open("rb")
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(key) from exc
-
-    @contextlib.contextmanager
-    def open_write(self, key: str, content_type: str | None = None) -> Iterator:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                yield out
-            os.replace(partial, path)
-        except BaseException:
-            os.unlink(partial)
-            raise
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for path in sorted(self.root.rglob("*")):
-            key = path.relative_to(self.root).as_posix()
-            if path.is_file() and key.startswith(prefix):
-                yield ObjectInfo(key=key, size=path.stat().st_size, updated=datetime.now())
-
-    def delete(self, key: str) -> bool:
-        try:
-            self._path(key).unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-    def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
-        raise NotImplementedError
 
 
 class FlakyStore(FolderStore):
@@ -118,9 +67,13 @@ class _BreaksAfterFirstRead(io.RawIOBase):
         super().close()
 
 
+def _folder(path: Path) -> ObjectStore:
+    return open_store(path.as_uri())
+
+
 @pytest.fixture
 def stores(tmp_path):
-    return FolderStore(tmp_path / "archives"), FolderStore(tmp_path / "files")
+    return _folder(tmp_path / "archives"), _folder(tmp_path / "files")
 
 
 def _stage(archives: ObjectStore, archive_path: str, data: bytes) -> StagedEntry:
@@ -199,7 +152,7 @@ def assembled(stores, tmp_path):
         _planned(files, "facturacion/ingresos/xml/ABC.xml", XML, 300, kind="cfdi_xml"),
     ]
     result = _assemble(archives, files, staged, planned, tmp_path)
-    return result, archives.root / FINAL_KEY
+    return result, _object_path(archives)
 
 
 def test_entries_come_in_order_workbooks_files_missing_report_leeme_and_sha256sums_last(assembled):
@@ -323,19 +276,19 @@ def test_leeme_is_spanish_crlf_with_a_bom_and_the_counts(assembled):
 
 
 def test_a_read_that_fails_midway_is_retried_from_the_start(tmp_path):
-    archives = FolderStore(tmp_path / "archives")
+    archives = _folder(tmp_path / "archives")
     files = FlakyStore(tmp_path / "files", {"platform/1": 2})
     planned = [_planned(files, "adjuntos/A (1)/a.txt", NOTE, 1)]
     result = _assemble(archives, files, [], planned, tmp_path)
     assert files.opens["platform/1"] == 3
     assert result.missing == [] and result.files_copied == 1
-    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+    with zipfile.ZipFile(_object_path(archives)) as zf:
         assert zf.read("adjuntos/A (1)/a.txt") == NOTE
         assert zf.namelist().count("adjuntos/A (1)/a.txt") == 1
 
 
 def test_a_file_that_never_reads_whole_is_missing_with_no_partial_entry(tmp_path):
-    archives = FolderStore(tmp_path / "archives")
+    archives = _folder(tmp_path / "archives")
     files = FlakyStore(tmp_path / "files", {"platform/1": 99})
     planned = [
         _planned(files, "adjuntos/A (1)/roto.txt", NOTE, 1),
@@ -344,10 +297,10 @@ def test_a_file_that_never_reads_whole_is_missing_with_no_partial_entry(tmp_path
     result = _assemble(archives, files, [], planned, tmp_path, read_attempts=3)
     assert files.opens["platform/1"] == 3
     assert [(m.record_id, m.reason) for m in result.missing] == [(1, REASON_UNREADABLE)]
-    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+    with zipfile.ZipFile(_object_path(archives)) as zf:
         assert "adjuntos/A (1)/roto.txt" not in zf.namelist()
         assert zf.read("adjuntos/A (1)/bien.txt") == b"ok"
-    assert verify_zip(archives.root / FINAL_KEY).ok
+    assert verify_zip(_object_path(archives)).ok
 
 
 def test_large_files_spill_to_disk_and_copy_whole(stores, tmp_path, monkeypatch):
@@ -357,7 +310,7 @@ def test_large_files_spill_to_disk_and_copy_whole(stores, tmp_path, monkeypatch)
     result = _assemble(
         archives, files, [], [_planned(files, "adjuntos/A (1)/video.mp4", big, 1)], tmp_path
     )
-    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+    with zipfile.ZipFile(_object_path(archives)) as zf:
         assert zf.read("adjuntos/A (1)/video.mp4") == big
     assert result.file_bytes == len(big)
     assert list((tmp_path / "work").iterdir()) == []  # spools are cleaned up
@@ -425,7 +378,7 @@ def test_no_missing_files_means_no_missing_report_and_no_mention(stores, tmp_pat
         render_missing=lambda missing, workdir: calls.append(missing),
     )
     assert calls == [] and result.missing == []
-    with zipfile.ZipFile(archives.root / FINAL_KEY) as zf:
+    with zipfile.ZipFile(_object_path(archives)) as zf:
         assert zf.namelist() == ["adjuntos/A (1)/a.txt", "LEEME.txt", "SHA256SUMS"]
         leeme = zf.read("LEEME.txt").decode("utf-8-sig")
     assert "archivos_no_incluidos" not in leeme
@@ -453,6 +406,11 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
         assert expected in text, expected
 
 
+def _object_path(store: ObjectStore) -> Path:
+    assert isinstance(store, FolderStore)
+    return store.root.joinpath(*FINAL_KEY.split("/"))
+
+
 def _local_headers(data: bytes) -> Iterator[dict]:
     """Walk the zip's local file headers (which zipfile's reader does not expose)."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -469,3 +427,27 @@ def _local_headers(data: bytes) -> Iterator[dict]:
                 ids.append(header_id)
                 extra = extra[4 + size :]
             yield {"name": name, "flags": flags, "extra_ids": ids}
+
+
+def test_streams_into_gcs_and_a_failure_there_leaves_no_object(gcs_bucket_url, tmp_path):
+    archives = open_store(f"{gcs_bucket_url}/archives")
+    files = open_store(f"{gcs_bucket_url}/platform")
+    staged = [_stage(archives, "pacientes.xlsx", b"PK workbook" * 1000)]
+    planned = [
+        _planned(files, "adjuntos/Peña Ana (10)/radiografía.png", PHOTO, 1),
+        _planned(files, "adjuntos/Peña Ana (10)/perdida.png", None, 2),
+    ]
+    result = _assemble(archives, files, staged, planned, tmp_path)
+    data = archives.get_bytes(FINAL_KEY)
+    assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert verify_zip(io.BytesIO(data)).ok
+    assert [m.reason for m in result.missing] == [REASON_NOT_FOUND]
+
+    archives.delete(FINAL_KEY)
+
+    def broken_renderer(missing, workdir):
+        raise RuntimeError("workbook renderer crashed")
+
+    with pytest.raises(RuntimeError):
+        _assemble(archives, files, staged, planned, tmp_path, render_missing=broken_renderer)
+    assert not archives.exists(FINAL_KEY)
