@@ -1,5 +1,8 @@
 """The backup job: one partition per request, from the platform's rows to an emailed link."""
 
+# No `from __future__ import annotations` here: Dagster reads the ops' context annotations as
+# real types and refuses them as strings.
+
 import json
 import os
 import tempfile
@@ -10,8 +13,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from dagster import OpExecutionContext
 import pandas as pd
+from dagster import OpExecutionContext
 from slugify import slugify
 
 from backup_pipeline import mail
