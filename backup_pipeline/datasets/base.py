@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     MONEY = "money"  # two-decimal number format
     DATE = "date"
     DATETIME = "datetime"  # stored as naive UTC, shown in the clinic's time zone
+    LOCAL_DATETIME = "local_datetime"  # already local wall-clock time (a CFDI's Fecha): as is
     BOOLEAN = "boolean"  # shown as "Sí" / "No"
 
 
