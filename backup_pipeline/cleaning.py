@@ -1,0 +1,78 @@
+"""Cleaning a value for a workbook cell: what XML forbids goes, everything the clinic wrote stays."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+# Excel's hard limit for one cell, counted in UTF-16 code units (an emoji counts twice).
+EXCEL_CELL_MAX_CHARS = 32_767
+MAX_SHEET_TITLE_CHARS = 31
+
+# XML 1.0 `Char` excludes the C0 controls other than tab, LF and CR, the surrogate block (a lone
+# surrogate cannot even be encoded as UTF-8) and the two non-characters U+FFFE and U+FFFF.
+# The C0 part is exactly openpyxl's ILLEGAL_CHARACTERS_RE.
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+# One search decides whether a value needs any work at all: most cells need none.
+_NEEDS_WORK = re.compile("[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+
+_SHEET_TITLE_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
+
+
+def clean_text(value: str) -> str:
+    """`value` without the characters XML 1.0 forbids; emoji, tabs and line breaks survive."""
+    return _XML_FORBIDDEN.sub("", value)
+
+
+def normalize_line_breaks(value: str) -> str:
+    """CRLF and lone CR become LF, the line break of an Excel cell (Alt+Enter)."""
+    # An XML parser folds a raw CR into LF anyway; doing it here makes it visible and tested.
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def cell_text(value: str) -> str:
+    """The string to store in a cell for the text `value`, as the clinic should read it."""
+    if _NEEDS_WORK.search(value) is None:
+        return value
+    return normalize_line_breaks(clean_text(value))
+
+
+def excel_length(value: str) -> int:
+    """Length as Excel counts it (UTF-16 code units)."""
+    return len(value.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fits_in_cell(value: str) -> bool:
+    """Whether a stored cell string is within Excel's per-cell limit."""
+    # Each character is at most two UTF-16 units: short strings need no encoding to decide.
+    return len(value) * 2 <= EXCEL_CELL_MAX_CHARS or excel_length(value) <= EXCEL_CELL_MAX_CHARS
+
+
+def sheet_title(title: str, taken: Collection[str] = ()) -> str:
+    """A valid, unused sheet title made from `title`.
+
+    Excel allows at most 31 characters, none of []:*?/\\, no leading or trailing apostrophe,
+    not the reserved "History", and compares titles ignoring case.
+    """
+    base = _SHEET_TITLE_FORBIDDEN.sub(" ", clean_text(title))
+    base = " ".join(base.split()).strip("'").strip() or "Hoja"
+    if base.casefold() == "history":
+        base = f"{base} (hoja)"
+    used = {t.casefold() for t in taken}
+    candidate = base[:MAX_SHEET_TITLE_CHARS].rstrip().rstrip("'")
+    number = 2
+    while candidate.casefold() in used:
+        suffix = f" ({number})"
+        candidate = base[: MAX_SHEET_TITLE_CHARS - len(suffix)].rstrip().rstrip("'") + suffix
+        number += 1
+    return candidate
+
+
+def continuation_title(title: str, number: int, taken: Collection[str] = ()) -> str:
+    """The title of the `number`-th sheet of a dataset: "Consultas", "Consultas (2)", ..."""
+    if number == 1:
+        return sheet_title(title, taken)
+    suffix = f" ({number})"
+    base = sheet_title(title)[: MAX_SHEET_TITLE_CHARS - len(suffix)].rstrip().rstrip("'")
+    return sheet_title(base + suffix, taken)

@@ -1,0 +1,410 @@
+"""The workbooks the clinic opens: a dataset's row chunks streamed into one .xlsx file.
+
+XlsxWriter in constant_memory mode writes each row to disk as soon as the next one starts, so
+memory stays flat whatever the dataset's size. It was chosen over openpyxl's write-only mode
+because it wrote the same cells (types, values, formats as read back by openpyxl) about 1.7 times
+faster in a rough measurement (50,000 rows x 17 mixed columns: 5.8-6.6 s against 10.2 s), and its
+`write_string` never turns text into a formula. Everything library-specific stays in this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path, PurePosixPath
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import xlsxwriter
+from xlsxwriter.format import Format
+from xlsxwriter.worksheet import Worksheet
+
+from backup_pipeline.archive.names import safe_component
+from backup_pipeline.cleaning import (
+    EXCEL_CELL_MAX_CHARS,
+    cell_text,
+    clean_text,
+    continuation_title,
+    fits_in_cell,
+)
+from backup_pipeline.datasets.base import Column, Extraction, Kind
+
+MAX_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows minus the header row
+OVERFLOW_FOLDER = "textos_largos"
+
+DATE_FORMAT = "dd/mm/yyyy"
+DATETIME_FORMAT = "dd/mm/yyyy hh:mm"
+MONEY_FORMAT = "#,##0.00"
+
+# Excel's serial day 0; serials before 1900-03-01 are off by one day (the Lotus 1900 leap-year
+# bug) and before 1900 there are none, so such dates are written as text in the same format.
+_EXCEL_EPOCH = datetime(1899, 12, 30)
+_FIRST_SERIAL_DATE = date(1900, 3, 1)
+_EPOCH_ORDINAL = _EXCEL_EPOCH.toordinal()
+
+_MAX_WIDTH = 60  # characters; longer text wraps or is cut off visually, never in the data
+_MAX_HEADER_WIDTH = 30  # a long header (an anamnesis question) wraps instead of widening
+_FILTER_BUTTON_WIDTH = 3
+_KIND_WIDTH = {
+    Kind.TEXT: 10,
+    Kind.INTEGER: 10,
+    Kind.DECIMAL: 10,
+    Kind.MONEY: 14,
+    Kind.DATE: 12,
+    Kind.DATETIME: 17,
+    Kind.LOCAL_DATETIME: 17,
+    Kind.BOOLEAN: 6,
+}
+_PREVIEW_CHARS = 1_000
+
+
+@dataclass(frozen=True)
+class OverflowFile:
+    """A text too long for a cell, written whole to its own file for the archive."""
+
+    archive_path: str
+    local_path: Path
+
+
+@dataclass
+class RenderedWorkbook:
+    path: Path
+    rows: int  # data rows of the dataset itself (all its sheets), not counting extra sheets
+    sheets: list[str]
+    overflow_files: list[OverflowFile] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _LongText:
+    """A cell value longer than Excel holds: it goes to a file and the cell points there."""
+
+    text: str
+
+
+CellValue = str | int | float | _LongText | None
+
+
+def render_workbook(
+    extraction: Extraction,
+    *,
+    path: Path,
+    sheet_title: str,
+    timezone: str,
+    archive_path: str,
+    overflow_dir: Path,
+    max_rows_per_sheet: int = MAX_DATA_ROWS,
+) -> RenderedWorkbook:
+    """Write the extraction's rows (then its extra sheets) to `path`, one chunk at a time.
+
+    `archive_path` is where the workbook goes in the archive; long texts are written under
+    `overflow_dir` and returned with their own archive paths (under textos_largos/).
+    """
+    if not 1 <= max_rows_per_sheet <= MAX_DATA_ROWS:
+        raise ValueError(f"max_rows_per_sheet must be between 1 and {MAX_DATA_ROWS}")
+    zone = ZoneInfo(timezone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    book = xlsxwriter.Workbook(
+        str(path),
+        {
+            "constant_memory": True,
+            # Row data is spooled next to the workbook, not in a possibly small /tmp.
+            "tmpdir": str(path.parent),
+            # ZIP64 records are only written for members that need them (> 4 GiB).
+            "use_zip64": True,
+        },
+    )
+    writer = _WorkbookWriter(
+        book,
+        zone=zone,
+        overflow_prefix=f"{OVERFLOW_FOLDER}/{PurePosixPath(archive_path).with_suffix('')}",
+        overflow_dir=overflow_dir,
+        max_rows_per_sheet=max_rows_per_sheet,
+    )
+    try:
+        rows = writer.write_table(sheet_title, extraction.columns, extraction.chunks)
+        for sheet in extraction.extra_sheets:
+            writer.write_table(sheet.title, sheet.columns, iter([sheet.frame]))
+        book.close()
+    except BaseException:
+        # Close to release the spooled row files, and leave no half-written workbook behind.
+        with suppress(Exception):
+            book.close()
+        path.unlink(missing_ok=True)
+        raise
+    return RenderedWorkbook(
+        path=path, rows=rows, sheets=writer.sheet_titles, overflow_files=writer.overflow_files
+    )
+
+
+@dataclass
+class _OpenSheet:
+    title: str
+    worksheet: Worksheet
+    rows: int = 0  # data rows written so far
+
+
+class _WorkbookWriter:
+    def __init__(
+        self,
+        book: xlsxwriter.Workbook,
+        *,
+        zone: ZoneInfo,
+        overflow_prefix: str,
+        overflow_dir: Path,
+        max_rows_per_sheet: int,
+    ) -> None:
+        self._book = book
+        self._zone = zone
+        self._overflow_prefix = overflow_prefix
+        self._overflow_dir = overflow_dir
+        self._max_rows = max_rows_per_sheet
+        self._header_format = book.add_format(
+            {"bold": True, "text_wrap": True, "valign": "top", "bottom": 1}
+        )
+        self._kind_formats: dict[Kind, Format | None] = {
+            Kind.DATE: book.add_format({"num_format": DATE_FORMAT}),
+            Kind.DATETIME: book.add_format({"num_format": DATETIME_FORMAT}),
+            Kind.LOCAL_DATETIME: book.add_format({"num_format": DATETIME_FORMAT}),
+            Kind.MONEY: book.add_format({"num_format": MONEY_FORMAT}),
+        }
+        self.sheet_titles: list[str] = []
+        self.overflow_files: list[OverflowFile] = []
+
+    def write_table(
+        self, title: str, columns: Sequence[Column], chunks: Iterable[pd.DataFrame]
+    ) -> int:
+        """Write one table over as many sheets as it needs; returns its number of data rows."""
+        if not columns:
+            raise ValueError("a workbook table needs at least one column")
+        prepared = (self._prepare(columns, chunk) for chunk in chunks)
+        first = next(prepared, None)
+        # Widths are set once per table, from the headers and the first chunk's values.
+        sample = first if first is not None else [[] for _ in columns]
+        widths = [_width(column, values) for column, values in zip(columns, sample, strict=True)]
+        formats = [self._kind_formats.get(column.kind) for column in columns]
+
+        number = 1
+        sheet = self._open_sheet(title, number, columns, widths)
+        total = 0
+        for values in _chain_first(first, prepared):
+            for row in zip(*values, strict=True):
+                if sheet.rows == self._max_rows:
+                    self._finish_sheet(sheet, len(columns))
+                    number += 1
+                    sheet = self._open_sheet(title, number, columns, widths)
+                self._write_row(sheet, row, columns, formats)
+                total += 1
+        self._finish_sheet(sheet, len(columns))
+        return total
+
+    def _prepare(self, columns: Sequence[Column], chunk: pd.DataFrame) -> list[list[CellValue]]:
+        missing = [column.key for column in columns if column.key not in chunk.columns]
+        if missing:
+            raise KeyError(f"the dataset's rows lack the declared columns {missing}")
+        return [_cell_values(column.kind, chunk[column.key], self._zone) for column in columns]
+
+    def _open_sheet(
+        self, title: str, number: int, columns: Sequence[Column], widths: list[int]
+    ) -> _OpenSheet:
+        name = continuation_title(title, number, self.sheet_titles)
+        worksheet = self._book.add_worksheet(name)
+        self.sheet_titles.append(name)
+        worksheet.freeze_panes(1, 0)
+        for index, width in enumerate(widths):
+            worksheet.set_column(index, index, width)
+        for index, column in enumerate(columns):
+            _write_text(worksheet, 0, index, cell_text(column.header), self._header_format)
+        return _OpenSheet(title=name, worksheet=worksheet)
+
+    def _finish_sheet(self, sheet: _OpenSheet, width: int) -> None:
+        sheet.worksheet.autofilter(0, 0, sheet.rows, width - 1)
+
+    def _write_row(
+        self,
+        sheet: _OpenSheet,
+        row: tuple[CellValue, ...],
+        columns: Sequence[Column],
+        formats: list[Format | None],
+    ) -> None:
+        sheet.rows += 1
+        index = sheet.rows
+        worksheet = sheet.worksheet
+        for col, value in enumerate(row):
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                _write_text(worksheet, index, col, value)
+            elif kind is _LongText:
+                pointer = self._write_overflow(value, sheet.title, index + 1, columns[col])
+                _write_text(worksheet, index, col, pointer)
+            else:
+                worksheet.write_number(index, col, value, formats[col])
+
+    def _write_overflow(self, value: _LongText, sheet: str, excel_row: int, column: Column) -> str:
+        name = safe_component(f"{sheet}_fila{excel_row}_{column.key}.txt", fallback="texto.txt")
+        archive_path = f"{self._overflow_prefix}/{name}"
+        local_path = self._overflow_dir.joinpath(*archive_path.split("/"))
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        # newline="" writes the text's own line breaks unchanged.
+        with local_path.open("w", encoding="utf-8", newline="") as out:
+            out.write(value.text)
+        self.overflow_files.append(OverflowFile(archive_path=archive_path, local_path=local_path))
+        preview = cell_text(value.text[:_PREVIEW_CHARS])
+        return (
+            f"Este texto es más largo de lo que cabe en una celda de Excel "
+            f"({EXCEL_CELL_MAX_CHARS:,} caracteres). El texto completo está en el archivo "
+            f"{archive_path} de este respaldo.\nInicio del texto:\n{preview}…"
+        )
+
+
+def _write_text(
+    worksheet: Worksheet, row: int, col: int, text: str, cell_format: Format | None = None
+) -> None:
+    """Write text as a text cell, whatever it looks like (a formula, a number, markup).
+
+    XlsxWriter itself escapes control characters and literal `_xHHHH_` sequences. One exception
+    needs care: in constant_memory mode it passes a string that starts with "<r>" and ends with
+    "</r>" into the XML unescaped, taking it for a pre-rendered rich string. Such text is written
+    as a real rich string of plain runs, which Excel shows exactly as the text.
+    """
+    if text.startswith("<r>") and text.endswith("</r>"):
+        runs: list[str | Format] = [text[:1], text[1:3], text[3:]]
+        if cell_format is not None:
+            runs.append(cell_format)
+        result = worksheet.write_rich_string(row, col, *runs)
+        if result != 0:
+            raise RuntimeError(f"XlsxWriter refused a rich string (code {result})")
+    else:
+        worksheet.write_string(row, col, text, cell_format)
+
+
+def _chain_first(first: list[list[CellValue]] | None, rest: Iterator) -> Iterator:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _width(column: Column, values: Sequence[CellValue]) -> int:
+    if column.width is not None:
+        return column.width
+    header = min(len(column.header), _MAX_HEADER_WIDTH) + _FILTER_BUTTON_WIDTH
+    content = _KIND_WIDTH[column.kind]
+    if column.kind is Kind.TEXT:
+        longest = max((len(v) for v in values if type(v) is str), default=0)
+        content = max(content, longest + 2)
+    return min(max(header, content), _MAX_WIDTH)
+
+
+# --- One column of a chunk -> the values its cells get (vectorised where pandas can) ---------
+
+
+def _cell_values(kind: Kind, series: pd.Series, zone: ZoneInfo) -> list[CellValue]:
+    return _CONVERTERS[kind](series, zone)
+
+
+def _text_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    out: list[CellValue] = []
+    for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True):
+        if missing:
+            out.append(None)
+            continue
+        raw = value if isinstance(value, str) else str(value)
+        text = cell_text(raw)
+        if not text:
+            out.append(None)
+        elif fits_in_cell(text):
+            out.append(text)
+        else:
+            out.append(_LongText(clean_text(raw)))
+    return out
+
+
+def _integer_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    numbers = pd.to_numeric(series)
+    return [
+        None if missing else int(value)
+        for value, missing in zip(numbers.tolist(), numbers.isna().tolist(), strict=True)
+    ]
+
+
+def _number_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    # Decimal values from the database become floats here: Excel numbers are doubles.
+    numbers = pd.to_numeric(series).astype("float64")
+    return [value if math.isfinite(value) else None for value in numbers.tolist()]
+
+
+def _date_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    return [
+        None if missing else _date_cell(value)
+        for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True)
+    ]
+
+
+def _date_cell(value: object) -> CellValue:
+    if isinstance(value, datetime):  # also pandas Timestamps
+        day = value.date()
+    elif isinstance(value, date):
+        day = value
+    elif isinstance(value, str):
+        day = date.fromisoformat(value[:10])
+    else:
+        raise TypeError(f"a date column holds a {type(value).__name__}")
+    if day < _FIRST_SERIAL_DATE:
+        return f"{day.day:02d}/{day.month:02d}/{day.year:04d}"
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
+def _datetime_values(series: pd.Series, zone: ZoneInfo) -> list[CellValue]:
+    # Stored naive UTC -> the clinic's wall-clock time, for the whole column at once.
+    stamps = pd.to_datetime(series, utc=True).dt.tz_convert(zone).dt.tz_localize(None)
+    return _wall_clock_values(stamps)
+
+
+def _local_datetime_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    # Already wall-clock time where it happened: shown as is (an offset, if any, is dropped).
+    stamps = pd.to_datetime(series)
+    if stamps.dt.tz is not None:
+        stamps = stamps.dt.tz_localize(None)
+    return _wall_clock_values(stamps)
+
+
+def _wall_clock_values(stamps: pd.Series) -> list[CellValue]:
+    delta = stamps - pd.Timestamp(_EXCEL_EPOCH)
+    # Days and seconds apart, as Excel's own serials are built, to keep whole seconds exact.
+    serials = delta.dt.days + (delta.dt.seconds + delta.dt.microseconds / 1e6) / 86_400
+    early = (stamps < pd.Timestamp(_FIRST_SERIAL_DATE)).tolist()
+    out: list[CellValue] = []
+    for serial, is_early, stamp in zip(serials.tolist(), early, stamps.tolist(), strict=True):
+        if serial != serial:  # NaN: no value
+            out.append(None)
+        elif is_early:
+            out.append(
+                f"{stamp.day:02d}/{stamp.month:02d}/{stamp.year:04d} "
+                f"{stamp.hour:02d}:{stamp.minute:02d}"
+            )
+        else:
+            out.append(serial)
+    return out
+
+
+def _boolean_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    return [
+        None if missing else ("Sí" if bool(value) else "No")
+        for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True)
+    ]
+
+
+_CONVERTERS: dict[Kind, Callable[[pd.Series, ZoneInfo], list[CellValue]]] = {
+    Kind.TEXT: _text_values,
+    Kind.INTEGER: _integer_values,
+    Kind.DECIMAL: _number_values,
+    Kind.MONEY: _number_values,
+    Kind.DATE: _date_values,
+    Kind.DATETIME: _datetime_values,
+    Kind.LOCAL_DATETIME: _local_datetime_values,
+    Kind.BOOLEAN: _boolean_values,
+}

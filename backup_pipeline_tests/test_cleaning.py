@@ -1,0 +1,106 @@
+"""Cleaning a value for a cell: only what XML 1.0 forbids is removed."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+from backup_pipeline.cleaning import (
+    EXCEL_CELL_MAX_CHARS,
+    MAX_SHEET_TITLE_CHARS,
+    cell_text,
+    clean_text,
+    continuation_title,
+    excel_length,
+    fits_in_cell,
+    sheet_title,
+)
+
+
+def is_xml_char(ch: str) -> bool:
+    """XML 1.0's Char production, written out from the specification."""
+    code = ord(ch)
+    return (
+        code in (0x9, 0xA, 0xD)
+        or 0x20 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+any_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=200)
+xml_text = st.text(alphabet=st.characters().filter(is_xml_char), max_size=200)
+
+
+@given(any_text)
+def test_cleaned_text_is_accepted_by_an_xml_parser(value: str) -> None:
+    cleaned = clean_text(value)
+    element = etree.Element("t")
+    element.text = cleaned  # lxml refuses any character XML cannot hold
+    assert ILLEGAL_CHARACTERS_RE.search(cleaned) is None
+    assert all(is_xml_char(ch) for ch in cleaned)
+
+
+@given(any_text)
+def test_cleaning_removes_exactly_the_forbidden_characters(value: str) -> None:
+    assert clean_text(value) == "".join(ch for ch in value if is_xml_char(ch))
+
+
+@given(xml_text)
+def test_text_xml_can_hold_is_unchanged(value: str) -> None:
+    assert clean_text(value) == value
+
+
+@given(any_text)
+def test_cleaning_is_idempotent(value: str) -> None:
+    assert clean_text(clean_text(value)) == clean_text(value)
+
+
+def test_emoji_tabs_and_line_breaks_survive_while_controls_and_lone_surrogates_go() -> None:
+    value = "Dolor 🦷\tmuela\nizquierda\r\nfin\x00\x07\x0b\x1f\ud800\udfff\ufffe\uffff."
+    assert clean_text(value) == "Dolor 🦷\tmuela\nizquierda\r\nfin."
+
+
+@given(xml_text)
+def test_cell_text_changes_only_line_endings(value: str) -> None:
+    assert cell_text(value) == value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_cell_text_keeps_formula_looking_text_as_written() -> None:
+    for value in ("=1+1", "+1", "-1", "@SUM(A1)", "=cmd|' /C calc'!A0", "_x0041_"):
+        assert cell_text(value) == value
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=50))
+def test_excel_length_counts_utf16_units(value: str) -> None:
+    assert excel_length(value) == len(value) + sum(1 for ch in value if ord(ch) > 0xFFFF)
+
+
+def test_cell_limit_counts_emoji_twice() -> None:
+    assert fits_in_cell("a" * EXCEL_CELL_MAX_CHARS)
+    assert not fits_in_cell("a" * (EXCEL_CELL_MAX_CHARS + 1))
+    half = EXCEL_CELL_MAX_CHARS // 2
+    assert fits_in_cell("🦷" * half)
+    assert not fits_in_cell("🦷" * (half + 1))
+
+
+@given(any_text, st.lists(st.text(max_size=40), max_size=5))
+def test_sheet_titles_are_valid_for_excel_and_unused(title: str, taken: list[str]) -> None:
+    result = sheet_title(title, taken)
+    assert 1 <= len(result) <= MAX_SHEET_TITLE_CHARS
+    assert re.search(r"[\[\]:*?/\\]", result) is None
+    assert not result.startswith("'") and not result.endswith("'")
+    assert result == clean_text(result)
+    assert result.casefold() not in {t.casefold() for t in taken}
+
+
+def test_continuation_sheets_number_the_title_within_31_characters() -> None:
+    assert continuation_title("Consultas", 1) == "Consultas"
+    assert continuation_title("Consultas", 2) == "Consultas (2)"
+    long = continuation_title("Tratamientos odontológicos del paciente", 12)
+    assert long.endswith(" (12)") and len(long) == MAX_SHEET_TITLE_CHARS
+    assert sheet_title("Notas: [2026]/*?") == "Notas 2026"
