@@ -194,12 +194,12 @@ def test_datetimes_follow_the_clinic_time_zone_and_its_daylight_saving(tmp_path:
 
 def test_local_datetimes_are_shown_as_they_are(tmp_path: Path) -> None:
     columns = (Column("fecha", "Fecha de emisión", Kind.LOCAL_DATETIME),)
-    frame = pd.DataFrame({"fecha": ["2026-01-15T10:30:00", None]})
+    frame = pd.DataFrame({"fecha": [None, "2026-01-15T10:30:00"]})
     rendered = render(tmp_path, columns, frame, timezone="America/Tijuana")
 
     sheet = load_workbook(rendered.path)["Consultas"]
-    assert data_rows(sheet) == [[datetime(2026, 1, 15, 10, 30)], [None]]
-    assert sheet["A2"].number_format == DATETIME_FORMAT
+    assert data_rows(sheet) == [[None], [datetime(2026, 1, 15, 10, 30)]]
+    assert sheet["A3"].number_format == DATETIME_FORMAT
 
 
 def test_dates_before_excel_s_calendar_are_written_as_text(tmp_path: Path) -> None:
