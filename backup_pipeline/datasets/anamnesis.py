@@ -1,0 +1,206 @@
+"""anamnesis.xlsx: one row per patient, one column per question, the latest answer in each cell."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Connection, Select, and_, select
+
+from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, Sheet
+from backup_pipeline.datasets.query import (
+    PATIENT_COLUMNS,
+    live_patient,
+    patient_full_name,
+    stream_query,
+)
+from backup_pipeline.tables import anamnesis_answers as a
+from backup_pipeline.tables import anamnesis_questions as q
+from backup_pipeline.tables import patients
+
+ANSWER_TYPE_LABELS = {
+    "text": "Texto",
+    "yes_no": "Sí/No",
+    "choice": "Opción múltiple",
+    "number": "Número",
+    "date": "Fecha",
+}
+NO_SECTION = "Sin sección"
+QUESTIONS_SHEET = "Preguntas"
+
+LAST_ANSWER_COLUMN = Column("last_answered_at", "Fecha de la última respuesta", Kind.DATETIME)
+QUESTION_COLUMNS = (
+    Column("section", "Sección"),
+    Column("position", "Posición", Kind.INTEGER),
+    Column("question", "Pregunta"),
+    Column("answer_type", "Tipo de respuesta"),
+    Column("is_active", "Vigente", Kind.BOOLEAN),
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: int
+    section: str | None
+    position: int
+    text: str
+    answer_type: str
+    is_active: bool
+
+    @property
+    def key(self) -> str:
+        """The DataFrame column holding this question's answers."""
+        return f"q{self.id}"
+
+
+def questionnaire_order(questions: Iterable[Question]) -> list[Question]:
+    """Questions by (section, position, id), sections in the order the questionnaire reaches them.
+
+    A section's rank is its lowest position, then its name: when positions count from 1 in
+    every section this is plain (section, position, id); when they run across the whole
+    questionnaire the sections keep the questionnaire's order instead of the alphabet's.
+    """
+    questions = list(questions)
+    first_position: dict[str | None, int] = {}
+    for question in questions:
+        current = first_position.get(question.section, question.position)
+        first_position[question.section] = min(current, question.position)
+
+    def rank(question: Question) -> tuple[int, str, int, int]:
+        section = question.section
+        return (first_position[section], section or "", question.position, question.id)
+
+    return sorted(questions, key=rank)
+
+
+def question_headers(questions: Sequence[Question], taken: Iterable[str] = ()) -> list[str]:
+    """One header per question, its text; a text shared by several gets its section, then its id."""
+    texts = [" ".join(question.text.split()) or f"Pregunta {question.id}" for question in questions]
+    reserved = Counter(header.casefold() for header in taken)
+    counts = Counter(text.casefold() for text in texts) + reserved
+    headers = [
+        text if counts[text.casefold()] == 1 else f"{text} ({question.section or NO_SECTION})"
+        for text, question in zip(texts, questions, strict=True)
+    ]
+    counts = Counter(header.casefold() for header in headers) + reserved
+    return [
+        header if counts[header.casefold()] == 1 else f"{header} (pregunta {question.id})"
+        for header, question in zip(headers, questions, strict=True)
+    ]
+
+
+def latest_answers_by_patient(
+    chunks: Iterable[pd.DataFrame], questions: Sequence[Question]
+) -> Iterator[pd.DataFrame]:
+    """Answer rows -> one row per patient with the latest answer to each question.
+
+    The rows must come ordered by patient, question, answered_at and id, so that within a
+    (patient, question) the last row is the latest answer. A chunk may end in the middle of a
+    patient's answers: that patient is carried over and completed with the next chunk.
+    """
+    carry: pd.DataFrame | None = None
+    for chunk in chunks:
+        frame = (
+            chunk if carry is None or carry.empty else pd.concat([carry, chunk], ignore_index=True)
+        )
+        if frame.empty:
+            continue
+        complete = frame["patient_id"] != frame["patient_id"].iloc[-1]
+        if complete.any():
+            yield _one_row_per_patient(frame[complete], questions)
+        carry = frame[~complete]
+    if carry is not None and not carry.empty:
+        yield _one_row_per_patient(carry, questions)
+
+
+def _one_row_per_patient(answers: pd.DataFrame, questions: Sequence[Question]) -> pd.DataFrame:
+    latest = answers.drop_duplicates(["patient_id", "question_id"], keep="last")
+    wide = latest.pivot(index="patient_id", columns="question_id", values="answer")
+    wide = wide.reindex(columns=[question.id for question in questions])
+    wide.columns = [question.key for question in questions]
+    patients_part = latest.groupby("patient_id", sort=True).agg(
+        patient_name=("patient_name", "first"), last_answered_at=("answered_at", "max")
+    )
+    return patients_part.join(wide).reset_index()
+
+
+def questions_frame(questions: Sequence[Question]) -> pd.DataFrame:
+    """The "Preguntas" sheet: every question, retired ones included and marked."""
+    return pd.DataFrame(
+        {
+            "section": [question.section for question in questions],
+            "position": [question.position for question in questions],
+            "question": [question.text for question in questions],
+            "answer_type": [
+                ANSWER_TYPE_LABELS.get(question.answer_type, question.answer_type)
+                for question in questions
+            ],
+            "is_active": [question.is_active for question in questions],
+        },
+        columns=[column.key for column in QUESTION_COLUMNS],
+    )
+
+
+def read_questions(connection: Connection, subscription_id: int) -> list[Question]:
+    rows = connection.execute(
+        select(q.c.id, q.c.section, q.c.position, q.c.question, q.c.answer_type, q.c.is_active)
+        .where(q.c.subscription_id == subscription_id)
+        .order_by(q.c.id)
+    )
+    return [
+        Question(
+            id=row.id,
+            section=row.section,
+            position=row.position,
+            text=row.question,
+            answer_type=row.answer_type,
+            is_active=bool(row.is_active),
+        )
+        for row in rows
+    ]
+
+
+def answers_query(subscription_id: int) -> Select:
+    """Every answer of the subscription's live patients to its questions, in pivot order."""
+    return (
+        select(
+            a.c.patient_id,
+            patient_full_name().label("patient_name"),
+            a.c.question_id,
+            a.c.answer,
+            a.c.answered_at,
+        )
+        .select_from(a)
+        .join(patients, live_patient(a, subscription_id))
+        .join(q, and_(q.c.id == a.c.question_id, q.c.subscription_id == subscription_id))
+        .where(a.c.subscription_id == subscription_id)
+        .order_by(a.c.patient_id, a.c.question_id, a.c.answered_at, a.c.id)
+    )
+
+
+class AnamnesisDataset:
+    name = "anamnesis"
+    archive_path = "anamnesis.xlsx"
+    sheet_title = "Anamnesis"
+    description = "Anamnesis: la respuesta más reciente de cada paciente a cada pregunta."
+
+    def extract(self, ctx: ExtractContext) -> Extraction:
+        # Questions first (a few hundred at most): they decide the columns.
+        questions = questionnaire_order(read_questions(ctx.connection, ctx.subscription_id))
+        fixed = (*PATIENT_COLUMNS, LAST_ANSWER_COLUMN)
+        headers = question_headers(questions, taken=[column.header for column in fixed])
+        columns = fixed + tuple(
+            Column(question.key, header)
+            for question, header in zip(questions, headers, strict=True)
+        )
+        answers = stream_query(answers_query(ctx.subscription_id), ctx)
+        return Extraction(
+            columns=columns,
+            chunks=latest_answers_by_patient(answers, questions),
+            extra_sheets=[Sheet(QUESTIONS_SHEET, QUESTION_COLUMNS, questions_frame(questions))],
+        )
+
+
+DATASET = AnamnesisDataset()

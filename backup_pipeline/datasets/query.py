@@ -1,0 +1,73 @@
+"""A dataset that is one SQL query plus its Spanish columns, streamed in chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
+
+from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
+from backup_pipeline.tables import patients
+
+PATIENT_COLUMNS = (
+    Column("patient_id", "ID paciente", Kind.INTEGER),
+    Column("patient_name", "Paciente", Kind.TEXT),
+)
+
+
+@dataclass
+class QueryDataset:
+    """One workbook whose rows are exactly the rows of `query(subscription_id)`."""
+
+    name: str
+    archive_path: str
+    sheet_title: str
+    description: str
+    columns: tuple[Column, ...]
+    query: Callable[[int], Select]
+
+    def extract(self, ctx: ExtractContext) -> Extraction:
+        return Extraction(
+            columns=self.columns, chunks=stream_query(self.query(ctx.subscription_id), ctx)
+        )
+
+
+def stream_query(statement: Select, ctx: ExtractContext) -> Iterator[pd.DataFrame]:
+    """The statement's rows in DataFrames of at most ctx.chunksize rows.
+
+    stream_results makes PostgreSQL use a server-side cursor, so only one chunk is in memory;
+    it is set on the statement, not on the shared connection.
+    """
+    return pd.read_sql(
+        statement.execution_options(stream_results=True), ctx.connection, chunksize=ctx.chunksize
+    )
+
+
+def patient_full_name(table: Table = patients) -> ColumnElement[str]:
+    """ "Apellidos Nombre" in SQL: last_name second_last_name first_name, skipping empty parts.
+
+    Portable: `NULL || ' '` is NULL on SQLite and PostgreSQL alike, so coalesce drops the part
+    and its space together.
+    """
+
+    def part(column: ColumnElement[str]) -> ColumnElement[str]:
+        trimmed = func.nullif(func.trim(column), literal("", Text), type_=Text)
+        return func.coalesce(trimmed.concat(" "), literal("", Text), type_=Text)
+
+    name = (
+        part(table.c.last_name)
+        .concat(part(table.c.second_last_name))
+        .concat(func.coalesce(func.trim(table.c.first_name), literal("", Text), type_=Text))
+    )
+    return func.trim(name, type_=Text)
+
+
+def live_patient(table: Table, subscription_id: int) -> ColumnElement[bool]:
+    """Join condition: the row's patient, of this subscription and not soft-deleted."""
+    return and_(
+        patients.c.id == table.c.patient_id,
+        patients.c.subscription_id == subscription_id,
+        patients.c.deleted_at.is_(None),
+    )
