@@ -1,0 +1,6 @@
+"""Deterministic synthetic clinics (Mexican patients, records, files and CFDI) for the demo, tests and benchmarks."""
+
+from backup_pipeline.synthetic.profiles import PROFILES, Profile
+from backup_pipeline.synthetic.seed import SeedSummary, file_backup_request, row_id, seed_platform
+
+__all__ = ["PROFILES", "Profile", "SeedSummary", "file_backup_request", "row_id", "seed_platform"]
