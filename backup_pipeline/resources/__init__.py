@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import dagster as dg
@@ -35,7 +36,13 @@ class BackupPolicyResource(dg.ConfigurableResource):
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Every resource the code location uses, chosen by URL (file://, gs://, sendgrid://)."""
     return {
-        "platform_db": PlatformDatabaseResource(url=settings.platform_db_url),
+        # From the environment at run time when set, so a password in the URL never shows as
+        # resource config in the Dagster UI.
+        "platform_db": PlatformDatabaseResource(
+            url=dg.EnvVar("BACKUP_PLATFORM_DB_URL")
+            if os.environ.get("BACKUP_PLATFORM_DB_URL") == settings.platform_db_url
+            else settings.platform_db_url
+        ),
         "files": ObjectStoreResource(url=settings.files_url),
         "archives": ObjectStoreResource(url=settings.archives_url),
         "mailer": MailerResource(
