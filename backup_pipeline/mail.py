@@ -254,9 +254,10 @@ def delivered_email(
     request_id: int,
 ) -> OutgoingEmail:
     """The backup is ready: the link, until when it works (clinic's local time), size, checksum."""
-    if not link.startswith(("https://", "http://")):
-        # The link goes into an href: anything but http(s) (javascript:, data:) is a bug upstream.
-        raise ValueError("the download link must be an http(s) URL")
+    if not link.startswith(("https://", "http://", "file:///")):
+        # The link goes into an href: anything but http(s), or file:// for the embedded local
+        # default's archives folder (javascript:, data:) is a bug upstream.
+        raise ValueError("the download link must be an http(s) or file:/// URL")
     sha256 = sha256.strip().lower()
     if not _SHA256.fullmatch(sha256):
         raise ValueError("sha256 must be 64 hexadecimal characters")
