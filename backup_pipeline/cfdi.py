@@ -110,13 +110,14 @@ def cfdi_archive_paths(
     """The archive paths of a CFDI's XML and PDF: 'facturacion/ingresos/xml/<UUID>.xml', ...
 
     The one place these names are made: the report's columns and the archive's files agree.
-    Received invoices get no PDF path (PRODUCT.md's layout has no facturacion/gastos/pdf).
+    A received invoice rarely has a PDF; when the platform stored one it goes to
+    'facturacion/gastos/pdf/' beside the XML folder, so that nothing the clinic stored is lost.
     """
     folder = _ARCHIVE_FOLDERS.get(direction)
     if folder is None:
         raise ValueError(f"unknown CFDI direction {direction!r}: expected 'issued' or 'received'")
     stem = archive_stem(uuid, row_id)
-    pdf = f"{folder}/pdf/{stem}.pdf" if has_pdf and direction == "issued" else None
+    pdf = f"{folder}/pdf/{stem}.pdf" if has_pdf else None
     return f"{folder}/xml/{stem}.xml", pdf
 
 

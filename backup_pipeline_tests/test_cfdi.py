@@ -452,10 +452,14 @@ def test_issued_cfdi_archive_paths_use_the_upper_case_uuid():
     )
 
 
-def test_received_cfdi_has_an_xml_path_and_no_pdf_path():
+def test_received_cfdi_keeps_its_rare_pdf_beside_the_xml_folder():
     paths = cfdi_archive_paths("received", "07F9E439-4389-4B7C-AB76-830C1CC2C909", 8, True)
 
-    assert paths == ("facturacion/gastos/xml/07F9E439-4389-4B7C-AB76-830C1CC2C909.xml", None)
+    assert paths == (
+        "facturacion/gastos/xml/07F9E439-4389-4B7C-AB76-830C1CC2C909.xml",
+        "facturacion/gastos/pdf/07F9E439-4389-4B7C-AB76-830C1CC2C909.pdf",
+    )
+    assert cfdi_archive_paths("received", "ABC", 8, False)[1] is None
 
 
 def test_issued_cfdi_without_pdf_has_no_pdf_path():

@@ -345,14 +345,15 @@ def test_uuid_that_differs_from_the_platform_is_observed(platform):
     assert row["archivo_xml"] == f"facturacion/ingresos/xml/{UUID_USD_PLATFORM}.xml"
 
 
-def test_received_report_reads_3_3_and_has_no_pdf_column(platform):
+def test_received_report_reads_3_3_and_names_a_pdf_only_when_stored(platform):
     conn, store = platform
 
     extraction, frames = extract(RECEIVED, conn, store)
     rows = records(frames)
 
-    assert "archivo_pdf" not in [column.key for column in extraction.columns]
+    assert "archivo_pdf" in [column.key for column in extraction.columns]
     assert [row["uuid"] for row in rows] == [UUID_33.lower(), UUID_BOM, UUID_BOM, "../../x"]
+    assert all(row["archivo_pdf"] is None for row in rows)  # none of these has a PDF stored
     first = rows[0]
     assert (first["version"], first["observaciones"]) == ("3.3", None)
     assert first["impuestos_retenidos"] == Decimal("2066.67")

@@ -240,5 +240,5 @@ RECEIVED = InvoiceDataset(
     sheet_title="Comprobantes recibidos",
     description="Reporte de los comprobantes fiscales (CFDI) recibidos, uno por renglón, leído de cada XML.",
     direction="received",
-    with_pdf=False,
+    with_pdf=True,
 )
