@@ -10,7 +10,7 @@ faster in a rough measurement (50,000 rows x 17 mixed columns: 5.8-6.6 s against
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -146,6 +146,19 @@ class _OpenSheet:
     rows: int = 0  # data rows written so far
 
 
+@dataclass
+class _Table:
+    """One table being written: the dataset's rows, or an extra sheet."""
+
+    title: str
+    columns: Sequence[Column]
+    widths: list[int]
+    formats: list[Format | None]
+    sheet: _OpenSheet = field(init=False)  # the sheet rows go to now
+    sheets: int = 0
+    rows: int = 0
+
+
 class _WorkbookWriter:
     def __init__(
         self,
@@ -183,22 +196,28 @@ class _WorkbookWriter:
         first = next(prepared, None)
         # Widths are set once per table, from the headers and the first chunk's values.
         sample = first if first is not None else [[] for _ in columns]
-        widths = [_width(column, values) for column, values in zip(columns, sample, strict=True)]
-        formats = [self._kind_formats.get(column.kind) for column in columns]
+        table = _Table(
+            title=title,
+            columns=columns,
+            widths=[_width(column, values) for column, values in zip(columns, sample, strict=True)],
+            formats=[self._kind_formats.get(column.kind) for column in columns],
+        )
+        table.sheet = self._open_sheet(table, number=1)
+        if first is not None:
+            self._write_chunk(table, first)
+        del first, sample  # only one chunk's values are held at a time
+        for values in prepared:
+            self._write_chunk(table, values)
+        self._finish_sheet(table)
+        return table.rows
 
-        number = 1
-        sheet = self._open_sheet(title, number, columns, widths)
-        total = 0
-        for values in _chain_first(first, prepared):
-            for row in zip(*values, strict=True):
-                if sheet.rows == self._max_rows:
-                    self._finish_sheet(sheet, len(columns))
-                    number += 1
-                    sheet = self._open_sheet(title, number, columns, widths)
-                self._write_row(sheet, row, columns, formats)
-                total += 1
-        self._finish_sheet(sheet, len(columns))
-        return total
+    def _write_chunk(self, table: _Table, values: list[list[CellValue]]) -> None:
+        for row in zip(*values, strict=True):
+            if table.sheet.rows == self._max_rows:
+                self._finish_sheet(table)
+                table.sheet = self._open_sheet(table, number=table.sheets + 1)
+            self._write_row(table.sheet, row, table.columns, table.formats)
+            table.rows += 1
 
     def _prepare(self, columns: Sequence[Column], chunk: pd.DataFrame) -> list[list[CellValue]]:
         missing = [column.key for column in columns if column.key not in chunk.columns]
@@ -206,21 +225,21 @@ class _WorkbookWriter:
             raise KeyError(f"the dataset's rows lack the declared columns {missing}")
         return [_cell_values(column.kind, chunk[column.key], self._zone) for column in columns]
 
-    def _open_sheet(
-        self, title: str, number: int, columns: Sequence[Column], widths: list[int]
-    ) -> _OpenSheet:
-        name = continuation_title(title, number, self.sheet_titles)
+    def _open_sheet(self, table: _Table, number: int) -> _OpenSheet:
+        name = continuation_title(table.title, number, self.sheet_titles)
         worksheet = self._book.add_worksheet(name)
         self.sheet_titles.append(name)
+        table.sheets = number
         worksheet.freeze_panes(1, 0)
-        for index, width in enumerate(widths):
+        for index, width in enumerate(table.widths):
             worksheet.set_column(index, index, width)
-        for index, column in enumerate(columns):
+        for index, column in enumerate(table.columns):
             _write_text(worksheet, 0, index, cell_text(column.header), self._header_format)
         return _OpenSheet(title=name, worksheet=worksheet)
 
-    def _finish_sheet(self, sheet: _OpenSheet, width: int) -> None:
-        sheet.worksheet.autofilter(0, 0, sheet.rows, width - 1)
+    def _finish_sheet(self, table: _Table) -> None:
+        sheet = table.sheet
+        sheet.worksheet.autofilter(0, 0, sheet.rows, len(table.columns) - 1)
 
     def _write_row(
         self,
@@ -280,12 +299,6 @@ def _write_text(
             raise RuntimeError(f"XlsxWriter refused a rich string (code {result})")
     else:
         worksheet.write_string(row, col, text, cell_format)
-
-
-def _chain_first(first: list[list[CellValue]] | None, rest: Iterator) -> Iterator:
-    if first is not None:
-        yield first
-    yield from rest
 
 
 def _width(column: Column, values: Sequence[CellValue]) -> int:
