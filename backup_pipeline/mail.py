@@ -28,8 +28,8 @@ class OutgoingEmail:
 # Numbers in Spanish
 # ---------------------------------------------------------------------------------------------
 
-# Grouped with a no-break space, as the RAE and the SI recommend: a comma or a point would read as
-# a decimal mark to half of our readers (Mexico writes 12,345.6; the brief's sizes use 12,3).
+# Mexico's NOM-008-SCFI: the decimal mark is a point and digits are grouped with a space (here a
+# no-break space), so "12 345" and "12.3 MB" read the same to every clinic owner.
 _GROUP = "\u00a0"
 _UNITS = ("KB", "MB", "GB", "TB")
 
@@ -47,7 +47,7 @@ def spanish_count(n: int) -> str:
 
 
 def spanish_size(size_bytes: int) -> str:
-    """A file size as the clinic reads it: 12_900_000 -> "12,3 MB", 512 -> "512 bytes".
+    """A file size as the clinic reads it: 12_900_000 -> "12.3 MB", 512 -> "512 bytes".
 
     Multiples of 1024 with the KB/MB/GB labels, because that is what Windows Explorer shows for
     the downloaded file, and the owner will compare the two.
@@ -57,10 +57,10 @@ def spanish_size(size_bytes: int) -> str:
     value = float(size_bytes)
     for unit in _UNITS:
         value /= 1024
-        # Choose the unit after rounding, so 1023.97 KB reads "1,0 MB", not "1024,0 KB".
+        # Choose the unit after rounding, so 1023.97 KB reads "1.0 MB", not "1024.0 KB".
         if round(value, 1) < 1024 or unit == _UNITS[-1]:
             whole, tenth = f"{value:.1f}".split(".")
-            return f"{spanish_count(int(whole))},{tenth} {unit}"
+            return f"{spanish_count(int(whole))}.{tenth} {unit}"
     raise AssertionError("unreachable")
 
 

@@ -106,17 +106,17 @@ def words(text: str) -> set[str]:
         (0, "0 bytes"),
         (1, "1 byte"),
         (1023, "1023 bytes"),
-        (1024, "1,0 KB"),
-        (1536, "1,5 KB"),
-        (12_900_000, "12,3 MB"),
-        (1024**2 - 1, "1,0 MB"),  # rounds up into the next unit, not "1024,0 KB"
-        (5 * 1024**3, "5,0 GB"),
-        (3 * 1024**4 + 1024**4 * 3 // 10, "3,3 TB"),
-        (2000 * 1024**4, "2000,0 TB"),
-        (20_000 * 1024**4, f"20{NBSP}000,0 TB"),
+        (1024, "1.0 KB"),
+        (1536, "1.5 KB"),
+        (12_900_000, "12.3 MB"),
+        (1024**2 - 1, "1.0 MB"),  # rounds up into the next unit, not "1024.0 KB"
+        (5 * 1024**3, "5.0 GB"),
+        (3 * 1024**4 + 1024**4 * 3 // 10, "3.3 TB"),
+        (2000 * 1024**4, "2000.0 TB"),
+        (20_000 * 1024**4, f"20{NBSP}000.0 TB"),
     ],
 )
-def test_size_reads_as_windows_shows_it_with_a_decimal_comma(size: int, expected: str) -> None:
+def test_size_reads_with_the_mexican_decimal_point(size: int, expected: str) -> None:
     assert spanish_size(size) == expected
 
 
@@ -124,7 +124,7 @@ def test_size_reads_as_windows_shows_it_with_a_decimal_comma(size: int, expected
 def test_size_is_always_a_spanish_number_and_a_unit_within_five_percent(size: int) -> None:
     text = spanish_size(size)
 
-    match = re.fullmatch(r"(\d+(?:\u00a0\d{3})*)(?:,(\d))? (bytes|byte|KB|MB|GB|TB)", text)
+    match = re.fullmatch(r"(\d+(?:\u00a0\d{3})*)(?:\.(\d))? (bytes|byte|KB|MB|GB|TB)", text)
     assert match, text
     whole, tenth, unit = match.groups()
     value = float(whole.replace(NBSP, "") + "." + (tenth or "0"))
@@ -188,7 +188,7 @@ def test_delivered_email_states_size_checksum_how_to_verify_contents_and_support
     email = delivered()
 
     for part in (email.text, visible_text(email.html)):
-        assert "12,3 MB" in part
+        assert "12.3 MB" in part
         assert SHA in part
         assert "certutil -hashfile archivo.zip SHA256" in part
         assert "shasum -a 256 archivo.zip" in part
@@ -214,7 +214,7 @@ def test_checksum_is_shown_in_lowercase_whatever_its_input_case() -> None:
 def test_delivered_email_without_contents_still_states_the_size() -> None:
     email = delivered(contents=[])
 
-    assert "El archivo .zip pesa 12,3 MB." in email.text
+    assert "El archivo .zip pesa 12.3 MB." in email.text
 
 
 @pytest.mark.parametrize("link", ["javascript:alert(1)", "data:text/html,hola", "ftp://x/y.zip"])
