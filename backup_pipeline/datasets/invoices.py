@@ -30,11 +30,10 @@ def _columns(with_pdf: bool) -> tuple[Column, ...]:
         Column("uuid", "UUID", width=38),
         Column("serie", "Serie"),
         Column("folio", "Folio"),
-        # The XML's Fecha and FechaTimbrado are local times of issue as written, not UTC.
-        # TODO(lead): declare them Kind.LOCAL_DATETIME once base.py has it, so the workbook
-        # shows them unconverted; Kind.DATETIME converts from UTC to the clinic's zone.
-        Column("fecha_emision", "Fecha de emisión", Kind.DATETIME),
-        Column("fecha_timbrado", "Fecha de timbrado", Kind.DATETIME),
+        # The XML's Fecha and FechaTimbrado are local times of issue as written, not UTC: shown
+        # as they are, where the platform's own timestamps are converted to the clinic's zone.
+        Column("fecha_emision", "Fecha de emisión", Kind.LOCAL_DATETIME),
+        Column("fecha_timbrado", "Fecha de timbrado", Kind.LOCAL_DATETIME),
         Column("issued_at", "Fecha de emisión registrada en la plataforma", Kind.DATETIME),
         Column("version", "Versión CFDI"),
         Column("emisor_rfc", "RFC emisor", width=15),
