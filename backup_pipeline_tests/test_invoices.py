@@ -427,3 +427,29 @@ def test_clinic_without_invoices_yields_no_rows_but_its_columns(platform):
 
     assert list(extraction.chunks) == []
     assert extraction.columns[-1].header == "Observaciones"
+
+
+def test_xml_issue_date_shows_as_written_while_platform_times_move_to_the_clinic_zone(
+    platform, tmp_path: Path
+):
+    import openpyxl
+
+    from backup_pipeline.workbook import render_workbook
+
+    conn, store = platform
+    extraction, frames = extract(ISSUED, conn, store)
+    rendered = render_workbook(
+        extraction.__class__(columns=extraction.columns, chunks=iter(frames)),
+        path=tmp_path / "emitidos.xlsx",
+        sheet_title=ISSUED.sheet_title,
+        timezone="America/Mexico_City",
+        archive_path=ISSUED.archive_path,
+        overflow_dir=tmp_path / "overflow",
+    )
+    sheet = openpyxl.load_workbook(rendered.path).active
+    headers = [cell.value for cell in sheet[1]]
+    row = next(r for r in sheet.iter_rows(min_row=2, values_only=True) if r[0] == UUID_INGRESO)
+    values = dict(zip(headers, row, strict=True))
+    assert values["Fecha de emisión"] == datetime(2025, 3, 14, 10, 32, 5)  # as in the XML
+    expected = by_uuid(records(frames))[UUID_INGRESO]["issued_at"]
+    assert values["Fecha de emisión registrada en la plataforma"] == expected - timedelta(hours=6)
