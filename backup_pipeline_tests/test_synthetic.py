@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from backup_pipeline import tables
 from backup_pipeline.resources.storage import ObjectStore, open_store
 from backup_pipeline.synthetic import (
+    ID_BLOCK,
     PROFILES,
     SeedSummary,
     file_backup_request,
@@ -105,7 +106,7 @@ def test_subscriptions_never_share_ids_and_reseeding_an_id_is_refused(db_url, tm
         if table is tables.subscriptions:
             continue
         for row in _rows(engine, table):
-            assert row["id"] // 1_000_000_000 == row["subscription_id"], table.name
+            assert row["id"] // ID_BLOCK == row["subscription_id"], table.name
     checks = (
         (tables.consultations, "patient_id", tables.patients),
         (tables.consultations, "practitioner_user_id", tables.users),
@@ -164,7 +165,7 @@ def test_file_backup_request_inserts_a_pending_row_in_the_subscriptions_id_block
     second = file_backup_request(engine, subscription_id=1, user_id=owner)
 
     assert second == first + 1
-    assert first // 1_000_000_000 == 1
+    assert first // ID_BLOCK == 1
     (row,) = _rows(engine, tables.backup_requests, tables.backup_requests.c.id == first)
     assert (row["status"], row["requested_by_user_id"], row["requested_at"]) == (
         "pending",
@@ -417,3 +418,16 @@ def test_cfdi_parse_with_their_namespaces_and_stamp_except_the_broken_one(clinic
     assert all(r["cancelled_at"] is None for r in rows if r["status"] == "vigente")
     assert any(r["patient_id"] for r in rows)
     assert b"Retenciones" in b"".join(store.get_bytes(r["xml_storage_key"]) for r in rows)
+
+
+def test_timestamps_are_naive_utc_and_never_after_now(clinic):
+    engine, _, _ = clinic
+    five_years_ago = NOW.replace(year=NOW.year - 5)
+    for table in tables.PLATFORM_TABLES:
+        for row in _rows(engine, table):
+            for column in table.columns:
+                value = row[column.name]
+                if isinstance(value, datetime):
+                    assert value.tzinfo is None and value <= NOW, f"{table.name}.{column.name}"
+    for p in _rows(engine, tables.patients):
+        assert five_years_ago <= p["created_at"] and (p["deleted_at"] or NOW) >= p["created_at"]

@@ -20,7 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from backup_pipeline import tables
 from backup_pipeline.resources.storage import ObjectStore
-from backup_pipeline.synthetic import cfdi_xml, clinical, files, names
+from backup_pipeline.synthetic import cfdi_xml, clinical, names
+from backup_pipeline.synthetic import files as file_formats
 from backup_pipeline.synthetic.profiles import PROFILES, Profile
 
 ID_BLOCK = 1_000_000_000  # every subscription owns ids [sid * ID_BLOCK, (sid + 1) * ID_BLOCK) in each table
@@ -50,7 +51,7 @@ def row_id(subscription_id: int, sequence: int) -> int:
 
 def seed_platform(
     engine: Engine,
-    files_store: ObjectStore,
+    files: ObjectStore,
     *,
     profile: str = "small",
     patients: int | None = None,
@@ -88,7 +89,7 @@ def seed_platform(
                     seed=seed,
                     now=moment,
                     sink=sink,
-                    files=files_store,
+                    files=files,
                     progress=progress,
                 )
                 clinic.run()
@@ -177,6 +178,10 @@ class _BatchSink:
     def __init__(self, connection: Connection, batch_rows: int) -> None:
         self.connection = connection
         self.batch_rows = batch_rows
+        # psycopg's COPY is several times faster than multi-row INSERTs for bulk synthetic rows.
+        self.copy = (
+            connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg"
+        )
         self.buffers: dict[str, list[Row]] = {t.name: [] for t in tables.PLATFORM_TABLES}
         self.pending = 0
         self.counts: Counter[str] = Counter()
@@ -193,11 +198,26 @@ class _BatchSink:
         with self.connection.begin():
             for table in tables.PLATFORM_TABLES:
                 rows = self.buffers[table.name]
-                if rows:
+                if rows and self.copy:
+                    self._copy(table, rows)
+                elif rows:
                     self.connection.execute(table.insert(), rows)
+                if rows:
                     self.counts[table.name] += len(rows)
                     self.buffers[table.name] = []
         self.pending = 0
+
+    def _copy(self, table: Table, rows: list[Row]) -> None:
+        from psycopg import sql
+
+        columns = [c.name for c in table.columns]
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        driver_connection = self.connection.connection.driver_connection
+        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
 
 
 class _HashingWriter:
@@ -704,7 +724,7 @@ class _ClinicSeeder:
             subscription_id=self.sid,
             patient_id=facts.id,
             started_at=started_at,
-            created_at=started_at + timedelta(minutes=rng.randint(0, 90)),
+            created_at=min(started_at + timedelta(minutes=rng.randint(0, 90)), self.now),
         )
         if facts.index == MINIMAL_RECORDS and k == 0:
             return row
@@ -785,7 +805,7 @@ class _ClinicSeeder:
         procedure = rng.choice(procedures)
         visit = rng.choice(visits) if visits and (full or rng.random() < 0.7) else None
         created_at = (
-            visit[1] + timedelta(minutes=rng.randint(5, 60))
+            min(visit[1] + timedelta(minutes=rng.randint(5, 60)), self.now)
             if visit
             else _between(rng, facts.created_at, facts.end)
         )
@@ -928,7 +948,10 @@ class _ClinicSeeder:
                 patient_id=facts.id,
                 vaccine=dose.vaccine,
                 applied_on=applied_on,
-                created_at=max(recorded, facts.created_at + timedelta(minutes=rng.randint(5, 60))),
+                created_at=min(
+                    max(recorded, facts.created_at + timedelta(minutes=rng.randint(5, 60))),
+                    self.now,
+                ),
             )
             if not (facts.index == MINIMAL_RECORDS and k == 0):
                 full = facts.index == COMPLETE
@@ -1111,11 +1134,11 @@ class _ClinicSeeder:
         facts: _PatientFacts,
     ) -> None:
         if kind == "png":
-            files.write_png(
+            file_formats.write_png(
                 out, rng, size, colour="adiograf" not in file_name and "rtopantomo" not in file_name
             )
         elif kind == "jpeg":
-            files.write_jpeg(out, rng, size)
+            file_formats.write_jpeg(out, rng, size)
         else:
             title = (
                 "Receta médica"
@@ -1129,7 +1152,7 @@ class _ClinicSeeder:
                 "Amoxicilina 500 mg, 1 cápsula cada 8 horas por 7 días.",
                 "Paracetamol 500 mg en caso de dolor.",
             ]
-            files.write_pdf(out, rng, size, title, lines)
+            file_formats.write_pdf(out, rng, size, title, lines)
 
     # invoices ----------------------------------------------------------------------------------
 
@@ -1233,7 +1256,7 @@ class _ClinicSeeder:
             with self.files.open_write(pdf_key, "application/pdf") as out:
                 pdf.target = out
                 total = "0.00" if kind == "P" else f"{cfdi_xml.invoice_total(invoice):,.2f}"
-                files.write_pdf(
+                file_formats.write_pdf(
                     pdf, rng, rng.randint(3_000, 9_000), f"Factura {serie or ''}{folio or ''}",
                     [f"Folio fiscal: {uuid}", f"Emisor: {issuer.name} ({issuer.rfc})",
                      f"Receptor: {receiver.name} ({receiver.rfc})", f"Total: ${total} {currency}",
@@ -1285,6 +1308,8 @@ class _ClinicSeeder:
         rfc = facts.row["rfc"]
         if not rfc:
             return public, "S01" if v4 else "P01", facts.id
+        if facts.row["tax_regime"] == "616" and kind == "I":
+            use = "S01"  # "sin obligaciones fiscales" cannot deduct medical expenses (D01)
         name = names.full_name(facts.person).upper()
         party = cfdi_xml.Party(
             rfc,
