@@ -451,7 +451,7 @@ class _ClinicSeeder:
             (
                 (f"Clínica Dental Sonrisa {surname}", f"Clínica Dental Sonrisa {surname}, S.A. de C.V."),
                 (f"Consultorio Dental {doctor} {surname}", f"Servicios Odontológicos {surname}, S.C."),
-                (f"Centro Odontológico {place.neighborhood}", f"Centro Odontológico {place.neighborhood}, S.C."),
+                (f"Centro Odontológico {place.municipality}", f"Centro Odontológico {place.municipality}, S.C."),
                 (f"Clínica Médica Familiar {surname}", f"Atención Médica Familiar {surname}, S.A. de C.V."),
                 (f"Ortodoncia y Estética Dental {surname}", f"Estética Dental {surname}, S. de R.L. de C.V."),
             )
@@ -1055,7 +1055,7 @@ class _ClinicSeeder:
             )  # fmt: skip
         elif kind == "jpeg":
             name = rng.choice(
-                (f"IMG_{day:%Y%m%d}_{rng.randint(80000, 195959):06d}.jpg",
+                (f"IMG_{day:%Y%m%d}_{rng.randint(8, 19):02d}{rng.randint(0, 59):02d}{rng.randint(0, 59):02d}.jpg",
                  f"WhatsApp Image {day.isoformat()} at {rng.randint(9, 21)}.{rng.randint(10, 59)}.{rng.randint(10, 59)}.jpeg",
                  f"foto intraoral {rng.randint(1, 6)}.jpg", "Foto frontal.JPG", "sonrisa antes.jpg", "sonrisa después.jpg")
             )  # fmt: skip
@@ -1089,7 +1089,8 @@ class _ClinicSeeder:
                     if roll < 0.08
                     else None
                 )
-        if facts.index == MINIMAL_RECORDS and k == 0:
+        bare = facts.index == MINIMAL_RECORDS and k == 0  # every nullable column NULL
+        if bare:
             case = "unrecorded"
         mean = self.profile.attachment_mean_bytes
         sigma = 1.1
@@ -1116,7 +1117,9 @@ class _ClinicSeeder:
                 "patient_id": facts.id,
                 "storage_key": key,
                 "file_name": file_name,
-                "content_type": content_type if recorded or rng.random() < 0.5 else None,
+                "content_type": None
+                if bare or (not recorded and rng.random() < 0.5)
+                else content_type,
                 "size_bytes": written.size if recorded else None,
                 "sha256": written.digest.hexdigest() if recorded else None,
                 "uploaded_at": uploaded_at,
