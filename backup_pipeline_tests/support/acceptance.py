@@ -1,0 +1,200 @@
+"""Acceptance harness: a clinic on real backends, its backup run through the real job, read back."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+import dagster as dg
+import openpyxl
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.cloud import storage
+from google.oauth2 import service_account
+from openpyxl.workbook.workbook import Workbook
+from openpyxl.worksheet.worksheet import Worksheet
+from sqlalchemy import Engine
+
+from backup_pipeline.operations import RunOutcome, execute_request
+from backup_pipeline.resources import build_resources
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.settings import Settings
+from backup_pipeline.synthetic import file_backup_request
+from backup_pipeline_tests.support.sendgrid import SentEmail
+
+SIGNER_EMAIL = "respaldos@clinic-platform.iam.gserviceaccount.com"
+
+
+# --- GCS: a client whose credentials can sign V4 URLs, talking to the emulator -----------------
+
+
+def signing_credentials() -> service_account.Credentials:
+    """A service-account key (made here, never real) with a token that needs no refresh.
+
+    The emulator accepts any bearer token; the key makes V4 signing work exactly as with a
+    production key file. Without a live token the client would try to reach Google's OAuth.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    credentials = service_account.Credentials.from_service_account_info(
+        {
+            "type": "service_account",
+            "project_id": "clinic-platform",
+            "private_key_id": "acceptance-key",
+            "private_key": pem,
+            "client_email": SIGNER_EMAIL,
+            "client_id": "1",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        },
+        scopes=storage.Client.SCOPE,
+    )
+    credentials.token = "emulator-token"
+    credentials.expiry = datetime(2100, 1, 1)  # naive UTC, as google-auth keeps it
+    return credentials
+
+
+def signing_client_class(credentials: service_account.Credentials) -> type[storage.Client]:
+    """storage.Client that defaults to `credentials` instead of the emulator's anonymous ones."""
+
+    class SigningClient(storage.Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if len(args) < 2 and kwargs.get("credentials") is None:
+                kwargs["credentials"] = credentials
+            super().__init__(*args, **kwargs)
+
+    return SigningClient
+
+
+# --- Reading an archive back ----------------------------------------------------------------
+
+
+@dataclass
+class Archive:
+    """A backup zip in memory, with its entries, workbooks and every byte inside them."""
+
+    data: bytes
+    zf: zipfile.ZipFile = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.zf = zipfile.ZipFile(io.BytesIO(self.data))
+
+    @property
+    def names(self) -> list[str]:
+        return self.zf.namelist()
+
+    def read(self, name: str) -> bytes:
+        return self.zf.read(name)
+
+    def text(self, name: str) -> str:
+        return self.read(name).decode("utf-8-sig")
+
+    @cached_property
+    def workbooks(self) -> dict[str, Workbook]:
+        """Every .xlsx entry, loaded fully (not read_only) so that cell.data_type is the file's."""
+        return {
+            name: openpyxl.load_workbook(io.BytesIO(self.read(name)))
+            for name in self.names
+            if name.endswith(".xlsx")
+        }
+
+    def sheet_rows(self, workbook: str, sheet: int | str = 0) -> list[dict[str, Any]]:
+        """A sheet's data rows as {header: value}; rows with no value at all are no rows."""
+        book = self.workbooks[workbook]
+        ws = book.worksheets[sheet] if isinstance(sheet, int) else book[sheet]
+        return table_rows(ws)
+
+    def blobs(self) -> Iterator[tuple[str, bytes]]:
+        """(where, bytes) for every entry and, inside each .xlsx, every member decompressed."""
+        for name in self.names:
+            data = self.read(name)
+            yield name, data
+            if name.endswith(".xlsx"):
+                with zipfile.ZipFile(io.BytesIO(data)) as inner:
+                    for member in inner.namelist():
+                        yield f"{name}!{member}", inner.read(member)
+
+
+def headers(ws: Worksheet) -> list[str]:
+    return [cell.value for cell in next(ws.iter_rows(min_row=1, max_row=1))]
+
+
+def table_rows(ws: Worksheet) -> list[dict[str, Any]]:
+    names = headers(ws)
+    rows = []
+    for values in ws.iter_rows(min_row=2, values_only=True):
+        if any(value is not None for value in values):
+            rows.append(dict(zip(names, values, strict=True)))
+    return rows
+
+
+# --- A clinic on some backends, and its backups ---------------------------------------------
+
+
+@dataclass
+class Backup:
+    request_id: int
+    outcome: RunOutcome
+    request: Any  # the backup_requests row after the run
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome.success and self.request.status == "delivered"
+
+
+@dataclass
+class Platform:
+    """One platform database, files store, archives store and mail backend; a Dagster instance."""
+
+    engine: Engine
+    settings: Settings
+    files: ObjectStore
+    archives: ObjectStore
+    instance: dg.DagsterInstance
+    sent: Callable[[], list[SentEmail]]  # what the mail backend has accepted, oldest first
+
+    def request_backup(self, subscription_id: int, user_id: int) -> int:
+        return file_backup_request(self.engine, subscription_id=subscription_id, user_id=user_id)
+
+    def run(self, request_id: int, subscription_id: int) -> Backup:
+        """Run the real backup job for the request, in process, as `backup-pipeline run` does."""
+        outcome = execute_request(
+            self.instance, build_resources(self.settings), request_id, subscription_id
+        )
+        return Backup(request_id, outcome, self.request_row(request_id))
+
+    def backup(self, subscription_id: int, user_id: int) -> Backup:
+        return self.run(self.request_backup(subscription_id, user_id), subscription_id)
+
+    def request_row(self, request_id: int) -> Any:
+        with self.engine.connect() as conn:
+            return db.get_request(conn, request_id)
+
+    def archive(self, backup: Backup) -> Archive:
+        assert backup.delivered, f"request {backup.request_id} is {backup.request.status}"
+        return Archive(self.archives.get_bytes(backup.request.archive_key))
+
+    def step_output_metadata(self, run_id: str, step_key: str) -> dict[str, Any]:
+        """The metadata an op attached to its output in this run (as the Dagster UI shows it)."""
+        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+            event = record.dagster_event
+            if event is not None and event.step_key == step_key:
+                metadata = event.event_specific_data.metadata
+                return {name: value.value for name, value in metadata.items()}
+        raise AssertionError(f"step {step_key} produced no output in run {run_id}")
+
+    def step_events(self, run_id: str, step_key: str, event_type: dg.DagsterEventType) -> int:
+        return sum(
+            1
+            for record in self.instance.all_logs(run_id, of_type=event_type)
+            if record.dagster_event is not None and record.dagster_event.step_key == step_key
+        )
