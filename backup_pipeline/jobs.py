@@ -29,6 +29,7 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.spanish import clinic_zone
 from backup_pipeline.staging import stage_file
 from backup_pipeline.workbook import render_workbook
 
@@ -129,7 +130,9 @@ def start_backup(
     return BackupTarget(
         request_id=request_id,
         subscription_id=request.subscription_id,
-        timezone=subscription.timezone,
+        # Resolved once here: a zone name the platform let through with a typo falls back to the
+        # default (spanish.clinic_zone) instead of failing every op that shows a date.
+        timezone=clinic_zone(subscription.timezone).key,
         requested_at=request.requested_at,
         staging_prefix=f"staging/{request_id}/{context.run_id}",
     )
