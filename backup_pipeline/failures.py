@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -11,6 +12,18 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
 
 log = logging.getLogger(__name__)
+
+
+# After an op's retry policy gives up, Dagster reports its own wrapper; the cause is the error.
+_RETRY_WRAPPERS = frozenset({"RetryRequestedFromPolicy", "RetryRequested"})
+
+
+def error_class_of(error: Any) -> str | None:
+    """The class name of a step failure's error (Dagster's SerializableErrorInfo), looking
+    through the retry wrapper to the error that caused it; None when there is no error."""
+    while error is not None and error.cls_name in _RETRY_WRAPPERS and error.cause is not None:
+        error = error.cause
+    return error.cls_name if error is not None else None
 
 
 def failure_reason(step: str | None, error_class: str | None) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 import dagster as dg
 
 from backup_pipeline import mail
-from backup_pipeline.failures import fail_request
+from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import review_pending
 from backup_pipeline.jobs import backup_job, backup_partitions, send_or_fail
 from backup_pipeline.resources import build_resources
@@ -76,7 +76,7 @@ def execute_request(
             request_id=request_id,
             run_id=result.run_id,
             step=step,
-            error_class=error.cls_name if error else None,
+            error_class=error_class_of(error),
         )
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)

@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from backup_pipeline.failures import fail_request
+from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import review_pending
 from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job, backup_partitions
 from backup_pipeline.resources.mailer import MailerResource
@@ -63,7 +63,7 @@ def backup_request_sensor(
 def _failed_step(context: dg.RunFailureSensorContext) -> tuple[str | None, str | None]:
     for event in context.get_step_failure_events():
         error = event.event_specific_data.error if event.event_specific_data else None
-        return event.step_key, (error.cls_name if error else None)
+        return event.step_key, error_class_of(error)
     return None, None
 
 
