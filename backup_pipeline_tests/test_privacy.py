@@ -1,0 +1,505 @@
+"""Nothing leaks: no patient data where engineers look, secrets only from the environment, and the
+download link reaches only the requester and ends when configured.
+
+The privacy runs scan everything a run leaves behind outside the clinic's own zip and email: the
+Dagster event log (messages, metadata, errors), the run and its tags, every file of the Dagster
+instance, the request's status_detail, support's emails, Python log records at DEBUG and the
+process's stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import runpy
+import secrets
+import string
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import dagster as dg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.cloud import storage
+from google.oauth2 import service_account
+from pydantic import Field
+from sqlalchemy import Engine, create_engine, select, update
+
+from backup_pipeline import housekeeping
+from backup_pipeline import tables as t
+from backup_pipeline.failures import error_class_of
+from backup_pipeline.operations import execute_request
+from backup_pipeline.resources import BackupPolicyResource, build_resources
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.resources.storage import GcsStore, ObjectStoreResource, open_store
+from backup_pipeline.sensors import backup_request_sensor
+from backup_pipeline.settings import MAX_LINK_TTL, Settings
+from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox
+
+REPO = Path(__file__).resolve().parents[1]
+SIGNER = "backup-archives@clinic-platform.iam.gserviceaccount.com"
+# Words of the synthetic "patient without data" that are the product's own vocabulary too.
+GENERIC_WORDS = {"paciente", "datos"}
+
+
+def fake_sendgrid_key() -> str:
+    """A key shaped like SendGrid's ('SG.' + 22 + '.' + 43 characters), made up for this test."""
+    alphabet = string.ascii_letters + string.digits + "-_"
+    part = lambda n: "".join(secrets.choice(alphabet) for _ in range(n))  # noqa: E731
+    return f"SG.{part(22)}.{part(43)}"
+
+
+# --- the seeded platform --------------------------------------------------------------------------
+
+
+@dataclass
+class Clinic:
+    engine: Engine
+    env: dict[str, str]
+    subscription_id: int
+    user_id: int
+    outbox: Path
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def requester_email(self) -> str:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(t.users.c.email).where(t.users.c.id == self.user_id)
+            ).scalar()
+
+
+@pytest.fixture
+def clinic(tmp_path: Path) -> Iterator[Clinic]:
+    url = f"sqlite:///{tmp_path / 'platform.db'}"
+    engine = create_engine(url)
+    create_schema(engine)
+    env = {
+        "BACKUP_PLATFORM_DB_URL": url,
+        "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+        "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
+        "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
+    }
+    summary = seed_platform(engine, open_store(env["BACKUP_FILES_URL"]), patients=10, seed=11)
+    sid = summary.subscription_ids[0]
+    yield Clinic(engine, env, sid, summary.user_ids[sid][0], tmp_path / "outbox")
+    engine.dispose()
+
+
+def personal_data(clinic: Clinic) -> dict[str, set[str]]:
+    """What identifies the clinic's patients and the requester, by kind."""
+    p = t.patients.c
+    found: dict[str, set[str]] = {"name": set(), "email": set(), "curp": set(), "rfc": set()}
+    with clinic.engine.connect() as conn:
+        rows = conn.execute(
+            select(p.first_name, p.last_name, p.second_last_name, p.email, p.curp, p.rfc).where(
+                p.subscription_id == clinic.subscription_id
+            )
+        ).all()
+    for row in rows:
+        for name in (row.first_name, row.last_name, row.second_last_name):
+            if name:
+                found["name"].add(name)
+                found["name"].update(
+                    word
+                    for word in name.split()
+                    if len(word) >= 4 and word.casefold() not in GENERIC_WORDS
+                )
+        found["name"].add(" ".join(filter(None, (row.first_name, row.last_name))))
+        for kind in ("email", "curp", "rfc"):
+            if getattr(row, kind):
+                found[kind].add(getattr(row, kind))
+    assert all(found.values()), "the seeded clinic should have every kind of personal data"
+    found["requester email"] = {clinic.requester_email()}
+    return found
+
+
+def leaks(texts: dict[str, str], secrets_by_kind: dict[str, set[str]]) -> list[str]:
+    """'<kind> found in <source>' for each secret that appears as a whole word in a text."""
+    found = []
+    for kind, values in secrets_by_kind.items():
+        words = sorted(values, key=len, reverse=True)
+        pattern = re.compile(
+            r"(?<!\w)(?:" + "|".join(re.escape(v) for v in words) + r")(?!\w)", re.IGNORECASE
+        )
+        for source, text in texts.items():
+            match = pattern.search(text)
+            if match:
+                start = max(match.start() - 60, 0)
+                found.append(f"{kind} in {source}: ...{text[start : match.end() + 60]!r}")
+    return found
+
+
+def strings_in(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+def as_text(value: object) -> str:
+    """Every string inside a Dagster record (event, run), JSON escapes undone."""
+    return "\n".join(strings_in(json.loads(dg.serialize_value(value))))
+
+
+def instance_files(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Every file the instance wrote (event log databases, compute logs), as UTF-8 and as the
+    JSON escapes its storage may keep non-ASCII text in."""
+    texts = {}
+    for path in Path(instance.root_directory).rglob("*"):
+        if path.is_file():
+            raw = path.read_bytes().decode("utf-8", errors="replace")
+            unescaped = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), raw)
+            texts[f"instance file {path.name}"] = unescaped
+    return texts
+
+
+def run_record(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
+    run = instance.get_run_by_id(run_id)
+    return {
+        "event log": "\n".join(as_text(entry) for entry in instance.all_logs(run_id)),
+        "run and its tags": as_text(run),
+        "run tags": json.dumps(dict(run.tags), ensure_ascii=False),
+        **instance_files(instance),
+    }
+
+
+def python_logs(records: Iterable[logging.LogRecord]) -> str:
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    return "\n".join(formatter.format(record) for record in records)
+
+
+def request_row(clinic: Clinic, request_id: int) -> db.BackupRequest:
+    with clinic.engine.connect() as conn:
+        return db.get_request(conn, request_id)
+
+
+# --- privacy: a full run, and a run that fails -----------------------------------------------------
+
+
+def test_a_full_run_leaves_no_patient_data_or_api_key_where_engineers_look(
+    clinic: Clinic,
+    sendgrid_endpoint: SendGridEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    api_key = fake_sendgrid_key()
+    monkeypatch.setenv("SENDGRID_API_KEY", api_key)
+    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    caplog.set_level(logging.DEBUG)
+    watched = personal_data(clinic)
+    request_id = file_backup_request(
+        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
+    )
+    resources = build_resources(clinic.settings)
+
+    with dg.instance_for_test() as instance:
+        tick = backup_request_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources)
+        )
+        (run_request,) = tick.run_requests
+        outcome = execute_request(instance, resources, request_id, clinic.subscription_id)
+        texts = {
+            **run_record(instance, outcome.run_id),
+            "sensor's run request": as_text(run_request),
+        }
+
+    assert outcome.success and outcome.request_status == "delivered"
+    (sent,) = sendgrid_endpoint.recorded
+    assert sent.headers["Authorization"] == f"Bearer {api_key}"  # the key was in use
+    request = request_row(clinic, request_id)
+    captured = capfd.readouterr()
+    texts |= {
+        "status_detail and request row": repr(request),
+        "python logs": python_logs(caplog.records),
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }
+    assert "export_patients" in texts["event log"]  # the scan reads what the run logged
+    assert leaks(texts, {**watched, "SendGrid API key": {api_key}}) == []
+
+
+def test_a_failed_run_tells_support_why_without_patient_data(
+    clinic: Clinic,
+    sendgrid_endpoint: SendGridEndpoint,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    caplog.set_level(logging.DEBUG)
+    watched = personal_data(clinic)
+    requester = clinic.requester_email()
+    request_id = file_backup_request(
+        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
+    )
+    # The provider refuses the link's email for good; its error body quotes the address.
+    sendgrid_endpoint.script([400])
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, build_resources(clinic.settings), request_id, clinic.subscription_id
+        )
+        texts = run_record(instance, outcome.run_id)
+
+    assert not outcome.success and outcome.request_status == "failed"
+    request = request_row(clinic, request_id)
+    assert "deliver_backup" in request.status_detail
+    sent = [r.payload for r in sendgrid_endpoint.recorded if r.status == 202]
+    to_support = [p for p in sent if p["personalizations"][0]["to"][0]["email"] != requester]
+    to_requester = [p for p in sent if p["personalizations"][0]["to"][0]["email"] == requester]
+    assert len(to_support) == 1 and len(to_requester) == 1
+    assert str(request_id) in to_support[0]["subject"]
+    captured = capfd.readouterr()
+    texts |= {
+        "status_detail": request.status_detail,
+        "support alert": json.dumps(to_support[0], ensure_ascii=False),
+        "python logs": python_logs(caplog.records),
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }
+    assert "STEP_FAILURE" in texts["event log"]
+    assert leaks(texts, watched) == []
+
+
+class FailsAfterRetries(Exception):
+    pass
+
+
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=1, delay=0))
+def _always_fails() -> None:
+    raise FailsAfterRetries("the failing op's text may quote data: never shown")
+
+
+@dg.job
+def _retried_job() -> None:
+    _always_fails()
+
+
+def test_the_failure_reason_names_the_error_class_under_the_retry_wrapper() -> None:
+    result = _retried_job.execute_in_process(raise_on_error=False)
+    (failure,) = result.get_step_failure_events()
+    error = failure.event_specific_data.error
+    assert error.cls_name == "RetryRequestedFromPolicy"  # what Dagster reports after retries
+    assert error_class_of(error) == "FailsAfterRetries"
+    assert error_class_of(None) is None
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+
+def test_the_ui_shows_neither_the_api_key_nor_the_database_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dagster._core.remote_representation.external_data import RepositorySnap
+
+    api_key = fake_sendgrid_key()
+    password = secrets.token_urlsafe(16)
+    env = {
+        "SENDGRID_API_KEY": api_key,
+        "BACKUP_MAIL_URL": "sendgrid://",
+        "BACKUP_PLATFORM_DB_URL": f"postgresql+psycopg://backups:{password}@db.internal/platform",
+        "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+        "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    # The code location as `dagster dev` loads it, in a namespace of its own.
+    defs = runpy.run_module("backup_pipeline.definitions")["defs"]
+    # What the webserver is sent about the code location: jobs, sensors, resources and their config.
+    snapshot = dg.serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
+
+    assert "sendgrid://" in snapshot and "BACKUP_PLATFORM_DB_URL" in snapshot
+    assert api_key not in snapshot
+    assert password not in snapshot
+
+
+SECRET_PATTERNS = {
+    "SendGrid API key": re.compile(r"SG\.[\w-]{22}\.[\w-]{43}"),
+    "PEM private key": re.compile(r"-{5}BEGIN (?:[A-Z]+ )*PRIVATE KEY-{5}\s+[A-Za-z0-9+/=]{40}"),
+    "Google API key": re.compile(r"AIza[\w-]{35}"),
+    "Google service-account key file": re.compile(r'"private_key_id"\s*:\s*"[0-9a-f]{40}"'),
+}
+SECRET_FILE_SUFFIXES = (".pem", ".p12", ".pfx", ".key", ".env")
+
+
+def tracked_files() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.decode()
+    return [REPO / name for name in listed.split("\0") if name]
+
+
+def test_no_secret_is_committed_to_the_repository() -> None:
+    files = tracked_files()
+    assert REPO / "pyproject.toml" in files
+    found = []
+    for path in files:
+        if path.name.endswith(SECRET_FILE_SUFFIXES) or path.name == ".env":
+            found.append(f"{path.relative_to(REPO)}: a secret's file type")
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        found += [
+            f"{path.relative_to(REPO)}: {kind}"
+            for kind, pattern in SECRET_PATTERNS.items()
+            if pattern.search(text)
+        ]
+    assert found == []
+
+
+def test_the_secret_scan_recognises_what_it_looks_for() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    assert SECRET_PATTERNS["PEM private key"].search(pem)
+    assert SECRET_PATTERNS["SendGrid API key"].search(fake_sendgrid_key())
+    assert not SECRET_PATTERNS["SendGrid API key"].search("SG.test-key-not-real")
+
+
+# --- access: the link -------------------------------------------------------------------------------
+
+
+def service_account_file(path: Path) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "clinic-platform",
+        "private_key_id": "test-key-1",
+        "private_key": pem,
+        "client_email": SIGNER,
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path.write_text(json.dumps(info))
+    return path
+
+
+class KeySignedArchives(ObjectStoreResource):
+    """The archives bucket on the emulator, its links V4-signed with a service-account key as in
+    production (the emulator's anonymous client cannot sign)."""
+
+    credentials_file: str = Field(description="a service-account key file (made by the test)")
+
+    def get_store(self) -> GcsStore:
+        if self._store is None:
+            store = open_store(self.url)
+            credentials = service_account.Credentials.from_service_account_file(
+                self.credentials_file, scopes=storage.Client.SCOPE
+            )
+            parts = urlsplit(self.url)
+            signer = GcsStore(
+                parts.netloc,
+                parts.path,
+                client=storage.Client(project=EMULATOR_PROJECT, credentials=credentials),
+            )
+            store.signed_url = signer.signed_url  # object calls stay on the emulator's client
+            self._store = store
+        return self._store
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.get_store()
+
+
+def test_the_link_lives_the_configured_time_and_the_archive_goes_when_it_ends(
+    clinic: Clinic, gcs_bucket_url: str, tmp_path: Path
+) -> None:
+    clinic.env |= {"BACKUP_ARCHIVES_URL": gcs_bucket_url, "BACKUP_LINK_TTL": "36"}
+    resources = build_resources(clinic.settings)
+    resources["archives"] = KeySignedArchives(
+        url=gcs_bucket_url, credentials_file=str(service_account_file(tmp_path / "sa.json"))
+    )
+    request_id = file_backup_request(
+        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
+    )
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(instance, resources, request_id, clinic.subscription_id)
+
+    assert outcome.success
+    request = request_row(clinic, request_id)
+    (email,) = read_outbox(clinic.outbox)
+    (link,) = set(re.findall(r"https?://[^\s<>\"]+X-Goog-Signature=[0-9a-f]+", email.text))
+    query = {name: values[0] for name, values in parse_qs(urlsplit(link).query).items()}
+    assert query["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256"
+    assert query["X-Goog-Expires"] == str(36 * 3600)
+    signed_at = datetime.strptime(query["X-Goog-Date"], "%Y%m%dT%H%M%SZ")
+    # The expiry recorded (and shown in the email) is the link's own, give or take the run's pace.
+    assert abs(signed_at + timedelta(hours=36) - request.link_expires_at) < timedelta(minutes=1)
+
+    store = open_store(gcs_bucket_url)
+    assert store.exists(request.archive_key)
+    just_before = request.link_expires_at - timedelta(seconds=1)
+    assert housekeeping.expire_archives(clinic.engine, store, now=just_before) == 0
+    assert store.exists(request.archive_key)
+    assert housekeeping.expire_archives(clinic.engine, store, now=request.link_expires_at) == 1
+    assert not store.exists(request.archive_key)
+    assert request_row(clinic, request_id).status == "expired"
+
+
+@pytest.mark.parametrize("hours", ["169", "200", "0", "-1"])
+def test_a_link_lifetime_over_seven_days_or_not_positive_is_refused(hours: str) -> None:
+    with pytest.raises(ValueError, match="168 hours"):
+        Settings.from_env({"BACKUP_LINK_TTL": hours})
+
+
+def test_seven_days_is_the_longest_link_whatever_the_policy_says() -> None:
+    assert Settings.from_env({"BACKUP_LINK_TTL": "168"}).link_ttl == MAX_LINK_TTL
+    assert BackupPolicyResource(link_ttl_hours=1000).link_ttl == MAX_LINK_TTL == timedelta(days=7)
+
+
+def test_only_the_requesters_address_at_sending_time_gets_the_link(
+    clinic: Clinic, sendgrid_endpoint: SendGridEndpoint
+) -> None:
+    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    old_address = clinic.requester_email()
+    request_id = file_backup_request(
+        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
+    )
+    new_address = "nueva.direccion@consultorio.example"
+    with clinic.engine.begin() as conn:
+        conn.execute(
+            update(t.users).where(t.users.c.id == clinic.user_id).values(email=new_address)
+        )
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, build_resources(clinic.settings), request_id, clinic.subscription_id
+        )
+
+    assert outcome.success
+    (sent,) = sendgrid_endpoint.recorded
+    recipients = [
+        address["email"]
+        for personalization in sent.payload["personalizations"]
+        for field in ("to", "cc", "bcc")
+        for address in personalization.get(field, [])
+    ]
+    assert recipients == [new_address]
+    assert old_address not in json.dumps(sent.payload)
+    assert sent.payload["reply_to"]["email"] == clinic.settings.support_email
