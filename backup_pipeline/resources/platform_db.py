@@ -46,7 +46,12 @@ class PlatformDatabaseResource(dg.ConfigurableResource):
     url: str
 
     def get_engine(self) -> Engine:
-        return engine_for(self.url)
+        # Dagster resolves an EnvVar field only for runs and sensors; the CLI and scripts use the
+        # resource as built (resources.build_resources), where `url` is still the variable's name.
+        url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
+        if url is None:
+            raise ValueError("BACKUP_PLATFORM_DB_URL is not set in this process's environment")
+        return engine_for(url)
 
 
 def create_schema(engine: Engine) -> None:
