@@ -1,0 +1,298 @@
+"""Runs that fail: retried when the cause is transient, and when they fail for good, told once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import Engine, create_engine, select, update
+
+from backup_pipeline import tables as t
+from backup_pipeline.jobs import REQUEST_TAG, TRANSIENT_RETRY, backup_job, backup_partitions
+from backup_pipeline.operations import execute_request, run_request
+from backup_pipeline.resources import build_resources
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.sensors import backup_failure_sensor, run_tags
+from backup_pipeline.settings import Settings
+from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox, read_sendgrid
+
+
+@dataclass
+class Platform:
+    engine: Engine
+    settings: Settings
+    subscription_id: int
+    user_id: int
+    requester_email: str
+    outbox: Path
+    # Everything that identifies a patient or a user: none of it may reach a status_detail,
+    # support's alert or the run's logs.
+    personal_data: list[str]
+
+
+def seed(tmp_path: Path, url: str) -> Platform:
+    engine = create_engine(url)
+    create_schema(engine)
+    settings = Settings.from_env(
+        {
+            "BACKUP_PLATFORM_DB_URL": url,
+            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
+            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
+        }
+    )
+    summary = seed_platform(engine, open_store(settings.files_url), patients=6, seed=11)
+    sid = summary.subscription_ids[0]
+    uid = summary.user_ids[sid][0]
+    p, u = t.patients.c, t.users.c
+    with engine.connect() as conn:
+        patients = conn.execute(
+            select(p.first_name, p.last_name, p.curp, p.email, p.phone).where(
+                p.subscription_id == sid
+            )
+        ).all()
+        users = conn.execute(select(u.email, u.full_name).where(u.subscription_id == sid)).all()
+        requester_email = conn.execute(select(u.email).where(u.id == uid)).scalar_one()
+    personal = {value for row in [*patients, *users] for value in row if value and len(value) > 3}
+    return Platform(
+        engine=engine,
+        settings=settings,
+        subscription_id=sid,
+        user_id=uid,
+        requester_email=requester_email,
+        outbox=tmp_path / "outbox",
+        personal_data=sorted(personal),
+    )
+
+
+@pytest.fixture
+def platform(tmp_path: Path, db_url: str) -> Iterator[Platform]:
+    seeded = seed(tmp_path, db_url)
+    yield seeded
+    seeded.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_platform(tmp_path: Path, sqlite_url: str) -> Iterator[Platform]:
+    seeded = seed(tmp_path, sqlite_url)
+    yield seeded
+    seeded.engine.dispose()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> dg.RetryPolicy:
+    """The ops' own retry policy with a delay of milliseconds instead of seconds.
+
+    TRANSIENT_RETRY is built when backup_pipeline.jobs is imported, so BACKUP_RETRY_DELAY_SECONDS
+    set by a test comes too late; the number of retries stays the production one.
+    """
+    fast = dg.RetryPolicy(max_retries=TRANSIENT_RETRY.max_retries, delay=0.02)
+    for op_def in backup_job.graph.node_defs:
+        if op_def.retry_policy is not None:
+            monkeypatch.setattr(op_def, "_retry_policy", fast)
+    return fast
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
+    """A $DAGSTER_HOME of the test's own: what `DagsterInstance.get()` (the CLI's runs) opens."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+def request_row(engine: Engine, request_id: int) -> db.BackupRequest:
+    with engine.connect() as conn:
+        row = db.get_request(conn, request_id)
+    assert row is not None
+    return row
+
+
+def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
+    return [
+        record.dagster_event
+        for record in instance.all_logs(run_id)
+        if record.dagster_event and record.dagster_event.event_type == kind
+    ]
+
+
+def assert_no_personal_data(platform: Platform, text: str) -> None:
+    leaked = [value for value in platform.personal_data if value in text]
+    assert not leaked, f"personal data in {text[:120]!r}..."
+
+
+def failure_sensor_context(
+    instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult, resources: dict
+) -> dg.RunStatusSensorContext:
+    return dg.build_run_status_sensor_context(
+        sensor_name=backup_failure_sensor.name,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_failure_event(),
+        resources=resources,
+    )
+
+
+def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
+    platform: Platform,
+    tmp_path: Path,
+    fast_retries: dg.RetryPolicy,
+    dagster_home: dg.DagsterInstance,
+):
+    # The archives location is unusable: a file stands where its folder should be (an unmounted
+    # volume; on GCS, a bucket that is gone). Every retry fails the same way.
+    blocker = tmp_path / "unmounted"
+    blocker.write_text("not a folder")
+    settings = replace(platform.settings, archives_url=(blocker / "archives").as_uri())
+    resources = build_resources(settings)
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    instance = dagster_home
+    instance.add_dynamic_partitions(backup_partitions.name, [str(request_id)])
+    failed = backup_job.execute_in_process(
+        instance=instance,
+        partition_key=str(request_id),
+        tags=run_tags(request_id, platform.subscription_id),
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert not failed.success
+    retries = events_of(instance, failed.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert len(retries) >= fast_retries.max_retries  # transient-looking errors were retried
+    # Until the failure sensor sees the run, the request is still running.
+    assert request_row(platform.engine, request_id).status == "running"
+
+    backup_failure_sensor(failure_sensor_context(instance, failed, resources))
+
+    row = request_row(platform.engine, request_id)
+    assert row.status == "failed"
+    assert row.run_id == failed.run_id
+    assert row.finished_at is not None
+    assert row.status_detail.startswith("No se pudo generar el respaldo")
+    assert "no cuenta para el límite de respaldos" in row.status_detail
+    assert_no_personal_data(platform, row.status_detail)
+    sent = read_outbox(platform.outbox)
+    (alert,) = [m for m in sent if m.to == settings.support_email]
+    (notice,) = [m for m in sent if m.to == platform.requester_email]
+    assert len(sent) == 2
+    assert str(request_id) in alert.subject and failed.run_id in alert.text
+    assert_no_personal_data(platform, alert.subject + alert.text + alert.html)
+    assert notice.subject.startswith("No pudimos generar el respaldo de información")
+    assert "no cuenta para tu límite" in notice.text
+    assert notice.reply_to == settings.support_email
+
+    # The daemon may evaluate the same failure again (a restarted daemon, a second sensor tick).
+    backup_failure_sensor(failure_sensor_context(instance, failed, resources))
+    assert len(read_outbox(platform.outbox)) == 2
+    assert request_row(platform.engine, request_id) == row
+
+    # Support fixes the cause and re-runs the request (`backup-pipeline run ID`).
+    blocker.unlink()
+    outcome = run_request(request_id, settings)
+    assert outcome.ok
+    (rerun,) = outcome.runs
+    row = request_row(platform.engine, request_id)
+    assert row.status == "delivered"
+    assert row.status_detail is None
+    assert row.run_id == rerun.run_id
+    assert open_store(settings.archives_url).exists(row.archive_key)
+    sent = read_outbox(platform.outbox)
+    assert len(sent) == 3
+    assert sent[-1].to == platform.requester_email
+    assert sent[-1].key == f"backup-{request_id}-delivered"
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={REQUEST_TAG: str(request_id)}))
+    assert {r.run_id for r in runs} == {failed.run_id, rerun.run_id}
+
+
+def payloads_with_key(endpoint: SendGridEndpoint, key: str) -> list[int | None]:
+    """The status answered to each attempt to send the email with this key."""
+    return [
+        r.status for r in endpoint.recorded if r.payload.get("custom_args", {}).get("key") == key
+    ]
+
+
+def test_a_transient_mail_refusal_is_retried_and_the_clinic_gets_one_email(
+    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint, fast_retries: dg.RetryPolicy
+):
+    platform = sqlite_platform
+    resources = build_resources(replace(platform.settings, mail_url=sendgrid_endpoint.url))
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    sendgrid_endpoint.script([429])  # rate limited once, then accepted
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(instance, resources, request_id, platform.subscription_id)
+        retried = events_of(instance, outcome.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+
+    assert outcome.success and outcome.request_status == "delivered"
+    assert [e.step_key for e in retried] == ["deliver_backup"]
+    assert payloads_with_key(sendgrid_endpoint, f"backup-{request_id}-delivered") == [429, 202]
+    (delivered,) = read_sendgrid(sendgrid_endpoint)
+    assert delivered.to == platform.requester_email
+    accepted = next(r for r in sendgrid_endpoint.recorded if r.status == 202)
+    assert request_row(platform.engine, request_id).email_message_id == accepted.message_id
+
+
+def test_a_permanent_mail_refusal_fails_the_run_without_retrying(
+    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint, fast_retries: dg.RetryPolicy
+):
+    platform = sqlite_platform
+    settings = replace(platform.settings, mail_url=sendgrid_endpoint.url)
+    resources = build_resources(settings)
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    sendgrid_endpoint.script([400])  # SendGrid refuses the message itself
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(instance, resources, request_id, platform.subscription_id)
+        retried = events_of(instance, outcome.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        logs = [repr(record) for record in instance.all_logs(outcome.run_id)]
+
+    assert not outcome.success and outcome.request_status == "failed"
+    assert retried == []
+    assert payloads_with_key(sendgrid_endpoint, f"backup-{request_id}-delivered") == [400]
+    row = request_row(platform.engine, request_id)
+    assert "deliver_backup" in row.status_detail
+    assert_no_personal_data(platform, row.status_detail)
+    (alert,) = [m for m in read_sendgrid(sendgrid_endpoint) if m.to == settings.support_email]
+    assert str(request_id) in alert.subject
+    # SendGrid's error echoes the recipient; the run's logs, kept for months, must not.
+    for text in logs:
+        assert platform.requester_email not in text
+
+
+def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
+    sqlite_platform: Platform, fast_retries: dg.RetryPolicy
+):
+    platform = sqlite_platform
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.subscriptions)
+            .where(t.subscriptions.c.id == platform.subscription_id)
+            .values(timezone="America/Mexico City")  # a typo the platform let through
+        )
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance,
+            build_resources(platform.settings),
+            request_id,
+            platform.subscription_id,
+        )
+    assert outcome.success and outcome.request_status == "delivered"
+    (email,) = read_outbox(platform.outbox)
+    # Shown in the platform's default zone, the one most clinics are in.
+    assert "America/Mexico_City" in email.text
