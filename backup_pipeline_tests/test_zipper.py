@@ -7,6 +7,8 @@ import io
 import os
 import struct
 import subprocess
+import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
@@ -451,3 +453,47 @@ def test_streams_into_gcs_and_a_failure_there_leaves_no_object(gcs_bucket_url, t
     with pytest.raises(RuntimeError):
         _assemble(archives, files, staged, planned, tmp_path, render_missing=broken_renderer)
     assert not archives.exists(FINAL_KEY)
+
+
+class SlowFirstStore(FolderStore):
+    """Earlier keys read slower, so reads running side by side finish in reverse plan order."""
+
+    def __init__(self, root: Path, delays: dict[str, float]) -> None:
+        super().__init__(root)
+        self.delays = delays
+        self._lock = threading.Lock()
+        self._reading = 0
+        self.most_at_once = 0
+
+    def open_read(self, key: str):
+        with self._lock:
+            self._reading += 1
+            self.most_at_once = max(self.most_at_once, self._reading)
+        try:
+            time.sleep(self.delays.get(key, 0))
+            return super().open_read(key)
+        finally:
+            with self._lock:
+                self._reading -= 1
+
+
+def test_files_read_ahead_side_by_side_keep_the_plan_order(tmp_path):
+    archives = _folder(tmp_path / "archives")
+    files = SlowFirstStore(
+        tmp_path / "files", {"platform/1": 0.3, "platform/2": 0.2, "platform/3": 0.1}
+    )
+    planned = [
+        _planned(files, f"adjuntos/A (1)/{n}.txt", f"archivo {n}\n".encode() * 50, n)
+        for n in range(1, 8)
+    ]
+    planned.insert(3, _planned(files, "adjuntos/A (1)/perdido.txt", None, 99))
+    result = _assemble(archives, files, [], planned, tmp_path, prefetch=4)
+    assert files.most_at_once > 1  # the reads did overlap
+    with zipfile.ZipFile(_object_path(archives)) as zf:
+        copied = [name for name in zf.namelist() if name.startswith("adjuntos/")]
+        assert copied == [p.archive_path for p in planned if p.record_id != 99]
+        for n in range(1, 8):
+            assert zf.read(f"adjuntos/A (1)/{n}.txt") == f"archivo {n}\n".encode() * 50
+    assert [m.record_id for m in result.missing] == [99]
+    # Every spool was closed: only the missing-files report is left in the work folder.
+    assert [path.name for path in (tmp_path / "work").iterdir()] == ["faltantes.xlsx"]
