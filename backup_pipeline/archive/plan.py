@@ -94,6 +94,13 @@ def _attachments(connection: Connection, subscription_id: int) -> Iterator[Plann
 
 
 def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[PlannedFile]:
+    # The patient id reaches archivos_no_incluidos.xlsx: only the subscription's own, live
+    # patient's, as in the invoice reports (a deleted or foreign patient leaves it empty).
+    live_patient = and_(
+        patients.c.id == cfdi_documents.c.patient_id,
+        patients.c.subscription_id == subscription_id,
+        patients.c.deleted_at.is_(None),
+    )
     query = (
         select(
             cfdi_documents.c.id,
@@ -101,8 +108,9 @@ def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[Planne
             cfdi_documents.c.uuid,
             cfdi_documents.c.xml_storage_key,
             cfdi_documents.c.pdf_storage_key,
-            cfdi_documents.c.patient_id,
+            patients.c.id.label("patient_id"),
         )
+        .select_from(cfdi_documents.outerjoin(patients, live_patient))
         .where(
             cfdi_documents.c.subscription_id == subscription_id,
             cfdi_documents.c.direction.in_(("issued", "received")),
