@@ -741,6 +741,13 @@ def test_a_backup_holds_nothing_of_another_subscription(local: Platform):
         )
     b_hashes = file_hashes(local, b_keys + b_cfdi_keys)
     assert b_uuids and b_hashes
+    # One of A's invoices (all now pointing at B's patient) lost its XML: it is reported missing.
+    lost_xml = first_id(local.engine, t.cfdi_documents, a.subscription_id)
+    with local.engine.connect() as conn:
+        lost_key = conn.execute(
+            select(t.cfdi_documents.c.xml_storage_key).where(t.cfdi_documents.c.id == lost_xml)
+        ).scalar_one()
+    assert local.files.delete(lost_key)
 
     _, archive = backup_of(local, a)
 
@@ -755,6 +762,7 @@ def test_a_backup_holds_nothing_of_another_subscription(local: Platform):
             marked_a.add(where.split("!")[0])
     # The scan reads what it should: A's own marks are in its workbooks and its LEEME.
     assert {"pacientes.xlsx", "consultas.xlsx", "LEEME.txt"} <= marked_a
+    assert MISSING_REPORT in archive.workbooks
     for name in archive.workbooks:
         for row in archive.sheet_rows(name):
             assert row.get("ID paciente") not in b_patient_ids, name
@@ -844,6 +852,16 @@ def test_soft_deleted_rows_appear_nowhere(local: Platform):
         )
     deleted_hashes = file_hashes(local, deleted_keys)
     assert len(deleted_patients) >= 2 and deleted_hashes
+    # An invoice of the deleted patient stays (fiscal record), but names no deleted patient,
+    # not even in archivos_no_incluidos.xlsx when its PDF is gone.
+    cfdi = tables.cfdi_documents
+    invoice = first_id(local.engine, cfdi, sid, cfdi.c.pdf_storage_key.is_not(None))
+    with local.engine.begin() as conn:
+        conn.execute(update(cfdi).where(cfdi.c.id == invoice).values(patient_id=victim))
+        pdf_key = conn.execute(
+            select(cfdi.c.pdf_storage_key).where(cfdi.c.id == invoice)
+        ).scalar_one()
+    assert local.files.delete(pdf_key)
 
     _, archive = backup_of(local, clinic)
 
@@ -851,6 +869,7 @@ def test_soft_deleted_rows_appear_nowhere(local: Platform):
         assert DELETED_MARK not in where
         assert DELETED_MARK.encode() not in data, where
         assert sha256(data) not in deleted_hashes, f"{where} is a deleted attachment"
+    assert MISSING_REPORT in archive.workbooks
     for name in archive.workbooks:
         for row in archive.sheet_rows(name):
             assert row.get("ID paciente") not in deleted_patients, name
