@@ -274,7 +274,7 @@ def test_issued_row_is_filled_from_the_xml_and_the_platform(platform):
         "estatus": "Vigente",
         "fecha_cancelacion": None,
         "patient_id": 10,
-        "paciente": "María José López Hernández",
+        "paciente": "López Hernández María José",
         "archivo_xml": f"facturacion/ingresos/xml/{UUID_INGRESO}.xml",
         "archivo_pdf": f"facturacion/ingresos/pdf/{UUID_INGRESO}.pdf",
         "observaciones": None,
@@ -315,7 +315,7 @@ def test_missing_xml_is_observed_and_has_no_archive_file(platform):
     assert (row["serie"], row["total"], row["paciente"]) == (
         None,
         None,
-        "María José López Hernández",
+        "López Hernández María José",
     )
 
 

@@ -14,6 +14,7 @@ from backup_pipeline import cfdi
 from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_planned_files
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
+from backup_pipeline.datasets.query import patient_full_name
 from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore
 from backup_pipeline.tables import cfdi_documents, patients
 
@@ -117,9 +118,7 @@ def report_query(subscription_id: int, direction: str) -> Select[Any]:
             c.status,
             c.cancelled_at,
             p.id.label("patient_id"),
-            p.first_name,
-            p.last_name,
-            p.second_last_name,
+            patient_full_name().label("patient_name"),
         )
         .select_from(cfdi_documents.outerjoin(patients, live_patient))
         .where(c.subscription_id == subscription_id, c.direction == direction)
@@ -212,16 +211,12 @@ def report_row(
         "estatus": STATUS_NAMES.get(status.lower(), status or None),
         "fecha_cancelacion": row.cancelled_at,
         "patient_id": row.patient_id,
-        "paciente": _patient_name(row) if row.patient_id is not None else None,
+        # "Apellidos Nombre", as every other workbook and the attachment folders name a patient.
+        "paciente": (row.patient_name or None) if row.patient_id is not None else None,
         "archivo_xml": xml_path,
         "archivo_pdf": pdf_path,
         "observaciones": "; ".join(observations) or None,
     }
-
-
-def _patient_name(row: Any) -> str | None:
-    parts = (row.first_name, row.last_name, row.second_last_name)
-    return " ".join(part.strip() for part in parts if part and part.strip()) or None
 
 
 ISSUED = InvoiceDataset(
