@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import http.client
+import io
 import logging
 import os
 import re
@@ -21,11 +23,14 @@ from urllib.request import url2pathname
 
 import dagster as dg
 import google.auth.credentials
+import google.auth.exceptions
 import google.auth.transport.requests
-from google.api_core.exceptions import NotFound
+import urllib3.exceptions
+from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
 from google.auth.credentials import AnonymousCredentials, TokenState
 from google.cloud import storage
-from google.cloud.storage.fileio import BlobWriter
+from google.cloud.storage.exceptions import InvalidResponse
+from google.cloud.storage.fileio import BlobReader, BlobWriter
 from pydantic import Field, PrivateAttr
 
 from backup_pipeline.settings import MAX_LINK_TTL
@@ -52,6 +57,14 @@ class ObjectNotFound(FileNotFoundError):
     """The key names no object in the store."""
 
 
+class StoreUnavailable(ConnectionError):
+    """The store did not answer a read even after the client's own retries; a later attempt may."""
+
+
+class StoreRefused(RuntimeError):
+    """The store refused a read (permissions, a bad request): trying again will not help."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -66,7 +79,8 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def open_read(self, key: str) -> BinaryIO:
-        """A readable binary stream of the object. Raises ObjectNotFound."""
+        """A readable binary stream of the object. Raises ObjectNotFound when there is none
+        (also from a read, if it vanishes meanwhile) and OSError when reading fails."""
 
     @abc.abstractmethod
     def open_write(
@@ -258,11 +272,14 @@ class GcsStore(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def open_read(self, key: str) -> BinaryIO:
-        # get_blob pins the generation, so the chunked range reads never mix two versions.
-        blob = self.bucket.get_blob(self._name(key))
+        name = self._name(key)
+        with _read_errors(self.url):
+            # get_blob pins the generation, so the chunked range reads never mix two versions.
+            blob = self.bucket.get_blob(name)
         if blob is None:
             raise ObjectNotFound(f"no object at the requested key in {self.url}")
-        return cast(BinaryIO, blob.open("rb", chunk_size=self.chunk_size))
+        reader = cast(BlobReader, blob.open("rb", chunk_size=self.chunk_size))
+        return cast(BinaryIO, _GcsReader(reader, self.url))
 
     def open_write(
         self, key: str, content_type: str | None = None
@@ -336,6 +353,77 @@ class GcsStore(ObjectStore):
         if not email or email == "default" or not credentials.token:
             raise cannot_sign
         return {"service_account_email": email, "access_token": credentials.token}
+
+
+# google-cloud-storage's own retry predicate retries these; once its deadline has passed they
+# mean "not now", and a caller may try the whole read again later.
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@contextlib.contextmanager
+def _read_errors(url: str) -> Iterator[None]:
+    """google's read errors as ObjectStore promises them: ObjectNotFound for an object that is
+    gone (deleted, or replaced by a newer generation, after get_blob), StoreUnavailable (an
+    OSError) for one that may read later, StoreRefused (not an OSError) for the rest (403,
+    400): a misconfiguration must fail the backup, not leave every file out of it.
+
+    The messages name the store, never the key (google's name the URL): keys carry
+    user-chosen file names.
+    """
+    try:
+        yield
+    except (GoogleAPICallError, InvalidResponse) as exc:
+        status = exc.code if isinstance(exc, GoogleAPICallError) else exc.response.status_code
+        if status == 404:
+            raise ObjectNotFound(f"the object vanished while it was read in {url}") from None
+        if status in _TRANSIENT_STATUS:
+            raise StoreUnavailable(f"reading from {url} failed: HTTP {status}") from None
+        raise StoreRefused(f"{url} refused a read: HTTP {status}") from None
+    except (
+        RetryError,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        google.auth.exceptions.TransportError,
+    ) as exc:
+        raise StoreUnavailable(f"reading from {url} failed: {type(exc).__name__}") from None
+
+
+class _GcsReader(io.BufferedIOBase):
+    """A BlobReader whose errors are translated by _read_errors."""
+
+    def __init__(self, reader: BlobReader, url: str) -> None:
+        super().__init__()
+        self._reader = reader
+        self._url = url
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        with _read_errors(self._url):
+            return self._reader.read(-1 if size is None else size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        with _read_errors(self._url):
+            return self._reader.readline(-1 if size is None else size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with _read_errors(self._url):
+            return self._reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+        super().close()
 
 
 class _ResumableUpload(AbstractContextManager[BinaryIO]):
