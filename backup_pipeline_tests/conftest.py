@@ -4,4 +4,5 @@ pytest_plugins = [
     "backup_pipeline_tests.support.db",
     "backup_pipeline_tests.support.gcs",
     "backup_pipeline_tests.support.sendgrid",
+    "backup_pipeline_tests.support.faultproxy",
 ]

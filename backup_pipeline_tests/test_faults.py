@@ -1,0 +1,451 @@
+"""Faults on the way: GCS failing and stalling, the mail provider refusing, the database dropping a read."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import dagster as dg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.oauth2 import service_account
+from openpyxl import load_workbook
+from sqlalchemy import Engine, create_engine, select, text
+
+from backup_pipeline import tables
+from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
+from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
+from backup_pipeline.archive.zipper import REASON_NOT_FOUND
+from backup_pipeline.datasets import consultations
+from backup_pipeline.datasets.base import ExtractContext, Extraction
+from backup_pipeline.operations import RunOutcome, execute_request
+from backup_pipeline.resources import build_resources
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.resources.storage import (
+    GcsStore,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreResource,
+    StoreRefused,
+)
+from backup_pipeline.settings import Settings
+from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline_tests.support.faultproxy import (
+    KINDS,
+    READ,
+    UPLOAD_CHUNK,
+    FaultPlan,
+    FaultProxy,
+)
+from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_sendgrid
+
+PATIENTS = 12
+# The smallest chunk a resumable upload takes: the zip goes up in several chunks, and files
+# larger than it are read in several ranges.
+SMALL_CHUNK = 256 * 1024
+
+
+# --- GCS behind the fault proxy ----------------------------------------------------------------
+
+
+@functools.cache
+def _signing_credentials() -> service_account.Credentials:
+    """A made-up service account with a real key: enough to sign V4 URLs offline."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": EMULATOR_PROJECT,
+        "private_key_id": "fault-test",
+        "private_key": pem,
+        "client_email": "respaldos@backup-pipeline-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    credentials = service_account.Credentials.from_service_account_info(
+        info, scopes=storage.Client.SCOPE
+    )
+    # A token that never needs refreshing: the emulator takes any, and there is no token server.
+    credentials.token = "emulator-accepts-any-token"
+    credentials.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
+    return credentials
+
+
+class EmulatorGcsResource(ObjectStoreResource):
+    """The production GcsStore on the emulator (through STORAGE_EMULATOR_HOST), with credentials
+    that can sign links and the smallest chunk size."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._store = self._open()
+
+    def get_store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = self._open()
+        return self._store
+
+    def _open(self) -> GcsStore:
+        parts = urlsplit(self.url)
+        client = storage.Client(project=EMULATOR_PROJECT, credentials=_signing_credentials())
+        return GcsStore(parts.netloc, parts.path, client=client, chunk_size=SMALL_CHUNK)
+
+
+@dataclass
+class GcsPlatform:
+    engine: Engine
+    resources: dict
+    files: ObjectStore
+    archives: ObjectStore
+    subscription_id: int
+    user_id: int
+    outbox: Path
+
+
+def _new_bucket() -> str:
+    client = storage.Client(project=EMULATOR_PROJECT, credentials=AnonymousCredentials())
+    return f"gs://{client.create_bucket(f'bp-fault-{uuid.uuid4().hex[:12]}').name}"
+
+
+@pytest.fixture
+def gcs_platform(tmp_path: Path, gcs_fault_proxy: FaultProxy) -> Iterator[GcsPlatform]:
+    """A seeded clinic whose files and archives are in two emulator buckets behind the proxy."""
+    db_url = f"sqlite:///{tmp_path / 'platform.db'}"
+    engine = create_engine(db_url)
+    create_schema(engine)
+    files_url, archives_url = f"{_new_bucket()}/platform", f"{_new_bucket()}/backups"
+    settings = Settings.from_env(
+        {
+            "BACKUP_PLATFORM_DB_URL": db_url,
+            "BACKUP_FILES_URL": files_url,
+            "BACKUP_ARCHIVES_URL": archives_url,
+            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
+        }
+    )
+    resources = {
+        **build_resources(settings),
+        "files": EmulatorGcsResource(url=files_url),
+        "archives": EmulatorGcsResource(url=archives_url),
+    }
+    files = resources["files"].get_store()
+    summary = seed_platform(engine, files, profile="small", patients=PATIENTS, seed=11)
+    sid = summary.subscription_ids[0]
+    yield GcsPlatform(
+        engine=engine,
+        resources=resources,
+        files=files,
+        archives=resources["archives"].get_store(),
+        subscription_id=sid,
+        user_id=summary.user_ids[sid][0],
+        outbox=tmp_path / "outbox",
+    )
+    engine.dispose()
+
+
+@dataclass
+class Delivered:
+    outcome: RunOutcome
+    request: db.BackupRequest
+    zip_bytes: bytes
+
+    def sums(self) -> dict[str, str]:
+        """SHA256SUMS as {entry: sha256}."""
+        with zipfile.ZipFile(io.BytesIO(self.zip_bytes)) as zf:
+            lines = zf.read(SHA256SUMS).decode().splitlines()
+        return {line[66:]: line[:64] for line in lines}
+
+    def missing_rows(self) -> list[tuple]:
+        """The rows of archivos_no_incluidos.xlsx (none when it is not in the zip)."""
+        with zipfile.ZipFile(io.BytesIO(self.zip_bytes)) as zf:
+            if MISSING_REPORT_PATH not in zf.namelist():
+                return []
+            book = load_workbook(io.BytesIO(zf.read(MISSING_REPORT_PATH)), read_only=True)
+            return list(book.active.iter_rows(min_row=2, values_only=True))
+
+    def recomputed(self) -> dict[str, str]:
+        with zipfile.ZipFile(io.BytesIO(self.zip_bytes)) as zf:
+            return {
+                name: hashlib.sha256(zf.read(name)).hexdigest()
+                for name in zf.namelist()
+                if name != SHA256SUMS
+            }
+
+
+def _back_up(platform: GcsPlatform, proxy: FaultProxy, plan: FaultPlan) -> Delivered:
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    proxy.set_plan(plan)
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, platform.resources, request_id, platform.subscription_id
+        )
+    proxy.set_plan(FaultPlan.off())
+    with platform.engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    assert request is not None
+    data = platform.archives.get_bytes(request.archive_key) if request.archive_key else b""
+    return Delivered(outcome, request, data)
+
+
+def _is_platform_file(entry: str) -> bool:
+    """Attachments, CFDI XML and PDF: bytes copied as they are, unlike the workbooks."""
+    return entry.startswith("adjuntos/") or entry.split("/")[-2:-1] in (["xml"], ["pdf"])
+
+
+@pytest.mark.slow
+def test_backup_through_gcs_faults_copies_every_file_exactly_as_a_fault_free_run(
+    gcs_platform: GcsPlatform, gcs_fault_proxy: FaultProxy
+):
+    clean = _back_up(gcs_platform, gcs_fault_proxy, FaultPlan.off())
+    assert not gcs_fault_proxy.injected
+
+    faulty = _back_up(
+        gcs_platform, gcs_fault_proxy, FaultPlan(seed=20260719, read_every=8, upload_every=4)
+    )
+    # The plan really hit both kinds of request with every kind of fault.
+    assert gcs_fault_proxy.injected_kinds(READ) == set(KINDS), gcs_fault_proxy.injected
+    assert gcs_fault_proxy.injected_kinds(UPLOAD_CHUNK) == set(KINDS), gcs_fault_proxy.injected
+
+    for run in (clean, faulty):
+        assert run.outcome.success and run.request.status == "delivered"
+        assert hashlib.sha256(run.zip_bytes).hexdigest() == run.request.archive_sha256
+        report = verify_zip(io.BytesIO(run.zip_bytes))
+        assert report.ok, report.problems
+        assert run.recomputed() == {k: v for k, v in run.sums().items()}
+    assert set(faulty.sums()) == set(clean.sums())
+    copied = {k: v for k, v in clean.sums().items() if _is_platform_file(k)}
+    assert len(copied) > 2 * PATIENTS  # attachments, XML and PDF of this clinic
+    assert {k: v for k, v in faulty.sums().items() if _is_platform_file(k)} == copied
+    # Files the platform itself lacks are missing from both, and nothing else.
+    assert faulty.missing_rows() == clean.missing_rows()
+    # One archive per request at its key, and nothing half-made beside it.
+    keys = sorted(info.key for info in gcs_platform.archives.list("respaldos/"))
+    assert keys == sorted([clean.request.archive_key, faulty.request.archive_key])
+    assert len(list(gcs_platform.outbox.glob("*.eml"))) == 2
+
+
+def test_a_file_deleted_while_it_is_read_is_reported_missing_and_the_backup_delivered(
+    gcs_platform: GcsPlatform, gcs_fault_proxy: FaultProxy
+):
+    # The object's metadata still reads, its bytes are gone (deleted or replaced by a newer
+    # generation between the two requests): GCS answers 404 to the media read.
+    victim = next(info.key for info in gcs_platform.files.list() if info.key.endswith(".pdf"))
+    gcs_fault_proxy.refuse_reads(quote(f"platform/{victim}", safe=""), 404)
+
+    run = _back_up(gcs_platform, gcs_fault_proxy, FaultPlan.off())
+
+    assert run.outcome.success and run.request.status == "delivered"
+    assert verify_zip(io.BytesIO(run.zip_bytes)).ok
+    with gcs_platform.engine.connect() as conn:
+        cfdi_id = conn.execute(
+            select(tables.cfdi_documents.c.id).where(
+                tables.cfdi_documents.c.pdf_storage_key == victim
+            )
+        ).scalar_one()
+    (gone,) = [row for row in run.missing_rows() if row[3] == cfdi_id]
+    assert gone[1] == "PDF de CFDI" and gone[4] == REASON_NOT_FOUND
+    assert gone[0] not in run.sums()
+    # The same invoice's XML, read from the same bucket, made it.
+    assert gone[0].replace("/pdf/", "/xml/").removesuffix(".pdf") + ".xml" in run.sums()
+
+
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [(404, ObjectNotFound), (403, StoreRefused)],
+    ids=["gone-is-not-found", "forbidden-stays-loud"],
+)
+def test_a_gcs_read_fails_as_the_store_interface_says(
+    gcs_fault_proxy: FaultProxy, status: int, raised: type[Exception]
+):
+    # 404 after the metadata read: the zipper's missing-file logic applies. 403 is a
+    # misconfiguration: it must fail the backup rather than leave every file out of it.
+    store = EmulatorGcsResource(url=f"{_new_bucket()}/platform").get_store()
+    store.put_bytes("adjuntos/radiografía 1.png", b"\x89PNG" + bytes(1000))
+    gcs_fault_proxy.refuse_reads(quote("platform/adjuntos/radiografía 1.png", safe=""), status)
+
+    with store.open_read("adjuntos/radiografía 1.png") as src, pytest.raises(raised) as caught:
+        src.read()
+    assert "radiograf" not in str(caught.value)  # the key (a user's file name) is not repeated
+    assert issubclass(raised, OSError) == (status == 404)
+
+
+# --- the mail provider refusing ----------------------------------------------------------------
+
+
+@dataclass
+class Clinic:
+    engine: Engine
+    resources: dict
+    archives: ObjectStore
+    subscription_id: int
+    user_id: int
+
+
+def _seed_clinic(tmp_path: Path, db_url: str, mail_url: str) -> Clinic:
+    """A seeded clinic on db_url with its files and archives in folders."""
+    engine = create_engine(db_url)
+    create_schema(engine)
+    settings = Settings.from_env(
+        {
+            "BACKUP_PLATFORM_DB_URL": db_url,
+            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
+            "BACKUP_MAIL_URL": mail_url,
+        }
+    )
+    resources = build_resources(settings)
+    summary = seed_platform(
+        engine, resources["files"].get_store(), profile="small", patients=PATIENTS, seed=5
+    )
+    sid = summary.subscription_ids[0]
+    return Clinic(
+        engine, resources, resources["archives"].get_store(), sid, summary.user_ids[sid][0]
+    )
+
+
+@dataclass
+class Ran:
+    outcome: RunOutcome
+    retried_steps: list[str]  # one item per retry, by step key
+
+
+def _run(clinic: Clinic) -> Ran:
+    request_id = file_backup_request(
+        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
+    )
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(instance, clinic.resources, request_id, clinic.subscription_id)
+        retries = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    return Ran(outcome, [event.step_key for event in retries])
+
+
+def _attempts(endpoint: SendGridEndpoint, key: str) -> list[int | None]:
+    """The statuses answered to each POST of the email with this key, in order."""
+    return [
+        r.status for r in endpoint.recorded if r.payload.get("custom_args", {}).get("key") == key
+    ]
+
+
+def test_mail_throttled_then_accepted_sends_exactly_one_email(
+    tmp_path: Path, sendgrid_endpoint: SendGridEndpoint
+):
+    clinic = _seed_clinic(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", sendgrid_endpoint.url)
+    sendgrid_endpoint.script([429])
+
+    ran = _run(clinic)
+
+    request_id = ran.outcome.request_id
+    assert ran.outcome.success and ran.outcome.request_status == "delivered"
+    assert ran.retried_steps == ["deliver_backup"]
+    assert _attempts(sendgrid_endpoint, f"backup-{request_id}-delivered") == [429, 202]
+    (sent,) = read_sendgrid(sendgrid_endpoint)
+    with clinic.engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    assert sent.message_id == request.email_message_id
+    assert request.archive_sha256 in sent.text
+
+
+def test_mail_refused_for_good_fails_the_request_once_and_tells_support(
+    tmp_path: Path, sendgrid_endpoint: SendGridEndpoint
+):
+    clinic = _seed_clinic(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", sendgrid_endpoint.url)
+    sendgrid_endpoint.script([400])  # e.g. the requester's address is not deliverable
+
+    ran = _run(clinic)
+
+    request_id = ran.outcome.request_id
+    assert not ran.outcome.success and ran.outcome.request_status == "failed"
+    assert ran.retried_steps == []
+    assert _attempts(sendgrid_endpoint, f"backup-{request_id}-delivered") == [400]
+    alerts = [
+        m for m in read_sendgrid(sendgrid_endpoint) if m.key == f"backup-{request_id}-failure-alert"
+    ]
+    assert [m.to for m in alerts] == [clinic.resources["mailer"].support_email]
+
+
+# --- the platform database dropping a read -----------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_mid_read_is_retried_and_the_workbook_has_every_row_once(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    clinic = _seed_clinic(tmp_path, postgres_url, (tmp_path / "outbox").as_uri())
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    dataset = consultations.DATASET
+    real_extract = dataset.extract
+    rows_before_drop: list[int] = []
+
+    def extract_then_drop(ctx: ExtractContext) -> Extraction:
+        # Small chunks, so the read is many round trips to the server-side cursor; after the
+        # first chunk of the first attempt, PostgreSQL terminates the op's connection.
+        ctx.chunksize = 3
+        extraction = real_extract(ctx)
+        if rows_before_drop:
+            return extraction
+        pid = ctx.connection.connection.dbapi_connection.info.backend_pid
+
+        source = extraction.chunks
+
+        def chunks() -> Iterator:
+            for chunk in source:
+                yield chunk
+                if not rows_before_drop:
+                    rows_before_drop.append(len(chunk))
+                    _terminate_backend(admin, pid)
+
+        extraction.chunks = chunks()
+        return extraction
+
+    monkeypatch.setattr(dataset, "extract", extract_then_drop)
+    try:
+        ran = _run(clinic)
+    finally:
+        admin.dispose()
+
+    assert rows_before_drop == [3]
+    assert ran.outcome.success and ran.outcome.request_status == "delivered"
+    assert ran.retried_steps == [f"export_{dataset.name}"]
+    with clinic.engine.connect() as conn:
+        request = db.get_request(conn, ran.outcome.request_id)
+        listed = dataset.query(clinic.subscription_id).subquery()
+        expected = sorted(conn.execute(select(listed.c.consultation_id)).scalars())
+    assert len(expected) > 10 * rows_before_drop[0]
+    with zipfile.ZipFile(io.BytesIO(clinic.archives.get_bytes(request.archive_key))) as zf:
+        book = load_workbook(io.BytesIO(zf.read(dataset.archive_path)), read_only=True)
+    sheet = book.worksheets[0]
+    header = next(sheet.iter_rows(max_row=1, values_only=True))
+    column = header.index("ID consulta")
+    written = [row[column] for row in sheet.iter_rows(min_row=2, values_only=True) if any(row)]
+    assert sorted(written) == expected  # every row, and each once
+
+
+def _terminate_backend(admin: Engine, pid: int) -> None:
+    """Terminate a backend from another connection and wait until it is gone."""
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        for _ in range(500):
+            gone = not conn.execute(
+                text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).first()
+            if gone:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the backend did not terminate")
