@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from backup_pipeline import mail
@@ -61,24 +61,35 @@ def expire_archives(engine: Engine, store: ObjectStore, now: datetime, limit: in
 
     The archive goes first: a request marked expired is never looked at again, so marking first
     could leave an archive of patient data behind for good. An archive already gone is fine.
+    A request that failed after its zip was made (the email refused, say) keeps its status; its
+    archive, which nobody will download, goes when its link would have expired.
     Returns how many requests became expired.
     """
     r = t.backup_requests.c
     with engine.connect() as conn:
         due = conn.execute(
-            select(r.id, r.archive_key)
-            .where(r.status == "delivered", r.link_expires_at <= now)
+            select(r.id, r.archive_key, r.status)
+            .where(
+                or_(
+                    r.status == "delivered",
+                    and_(r.status == "failed", r.archive_key.is_not(None)),
+                ),
+                r.link_expires_at <= now,
+            )
             .order_by(r.link_expires_at, r.id)
             .limit(limit)
         ).all()
     expired = 0
     failed: list[int] = []
-    for request_id, archive_key in due:
+    for request_id, archive_key, status in due:
         try:
             if archive_key:
                 store.delete(archive_key)
             with engine.begin() as conn:
-                expired += db.mark_expired(conn, request_id)
+                if status == "delivered":
+                    expired += db.mark_expired(conn, request_id)
+                else:
+                    db.forget_failed_archive(conn, request_id)
         except Exception as exc:
             # Only the class: a storage error's text can quote the key, which names the clinic.
             log.warning("could not expire request %s: %s", request_id, type(exc).__name__)

@@ -216,3 +216,16 @@ def mark_rejected(conn: Connection, request_id: int, *, detail: str) -> bool:
 
 def mark_expired(conn: Connection, request_id: int) -> bool:
     return _update_request(conn, request_id, ("delivered",), status="expired")
+
+
+def forget_failed_archive(conn: Connection, request_id: int) -> bool:
+    """A failed request's leftover archive was deleted: no archive and no link to show."""
+    return _update_request(
+        conn,
+        request_id,
+        ("failed",),
+        archive_key=None,
+        archive_size_bytes=None,
+        archive_sha256=None,
+        link_expires_at=None,
+    )
