@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, update
 
 from backup_pipeline import tables as t
+from backup_pipeline.housekeeping import expire_archives
 from backup_pipeline.jobs import REQUEST_TAG, TRANSIENT_RETRY, backup_job, backup_partitions
 from backup_pipeline.operations import execute_request, run_request
 from backup_pipeline.resources import build_resources
@@ -296,3 +298,36 @@ def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
     (email,) = read_outbox(platform.outbox)
     # Shown in the platform's default zone, the one most clinics are in.
     assert "America/Mexico_City" in email.text
+
+
+def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_would_expire(
+    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint
+):
+    platform = sqlite_platform
+    settings = replace(platform.settings, mail_url=sendgrid_endpoint.url)
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    sendgrid_endpoint.script([400])
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, build_resources(settings), request_id, platform.subscription_id
+        )
+    assert outcome.request_status == "failed"
+    # The zip was made before the email was refused: patient data nobody will download.
+    row = request_row(platform.engine, request_id)
+    archives = open_store(settings.archives_url)
+    assert row.archive_key and archives.exists(row.archive_key)
+
+    early = row.link_expires_at - timedelta(seconds=1)
+    assert expire_archives(platform.engine, archives, now=early) == 0
+    assert archives.exists(row.archive_key)  # not before its link would have expired
+    expire_archives(platform.engine, archives, now=row.link_expires_at)
+
+    assert not archives.exists(row.archive_key)
+    after = request_row(platform.engine, request_id)
+    assert after.status == "failed"  # still failed: it never counted and was never delivered
+    assert after.status_detail == row.status_detail
+    assert after.archive_key is None and after.link_expires_at is None  # nothing left to show
+    # Done once: the next tick finds nothing of it.
+    assert expire_archives(platform.engine, archives, now=row.link_expires_at) == 0
