@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
@@ -15,6 +15,10 @@ from backup_pipeline.quota import PastRequest
 from backup_pipeline.resources.platform_db import utcnow
 
 IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
+# An accepted request still pending this long after its review may have lost its run request (a
+# tick whose result never reached Dagster): the sensor asks again, and the run key makes a second
+# request for a run that does exist a no-op.
+REISSUE_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -149,3 +153,28 @@ def review_pending(
         conn.execute(insert(t.backup_request_reviews), reviews)
         result.reviewed = len(batch)
     return result
+
+
+def accepted_but_not_started(
+    engine: Engine,
+    *,
+    older_than: timedelta = REISSUE_AFTER,
+    limit: int = 500,
+    now: datetime | None = None,
+) -> list[AcceptedRequest]:
+    """Requests accepted at least `older_than` ago that no run has marked running yet."""
+    now = now or utcnow()
+    r, rv = t.backup_requests.c, t.backup_request_reviews.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(r.id, r.subscription_id)
+            .join(t.backup_request_reviews, rv.request_id == r.id)
+            .where(
+                r.status == "pending",
+                rv.decision == "accepted",
+                rv.reviewed_at <= now - older_than,
+            )
+            .order_by(rv.reviewed_at, r.id)
+            .limit(limit)
+        ).all()
+    return [AcceptedRequest(row.id, row.subscription_id) for row in rows]

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from backup_pipeline.failures import error_class_of, fail_request
-from backup_pipeline.intake import review_pending
+from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job, backup_partitions
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
@@ -21,26 +21,31 @@ def run_tags(request_id: int, subscription_id: int) -> dict[str, str]:
     return {REQUEST_TAG: str(request_id), SUBSCRIPTION_TAG: str(subscription_id)}
 
 
+def _run_request(accepted: AcceptedRequest) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=accepted.run_key,
+        partition_key=accepted.partition_key,
+        tags=run_tags(accepted.id, accepted.subscription_id),
+    )
+
+
 def evaluate_pending_requests(
     platform_db: PlatformDatabaseResource, limit: int = SENSOR_BATCH
 ) -> dg.SensorResult:
-    intake = review_pending(platform_db.get_engine(), limit=limit)
-    if not intake.accepted:
+    engine = platform_db.get_engine()
+    intake = review_pending(engine, limit=limit)
+    # Accepted earlier but never started: asked for again (Dagster skips a run key it has seen).
+    reissued = accepted_but_not_started(engine)
+    to_run = intake.accepted + [a for a in reissued if a not in intake.accepted]
+    if not to_run:
         rejected = sum(intake.rejected.values())
         return dg.SensorResult(
             skip_reason=f"no request to run ({intake.reviewed} reviewed, {rejected} rejected)"
         )
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=accepted.run_key,
-                partition_key=accepted.partition_key,
-                tags=run_tags(accepted.id, accepted.subscription_id),
-            )
-            for accepted in intake.accepted
-        ],
+        run_requests=[_run_request(accepted) for accepted in to_run],
         dynamic_partitions_requests=[
-            backup_partitions.build_add_request([a.partition_key for a in intake.accepted])
+            backup_partitions.build_add_request([a.partition_key for a in to_run])
         ],
     )
 
@@ -93,4 +98,31 @@ def backup_failure_sensor(
         run_id=context.dagster_run.run_id,
         step=step,
         error_class=error_class,
+    )
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[backup_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "A backup run cancelled in the UI marks its request failed (it does not count) and tells "
+        "support and the requester, as a failed run does."
+    ),
+)
+def backup_canceled_sensor(
+    context: dg.RunStatusSensorContext,
+    platform_db: PlatformDatabaseResource,
+    mailer: MailerResource,
+) -> None:
+    request_id = context.dagster_run.tags.get(REQUEST_TAG)
+    if request_id is None or not request_id.isdigit():
+        return
+    fail_request(
+        platform_db.get_engine(),
+        mailer,
+        request_id=int(request_id),
+        run_id=context.dagster_run.run_id,
+        step=None,
+        error_class="RunCanceled",
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from sqlalchemy import Engine, create_engine, func, insert, select
+from sqlalchemy import Engine, create_engine, func, insert, select, update
 from sqlalchemy.engine import make_url
 
 from backup_pipeline import sensors
@@ -21,7 +21,7 @@ from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.resources.storage import open_store
-from backup_pipeline.sensors import backup_request_sensor
+from backup_pipeline.sensors import backup_canceled_sensor, backup_request_sensor
 from backup_pipeline.settings import Settings
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
@@ -374,3 +374,70 @@ def test_sensor_tick_and_backup_on_a_dagster_instance_stored_in_postgres(
         engine.dispose()
         drop_postgres_database(platform_url, platform_admin)
         drop_postgres_database(dagster_url, dagster_admin)
+
+
+def test_an_accepted_request_whose_run_never_started_is_asked_for_again(platform: Platform):
+    add_subscription(platform.engine, 1)
+    add_user(platform.engine, 101, 1)
+    request_id = file_backup_request(platform.engine, subscription_id=1, user_id=101)
+
+    with dg.instance_for_test() as instance:
+        (first,) = tick(instance, platform).run_requests
+        # A fresh acceptance is not repeated: its run request is on its way.
+        assert not tick(instance, platform).run_requests
+        # The tick's result was lost (the daemon died): ten minutes on, still pending, no run.
+        with platform.engine.begin() as conn:
+            conn.execute(
+                update(t.backup_request_reviews)
+                .where(t.backup_request_reviews.c.request_id == request_id)
+                .values(reviewed_at=db.utcnow() - timedelta(minutes=11))
+            )
+        (again,) = tick(instance, platform).run_requests
+        assert (again.run_key, again.partition_key) == (first.run_key, first.partition_key)
+        # Once a run marks it running, nothing is asked for again.
+        with platform.engine.begin() as conn:
+            db.mark_running(conn, request_id, "some-run")
+        assert not tick(instance, platform).run_requests
+    assert reviews_count(platform.engine) == 1
+
+
+def test_a_cancelled_run_fails_its_request_and_tells_support_and_the_requester(
+    platform: Platform,
+):
+    add_subscription(platform.engine, 1)
+    add_user(platform.engine, 101, 1)
+    request_id = file_backup_request(platform.engine, subscription_id=1, user_id=101)
+    with platform.engine.begin() as conn:
+        db.mark_running(conn, request_id, "cancelled-run")
+
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            job_def=backup_job,
+            tags={REQUEST_TAG: str(request_id), SUBSCRIPTION_TAG: "1"},
+        )
+        instance.report_run_canceled(run)
+        event = next(
+            record.dagster_event
+            for record in instance.all_logs(run.run_id)
+            if record.dagster_event
+            and record.dagster_event.event_type == dg.DagsterEventType.RUN_CANCELED
+        )
+        context = dg.build_run_status_sensor_context(
+            sensor_name=backup_canceled_sensor.name,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(run.run_id),
+            dagster_event=event,
+            resources=platform.resources,
+        )
+        backup_canceled_sensor(context)
+        backup_canceled_sensor(context)  # a second evaluation tells no one again
+
+    row = request_row(platform.engine, request_id)
+    assert row.status == "failed"
+    assert "no cuenta" in row.status_detail
+    outbox = Path(platform.settings.mail_url.removeprefix("file://"))
+    keys = sorted(p.name.split("_", 1)[1] for p in outbox.glob("*.eml"))
+    assert keys == [
+        f"backup-{request_id}-failed.eml",
+        f"backup-{request_id}-failure-alert.eml",
+    ]
