@@ -42,6 +42,9 @@ class DictStore(ObjectStore):
     def __init__(self, objects: dict[str, bytes] | None = None) -> None:
         self.objects = dict(objects or {})
 
+    def check_reachable(self) -> None:
+        return None
+
     def open_read(self, key: str) -> BinaryIO:
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError("invalid object key")

@@ -32,6 +32,7 @@ from backup_pipeline.resources.storage import (
     ObjectNotFound,
     ObjectStore,
     ObjectStoreResource,
+    StoreRefused,
     open_store,
 )
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
@@ -581,3 +582,24 @@ def test_resource_gives_ops_a_working_store(tmp_path: Path) -> None:
     assert result.success
     assert result.output_for_node("write_marker") == url
     assert (tmp_path / "archives" / "runs" / "marker.txt").read_bytes() == b"ok"
+
+
+def test_a_store_with_its_root_in_place_is_reachable(store: ObjectStore) -> None:
+    store.put_bytes("a/b.txt", b"x")
+
+    store.check_reachable()
+
+
+def test_a_missing_folder_store_is_refused_not_empty(tmp_path: Path) -> None:
+    with pytest.raises(StoreRefused):
+        FolderStore(tmp_path / "not-mounted").check_reachable()
+
+
+def test_a_missing_bucket_is_refused_not_empty(gcs_emulator: str) -> None:
+    store = open_store("gs://bp-test-no-such-bucket/prefix")
+
+    with pytest.raises(StoreRefused):
+        store.check_reachable()
+    # Whereas reading an object of it only says "not found": hence the check.
+    with pytest.raises(ObjectNotFound):
+        store.open_read("x.pdf")

@@ -102,6 +102,12 @@ class ObjectStore(abc.ABC):
     def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
         """A URL that downloads the object as download_name until expires_in from now."""
 
+    @abc.abstractmethod
+    def check_reachable(self) -> None:
+        """Raise StoreRefused when the store's root is not there (a wrong URL, a missing bucket
+        or folder, no permission), so a misconfiguration fails loudly instead of every object
+        reading as missing."""
+
     def delete_prefix(self, prefix: str) -> int:
         count = 0
         for info in list(self.list(prefix)):
@@ -186,6 +192,10 @@ class FolderStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def check_reachable(self) -> None:
+        if not self.root.is_dir():
+            raise StoreRefused(f"the folder store {self.url} does not exist or is not a folder")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
@@ -296,6 +306,16 @@ class GcsStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return bool(self.bucket.blob(self._name(key)).exists())
+
+    def check_reachable(self) -> None:
+        # Listing one object needs only storage.objects.list, which reading a clinic's files
+        # implies; a missing bucket answers 404 here, where object reads would say "not found".
+        root = f"{self.prefix}/" if self.prefix else ""
+        with _read_errors(self.url):
+            try:
+                next(iter(self.client.list_blobs(self.bucket, prefix=root, max_results=1)), None)
+            except NotFound:
+                raise StoreRefused(f"the bucket of {self.url} does not exist") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
