@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: Dagster reads the ops' context annotations as
 # real types and refuses them as strings.
 
+import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +29,7 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
-from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore, ObjectStoreResource
 from backup_pipeline.spanish import clinic_zone
 from backup_pipeline.staging import stage_file
 from backup_pipeline.workbook import render_workbook
@@ -311,10 +312,26 @@ def assemble_backup(
 ) -> AssembledArchive:
     with platform_db.get_engine().connect() as conn:
         subscription = db.get_subscription(conn, target.subscription_id)
+        request = db.get_request(conn, target.request_id)
     if subscription is None:
         raise dg.Failure(f"subscription {target.subscription_id} vanished", allow_retries=False)
     key = archive_key(target, subscription.name)
     archives_store = archives.get_store()
+    emailed = _emailed_archive(archives_store, request, key)
+    if emailed is not None:
+        context.log.info(
+            f"request {target.request_id}: its link was emailed and the archive is intact; "
+            "keeping it instead of building another"
+        )
+        context.add_output_metadata(
+            {
+                "archive_key": emailed.key,
+                "archive_bytes": emailed.size,
+                "archive_sha256": emailed.sha256,
+                "kept_emailed_archive": True,
+            }
+        )
+        return AssembledArchive(result=emailed, download_name=key.rsplit("/", 1)[-1], contents=[])
     generated_at = _to_local(db.utcnow(), target.timezone)
     workbook_counts = [(e.archive_path, e.description, e.rows) for e in exports]
     rows_by_dataset = {e.dataset: e.rows for e in exports}
@@ -366,6 +383,38 @@ def assemble_backup(
     return AssembledArchive(result=result, download_name=key.rsplit("/", 1)[-1], contents=contents)
 
 
+def _emailed_archive(
+    store: ObjectStore, request: db.BackupRequest | None, key: str
+) -> ArchiveResult | None:
+    """The archive whose link and SHA-256 the requester already got, if it is still there whole.
+
+    A run killed after the email but before the request was marked delivered is re-run; a new
+    zip (new time stamps) would not match the checksum in that email, and no second email goes.
+    Only key, size and sha256 are filled in: nothing downstream needs the counts.
+    """
+    if (
+        request is None
+        or request.email_sent_at is None
+        or request.archive_key != key
+        or not request.archive_sha256
+    ):
+        return None
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with store.open_read(key) as src:
+            while chunk := src.read(1024 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+    except ObjectNotFound:
+        return None
+    if size != request.archive_size_bytes or digest.hexdigest() != request.archive_sha256:
+        return None
+    return ArchiveResult(
+        key=key, size=size, sha256=digest.hexdigest(), entries=0, files_copied=0, file_bytes=0
+    )
+
+
 def _content_label(export: ExportResult) -> str:
     dataset = next((d for d in DATASETS if d.name == export.dataset), None)
     return dataset.sheet_title if dataset else export.dataset
@@ -396,9 +445,12 @@ def deliver_backup(
         )
     store = archives.get_store()
     result = archive.result
-    now = db.utcnow()
-    expires_at = now + policy.link_ttl
-    link = store.signed_url(result.key, policy.link_ttl, archive.download_name)
+    if request.email_sent_at is None:
+        expires_at = db.utcnow() + policy.link_ttl
+        link = store.signed_url(result.key, policy.link_ttl, archive.download_name)
+    else:
+        # The requester already has a link and was told when it stops working: keep that.
+        expires_at = request.link_expires_at or db.utcnow() + policy.link_ttl
     with engine.begin() as conn:
         db.record_archive(
             conn,
