@@ -1,0 +1,335 @@
+"""A run SIGKILLed at each stage, then re-run by support: one complete archive, one email, delivered.
+
+Each run is a real process (`python -c`, running `operations.run_request` on its own
+DAGSTER_HOME) that stands still at the stage under test, so the kill lands exactly there every
+time: the child wraps one product function in itself (nothing in the product knows about tests)
+and, on reaching the stage, writes a marker file and sleeps; the test sees the marker, checks what
+is on disk at that moment, and sends SIGKILL. Then `operations.run_request`, as support runs it.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from sqlalchemy import Engine, create_engine
+
+from backup_pipeline import operations
+from backup_pipeline.archive.verify import verify_zip
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.resources.storage import ObjectStore, open_store
+from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+
+REPO = Path(__file__).resolve().parent.parent
+PATIENTS = 12
+# Long enough for a cold Python to import Dagster and get there on a busy CI machine; a run
+# that takes longer is a failure of its own.
+REACH_STAGE_TIMEOUT = 180
+
+# The child: wrap the function at `stage`, then run the request as the CLI's `run` does.
+CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+
+stage, request_id, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+
+
+def stand_still(**facts):
+    # Tell the test where we are, then wait for its SIGKILL.
+    partial = marker.with_name(marker.name + ".tmp")
+    partial.write_text(json.dumps(facts))
+    os.replace(partial, marker)
+    while True:
+        time.sleep(60)
+
+
+from backup_pipeline import jobs, operations
+from backup_pipeline.archive import zipper
+from backup_pipeline.resources import platform_db, storage
+
+if os.environ.get("KILL_TEST_GCS_CHUNK"):
+    # The smallest resumable chunk, so that the zip is several chunks and some are sent
+    # before the kill.
+    open_store = storage.open_store
+
+    def open_small_chunks(url):
+        store = open_store(url)
+        if isinstance(store, storage.GcsStore):
+            store.chunk_size = int(os.environ["KILL_TEST_GCS_CHUNK"])
+        return store
+
+    storage.open_store = open_small_chunks
+
+if stage == "rendering":
+    render_workbook = jobs.render_workbook
+    rendered = []
+
+    def render_then_stop(extraction, **kwargs):
+        # The third workbook stops after its first chunk is written, asking for the next.
+        rendered.append(kwargs["archive_path"])
+        if len(rendered) == 3:
+            chunks = extraction.chunks
+
+            def first_chunk_only():
+                yield next(chunks)
+                stand_still(workbook=kwargs["archive_path"])
+
+            extraction.chunks = first_chunk_only()
+        return render_workbook(extraction, **kwargs)
+
+    jobs.render_workbook = render_then_stop
+elif stage == "zipping":
+    add_stream = zipper._EntryWriter.add_stream
+    attachments = []
+
+    at_least = int(os.environ.get("KILL_TEST_ZIP_BYTES", "1"))
+
+    def add_then_stop(self, path, src, expected_sha256=None):
+        # Some attachments are in the zip (and at least that many bytes written).
+        if path.startswith("adjuntos/"):
+            attachments.append(path)
+            if len(attachments) >= 5 and self._sink.size >= at_least:
+                stand_still(zip_bytes=self._sink.size)
+        return add_stream(self, path, src, expected_sha256)
+
+    zipper._EntryWriter.add_stream = add_then_stop
+elif stage == "uploaded":
+    assemble_archive = jobs.assemble_archive
+
+    def assemble_then_stop(**kwargs):
+        result = assemble_archive(**kwargs)
+        stand_still(key=result.key, sha256=result.sha256)
+
+    jobs.assemble_archive = assemble_then_stop
+elif stage == "emailed":
+    # The email is sent and recorded; the request is not delivered yet.
+    def stop_before_delivered(conn, request_id, run_id):
+        stand_still()
+
+    platform_db.mark_delivered = stop_before_delivered
+else:
+    raise SystemExit(f"unknown stage {stage}")
+
+operations.run_request(request_id)
+raise SystemExit("the run finished without reaching the stage")
+"""
+
+
+@dataclass
+class Clinic:
+    engine: Engine
+    env: dict[str, str]  # the deployment's environment, for the child and for the re-run
+    archives: ObjectStore
+    outbox: Path
+    request_id: int
+    workdir: Path
+
+    def request(self) -> db.BackupRequest:
+        with self.engine.connect() as conn:
+            request = db.get_request(conn, self.request_id)
+        assert request is not None
+        return request
+
+    def archives_made(self) -> list[str]:
+        return [info.key for info in self.archives.list("respaldos/")]
+
+    def emails(self) -> list[email.message.EmailMessage]:
+        return [
+            email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            for path in sorted(self.outbox.glob("*.eml"))
+        ]
+
+
+def _clinic(tmp_path: Path, archives_url: str | None = None) -> Clinic:
+    db_url = f"sqlite:///{tmp_path / 'platform.db'}"
+    engine = create_engine(db_url)
+    create_schema(engine)
+    env = {
+        "BACKUP_PLATFORM_DB_URL": db_url,
+        "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+        "BACKUP_ARCHIVES_URL": archives_url or (tmp_path / "archives").as_uri(),
+        "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    summary = seed_platform(
+        engine, open_store(env["BACKUP_FILES_URL"]), profile="small", patients=PATIENTS, seed=3
+    )
+    sid = summary.subscription_ids[0]
+    request_id = file_backup_request(engine, subscription_id=sid, user_id=summary.user_ids[sid][0])
+    return Clinic(
+        engine=engine,
+        env=env,
+        archives=open_store(env["BACKUP_ARCHIVES_URL"]),
+        outbox=tmp_path / "outbox",
+        request_id=request_id,
+        workdir=tmp_path,
+    )
+
+
+@pytest.fixture
+def clinic(tmp_path: Path) -> Iterator[Clinic]:
+    made = _clinic(tmp_path)
+    yield made
+    made.engine.dispose()
+
+
+@dataclass
+class Stopped:
+    process: subprocess.Popen
+    facts: dict
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the run and any child
+        assert self.process.wait(timeout=30) == -signal.SIGKILL
+
+
+def _run_until(clinic: Clinic, stage: str, extra_env: dict[str, str] | None = None) -> Stopped:
+    """Start the request's run in a child process and return once it stands still at stage."""
+    marker = clinic.workdir / f"at-{stage}.json"
+    log = (clinic.workdir / f"child-{stage}.log").open("wb")
+    env = {
+        **os.environ,
+        **clinic.env,
+        **(extra_env or {}),
+        "PYTHONPATH": str(REPO),
+        "BACKUP_RETRY_DELAY_SECONDS": "0.1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD, stage, str(clinic.request_id), str(marker)],
+        env=env,
+        cwd=clinic.workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + REACH_STAGE_TIMEOUT
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            tail = (clinic.workdir / f"child-{stage}.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the run never reached {stage} (exit {process.returncode}):\n{tail}")
+        time.sleep(0.02)
+    return Stopped(process, json.loads(marker.read_text()))
+
+
+def _rerun_as_support(clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in clinic.env.items():
+        monkeypatch.setenv(name, value)
+    operations.run_request(clinic.request_id)
+
+
+def _assert_one_archive_and_one_email(clinic: Clinic) -> None:
+    request = clinic.request()
+    assert request.status == "delivered"
+    assert clinic.archives_made() == [request.archive_key]
+    data = clinic.archives.get_bytes(request.archive_key)
+    report = verify_zip(io.BytesIO(data))
+    assert report.ok, report.problems
+    assert len(data) == request.archive_size_bytes
+    assert hashlib.sha256(data).hexdigest() == request.archive_sha256
+    (sent,) = clinic.emails()
+    # The one email describes the archive that is there.
+    assert request.archive_sha256 in sent.get_body(("plain",)).get_content()
+    assert sent["Message-ID"] == request.email_message_id
+
+
+def _partial_files(clinic: Clinic) -> list[Path]:
+    return list((clinic.workdir / "archives" / "respaldos").rglob("*.bp-partial"))
+
+
+@pytest.mark.slow
+def test_killed_while_rendering_workbooks(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
+    stopped = _run_until(clinic, "rendering")
+    assert stopped.facts["workbook"].endswith(".xlsx")
+    stopped.kill()
+
+    assert clinic.request().status == "running"
+    assert clinic.archives_made() == []
+    _rerun_as_support(clinic, monkeypatch)
+    _assert_one_archive_and_one_email(clinic)
+
+
+@pytest.mark.slow
+def test_killed_while_writing_the_zip(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
+    stopped = _run_until(clinic, "zipping")
+    assert stopped.facts["zip_bytes"] > 0
+    # The zip is being written: to a partial file beside its final key, not at it.
+    assert _partial_files(clinic)
+    assert clinic.archives_made() == []
+    stopped.kill()
+
+    assert clinic.archives_made() == []
+    _rerun_as_support(clinic, monkeypatch)
+    _assert_one_archive_and_one_email(clinic)
+
+
+@pytest.mark.slow
+def test_killed_after_the_upload_before_the_email(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
+    stopped = _run_until(clinic, "uploaded")
+    stopped.kill()
+
+    assert clinic.archives_made() == [stopped.facts["key"]]
+    assert clinic.emails() == []
+    _rerun_as_support(clinic, monkeypatch)
+    _assert_one_archive_and_one_email(clinic)
+
+
+@pytest.mark.slow
+def test_killed_after_the_email_before_delivered(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
+    stopped = _run_until(clinic, "emailed")
+    emailed = clinic.request()
+    assert emailed.status == "running" and emailed.email_sent_at is not None
+    stopped.kill()
+
+    assert len(clinic.emails()) == 1
+    _rerun_as_support(clinic, monkeypatch)
+    _assert_one_archive_and_one_email(clinic)
+    # What the clinic was told still holds: the same archive, the same expiry.
+    delivered = clinic.request()
+    assert delivered.archive_sha256 == emailed.archive_sha256
+    assert delivered.link_expires_at == emailed.link_expires_at
+
+
+@pytest.mark.slow
+def test_killed_mid_upload_to_gcs_leaves_no_object_at_the_final_key(
+    tmp_path: Path, gcs_emulator: str
+):
+    client = storage.Client(project=EMULATOR_PROJECT, credentials=AnonymousCredentials())
+    bucket = client.create_bucket(f"bp-kill-{uuid.uuid4().hex[:12]}")
+    clinic = _clinic(tmp_path, archives_url=f"gs://{bucket.name}/backups")
+    chunk = 256 * 1024
+
+    stopped = _run_until(
+        clinic,
+        "zipping",
+        {"KILL_TEST_GCS_CHUNK": str(chunk), "KILL_TEST_ZIP_BYTES": str(2 * chunk)},
+    )
+    # Several chunks of the zip are in GCS's upload session by now.
+    assert stopped.facts["zip_bytes"] > 2 * chunk
+    assert clinic.archives_made() == []
+    stopped.kill()
+
+    assert clinic.archives_made() == []
+    assert not list(client.list_blobs(bucket, prefix="backups/respaldos/"))
+    clinic.engine.dispose()
