@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from backup_pipeline import mail
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
+from backup_pipeline.resources.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,27 @@ def failure_reason(step: str | None, error_class: str | None) -> str:
     )
 
 
+def _already_delivered(
+    engine: Engine, archives: ObjectStore, request_id: int, run_id: str | None
+) -> db.BackupRequest | None:
+    """A run that dies after the link was emailed (killed, then failed by run monitoring) has
+    delivered all the same: the requester holds a working link. Mark it so, instead of telling
+    them it failed and leaving an archive no schedule would expire."""
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    if (
+        request is None
+        or request.status not in db.OPEN_STATUSES
+        or request.email_sent_at is None
+        or not request.archive_key
+        or not archives.exists(request.archive_key)
+    ):
+        return None
+    with engine.begin() as conn:
+        delivered = db.mark_delivered(conn, request_id, run_id or request.run_id or "")
+    return request if delivered else None
+
+
 def fail_request(
     engine: Engine,
     mailer: MailerResource,
@@ -45,13 +67,35 @@ def fail_request(
     run_id: str | None,
     step: str | None,
     error_class: str | None,
+    archives: ObjectStore | None = None,
 ) -> bool:
     """Mark an open request failed and tell support and the requester, once.
 
-    Returns False (and sends nothing) when the request was not open: already failed and told,
-    or delivered by another run.
+    Returns False (and tells the requester nothing) when the request was not open (already
+    failed and told, or delivered by another run) or when its link had already been emailed,
+    in which case it is marked delivered and only support hears of the failed run.
     """
     reason = failure_reason(step, error_class)
+    delivered = _already_delivered(engine, archives, request_id, run_id) if archives else None
+    if delivered is not None:
+        _send_all(
+            mailer,
+            request_id,
+            [
+                mail.failure_alert_to_support(
+                    support_email=mailer.support_email,
+                    from_email=mailer.from_email,
+                    request_id=request_id,
+                    subscription_id=delivered.subscription_id,
+                    run_id=run_id,
+                    reason=(
+                        f"step={step or '?'} error={error_class or '?'} after the link was "
+                        "emailed; the request was marked delivered"
+                    ),
+                )
+            ],
+        )
+        return False
     with engine.begin() as conn:
         if not db.mark_failed(conn, request_id, reason=reason, run_id=run_id):
             return False
@@ -59,7 +103,6 @@ def fail_request(
         assert request is not None
         subscription = db.get_subscription(conn, request.subscription_id)
         requester = db.get_requester(conn, request.requested_by_user_id)
-    sender = mailer.get_mailer()
     emails = [
         mail.failure_alert_to_support(
             support_email=mailer.support_email,
@@ -80,6 +123,12 @@ def fail_request(
                 request_id=request_id,
             )
         )
+    _send_all(mailer, request_id, emails)
+    return True
+
+
+def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
+    sender = mailer.get_mailer()
     for email in emails:
         try:
             sender.send(email)
@@ -92,4 +141,3 @@ def fail_request(
                 request_id,
                 type(exc).__name__,
             )
-    return True

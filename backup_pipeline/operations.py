@@ -77,6 +77,7 @@ def execute_request(
             run_id=result.run_id,
             step=step,
             error_class=error_class_of(error),
+            archives=resources["archives"].get_store(),
         )
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)

@@ -11,6 +11,7 @@ from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, re
 from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job, backup_partitions
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
+from backup_pipeline.resources.storage import ObjectStoreResource
 
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("BACKUP_SENSOR_INTERVAL_SECONDS", "30"))
 SENSOR_BATCH = int(os.environ.get("BACKUP_SENSOR_BATCH", "2000"))
@@ -84,6 +85,7 @@ def backup_failure_sensor(
     context: dg.RunFailureSensorContext,
     platform_db: PlatformDatabaseResource,
     mailer: MailerResource,
+    archives: ObjectStoreResource,
 ) -> None:
     request_id = context.dagster_run.tags.get(REQUEST_TAG) or context.dagster_run.tags.get(
         "dagster/partition"
@@ -98,6 +100,7 @@ def backup_failure_sensor(
         run_id=context.dagster_run.run_id,
         step=step,
         error_class=error_class,
+        archives=archives.get_store(),
     )
 
 
@@ -114,6 +117,7 @@ def backup_canceled_sensor(
     context: dg.RunStatusSensorContext,
     platform_db: PlatformDatabaseResource,
     mailer: MailerResource,
+    archives: ObjectStoreResource,
 ) -> None:
     request_id = context.dagster_run.tags.get(REQUEST_TAG)
     if request_id is None or not request_id.isdigit():
@@ -125,4 +129,5 @@ def backup_canceled_sensor(
         run_id=context.dagster_run.run_id,
         step=None,
         error_class="RunCanceled",
+        archives=archives.get_store(),
     )

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, update
 
 from backup_pipeline import tables as t
+from backup_pipeline.failures import fail_request
 from backup_pipeline.housekeeping import expire_archives
 from backup_pipeline.jobs import REQUEST_TAG, TRANSIENT_RETRY, backup_job, backup_partitions
 from backup_pipeline.operations import execute_request, run_request
@@ -331,3 +332,38 @@ def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_wo
     assert after.archive_key is None and after.link_expires_at is None  # nothing left to show
     # Done once: the next tick finds nothing of it.
     assert expire_archives(platform.engine, archives, now=row.link_expires_at) == 0
+
+
+def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(platform: Platform):
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    archives = open_store(platform.settings.archives_url)
+    key = f"respaldos/{platform.subscription_id}/{request_id}/respaldo.zip"
+    archives.put_bytes(key, b"PK\x05\x06" + b"\x00" * 18)
+    with platform.engine.begin() as conn:
+        db.mark_running(conn, request_id, "killed-run")
+        db.record_archive(
+            conn,
+            request_id,
+            archive_key=key,
+            size=22,
+            sha256="0" * 64,
+            link_expires_at=db.utcnow() + timedelta(hours=72),
+        )
+        db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id="<m@x>")
+
+    told_requester = fail_request(
+        platform.engine,
+        build_resources(platform.settings)["mailer"],
+        request_id=request_id,
+        run_id="killed-run",
+        step="deliver_backup",
+        error_class="RunMonitoringTimeout",
+        archives=archives,
+    )
+
+    assert told_requester is False
+    assert request_row(platform.engine, request_id).status == "delivered"
+    keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
+    assert keys == [f"backup-{request_id}-failure-alert.eml"]  # support only
