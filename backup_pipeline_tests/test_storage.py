@@ -342,6 +342,35 @@ def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
     assert store.url == gcs_bucket_url
 
 
+def test_gcs_reads_stop_at_the_object_size_without_asking_past_it(
+    gcs_bucket_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(gcs_bucket_url)
+    data = os.urandom(300_000)
+    store.put_bytes("a/file.bin", data)
+    store.put_bytes("a/lines.jsonl", b'{"a": 1}\n{"b": 2}\n')
+    store.put_bytes("a/empty.bin", b"")
+    ranges: list[str] = []
+    send = requests.Session.request
+
+    def recording(self, method, url, *args, **kwargs):
+        headers = kwargs.get("headers") or {}
+        ranges.extend(value for name, value in headers.items() if name.lower() == "range")
+        return send(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", recording)
+    with store.open_read("a/file.bin") as src:
+        assert b"".join(iter(lambda: src.read(64 * 1024), b"")) == data
+        assert src.read() == b""
+    assert len(ranges) == 1  # one ranged GET for the data, none past its end
+    with store.open_read("a/lines.jsonl") as src:
+        assert list(src) == [b'{"a": 1}\n', b'{"b": 2}\n']
+    assert len(ranges) == 2
+    with store.open_read("a/empty.bin") as src:
+        assert src.read(1024) == b""
+    assert len(ranges) == 2
+
+
 def test_gcs_signed_url_with_a_service_account_key(gcs_bucket_url: str, rsa_key) -> None:
     store = gcs_store_with(gcs_bucket_url, service_account_credentials(rsa_key))
 
