@@ -29,7 +29,12 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
-from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore, ObjectStoreResource
+from backup_pipeline.resources.storage import (
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreResource,
+    StoreRefused,
+)
 from backup_pipeline.spanish import clinic_zone
 from backup_pipeline.staging import stage_file
 from backup_pipeline.workbook import render_workbook
@@ -216,6 +221,7 @@ def plan_archive_files(
     context: OpExecutionContext,
     target: BackupTarget,
     platform_db: PlatformDatabaseResource,
+    files: ObjectStoreResource,
     archives: ObjectStoreResource,
 ) -> FilePlan:
     key = f"{target.staging_prefix}/plan.jsonl"
@@ -230,6 +236,13 @@ def plan_archive_files(
             count += 1
             expected += planned.expected_size or 0
             by_kind[planned.kind] = by_kind.get(planned.kind, 0) + 1
+    if count:
+        try:
+            files.get_store().check_reachable()
+        except StoreRefused as exc:
+            # Every file would read as "not found" and the backup would go out empty, using up
+            # one of the clinic's two: fail it (a failure does not count) and tell support.
+            raise dg.Failure(str(exc), allow_retries=False) from exc
     context.add_output_metadata({"files": count, "expected_bytes": expected, **by_kind})
     return FilePlan(key=key, files=count, expected_bytes=expected)
 

@@ -367,3 +367,24 @@ def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(platform
     assert request_row(platform.engine, request_id).status == "delivered"
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failure-alert.eml"]  # support only
+
+
+def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_empty(
+    sqlite_platform: Platform, tmp_path: Path
+):
+    platform = sqlite_platform
+    request_id = file_backup_request(
+        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
+    )
+    unmounted = replace(platform.settings, files_url=(tmp_path / "not-mounted").as_uri())
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, build_resources(unmounted), request_id, platform.subscription_id
+        )
+
+    assert not outcome.success
+    row = request_row(platform.engine, request_id)
+    assert row.status == "failed" and row.archive_key is None
+    assert "plan_archive_files" in row.status_detail
+    keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
+    assert keys == [f"backup-{request_id}-failed.eml", f"backup-{request_id}-failure-alert.eml"]
