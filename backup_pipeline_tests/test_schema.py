@@ -11,13 +11,23 @@ from backup_pipeline import tables
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
 
-SCHEMA_SQL = Path(__file__).resolve().parents[2] / "shared" / "platform" / "schema.sql"
+SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[2] / "shared" / "platform" / "schema.sql"
+# A copy kept with the tests, so the comparison runs wherever the repository is cloned alone;
+# test_the_copy_of_schema_sql_is_current keeps it equal to the platform's own.
+COPIED_SCHEMA_SQL = Path(__file__).resolve().parent / "data" / "platform_schema.sql"
 
 
 def _schema_sql() -> str:
-    if not SCHEMA_SQL.exists():
-        pytest.skip(f"the platform's schema is not at {SCHEMA_SQL}")
-    return SCHEMA_SQL.read_text(encoding="utf-8")
+    source = SHARED_SCHEMA_SQL if SHARED_SCHEMA_SQL.exists() else COPIED_SCHEMA_SQL
+    return source.read_text(encoding="utf-8")
+
+
+def test_the_copy_of_schema_sql_is_current():
+    if not SHARED_SCHEMA_SQL.exists():
+        pytest.skip(f"the platform's schema is not at {SHARED_SCHEMA_SQL} to compare the copy with")
+    assert COPIED_SCHEMA_SQL.read_text(encoding="utf-8") == SHARED_SCHEMA_SQL.read_text(
+        encoding="utf-8"
+    )
 
 
 def _load_sql(engine: Engine, sql: str) -> None:
