@@ -497,3 +497,12 @@ def test_files_read_ahead_side_by_side_keep_the_plan_order(tmp_path):
     assert [m.record_id for m in result.missing] == [99]
     # Every spool was closed: only the missing-files report is left in the work folder.
     assert [path.name for path in (tmp_path / "work").iterdir()] == ["faltantes.xlsx"]
+
+
+def test_a_local_folder_is_read_one_file_at_a_time_by_default(tmp_path):
+    archives = _folder(tmp_path / "archives")
+    files = SlowFirstStore(tmp_path / "files", {"platform/1": 0.1, "platform/2": 0.05})
+    planned = [_planned(files, f"adjuntos/A (1)/{n}.txt", b"x" * n, n) for n in range(1, 5)]
+    result = _assemble(archives, files, [], planned, tmp_path)
+    assert files.most_at_once == 1
+    assert result.files_copied == 4

@@ -25,7 +25,7 @@ from backup_pipeline.archive.leeme import (
     SHA256SUMS_PATH,
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
-from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore
+from backup_pipeline.resources.storage import FolderStore, ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ SPOOL_IN_MEMORY = 8 * 1024 * 1024
 READ_ATTEMPTS = 3
 # Files read ahead of the one zip writer, each by its own thread into its own spool: downloads
 # overlap each other and the zipping (per-object latency dominates small files on GCS), while
-# memory stays bounded by about (PREFETCH_FILES + 1) * SPOOL_IN_MEMORY.
+# memory stays bounded by about (PREFETCH_FILES + 1) * SPOOL_IN_MEMORY. A local folder answers
+# from the page cache at once: there the threads only compete with the writer for the cores
+# (about 30% slower in bench/RESULTS.md), so its files are read one at a time.
 PREFETCH_FILES = 4
 
 REASON_NOT_FOUND = "El archivo no existe en el almacenamiento"
@@ -80,7 +82,7 @@ def assemble_archive(
     modified_at: datetime | None = None,
     read_attempts: int = READ_ATTEMPTS,
     retry_wait_seconds: float = 2.0,
-    prefetch: int = PREFETCH_FILES,
+    prefetch: int | None = None,
 ) -> ArchiveResult:
     """Write the zip to archives at final_key: staged entries (workbooks) in their order, the
     planned files, archivos_no_incluidos.xlsx when some could not be copied, LEEME.txt, and
@@ -101,8 +103,9 @@ def assemble_archive(
             for entry in staged:
                 _add_staged(writer, archives, entry)
 
+            depth = prefetch if prefetch is not None else _read_ahead(files)
             fetched_files = _prefetched(
-                files, planned, workdir, read_attempts, retry_wait_seconds, prefetch
+                files, planned, workdir, read_attempts, retry_wait_seconds, depth
             )
             with contextlib.closing(fetched_files):
                 for plan, fetched in fetched_files:
@@ -262,6 +265,10 @@ class _Fetched:
 
 class _SourceReadError(Exception):
     """Reading the platform's object failed (as opposed to writing our local spool)."""
+
+
+def _read_ahead(files: ObjectStore) -> int:
+    return 1 if isinstance(files, FolderStore) else PREFETCH_FILES
 
 
 def _prefetched(
