@@ -28,7 +28,9 @@ from backup_pipeline.resources.storage import (
 from backup_pipeline.settings import Settings
 
 BACKEND_ENV = "BENCH_BACKEND"
-START_METHOD_ENV = "BENCH_START_METHOD"  # spawn | forkserver: overrides the job's own
+# spawn | forkserver: the job with the multiprocess executor (max_concurrent from
+# BACKUP_MAX_CONCURRENT_OPS, default 2) instead of its own in-process one.
+START_METHOD_ENV = "BENCH_START_METHOD"
 
 
 @functools.cache
@@ -97,7 +99,7 @@ def bench_backup_job() -> dg.JobDefinition:
     job = backup_job
     start_method = os.environ.get(START_METHOD_ENV)
     if start_method:
-        # An experiment: the product's executor with another start method.
+        # The executor the job had before fe7f564, for the comparison.
         job = job.with_executor_def(
             dg.multiprocess_executor.configured(
                 {

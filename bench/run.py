@@ -368,6 +368,9 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
                 instance=instance, partition_key=key, raise_on_error=False
             )
         else:
+            # The job runs in process since fe7f564; the step processes rebuild the job from
+            # this environment, with the multiprocess executor it had before.
+            os.environ.setdefault(jobdef.START_METHOD_ENV, "spawn")
             result = dg.execute_job(
                 dg.reconstructable(jobdef.bench_backup_job),
                 instance=instance,
