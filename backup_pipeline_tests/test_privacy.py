@@ -24,8 +24,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import storage
 from google.oauth2 import service_account
 from pydantic import Field
@@ -44,6 +42,11 @@ from backup_pipeline.settings import MAX_LINK_TTL, Settings
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox
+from backup_pipeline_tests.support.signing import (
+    new_private_key,
+    private_key_pem,
+    service_account_info,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNER = "backup-archives@clinic-platform.iam.gserviceaccount.com"
@@ -366,12 +369,7 @@ def test_no_secret_is_committed_to_the_repository() -> None:
 
 
 def test_the_secret_scan_recognises_what_it_looks_for() -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    pem = private_key_pem(new_private_key(1024))
     assert SECRET_PATTERNS["PEM private key"].search(pem)
     assert SECRET_PATTERNS["SendGrid API key"].search(fake_sendgrid_key())
     assert not SECRET_PATTERNS["SendGrid API key"].search("SG.test-key-not-real")
@@ -381,22 +379,7 @@ def test_the_secret_scan_recognises_what_it_looks_for() -> None:
 
 
 def service_account_file(path: Path) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": "clinic-platform",
-        "private_key_id": "test-key-1",
-        "private_key": pem,
-        "client_email": SIGNER,
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-    path.write_text(json.dumps(info))
+    path.write_text(json.dumps(service_account_info(new_private_key(), SIGNER)))
     return path
 
 

@@ -20,7 +20,7 @@ import google.auth.credentials
 import google.auth.transport.requests
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from google.cloud import storage
 from google.cloud.storage import _signing
@@ -36,6 +36,10 @@ from backup_pipeline.resources.storage import (
     open_store,
 )
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.signing import (
+    new_private_key,
+    service_account_info,
+)
 
 MiB = 1024 * 1024
 SIGNER = "backup-archives@clinic-platform.iam.gserviceaccount.com"
@@ -254,24 +258,11 @@ def test_folder_signed_url_is_the_files_uri(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_private_key()
 
 
 def service_account_credentials(key: rsa.RSAPrivateKey) -> service_account.Credentials:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": "clinic-platform",
-        "private_key_id": "test-key-1",
-        "private_key": pem,
-        "client_email": SIGNER,
-        "client_id": "1234567890",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
+    info = service_account_info(key, SIGNER)
     # With the client's scopes already set the client keeps this very object (no scoped copy).
     return service_account.Credentials.from_service_account_info(info, scopes=storage.Client.SCOPE)
 

@@ -12,8 +12,6 @@ from typing import Any
 
 import dagster as dg
 import openpyxl
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import storage
 from google.oauth2 import service_account
 from openpyxl.workbook.workbook import Workbook
@@ -27,6 +25,10 @@ from backup_pipeline.resources.storage import ObjectStore
 from backup_pipeline.settings import Settings
 from backup_pipeline.synthetic import file_backup_request
 from backup_pipeline_tests.support.sendgrid import SentEmail
+from backup_pipeline_tests.support.signing import (
+    new_private_key,
+    service_account_info,
+)
 
 SIGNER_EMAIL = "respaldos@clinic-platform.iam.gserviceaccount.com"
 
@@ -40,22 +42,8 @@ def signing_credentials() -> service_account.Credentials:
     The emulator accepts any bearer token; the key makes V4 signing work exactly as with a
     production key file. Without a live token the client would try to reach Google's OAuth.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
     credentials = service_account.Credentials.from_service_account_info(
-        {
-            "type": "service_account",
-            "project_id": "clinic-platform",
-            "private_key_id": "acceptance-key",
-            "private_key": pem,
-            "client_email": SIGNER_EMAIL,
-            "client_id": "1",
-            "token_uri": "https://oauth2.googleapis.com/token",
-        },
+        service_account_info(new_private_key(), SIGNER_EMAIL, key_id="acceptance-key"),
         scopes=storage.Client.SCOPE,
     )
     credentials.token = "emulator-token"
