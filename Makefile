@@ -41,5 +41,13 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 process: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/backup-pipeline process
 
+PROFILE ?= medium
+BACKENDS ?= file,gcs
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --profile $(PROFILE) --backends $(BACKENDS)
+	$(BIN)/python -m bench.run --sensor
+	$(BIN)/python -m bench.run --report
+
 clean:
 	rm -rf var
