@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from backup_pipeline.settings import Settings
 
 
@@ -46,16 +44,8 @@ def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _next_subscription_id(settings: Settings) -> int:
-    from backup_pipeline import tables
-
-    with _engine(settings).connect() as conn:
-        current = conn.execute(select(func.max(tables.subscriptions.c.id))).scalar()
-    return (current or 0) + 1
-
-
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.resources.platform_db import create_schema
+    from backup_pipeline.resources.platform_db import create_schema, next_subscription_id
     from backup_pipeline.resources.storage import open_store
     from backup_pipeline.synthetic import seed_platform
 
@@ -69,7 +59,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
         patients=args.patients,
         subscriptions=args.subscriptions,
         seed=args.seed,
-        first_subscription_id=args.first_subscription_id or _next_subscription_id(settings),
+        first_subscription_id=args.first_subscription_id or next_subscription_id(engine),
     )
     for sid in summary.subscription_ids:
         users = summary.user_ids.get(sid, [])

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pandas as pd
@@ -36,7 +35,7 @@ from backup_pipeline.resources.storage import (
     ObjectStoreResource,
     StoreRefused,
 )
-from backup_pipeline.spanish import clinic_zone
+from backup_pipeline.spanish import clinic_zone, to_clinic_time
 from backup_pipeline.staging import stage_file
 from backup_pipeline.workbook import render_workbook
 
@@ -89,15 +88,11 @@ def archive_file_name(clinic_name: str, day: datetime) -> str:
 
 def archive_key(target: BackupTarget, clinic_name: str) -> str:
     """Stable per request, so a re-run replaces its own archive instead of leaving a second one."""
-    local_day = _to_local(target.requested_at, target.timezone)
+    local_day = to_clinic_time(target.requested_at, target.timezone)
     return (
         f"respaldos/{target.subscription_id}/{target.request_id}/"
         f"{archive_file_name(clinic_name, local_day)}"
     )
-
-
-def _to_local(utc_naive: datetime, timezone: str) -> datetime:
-    return utc_naive.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo(timezone))
 
 
 def _request_id(context: OpExecutionContext) -> int:
@@ -351,7 +346,7 @@ def assemble_backup(
             }
         )
         return AssembledArchive(result=emailed, download_name=key.rsplit("/", 1)[-1], contents=[])
-    generated_at = _to_local(db.utcnow(), target.timezone)
+    generated_at = to_clinic_time(db.utcnow(), target.timezone)
     workbook_counts = [(e.archive_path, e.description, e.rows) for e in exports]
     rows_by_dataset = {e.dataset: e.rows for e in exports}
 
@@ -481,18 +476,16 @@ def deliver_backup(
         )
     email_sent = False
     if request.email_sent_at is None:
-        email = mail.delivered_email(
-            to=requester.email,  # the requester's address now, not when the request was made
-            clinic_name=subscription.name,
+        email = link_email(
+            mailer,
+            requester=requester,
+            subscription=subscription,
+            request_id=target.request_id,
             link=link,
-            expires_at_local=_to_local(expires_at, target.timezone),
-            timezone_label=target.timezone,
+            expires_at=expires_at,
             size_bytes=result.size,
             sha256=result.sha256,
             contents=archive.contents,
-            support_email=mailer.support_email,
-            from_email=mailer.from_email,
-            request_id=target.request_id,
         )
         message_id = send_or_fail(mailer, email)
         with engine.begin() as conn:
@@ -513,6 +506,35 @@ def deliver_backup(
             "link_expires_at": expires_at.isoformat() + "Z",
             "email_sent_now": email_sent,
         }
+    )
+
+
+def link_email(
+    mailer: MailerResource,
+    *,
+    requester: db.Requester,
+    subscription: db.Subscription,
+    request_id: int,
+    link: str,
+    expires_at: datetime,
+    size_bytes: int,
+    sha256: str,
+    contents: list[tuple[str, int]],
+) -> OutgoingEmail:
+    """The email with the download link, for a delivery and for a re-sent link alike."""
+    zone = clinic_zone(subscription.timezone)
+    return mail.delivered_email(
+        to=requester.email,  # the requester's address now, not when the request was made
+        clinic_name=subscription.name,
+        link=link,
+        expires_at_local=to_clinic_time(expires_at, zone.key),
+        timezone_label=zone.key,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        contents=contents,
+        support_email=mailer.support_email,
+        from_email=mailer.from_email,
+        request_id=request_id,
     )
 
 

@@ -9,15 +9,13 @@ from urllib.parse import unquote, urlparse
 
 import dagster as dg
 
-from backup_pipeline import mail
 from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import review_pending
-from backup_pipeline.jobs import backup_job, backup_partitions, send_or_fail
+from backup_pipeline.jobs import backup_job, backup_partitions, link_email, send_or_fail
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.sensors import SENSOR_BATCH, run_tags
 from backup_pipeline.settings import Settings
-from backup_pipeline.spanish import to_clinic_time
 
 
 @dataclass(frozen=True)
@@ -143,18 +141,16 @@ def resend_link(request_id: int, settings: Settings | None = None) -> datetime:
     expires_at = db.utcnow() + policy.link_ttl
     download_name = request.archive_key.rsplit("/", 1)[-1]
     link = store.signed_url(request.archive_key, policy.link_ttl, download_name)
-    email = mail.delivered_email(
-        to=requester.email,
-        clinic_name=subscription.name,
+    email = link_email(
+        mailer,
+        requester=requester,
+        subscription=subscription,
+        request_id=request_id,
         link=link,
-        expires_at_local=to_clinic_time(expires_at, subscription.timezone),
-        timezone_label=subscription.timezone,
+        expires_at=expires_at,
         size_bytes=request.archive_size_bytes or 0,
         sha256=request.archive_sha256 or "",
         contents=[],
-        support_email=mailer.support_email,
-        from_email=mailer.from_email,
-        request_id=request_id,
     )
     message_id = send_or_fail(mailer, email)
     with engine.begin() as conn:
@@ -202,9 +198,6 @@ def _local_path(url: str, key: str | None = None) -> Path | None:
 
 def demo(settings: Settings | None = None) -> DemoResult:
     """Seed a small clinic, file a request as its owner, process it; everything under ./var."""
-    from sqlalchemy import func, select
-
-    from backup_pipeline import tables
     from backup_pipeline.resources.platform_db import create_schema, engine_for
     from backup_pipeline.resources.storage import open_store
     from backup_pipeline.synthetic import file_backup_request, seed_platform
@@ -212,10 +205,11 @@ def demo(settings: Settings | None = None) -> DemoResult:
     settings = settings or Settings.from_env()
     engine = engine_for(settings.platform_db_url)
     create_schema(engine)
-    with engine.connect() as conn:
-        first_id = (conn.execute(select(func.max(tables.subscriptions.c.id))).scalar() or 0) + 1
     summary = seed_platform(
-        engine, open_store(settings.files_url), profile="small", first_subscription_id=first_id
+        engine,
+        open_store(settings.files_url),
+        profile="small",
+        first_subscription_id=db.next_subscription_id(engine),
     )
     subscription_id = summary.subscription_ids[0]
     request_id = file_backup_request(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import Connection, Engine, and_, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
 from sqlalchemy.pool import NullPool
 
 from backup_pipeline import tables as t
@@ -57,6 +57,13 @@ class PlatformDatabaseResource(dg.ConfigurableResource):
 def create_schema(engine: Engine) -> None:
     """Create the platform's tables and ours (development and tests only)."""
     t.metadata.create_all(engine)
+
+
+def next_subscription_id(engine: Engine) -> int:
+    """The first id after every subscription's (seeding a development database)."""
+    with engine.connect() as conn:
+        current = conn.execute(select(func.max(t.subscriptions.c.id))).scalar()
+    return (current or 0) + 1
 
 
 @dataclass(frozen=True)
