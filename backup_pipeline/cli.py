@@ -40,7 +40,30 @@ def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
 
     _ensure_local_dirs(settings)
     create_schema(_engine(settings))
-    print("Schema created (platform tables and backup_* tables).")
+    print("Schema created (platform tables; backup_* tables by our migrations).")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline import migrations
+
+    _ensure_local_dirs(settings)
+    engine = _engine(settings)
+    if args.check:
+        waiting = migrations.pending(engine)
+        if waiting:
+            print(
+                f"Our tables are behind: pending revisions {', '.join(waiting)}. "
+                "Run `backup-pipeline migrate` before starting the code location."
+            )
+            return 1
+        print(f"Our tables are up to date (revision {migrations.head()}).")
+        return 0
+    applied = migrations.upgrade(engine)
+    if applied:
+        print(f"Applied revisions {', '.join(applied)}; our tables are at {migrations.head()}.")
+    else:
+        print(f"Nothing to do: our tables are up to date (revision {migrations.head()}).")
     return 0
 
 
@@ -143,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("init-db", help="create the schema in an empty database (dev and tests)")
 
+    migrate = sub.add_parser(
+        "migrate", help="create or upgrade our backup_* tables (never a platform table)"
+    )
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit non-zero naming the pending revisions, if any",
+    )
+
     seed = sub.add_parser(
         "seed", help="fill the platform database and files with synthetic clinics"
     )
@@ -176,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "init-db": cmd_init_db,
+    "migrate": cmd_migrate,
     "seed": cmd_seed,
     "request": cmd_request,
     "process": cmd_process,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, inspect
 
-from backup_pipeline import tables
+from backup_pipeline import migrations, tables
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
 
@@ -78,9 +78,9 @@ def _compare(sql_engine: Engine, ours_engine: Engine) -> None:
     actual = _describe(ours_engine, platform_names)
     for name in platform_names:
         assert actual[name] == expected[name], f"table {name} differs from schema.sql"
-    # Our own tables exist beside them and all carry the backup_ prefix.
+    # Our own tables (and our migrations' version table) exist beside them, all named backup_*.
     ours = set(inspect(ours_engine).get_table_names()) - set(platform_names)
-    assert ours == {t.name for t in tables.OUR_TABLES}
+    assert ours == {t.name for t in tables.OUR_TABLES} | {migrations.VERSION_TABLE}
     assert all(name.startswith("backup_") for name in ours)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, and_, create_engine, event, func, sel
 from sqlalchemy.pool import NullPool
 
 from backup_pipeline import tables as t
+from backup_pipeline.migrations import upgrade as upgrade_our_tables
 
 OPEN_STATUSES = ("pending", "running")
 
@@ -55,8 +56,10 @@ class PlatformDatabaseResource(dg.ConfigurableResource):
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the platform's tables and ours (development and tests only)."""
-    t.metadata.create_all(engine)
+    """Create the platform's tables (development and tests only), then ours by our migrations,
+    as production gets them: the demo and the tests run the same revisions."""
+    t.metadata.create_all(engine, tables=list(t.PLATFORM_TABLES))
+    upgrade_our_tables(engine)
 
 
 def next_subscription_id(engine: Engine) -> int:
