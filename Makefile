@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 
-.PHONY: install demo test lint format dev process bench clean
+.PHONY: install demo test lint format dev process bench coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The test suite under coverage.py, configured in setup.cfg (data under var/coverage).
+coverage: $(STAMP)
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage report
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
