@@ -121,6 +121,23 @@ def test_the_revisions_create_exactly_the_tables_declared_in_tables_py(platform_
         assert compare_metadata(context, t.metadata) == []
 
 
+def test_older_code_finds_nothing_pending_on_tables_a_newer_release_migrated(
+    platform_only: Engine,
+):
+    migrations.upgrade(platform_only)
+    # A rollback: the database is at a revision this code has never heard of.
+    with platform_only.begin() as conn:
+        conn.execute(text("UPDATE backup_schema_version SET version_num = '0999'"))
+
+    assert migrations.pending(platform_only) == []
+    migrations.require_current(platform_only)
+    assert migrations.upgrade(platform_only) == []
+    with platform_only.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM backup_schema_version")).all() == [
+            ("0999",)
+        ]
+
+
 def test_the_platforms_own_alembic_version_table_is_left_alone(platform_only: Engine):
     with platform_only.begin() as conn:
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))

@@ -12,7 +12,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
 from backup_pipeline import tables
@@ -82,14 +81,13 @@ def head() -> str:
 def _pending_on(conn: Connection) -> list[str]:
     current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     heads = current.get_current_heads()
-    applied: set[str] = set()
-    try:
-        for revision in heads:
-            applied.update(r.revision for r in _script().iterate_revisions(revision, "base"))
-    except CommandError:
+    if any(revision not in revisions() for revision in heads):
         # A revision this code does not know: a newer release already migrated (a rollback).
-        # Migrations only add, so this code's tables are all there: nothing is pending for it.
+        # Revisions only add, so this code's tables are all there: nothing is pending for it.
         return []
+    applied: set[str] = set()
+    for revision in heads:
+        applied.update(r.revision for r in _script().iterate_revisions(revision, "base"))
     return [r for r in revisions() if r not in applied]
 
 
