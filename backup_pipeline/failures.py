@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from backup_pipeline import mail
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
-from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from backup_pipeline import tables as t
 from backup_pipeline.quota import PastRequest, quota_window
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import Mailer, MailError
-from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,10 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
-from backup_pipeline.resources.storage import (
-    ObjectNotFound,
-    ObjectStore,
-    ObjectStoreResource,
-    StoreRefused,
-)
+from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.spanish import clinic_zone, to_clinic_time
 from backup_pipeline.staging import stage_file
+from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
 from backup_pipeline.workbook import render_workbook
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")

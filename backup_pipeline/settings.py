@@ -25,6 +25,11 @@ class Settings:
     link_ttl: timedelta
     late_after: timedelta
     partition_retention: timedelta
+    # Google's own variable; None lets object calls run without a project (they need none).
+    gcs_project: str | None = None
+    # Signs links when the credentials hold no key (workload identity) and the gs:// URL names no
+    # ?signer=.
+    gcs_signer_email: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -48,4 +53,6 @@ class Settings:
             partition_retention=timedelta(
                 days=float(env.get("BACKUP_PARTITION_RETENTION_DAYS", "90"))
             ),
+            gcs_project=env.get("GOOGLE_CLOUD_PROJECT"),
+            gcs_signer_email=env.get("BACKUP_GCS_SIGNER_EMAIL") or None,
         )

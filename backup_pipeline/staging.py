@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from backup_pipeline.archive.entries import StagedEntry
-from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.storage import ObjectStore
 
 CHUNK = 1024 * 1024
 

@@ -39,9 +39,10 @@ from backup_pipeline.datasets import patients as patients_dataset
 from backup_pipeline.datasets import vaccinations as vaccinations_dataset
 from backup_pipeline.mail import spanish_size
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import FolderStore, open_store
+from backup_pipeline.resources.storage import open_store
 from backup_pipeline.settings import Settings
 from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.synthetic import seed_platform
 from backup_pipeline.synthetic.seed import row_id
 from backup_pipeline_tests.support.acceptance import (

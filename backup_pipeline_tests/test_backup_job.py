@@ -20,9 +20,10 @@ from backup_pipeline.operations import execute_request
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
 from backup_pipeline.sensors import backup_request_sensor
 from backup_pipeline.settings import Settings
+from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 
 

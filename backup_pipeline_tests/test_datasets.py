@@ -23,7 +23,7 @@ from backup_pipeline.datasets import (
 )
 from backup_pipeline.datasets.anamnesis import Question, latest_answers_by_patient
 from backup_pipeline.datasets.base import Dataset, ExtractContext
-from backup_pipeline.resources.storage import FolderStore
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.workbook import render_workbook
 
 CLINIC, OTHER_CLINIC, EMPTY_CLINIC, FORMULA_CLINIC = 1, 2, 3, 4

@@ -34,14 +34,10 @@ from backup_pipeline.operations import RunOutcome, execute_request
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import (
-    GcsStore,
-    ObjectNotFound,
-    ObjectStore,
-    ObjectStoreResource,
-    StoreRefused,
-)
+from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.settings import Settings
+from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
+from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.faultproxy import (
     KINDS,

@@ -43,8 +43,9 @@ from backup_pipeline.operations import execute_request
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import FolderStore, open_store
+from backup_pipeline.resources.storage import open_store
 from backup_pipeline.settings import Settings
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline.workbook import render_workbook
 from backup_pipeline_tests.support.sendgrid import read_outbox

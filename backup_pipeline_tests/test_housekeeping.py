@@ -14,7 +14,9 @@ from backup_pipeline import tables as t
 from backup_pipeline.mail import OutgoingEmail
 from backup_pipeline.resources.mailer import MailError, OutboxMailer, open_mailer
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import FolderStore, ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)
 SUPPORT = "soporte@clinica.example"

@@ -18,7 +18,7 @@ from backup_pipeline import tables as t
 from backup_pipeline.cfdi import PROBLEM_BROKEN
 from backup_pipeline.datasets.base import ExtractContext, Kind
 from backup_pipeline.datasets.invoices import ISSUED, PROBLEM_XML_MISSING, RECEIVED
-from backup_pipeline.resources.storage import ObjectInfo, ObjectNotFound, ObjectStore
+from backup_pipeline.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 SAMPLES = Path(__file__).parent / "data" / "cfdi"
 CREATED = datetime(2025, 1, 1)

@@ -33,7 +33,8 @@ from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 
@@ -63,15 +64,16 @@ def stand_still(**facts):
 from backup_pipeline import jobs, operations
 from backup_pipeline.archive import zipper
 from backup_pipeline.resources import platform_db, storage
+from backup_pipeline.storage.gcs import GcsStore
 
 if os.environ.get("KILL_TEST_GCS_CHUNK"):
     # The smallest resumable chunk, so that the zip is several chunks and some are sent
     # before the kill.
     open_store = storage.open_store
 
-    def open_small_chunks(url):
-        store = open_store(url)
-        if isinstance(store, storage.GcsStore):
+    def open_small_chunks(url, **options):
+        store = open_store(url, **options)
+        if isinstance(store, GcsStore):
             store.chunk_size = int(os.environ["KILL_TEST_GCS_CHUNK"])
         return store
 

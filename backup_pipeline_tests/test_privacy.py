@@ -36,9 +36,10 @@ from backup_pipeline.operations import execute_request
 from backup_pipeline.resources import BackupPolicyResource, build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import GcsStore, ObjectStoreResource, open_store
+from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.sensors import backup_request_sensor
 from backup_pipeline.settings import MAX_LINK_TTL, Settings
+from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox

@@ -26,15 +26,12 @@ from google.cloud import storage
 from google.cloud.storage import _signing
 from google.oauth2 import service_account
 
-from backup_pipeline.resources.storage import (
-    FolderStore,
-    GcsStore,
-    ObjectNotFound,
-    ObjectStore,
-    ObjectStoreResource,
-    StoreRefused,
-    open_store,
-)
+from backup_pipeline.resources import build_resources
+from backup_pipeline.resources.storage import ObjectStoreResource, open_store
+from backup_pipeline.settings import Settings
+from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
+from backup_pipeline.storage.folder import FolderStore
+from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.signing import (
     new_private_key,
@@ -539,13 +536,11 @@ def test_open_store_file_url_is_a_folder(tmp_path: Path) -> None:
     assert (root / "a").read_bytes() == b"1"
 
 
-def test_open_store_gs_url_reads_bucket_prefix_and_signer(
-    gcs_emulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("BACKUP_GCS_SIGNER_EMAIL", "from-env@p.iam.gserviceaccount.com")
+def test_open_store_gs_url_reads_bucket_prefix_and_signer(gcs_emulator) -> None:
+    default = "from-env@p.iam.gserviceaccount.com"
 
-    from_query = open_store(f"gs://bucket-1/a/b/?signer={SIGNER}")
-    from_env = open_store("gs://bucket-1")
+    from_query = open_store(f"gs://bucket-1/a/b/?signer={SIGNER}", signer_email=default)
+    from_env = open_store("gs://bucket-1", signer_email=default)
 
     assert isinstance(from_query, GcsStore)
     assert isinstance(from_env, GcsStore)
@@ -556,6 +551,24 @@ def test_open_store_gs_url_reads_bucket_prefix_and_signer(
     )
     assert (from_env.prefix, from_env.signer_email) == ("", "from-env@p.iam.gserviceaccount.com")
     assert from_query.url == "gs://bucket-1/a/b"
+
+
+def test_the_signer_comes_from_settings_through_the_resources(tmp_path: Path) -> None:
+    signer = "from-env@p.iam.gserviceaccount.com"
+    settings = Settings.from_env(
+        {
+            "BACKUP_GCS_SIGNER_EMAIL": signer,
+            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
+            "BACKUP_ARCHIVES_URL": "gs://bucket-1/respaldos",
+        }
+    )
+
+    resources = build_resources(settings)
+
+    assert settings.gcs_signer_email == signer
+    assert Settings.from_env({}).gcs_signer_email is None
+    assert resources["files"].signer_email == signer
+    assert resources["archives"].signer_email == signer
 
 
 @pytest.mark.parametrize(

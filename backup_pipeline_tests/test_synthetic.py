@@ -17,7 +17,8 @@ from lxml import etree
 from sqlalchemy import Engine, create_engine, func, select
 
 from backup_pipeline import tables
-from backup_pipeline.resources.storage import ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import (
     ID_BLOCK,
     PROFILES,

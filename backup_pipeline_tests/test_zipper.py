@@ -27,7 +27,9 @@ from backup_pipeline.archive.zipper import (
     FileTally,
     assemble_archive,
 )
-from backup_pipeline.resources.storage import FolderStore, ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 
 FINAL_KEY = "respaldos/1/7/respaldo_clinica_2026-01-02.zip"
 STAMP = datetime(2026, 1, 2, 9, 30)

@@ -18,14 +18,10 @@ from google.oauth2 import service_account
 
 from backup_pipeline.jobs import backup_job
 from backup_pipeline.resources import build_resources
-from backup_pipeline.resources.storage import (
-    GcsStore,
-    ObjectStore,
-    ObjectStoreResource,
-    attachment_disposition,
-    open_store,
-)
+from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.settings import Settings
+from backup_pipeline.storage import ObjectStore, attachment_disposition
+from backup_pipeline.storage.gcs import GcsStore
 
 BACKEND_ENV = "BENCH_BACKEND"
 # spawn | forkserver: the job with the multiprocess executor (max_concurrent from

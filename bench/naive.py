@@ -22,7 +22,7 @@ from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset, ExtractContext
 from backup_pipeline.datasets.query import QueryDataset
-from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore
+from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 
 def whole_frame(dataset: Dataset, ctx: ExtractContext) -> pd.DataFrame:

@@ -71,7 +71,7 @@ def ensure_seeded(profile: str, patients: int | None) -> dict[str, Any]:
 
     from backup_pipeline import tables
     from backup_pipeline.resources.platform_db import create_schema
-    from backup_pipeline.resources.storage import FolderStore
+    from backup_pipeline.storage.folder import FolderStore
     from backup_pipeline.synthetic import seed_platform
 
     folder = clinic_dir(profile, patients)
@@ -468,7 +468,7 @@ def _plan(args: argparse.Namespace) -> list:
 
 def worker_raw(args: argparse.Namespace) -> dict[str, Any]:
     """The floor: each planned object copied as is through the same storage client."""
-    from backup_pipeline.resources.storage import ObjectNotFound
+    from backup_pipeline.storage import ObjectNotFound
 
     plan = _plan(args)
     files = _store(os.environ["BACKUP_FILES_URL"])

@@ -25,7 +25,8 @@ from backup_pipeline.archive.leeme import (
     SHA256SUMS_PATH,
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
-from backup_pipeline.resources.storage import FolderStore, ObjectNotFound, ObjectStore
+from backup_pipeline.storage import ObjectNotFound, ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 
 log = logging.getLogger(__name__)
 

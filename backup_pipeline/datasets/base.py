@@ -10,7 +10,7 @@ from typing import Protocol
 import pandas as pd
 from sqlalchemy import Connection
 
-from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.storage import ObjectStore
 
 
 class Kind(enum.Enum):

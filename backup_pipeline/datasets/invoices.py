@@ -15,7 +15,7 @@ from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_planned_files
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
 from backup_pipeline.datasets.query import patient_full_name
-from backup_pipeline.resources.storage import ObjectNotFound, ObjectStore
+from backup_pipeline.storage import ObjectNotFound, ObjectStore
 from backup_pipeline.tables import cfdi_documents, patients
 
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"

@@ -43,8 +43,16 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             if os.environ.get("BACKUP_PLATFORM_DB_URL") == settings.platform_db_url
             else settings.platform_db_url
         ),
-        "files": ObjectStoreResource(url=settings.files_url),
-        "archives": ObjectStoreResource(url=settings.archives_url),
+        "files": ObjectStoreResource(
+            url=settings.files_url,
+            signer_email=settings.gcs_signer_email,
+            project=settings.gcs_project,
+        ),
+        "archives": ObjectStoreResource(
+            url=settings.archives_url,
+            signer_email=settings.gcs_signer_email,
+            project=settings.gcs_project,
+        ),
         "mailer": MailerResource(
             url=settings.mail_url,
             from_email=settings.from_email,

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.exc import IntegrityError
 
 from backup_pipeline import tables
-from backup_pipeline.resources.storage import ObjectStore
+from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import cfdi_xml, clinical, names
 from backup_pipeline.synthetic import files as file_formats
 from backup_pipeline.synthetic.profiles import PROFILES, Profile

@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from backup_pipeline.operations import RunOutcome, execute_request
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.storage import ObjectStore
 from backup_pipeline.settings import Settings
+from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import file_backup_request
 from backup_pipeline_tests.support.sendgrid import SentEmail
 from backup_pipeline_tests.support.signing import (

@@ -17,7 +17,9 @@ from gcp_storage_emulator.storage import RESUMABLE_DIR
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from backup_pipeline.resources.storage import FolderStore, ObjectStore, open_store
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 
 EMULATOR_PROJECT = "backup-pipeline-test"
 

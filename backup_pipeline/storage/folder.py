@@ -1,0 +1,99 @@
+"""A local folder as an object store (file://): each write lands atomically with os.replace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from backup_pipeline.storage.base import (
+    PARTIAL_SUFFIX,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    StoreRefused,
+    _check_lifetime,
+    _check_prefix,
+    check_key,
+)
+
+
+class FolderStore(ObjectStore):
+    """Objects as files under root; each write lands atomically with os.replace."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"no object at the requested key in {self.url}") from exc
+
+    def open_write(
+        self, key: str, content_type: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        return _replace_on_success(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def check_reachable(self) -> None:
+        if not self.root.is_dir():
+            raise StoreRefused(f"the folder store {self.url} does not exist or is not a folder")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        _check_prefix(prefix)
+        folder = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(start):
+            relative = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if relative == "." else f"{relative}/{name}"
+                if name.endswith(PARTIAL_SUFFIX) or not key.startswith(prefix):
+                    continue
+                try:
+                    stat = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+                updated = datetime.fromtimestamp(stat.st_mtime, UTC).replace(tzinfo=None)
+                found.append(ObjectInfo(key=key, size=stat.st_size, updated=updated))
+        yield from sorted(found, key=lambda info: info.key)
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return False
+        return True
+
+    def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
+        """The file's own file:// URI: for local use, where nothing can enforce an expiry or name."""
+        _check_lifetime(expires_in)
+        return self._path(key).as_uri()
+
+
+@contextlib.contextmanager
+def _replace_on_success(path: Path) -> Iterator[BinaryIO]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=PARTIAL_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())  # the rename must not outlive the data after a crash
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
