@@ -11,4 +11,5 @@ pytest_plugins = [
     "backup_pipeline_tests.support.gcs",
     "backup_pipeline_tests.support.sendgrid",
     "backup_pipeline_tests.support.faultproxy",
+    "backup_pipeline_tests.support.platform",
 ]

@@ -12,11 +12,9 @@ import io
 import itertools
 import re
 import urllib.request
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import dagster as dg
 import lxml.html
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-from sqlalchemy import Engine, and_, bindparam, create_engine, func, literal, select, update
+from sqlalchemy import Engine, and_, bindparam, func, literal, select, update
 
-from backup_pipeline import jobs, tables
+from backup_pipeline import tables
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.cli import main as cli_main
@@ -38,38 +34,28 @@ from backup_pipeline.datasets import dental_treatments as dental_dataset
 from backup_pipeline.datasets import patients as patients_dataset
 from backup_pipeline.datasets import vaccinations as vaccinations_dataset
 from backup_pipeline.mail import spanish_size
-from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
-from backup_pipeline.settings import Settings
 from backup_pipeline.spanish import spanish_datetime, to_clinic_time
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.synthetic import seed_platform
 from backup_pipeline.synthetic.seed import row_id
-from backup_pipeline_tests.support.acceptance import (
-    SIGNER_EMAIL,
-    Archive,
+from backup_pipeline_tests.support.acceptance import SIGNER_EMAIL, Archive, headers
+from backup_pipeline_tests.support.location import backup_job
+from backup_pipeline_tests.support.platform import (
+    CLOUD,
+    GCS_ARCHIVES_PREFIX,
+    LOCAL,
+    WITH_SENDGRID,
+    WORKBOOKS,
+    Backends,
     Backup,
+    Clinic,
     Platform,
-    headers,
-    signing_client_class,
-    signing_credentials,
+    open_platform,
 )
-from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
-from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox, read_sendgrid
+from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_sendgrid
 
 LINK_TTL_HOURS = 48
-ARCHIVES_PREFIX = "produccion"
 PATIENTS = 8
 
-WORKBOOKS = (
-    "pacientes.xlsx",
-    "anamnesis.xlsx",
-    "consultas.xlsx",
-    "tratamientos_odontologicos.xlsx",
-    "vacunacion.xlsx",
-    "facturacion/ingresos/comprobantes_emitidos.xlsx",
-    "facturacion/gastos/comprobantes_recibidos.xlsx",
-)
 CLINICAL_WORKBOOKS = WORKBOOKS[:5]
 MISSING_REPORT = "archivos_no_incluidos.xlsx"
 ALREADY_COMPRESSED = {"xlsx", "png", "jpg", "jpeg", "pdf"}
@@ -84,119 +70,29 @@ FORMULA_LIKE = (
 )
 
 
-# --- Backends ---------------------------------------------------------------------------------
+# --- The platform: link lifetime of 48 hours, so that the email's expiry is not the default --------
 
 
-@dataclass(frozen=True)
-class Backends:
-    database: str  # "sqlite" | "postgresql"
-    stores: str  # "folder" | "gcs": the platform's files and our archives
-    mail: str  # "outbox" | "sendgrid"
-
-
-LOCAL = Backends("sqlite", "folder", "outbox")
-CLOUD = Backends("postgresql", "gcs", "sendgrid")
-LOCAL_WITH_SENDGRID = Backends("sqlite", "folder", "sendgrid")
-
-
-@pytest.fixture(scope="module")
-def gcs_signing_credentials():
-    return signing_credentials()
-
-
-def _new_bucket_url() -> str:
-    client = storage.Client(project=EMULATOR_PROJECT, credentials=AnonymousCredentials())
-    return f"gs://{client.create_bucket(f'bp-archives-{uuid.uuid4().hex[:12]}').name}"
-
-
-def open_platform(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    backends: Backends,
-) -> Platform:
-    if backends.database == "postgresql":
-        db_url = request.getfixturevalue("postgres_url")
-    else:
-        db_url = f"sqlite:///{tmp_path / 'platform.db'}"
-    if backends.stores == "gcs":
-        # The emulator's anonymous credentials cannot sign; production's service account can.
-        credentials = request.getfixturevalue("gcs_signing_credentials")
-        monkeypatch.setattr(storage, "Client", signing_client_class(credentials))
-        files_url = request.getfixturevalue("gcs_bucket_url")  # gs://bucket/some/prefix
-        archives_url = _new_bucket_url() + "/" + ARCHIVES_PREFIX  # a bucket of its own
-    else:
-        files_url = (tmp_path / "files").as_uri()
-        archives_url = (tmp_path / "archives").as_uri()
-    if backends.mail == "sendgrid":
-        endpoint: SendGridEndpoint = request.getfixturevalue("sendgrid_endpoint")
-        mail_url = endpoint.url
-
-        def sent():
-            return read_sendgrid(endpoint)
-    else:
-        outbox = tmp_path / "outbox"
-        mail_url = outbox.as_uri()
-
-        def sent():
-            return read_outbox(outbox)
-
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": db_url,
-            "BACKUP_FILES_URL": files_url,
-            "BACKUP_ARCHIVES_URL": archives_url,
-            "BACKUP_MAIL_URL": mail_url,
-            "BACKUP_LINK_TTL": str(LINK_TTL_HOURS),
-        }
-    )
-    engine = create_engine(db_url)
-    create_schema(engine)
-    # An in-memory instance: the same job and executor, without a SQLite event log's fsyncs.
-    instance = dg.DagsterInstance.ephemeral()
-    request.addfinalizer(engine.dispose)  # before postgres_url drops the database
-    request.addfinalizer(instance.dispose)
-    return Platform(
-        engine=engine,
-        settings=settings,
-        files=open_store(files_url),
-        archives=open_store(archives_url),
-        instance=instance,
-        sent=sent,
-    )
+SETTINGS = {"BACKUP_LINK_TTL": str(LINK_TTL_HOURS)}
 
 
 @pytest.fixture
-def local(request, tmp_path, monkeypatch) -> Platform:
+def local(request: pytest.FixtureRequest) -> Platform:
     """SQLite, folders and an outbox: the embedded defaults' backends."""
-    return open_platform(request, tmp_path, monkeypatch, LOCAL)
+    return open_platform(request, LOCAL, env=SETTINGS)
 
 
 @pytest.fixture
-def with_sendgrid(request, tmp_path, monkeypatch) -> Platform:
-    return open_platform(request, tmp_path, monkeypatch, LOCAL_WITH_SENDGRID)
-
-
-@dataclass(frozen=True)
-class Clinic:
-    subscription_id: int
-    owner_id: int
+def with_sendgrid(request: pytest.FixtureRequest) -> Platform:
+    return open_platform(request, WITH_SENDGRID, env=SETTINGS)
 
 
 def seed_clinics(platform: Platform, *, subscriptions: int = 1, seed: int = 11) -> list[Clinic]:
-    summary = seed_platform(
-        platform.engine,
-        platform.files,
-        profile="small",
-        patients=PATIENTS,
-        subscriptions=subscriptions,
-        seed=seed,
-    )
-    return [Clinic(sid, summary.user_ids[sid][0]) for sid in summary.subscription_ids]
+    return platform.seed(patients=PATIENTS, subscriptions=subscriptions, seed=seed)
 
 
 def backup_of(platform: Platform, clinic: Clinic) -> tuple[Backup, Archive]:
-    backup = platform.backup(clinic.subscription_id, clinic.owner_id)
+    backup = platform.back_up(clinic)
     assert backup.delivered, (backup.outcome, backup.request.status_detail)
     return backup, platform.archive(backup)
 
@@ -272,9 +168,9 @@ def assert_no_formula_cells(archive: Archive) -> int:
     ids=["sqlite-folders-outbox", "postgresql-gcs-sendgrid"],
 )
 def test_a_delivered_backup_is_the_archive_and_the_email_the_product_promises(
-    request, tmp_path, monkeypatch, backends: Backends
+    request, backends: Backends
 ):
-    platform = open_platform(request, tmp_path, monkeypatch, backends)
+    platform = open_platform(request, backends, env=SETTINGS)
     (clinic,) = seed_clinics(platform)
 
     backup, archive = backup_of(platform, clinic)
@@ -398,7 +294,7 @@ def test_a_delivered_backup_is_the_archive_and_the_email_the_product_promises(
         assert query["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256"
         assert query["X-Goog-Expires"] == str(LINK_TTL_HOURS * 3600)
         assert query["X-Goog-Credential"].startswith(SIGNER_EMAIL + "/")
-        assert unquote(urlsplit(link).path).endswith(f"/{ARCHIVES_PREFIX}/{row.archive_key}")
+        assert unquote(urlsplit(link).path).endswith(f"/{GCS_ARCHIVES_PREFIX}/{row.archive_key}")
         assert download_name in query["response-content-disposition"]
         # The emulator serves a signed URL's object (real GCS would also check the signature).
         with urllib.request.urlopen(link) as response:
@@ -891,30 +787,16 @@ def test_a_clinic_with_no_data_gets_header_only_workbooks_and_a_leeme_of_zeros(l
     """Also: the email goes to the requester's address when it is sent, not when requested."""
     sid, owner = 77, row_id(77, 1)
     created = datetime(2026, 3, 1, 15, 0)
-    with local.engine.begin() as conn:
-        conn.execute(
-            tables.subscriptions.insert().values(
-                id=sid,
-                name="Consultorio Recién Abierto",
-                timezone="America/Mexico_City",
-                status="active",
-                created_at=created,
-            )
-        )
-        conn.execute(
-            tables.users.insert().values(
-                id=owner,
-                subscription_id=sid,
-                email="duena@consultorio.example",
-                full_name="Dueña del consultorio",
-                role="owner",
-                is_active=True,
-                can_request_backup=True,
-                created_at=created,
-            )
-        )
+    clinic = local.add_clinic(
+        sid,
+        owner_id=owner,
+        name="Consultorio Recién Abierto",
+        owner_email="duena@consultorio.example",
+        owner_name="Dueña del consultorio",
+        created_at=created,
+    )
 
-    request_id = local.request_backup(sid, owner)
+    request_id = local.file_request(clinic)
     with local.engine.begin() as conn:
         conn.execute(
             update(tables.users)
@@ -1067,7 +949,7 @@ def test_dates_are_real_excel_datetimes_in_the_clinics_time_zone(local: Platform
     requested_at = (datetime.now(UTC) - timedelta(days=1)).replace(
         hour=3, minute=0, second=0, microsecond=0, tzinfo=None
     )
-    request_id = local.request_backup(sid, clinic.owner_id)
+    request_id = local.file_request(clinic)
     with local.engine.begin() as conn:
         conn.execute(
             update(tables.backup_requests)
@@ -1139,11 +1021,11 @@ def test_verify_cli_accepts_a_good_zip_and_names_an_altered_entry(
 
 
 @pytest.fixture
-def fast_deliver_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The deliver op's own retry policy, with a short delay (the real one waits ~5 s)."""
-    assert jobs.deliver_backup.retry_policy is jobs.TRANSIENT_RETRY
-    fast = dg.RetryPolicy(max_retries=jobs.TRANSIENT_RETRY.max_retries, delay=0.05)
-    monkeypatch.setattr(jobs.deliver_backup, "_retry_policy", fast)
+def fast_deliver_retries() -> None:
+    """The deliver op retries with the job's policy, whose delay conftest.py shortens through
+    BACKUP_RETRY_DELAY_SECONDS (the real one waits ~5 s)."""
+    policy = backup_job.op_retry_policy
+    assert policy is not None and policy.delay is not None and policy.delay < 1
 
 
 def test_re_executing_a_delivered_request_never_sends_a_second_email(

@@ -6,66 +6,65 @@ import email
 import email.policy
 import hashlib
 import io
+import subprocess
+import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, create_engine
 
-from backup_pipeline.definitions import defs
-from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job
 from backup_pipeline.operations import execute_request
-from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
-from backup_pipeline.sensors import backup_request_sensor
-from backup_pipeline.settings import Settings
-from backup_pipeline.storage import ObjectStore
-from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG
+from backup_pipeline_tests.support.location import (
+    backup_job,
+    backup_request_sensor,
+    code_location,
+)
+from backup_pipeline_tests.support.platform import (
+    EVERY_DATABASE,
+    WORKBOOKS,
+    Backends,
+    Clinic,
+    Platform,
+)
 
 
-@dataclass
-class Platform:
-    engine: Engine
-    settings: Settings
-    files: ObjectStore
-    archives: ObjectStore
-    subscription_id: int
-    user_id: int
-    outbox: Path
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """Every test here once on SQLite and once on PostgreSQL."""
+    return request.param
 
 
 @pytest.fixture
-def platform(tmp_path: Path, db_url: str) -> Platform:
-    engine = create_engine(db_url)
-    create_schema(engine)
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": db_url,
-            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-        }
+def clinic(platform: Platform) -> Clinic:
+    (seeded,) = platform.seed(patients=12, seed=7)
+    return seeded
+
+
+def test_dagster_loads_the_code_location_as_declared_in_pyproject():
+    # As `dagster dev` and the code server load it: the module's lazy `defs`, from the environment.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-m",
+            "backup_pipeline.definitions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    files = open_store(settings.files_url)
-    summary = seed_platform(engine, files, profile="small", patients=12, seed=7)
-    sid = summary.subscription_ids[0]
-    yield Platform(
-        engine=engine,
-        settings=settings,
-        files=files,
-        archives=open_store(settings.archives_url),
-        subscription_id=sid,
-        user_id=summary.user_ids[sid][0],
-        outbox=tmp_path / "outbox",
-    )
-    engine.dispose()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Validation successful" in done.stdout + done.stderr
 
 
 def test_definitions_load_and_resolve_every_job():
+    defs = code_location()
     for job in defs.resolve_all_job_defs():
         assert job.name
     assert defs.resolve_job_def("backup_job").partitions_def is not None
@@ -73,11 +72,9 @@ def test_definitions_load_and_resolve_every_job():
     assert {"backup_request_sensor", "backup_failure_sensor"} <= sensor_names
 
 
-def test_sensor_turns_a_pending_request_into_one_tagged_run(platform: Platform):
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
-    resources = build_resources(platform.settings)
+def test_sensor_turns_a_pending_request_into_one_tagged_run(platform: Platform, clinic: Clinic):
+    request_id = platform.file_request(clinic)
+    resources = platform.resources()
     with dg.instance_for_test() as instance:
         context = dg.build_sensor_context(instance=instance, resources=resources)
         result = backup_request_sensor(context)
@@ -86,7 +83,7 @@ def test_sensor_turns_a_pending_request_into_one_tagged_run(platform: Platform):
         assert run.run_key == f"backup-request-{request_id}"
         assert run.tags == {
             REQUEST_TAG: str(request_id),
-            SUBSCRIPTION_TAG: str(platform.subscription_id),
+            SUBSCRIPTION_TAG: str(clinic.subscription_id),
         }
         (add,) = result.dynamic_partitions_requests
         assert add.partitions_def_name == "backup_requests"
@@ -98,11 +95,9 @@ def test_sensor_turns_a_pending_request_into_one_tagged_run(platform: Platform):
         assert not again.run_requests
 
 
-def test_job_delivers_the_request_with_every_column_filled(platform: Platform):
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
-    resources = build_resources(platform.settings)
+def test_job_delivers_the_request_with_every_column_filled(platform: Platform, clinic: Clinic):
+    request_id = platform.file_request(clinic)
+    resources = platform.resources()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("backup_requests", [str(request_id)])
         result = backup_job.execute_in_process(
@@ -115,9 +110,7 @@ def test_job_delivers_the_request_with_every_column_filled(platform: Platform):
     assert row.status == "delivered"
     assert row.run_id == result.run_id
     assert row.started_at is not None and row.finished_at >= row.started_at
-    assert row.archive_key.startswith(
-        f"respaldos/{platform.subscription_id}/{request_id}/respaldo_"
-    )
+    assert row.archive_key.startswith(f"respaldos/{clinic.subscription_id}/{request_id}/respaldo_")
     assert row.archive_key.endswith(".zip")
     assert row.link_expires_at > row.finished_at
     assert row.email_sent_at is not None and row.email_message_id
@@ -128,17 +121,7 @@ def test_job_delivers_the_request_with_every_column_filled(platform: Platform):
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.testzip() is None
         names = set(zf.namelist())
-    for expected in (
-        "LEEME.txt",
-        "SHA256SUMS",
-        "pacientes.xlsx",
-        "anamnesis.xlsx",
-        "consultas.xlsx",
-        "tratamientos_odontologicos.xlsx",
-        "vacunacion.xlsx",
-        "facturacion/ingresos/comprobantes_emitidos.xlsx",
-        "facturacion/gastos/comprobantes_recibidos.xlsx",
-    ):
+    for expected in ("LEEME.txt", "SHA256SUMS", *WORKBOOKS):
         assert expected in names
     assert any(n.startswith("adjuntos/") for n in names)
     assert any(n.startswith("facturacion/ingresos/xml/") for n in names)
@@ -152,14 +135,12 @@ def test_job_delivers_the_request_with_every_column_filled(platform: Platform):
     assert row.archive_sha256 in text
 
 
-def test_rerunning_a_delivered_request_sends_no_second_email(platform: Platform):
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
-    resources = build_resources(platform.settings)
+def test_rerunning_a_delivered_request_sends_no_second_email(platform: Platform, clinic: Clinic):
+    request_id = platform.file_request(clinic)
+    resources = platform.resources()
     with dg.instance_for_test() as instance:
-        first = execute_request(instance, resources, request_id, platform.subscription_id)
-        second = execute_request(instance, resources, request_id, platform.subscription_id)
+        first = execute_request(instance, resources, request_id, clinic.subscription_id)
+        second = execute_request(instance, resources, request_id, clinic.subscription_id)
     assert first.success and first.request_status == "delivered"
     assert not second.success  # refused: the request is already delivered
     assert second.request_status == "delivered"  # and it stays so: a refusal is not a failure

@@ -3,103 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, create_engine, select, update
+from sqlalchemy import select, update
 
 from backup_pipeline import tables as t
 from backup_pipeline.failures import fail_request
 from backup_pipeline.housekeeping import expire_archives
-from backup_pipeline.jobs import REQUEST_TAG, TRANSIENT_RETRY, backup_job, backup_partitions
+from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.operations import execute_request, run_request
-from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.resources.storage import open_store
-from backup_pipeline.sensors import backup_failure_sensor, run_tags
 from backup_pipeline.settings import Settings
-from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline.target import REQUEST_TAG, run_tags
+from backup_pipeline_tests.support.location import backup_failure_sensor, backup_job
+from backup_pipeline_tests.support.platform import (
+    EVERY_DATABASE,
+    LOCAL,
+    Backends,
+    Clinic,
+    Platform,
+)
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox, read_sendgrid
 
 
-@dataclass
-class Platform:
-    engine: Engine
-    settings: Settings
-    subscription_id: int
-    user_id: int
-    requester_email: str
-    outbox: Path
-    # Everything that identifies a patient or a user: none of it may reach a status_detail,
-    # support's alert or the run's logs.
-    personal_data: list[str]
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """The platform once on SQLite and once on PostgreSQL, unless a test asks for ON_SQLITE."""
+    return request.param
 
 
-def seed(tmp_path: Path, url: str) -> Platform:
-    engine = create_engine(url)
-    create_schema(engine)
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": url,
-            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-        }
-    )
-    summary = seed_platform(engine, open_store(settings.files_url), patients=6, seed=11)
-    sid = summary.subscription_ids[0]
-    uid = summary.user_ids[sid][0]
-    p, u = t.patients.c, t.users.c
-    with engine.connect() as conn:
-        patients = conn.execute(
-            select(p.first_name, p.last_name, p.curp, p.email, p.phone).where(
-                p.subscription_id == sid
-            )
-        ).all()
-        users = conn.execute(select(u.email, u.full_name).where(u.subscription_id == sid)).all()
-        requester_email = conn.execute(select(u.email).where(u.id == uid)).scalar_one()
-    personal = {value for row in [*patients, *users] for value in row if value and len(value) > 3}
-    return Platform(
-        engine=engine,
-        settings=settings,
-        subscription_id=sid,
-        user_id=uid,
-        requester_email=requester_email,
-        outbox=tmp_path / "outbox",
-        personal_data=sorted(personal),
-    )
+# For what fails in the job or the mail, not in the database: one database is enough.
+ON_SQLITE = pytest.mark.parametrize("backends", [LOCAL], ids=["sqlite"])
 
 
 @pytest.fixture
-def platform(tmp_path: Path, db_url: str) -> Iterator[Platform]:
-    seeded = seed(tmp_path, db_url)
-    yield seeded
-    seeded.engine.dispose()
+def clinic(platform: Platform) -> Clinic:
+    (seeded,) = platform.seed(patients=6, seed=11)
+    return seeded
 
 
 @pytest.fixture
-def sqlite_platform(tmp_path: Path, sqlite_url: str) -> Iterator[Platform]:
-    seeded = seed(tmp_path, sqlite_url)
-    yield seeded
-    seeded.engine.dispose()
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> dg.RetryPolicy:
-    """The ops' own retry policy with a delay of milliseconds instead of seconds.
-
-    TRANSIENT_RETRY is built when backup_pipeline.jobs is imported, so BACKUP_RETRY_DELAY_SECONDS
-    set by a test comes too late; the number of retries stays the production one.
-    """
-    fast = dg.RetryPolicy(max_retries=TRANSIENT_RETRY.max_retries, delay=0.02)
-    for op_def in backup_job.graph.node_defs:
-        if op_def.retry_policy is not None:
-            monkeypatch.setattr(op_def, "_retry_policy", fast)
-    return fast
+def fast_retries() -> dg.RetryPolicy:
+    """The ops' retry policy as the code location builds it from the environment: conftest.py
+    sets BACKUP_RETRY_DELAY_SECONDS to milliseconds, the number of retries is the production one."""
+    policy = backup_job.op_retry_policy
+    assert policy is not None
+    assert policy.max_retries == Settings.from_env({}).op_max_retries
+    assert policy.delay is not None and policy.delay < 1
+    return policy
 
 
 @pytest.fixture
@@ -112,13 +68,6 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg
         yield instance
 
 
-def request_row(engine: Engine, request_id: int) -> db.BackupRequest:
-    with engine.connect() as conn:
-        row = db.get_request(conn, request_id)
-    assert row is not None
-    return row
-
-
 def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType) -> list:
     return [
         record.dagster_event
@@ -127,8 +76,25 @@ def events_of(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventTy
     ]
 
 
-def assert_no_personal_data(platform: Platform, text: str) -> None:
-    leaked = [value for value in platform.personal_data if value in text]
+def personal_data(platform: Platform, clinic: Clinic) -> list[str]:
+    """Everything that identifies a patient or a user of the clinic: none of it may reach a
+    status_detail, support's alert or the run's logs."""
+    p, u = t.patients.c, t.users.c
+    sid = clinic.subscription_id
+    with platform.engine.connect() as conn:
+        patients = conn.execute(
+            select(p.first_name, p.last_name, p.curp, p.email, p.phone).where(
+                p.subscription_id == sid
+            )
+        ).all()
+        users = conn.execute(select(u.email, u.full_name).where(u.subscription_id == sid)).all()
+    return sorted(
+        {value for row in [*patients, *users] for value in row if value and len(value) > 3}
+    )
+
+
+def assert_no_personal_data(platform: Platform, clinic: Clinic, text: str) -> None:
+    leaked = [value for value in personal_data(platform, clinic) if value in text]
     assert not leaked, f"personal data in {text[:120]!r}..."
 
 
@@ -146,6 +112,7 @@ def failure_sensor_context(
 
 def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
     platform: Platform,
+    clinic: Clinic,
     tmp_path: Path,
     fast_retries: dg.RetryPolicy,
     dagster_home: dg.DagsterInstance,
@@ -155,16 +122,14 @@ def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
     blocker = tmp_path / "unmounted"
     blocker.write_text("not a folder")
     settings = replace(platform.settings, archives_url=(blocker / "archives").as_uri())
-    resources = build_resources(settings)
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    resources = platform.resources(settings)
+    request_id = platform.file_request(clinic)
     instance = dagster_home
     instance.add_dynamic_partitions(backup_partitions.name, [str(request_id)])
     failed = backup_job.execute_in_process(
         instance=instance,
         partition_key=str(request_id),
-        tags=run_tags(request_id, platform.subscription_id),
+        tags=run_tags(request_id, clinic.subscription_id),
         resources=resources,
         raise_on_error=False,
     )
@@ -172,23 +137,23 @@ def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
     retries = events_of(instance, failed.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     assert len(retries) >= fast_retries.max_retries  # transient-looking errors were retried
     # Until the failure sensor sees the run, the request is still running.
-    assert request_row(platform.engine, request_id).status == "running"
+    assert platform.request(request_id).status == "running"
 
     backup_failure_sensor(failure_sensor_context(instance, failed, resources))
 
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     assert row.status == "failed"
     assert row.run_id == failed.run_id
     assert row.finished_at is not None
     assert row.status_detail.startswith("No se pudo generar el respaldo")
     assert "no cuenta para el límite de respaldos" in row.status_detail
-    assert_no_personal_data(platform, row.status_detail)
+    assert_no_personal_data(platform, clinic, row.status_detail)
     sent = read_outbox(platform.outbox)
     (alert,) = [m for m in sent if m.to == settings.support_email]
-    (notice,) = [m for m in sent if m.to == platform.requester_email]
+    (notice,) = [m for m in sent if m.to == platform.email_of(clinic.owner_id)]
     assert len(sent) == 2
     assert str(request_id) in alert.subject and failed.run_id in alert.text
-    assert_no_personal_data(platform, alert.subject + alert.text + alert.html)
+    assert_no_personal_data(platform, clinic, alert.subject + alert.text + alert.html)
     assert notice.subject.startswith("No pudimos generar el respaldo de información")
     assert "no cuenta para tu límite" in notice.text
     assert notice.reply_to == settings.support_email
@@ -196,21 +161,21 @@ def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
     # The daemon may evaluate the same failure again (a restarted daemon, a second sensor tick).
     backup_failure_sensor(failure_sensor_context(instance, failed, resources))
     assert len(read_outbox(platform.outbox)) == 2
-    assert request_row(platform.engine, request_id) == row
+    assert platform.request(request_id) == row
 
     # Support fixes the cause and re-runs the request (`backup-pipeline run ID`).
     blocker.unlink()
     outcome = run_request(request_id, settings)
     assert outcome.ok
     (rerun,) = outcome.runs
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     assert row.status == "delivered"
     assert row.status_detail is None
     assert row.run_id == rerun.run_id
     assert open_store(settings.archives_url).exists(row.archive_key)
     sent = read_outbox(platform.outbox)
     assert len(sent) == 3
-    assert sent[-1].to == platform.requester_email
+    assert sent[-1].to == platform.email_of(clinic.owner_id)
     assert sent[-1].key == f"backup-{request_id}-delivered"
     runs = instance.get_runs(filters=dg.RunsFilter(tags={REQUEST_TAG: str(request_id)}))
     assert {r.run_id for r in runs} == {failed.run_id, rerun.run_id}
@@ -223,77 +188,77 @@ def payloads_with_key(endpoint: SendGridEndpoint, key: str) -> list[int | None]:
     ]
 
 
+@ON_SQLITE
 def test_a_transient_mail_refusal_is_retried_and_the_clinic_gets_one_email(
-    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint, fast_retries: dg.RetryPolicy
+    platform: Platform,
+    clinic: Clinic,
+    sendgrid_endpoint: SendGridEndpoint,
+    fast_retries: dg.RetryPolicy,
 ):
-    platform = sqlite_platform
-    resources = build_resources(replace(platform.settings, mail_url=sendgrid_endpoint.url))
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    resources = platform.resources(replace(platform.settings, mail_url=sendgrid_endpoint.url))
+    request_id = platform.file_request(clinic)
     sendgrid_endpoint.script([429])  # rate limited once, then accepted
 
     with dg.instance_for_test() as instance:
-        outcome = execute_request(instance, resources, request_id, platform.subscription_id)
+        outcome = execute_request(instance, resources, request_id, clinic.subscription_id)
         retried = events_of(instance, outcome.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
 
     assert outcome.success and outcome.request_status == "delivered"
     assert [e.step_key for e in retried] == ["deliver_backup"]
     assert payloads_with_key(sendgrid_endpoint, f"backup-{request_id}-delivered") == [429, 202]
     (delivered,) = read_sendgrid(sendgrid_endpoint)
-    assert delivered.to == platform.requester_email
+    assert delivered.to == platform.email_of(clinic.owner_id)
     accepted = next(r for r in sendgrid_endpoint.recorded if r.status == 202)
-    assert request_row(platform.engine, request_id).email_message_id == accepted.message_id
+    assert platform.request(request_id).email_message_id == accepted.message_id
 
 
+@ON_SQLITE
 def test_a_permanent_mail_refusal_fails_the_run_without_retrying(
-    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint, fast_retries: dg.RetryPolicy
+    platform: Platform,
+    clinic: Clinic,
+    sendgrid_endpoint: SendGridEndpoint,
+    fast_retries: dg.RetryPolicy,
 ):
-    platform = sqlite_platform
     settings = replace(platform.settings, mail_url=sendgrid_endpoint.url)
-    resources = build_resources(settings)
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    resources = platform.resources(settings)
+    request_id = platform.file_request(clinic)
     sendgrid_endpoint.script([400])  # SendGrid refuses the message itself
 
     with dg.instance_for_test() as instance:
-        outcome = execute_request(instance, resources, request_id, platform.subscription_id)
+        outcome = execute_request(instance, resources, request_id, clinic.subscription_id)
         retried = events_of(instance, outcome.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY)
         logs = [repr(record) for record in instance.all_logs(outcome.run_id)]
 
     assert not outcome.success and outcome.request_status == "failed"
     assert retried == []
     assert payloads_with_key(sendgrid_endpoint, f"backup-{request_id}-delivered") == [400]
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     assert "deliver_backup" in row.status_detail
-    assert_no_personal_data(platform, row.status_detail)
+    assert_no_personal_data(platform, clinic, row.status_detail)
     (alert,) = [m for m in read_sendgrid(sendgrid_endpoint) if m.to == settings.support_email]
     assert str(request_id) in alert.subject
     # SendGrid's error echoes the recipient; the run's logs, kept for months, must not.
     for text in logs:
-        assert platform.requester_email not in text
+        assert platform.email_of(clinic.owner_id) not in text
 
 
+@ON_SQLITE
 def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
-    sqlite_platform: Platform, fast_retries: dg.RetryPolicy
+    platform: Platform, clinic: Clinic, fast_retries: dg.RetryPolicy
 ):
-    platform = sqlite_platform
     with platform.engine.begin() as conn:
         conn.execute(
             update(t.subscriptions)
-            .where(t.subscriptions.c.id == platform.subscription_id)
+            .where(t.subscriptions.c.id == clinic.subscription_id)
             .values(timezone="America/Mexico City")  # a typo the platform let through
         )
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    request_id = platform.file_request(clinic)
     with dg.instance_for_test() as instance:
         outcome = execute_request(
             instance,
-            build_resources(platform.settings),
+            platform.resources(),
             request_id,
-            platform.subscription_id,
+            clinic.subscription_id,
         )
     assert outcome.success and outcome.request_status == "delivered"
     (email,) = read_outbox(platform.outbox)
@@ -301,22 +266,20 @@ def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
     assert "America/Mexico_City" in email.text
 
 
+@ON_SQLITE
 def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_would_expire(
-    sqlite_platform: Platform, sendgrid_endpoint: SendGridEndpoint
+    platform: Platform, clinic: Clinic, sendgrid_endpoint: SendGridEndpoint
 ):
-    platform = sqlite_platform
     settings = replace(platform.settings, mail_url=sendgrid_endpoint.url)
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    request_id = platform.file_request(clinic)
     sendgrid_endpoint.script([400])
     with dg.instance_for_test() as instance:
         outcome = execute_request(
-            instance, build_resources(settings), request_id, platform.subscription_id
+            instance, platform.resources(settings), request_id, clinic.subscription_id
         )
     assert outcome.request_status == "failed"
     # The zip was made before the email was refused: patient data nobody will download.
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     archives = open_store(settings.archives_url)
     assert row.archive_key and archives.exists(row.archive_key)
 
@@ -326,7 +289,7 @@ def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_wo
     expire_archives(platform.engine, archives, now=row.link_expires_at)
 
     assert not archives.exists(row.archive_key)
-    after = request_row(platform.engine, request_id)
+    after = platform.request(request_id)
     assert after.status == "failed"  # still failed: it never counted and was never delivered
     assert after.status_detail == row.status_detail
     assert after.archive_key is None and after.link_expires_at is None  # nothing left to show
@@ -334,12 +297,12 @@ def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_wo
     assert expire_archives(platform.engine, archives, now=row.link_expires_at) == 0
 
 
-def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(platform: Platform):
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
     archives = open_store(platform.settings.archives_url)
-    key = f"respaldos/{platform.subscription_id}/{request_id}/respaldo.zip"
+    key = f"respaldos/{clinic.subscription_id}/{request_id}/respaldo.zip"
     archives.put_bytes(key, b"PK\x05\x06" + b"\x00" * 18)
     with platform.engine.begin() as conn:
         db.mark_running(conn, request_id, "killed-run")
@@ -355,7 +318,7 @@ def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(platform
 
     told_requester = fail_request(
         platform.engine,
-        build_resources(platform.settings)["mailer"],
+        platform.resources()["mailer"],
         request_id=request_id,
         run_id="killed-run",
         step="deliver_backup",
@@ -364,26 +327,24 @@ def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(platform
     )
 
     assert told_requester is False
-    assert request_row(platform.engine, request_id).status == "delivered"
+    assert platform.request(request_id).status == "delivered"
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failure-alert.eml"]  # support only
 
 
+@ON_SQLITE
 def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_empty(
-    sqlite_platform: Platform, tmp_path: Path
+    platform: Platform, clinic: Clinic, tmp_path: Path
 ):
-    platform = sqlite_platform
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+    request_id = platform.file_request(clinic)
     unmounted = replace(platform.settings, files_url=(tmp_path / "not-mounted").as_uri())
     with dg.instance_for_test() as instance:
         outcome = execute_request(
-            instance, build_resources(unmounted), request_id, platform.subscription_id
+            instance, platform.resources(unmounted), request_id, clinic.subscription_id
         )
 
     assert not outcome.success
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     assert row.status == "failed" and row.archive_key is None
     assert "plan_archive_files" in row.status_detail
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))

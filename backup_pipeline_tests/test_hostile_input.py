@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
-from sqlalchemy import Engine, create_engine, insert, update
+from sqlalchemy import create_engine, insert, update
 
 from backup_pipeline import cfdi
 from backup_pipeline import tables as t
@@ -36,19 +36,19 @@ from backup_pipeline.archive.names import UniqueNames
 from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.archive.verify import is_contained, verify_zip
 from backup_pipeline.cleaning import cell_text
-from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Column, Extraction
 from backup_pipeline.datasets.invoices import read_cfdi
-from backup_pipeline.operations import execute_request
-from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
-from backup_pipeline.settings import Settings
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline.workbook import render_workbook
-from backup_pipeline_tests.support.sendgrid import read_outbox
+from backup_pipeline_tests.support.platform import (
+    EVERY_DATABASE,
+    WORKBOOKS,
+    Clinic,
+    Platform,
+    build_platform,
+)
 from backup_pipeline_tests.test_archive_names import assert_safe
 
 MiB = 1024 * 1024
@@ -56,61 +56,24 @@ SAMPLES = Path(__file__).parent / "data" / "cfdi"
 SAMPLE_UUID = "A1D3E6C1-580A-4265-BF6F-A682314EDCA4"  # the UUID inside cfdi40_ingreso.xml
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NOW = datetime(2026, 3, 2, 15, 0)
-WORKBOOKS = [dataset.archive_path for dataset in DATASETS]
 
 
 # --- a platform of our own making -----------------------------------------------------------------
 
 
-@dataclass
-class Platform:
-    engine: Engine
-    settings: Settings
-    files: FolderStore
-    outbox: Path
-    subscription_id: int = 1
-    user_id: int = 10
+CLINIC = Clinic(subscription_id=1, owner_id=10)  # the clinic these tests build by hand
 
 
-def make_platform(root: Path, db_url: str | None = None) -> Platform:
-    url = db_url or f"sqlite:///{root / 'platform.db'}"
-    engine = create_engine(url)
-    create_schema(engine)
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": url,
-            "BACKUP_FILES_URL": (root / "files").as_uri(),
-            "BACKUP_ARCHIVES_URL": (root / "archives").as_uri(),
-            "BACKUP_MAIL_URL": (root / "outbox").as_uri(),
-        }
-    )
-    return Platform(engine, settings, FolderStore(root / "files"), root / "outbox")
-
-
-def add_clinic(platform: Platform, name: str = "Consultorio Dental Prueba") -> None:
+def add_clinic(platform: Platform) -> Clinic:
     """A subscription and its owner: a clinic that has not entered anything yet."""
-    with platform.engine.begin() as conn:
-        conn.execute(
-            insert(t.subscriptions).values(
-                id=platform.subscription_id,
-                name=name,
-                timezone="America/Mexico_City",
-                status="active",
-                created_at=NOW - timedelta(days=30),
-            )
-        )
-        conn.execute(
-            insert(t.users).values(
-                id=platform.user_id,
-                subscription_id=platform.subscription_id,
-                email="duena@consultorio.example",
-                full_name="Dueña del consultorio",
-                role="owner",
-                is_active=True,
-                can_request_backup=True,
-                created_at=NOW - timedelta(days=30),
-            )
-        )
+    return platform.add_clinic(
+        CLINIC.subscription_id,
+        owner_id=CLINIC.owner_id,
+        name="Consultorio Dental Prueba",
+        owner_email="duena@consultorio.example",
+        owner_name="Dueña del consultorio",
+        created_at=NOW - timedelta(days=30),
+    )
 
 
 def add_patient(platform: Platform, patient_id: int, **values) -> None:
@@ -118,9 +81,7 @@ def add_patient(platform: Platform, patient_id: int, **values) -> None:
     row.update(values)
     with platform.engine.begin() as conn:
         conn.execute(
-            insert(t.patients).values(
-                id=patient_id, subscription_id=platform.subscription_id, **row
-            )
+            insert(t.patients).values(id=patient_id, subscription_id=CLINIC.subscription_id, **row)
         )
 
 
@@ -130,7 +91,7 @@ def add_attachments(platform: Platform, patient_id: int, files: list[tuple[str, 
     rows = [
         {
             "id": first + n,
-            "subscription_id": platform.subscription_id,
+            "subscription_id": CLINIC.subscription_id,
             "patient_id": patient_id,
             "storage_key": key,
             "file_name": name,
@@ -156,22 +117,15 @@ class Delivered:
     emails: int
 
 
-def back_up(platform: Platform) -> Delivered:
+def back_up(platform: Platform, clinic: Clinic = CLINIC) -> Delivered:
     """File a request as the owner, run the backup job for it, and check it was delivered."""
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
     with dg.instance_for_test() as instance:
-        outcome = execute_request(
-            instance, build_resources(platform.settings), request_id, platform.subscription_id
-        )
-    with platform.engine.connect() as conn:
-        request = db.get_request(conn, request_id)
-    assert outcome.success, f"run {outcome.run_id} failed: {request.status_detail}"
+        backup = platform.back_up(clinic, instance=instance)
+    request = backup.request
+    assert backup.outcome.success, f"run {backup.outcome.run_id} failed: {request.status_detail}"
     assert request.status == "delivered"
-    archives = open_store(platform.settings.archives_url)
-    zip_path = archives.root.joinpath(*request.archive_key.split("/"))
-    return Delivered(request, zip_path, len(read_outbox(platform.outbox)))
+    zip_path = platform.archives.root.joinpath(*request.archive_key.split("/"))
+    return Delivered(request, zip_path, len(platform.sent()))
 
 
 def assert_complete(delivered: Delivered) -> list[str]:
@@ -206,7 +160,7 @@ def sums_of(zf: zipfile.ZipFile) -> dict[str, str]:
 
 
 def test_a_clinic_with_no_data_gets_a_complete_archive_of_empty_workbooks(tmp_path: Path) -> None:
-    platform = make_platform(tmp_path)
+    platform = build_platform(tmp_path)
     add_clinic(platform)
 
     delivered = back_up(platform)
@@ -227,13 +181,9 @@ def nullable_columns(table) -> list[str]:
     return [c.name for c in table.columns if c.nullable and not c.primary_key]
 
 
-def test_null_in_every_nullable_column_still_gives_a_complete_archive(
-    tmp_path: Path, db_url: str
-) -> None:
-    platform = make_platform(tmp_path, db_url)
-    summary = seed_platform(platform.engine, platform.files, patients=6, seed=3)
-    platform.subscription_id = summary.subscription_ids[0]
-    platform.user_id = summary.user_ids[platform.subscription_id][0]
+@pytest.mark.parametrize("backends", EVERY_DATABASE)
+def test_null_in_every_nullable_column_still_gives_a_complete_archive(platform: Platform) -> None:
+    (clinic,) = platform.seed(patients=6, seed=3)
     nulled = 0
     with platform.engine.begin() as conn:
         for table in t.PLATFORM_TABLES:
@@ -247,7 +197,7 @@ def test_null_in_every_nullable_column_still_gives_a_complete_archive(
         invoices = conn.execute(t.cfdi_documents.select()).all()
     assert nulled > 100 and patients and attachments and invoices
 
-    delivered = back_up(platform)
+    delivered = back_up(platform, clinic)
 
     names = assert_complete(delivered)
     with zipfile.ZipFile(delivered.zip_path) as zf:
@@ -299,7 +249,7 @@ FORMULA = '=HYPERLINK("http://example.com/x","ver")'
 @pytest.fixture(scope="module")
 def hostile_clinic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Platform, Delivered]:
     """One run over a clinic whose patient, file names, files and invoices are all hostile."""
-    platform = make_platform(tmp_path_factory.mktemp("hostile"))
+    platform = build_platform(tmp_path_factory.mktemp("hostile"))
     add_clinic(platform)
     add_patient(
         platform,
@@ -443,7 +393,7 @@ def test_formula_looking_patient_text_stays_text_in_the_archive(hostile_clinic) 
 
 @pytest.mark.slow
 def test_a_patient_with_ten_thousand_attachments_gets_every_one(tmp_path: Path) -> None:
-    platform = make_platform(tmp_path)
+    platform = build_platform(tmp_path)
     add_clinic(platform)
     add_patient(platform, 7, first_name="Mucho", last_name="Archivo")
     files = []
@@ -506,7 +456,7 @@ def rss_peak_during(action) -> tuple[int, int]:
 def test_a_200_megabyte_attachment_streams_through_without_holding_it_in_memory(
     tmp_path: Path,
 ) -> None:
-    platform = make_platform(tmp_path)
+    platform = build_platform(tmp_path)
     add_clinic(platform)
     add_patient(platform, 8, first_name="Tomografía", last_name="Grande")
     digest = hashlib.sha256()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, insert, select
+from sqlalchemy import Engine
 
 from backup_pipeline import housekeeping as hk
-from backup_pipeline import tables as t
 from backup_pipeline.mail import OutgoingEmail
+from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailError, OutboxMailer, open_mailer
-from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.folder import FolderStore
+from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Platform
 
 NOW = datetime(2026, 3, 1, 12, 0, 0)
 SUPPORT = "soporte@clinica.example"
@@ -24,126 +22,37 @@ SENDER = "respaldos@clinica.example"
 REQUESTER_EMAIL = "dueña@consultorio.example"
 
 
-class Platform:
-    """A platform database with two subscriptions and their owners, and helpers to file requests."""
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """The platform of every test here once on SQLite and once on PostgreSQL."""
+    return request.param
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        create_schema(engine)
-        with engine.begin() as conn:
-            for sid in (1, 2, 3):
-                conn.execute(
-                    insert(t.subscriptions).values(
-                        id=sid,
-                        name=f"Consultorio {sid}",
-                        timezone="America/Mexico_City",
-                        status="active",
-                        created_at=NOW - timedelta(days=1000),
-                    )
-                )
-                conn.execute(
-                    insert(t.users).values(
-                        id=100 + sid,
-                        subscription_id=sid,
-                        email=REQUESTER_EMAIL,
-                        full_name="Dra. Ana Pérez",
-                        role="owner",
-                        is_active=True,
-                        can_request_backup=True,
-                        created_at=NOW - timedelta(days=1000),
-                    )
-                )
 
-    def request(
-        self,
-        request_id: int,
-        *,
-        status: str,
-        requested_at: datetime,
-        subscription_id: int = 1,
-        **columns: object,
-    ) -> int:
-        with self.engine.begin() as conn:
-            conn.execute(
-                insert(t.backup_requests).values(
-                    id=request_id,
-                    subscription_id=subscription_id,
-                    requested_by_user_id=100 + subscription_id,
-                    requested_at=requested_at,
-                    status=status,
-                    **columns,
-                )
-            )
-        return request_id
-
-    def delivered(
-        self, request_id: int, store: ObjectStore, *, link_expires_at: datetime, **columns: object
-    ) -> str:
-        key = f"respaldos/1/{request_id}/respaldo_consultorio-1_2026-01-01.zip"
-        store.put_bytes(key, b"PK\x05\x06" + bytes(18))
-        self.request(
-            request_id,
-            status="delivered",
-            requested_at=link_expires_at - timedelta(days=4),
-            archive_key=key,
-            link_expires_at=link_expires_at,
-            **columns,
+def add_three_clinics(platform: Platform) -> Platform:
+    """Subscriptions 1, 2 and 3 and their owners (101, 102, 103), who share one address."""
+    for sid in (1, 2, 3):
+        platform.add_clinic(
+            sid,
+            owner_email=REQUESTER_EMAIL,
+            owner_name="Dra. Ana Pérez",
+            created_at=NOW - timedelta(days=1000),
         )
-        return key
-
-    def status(self, request_id: int) -> str | None:
-        r = t.backup_requests.c
-        with self.engine.connect() as conn:
-            return conn.execute(select(r.status).where(r.id == request_id)).scalar()
-
-    def forget(self, request_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(t.backup_requests).where(t.backup_requests.c.id == request_id))
-
-    def alerts(self) -> list[tuple[int, str, datetime]]:
-        a = t.backup_alerts.c
-        with self.engine.connect() as conn:
-            return [
-                tuple(row)
-                for row in conn.execute(
-                    select(a.request_id, a.kind, a.sent_at).order_by(a.request_id)
-                )
-            ]
-
-    def quota_rows(self) -> dict[int, tuple]:
-        q = t.backup_quota_windows.c
-        with self.engine.connect() as conn:
-            return {
-                row[0]: tuple(row[1:])
-                for row in conn.execute(
-                    select(
-                        q.subscription_id,
-                        q.last_counted_backup_at,
-                        q.next_allowed_at,
-                        q.backups_last_360_days,
-                        q.updated_at,
-                    )
-                )
-            }
+    return platform
 
 
 @pytest.fixture
-def platform(db_url: str) -> Iterator[Platform]:
-    engine = create_engine(db_url)
-    try:
-        yield Platform(engine)
-    finally:
-        engine.dispose()
+def platform(platform: Platform) -> Platform:
+    return add_three_clinics(platform)
 
 
 @pytest.fixture
-def archives(tmp_path: Path) -> ObjectStore:
-    return open_store((tmp_path / "archives").as_uri())
+def archives(platform: Platform) -> ObjectStore:
+    return platform.archives
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Path:
-    return tmp_path / "outbox"
+def outbox(platform: Platform) -> Path:
+    return platform.outbox
 
 
 def sent_emails(outbox: Path) -> list[str]:
@@ -184,8 +93,12 @@ class BrokenKeyStore(FolderStore):
 
 
 def test_an_expired_link_deletes_its_archive_and_marks_the_request_expired(platform, archives):
-    expired_key = platform.delivered(1, archives, link_expires_at=NOW - timedelta(minutes=1))
-    valid_key = platform.delivered(2, archives, link_expires_at=NOW + timedelta(hours=1))
+    expired_key = platform.add_delivered_request(
+        1, archives, link_expires_at=NOW - timedelta(minutes=1)
+    )
+    valid_key = platform.add_delivered_request(
+        2, archives, link_expires_at=NOW + timedelta(hours=1)
+    )
 
     assert hk.expire_archives(platform.engine, archives, NOW) == 1
 
@@ -196,13 +109,13 @@ def test_an_expired_link_deletes_its_archive_and_marks_the_request_expired(platf
 
 
 def test_a_link_expiring_exactly_now_is_expired(platform, archives):
-    platform.delivered(1, archives, link_expires_at=NOW)
+    platform.add_delivered_request(1, archives, link_expires_at=NOW)
     assert hk.expire_archives(platform.engine, archives, NOW) == 1
     assert platform.status(1) == "expired"
 
 
 def test_an_archive_already_gone_still_expires_the_request(platform, archives):
-    key = platform.delivered(1, archives, link_expires_at=NOW - timedelta(days=1))
+    key = platform.add_delivered_request(1, archives, link_expires_at=NOW - timedelta(days=1))
     archives.delete(key)
 
     assert hk.expire_archives(platform.engine, archives, NOW) == 1
@@ -210,16 +123,18 @@ def test_an_archive_already_gone_still_expires_the_request(platform, archives):
 
 
 def test_expiry_is_idempotent_and_ignores_requests_not_delivered(platform, archives):
-    platform.delivered(1, archives, link_expires_at=NOW - timedelta(days=1))
-    platform.request(2, status="failed", requested_at=NOW - timedelta(days=9), link_expires_at=NOW)
+    platform.add_delivered_request(1, archives, link_expires_at=NOW - timedelta(days=1))
+    platform.add_request(
+        2, status="failed", requested_at=NOW - timedelta(days=9), link_expires_at=NOW
+    )
     assert hk.expire_archives(platform.engine, archives, NOW) == 1
     assert hk.expire_archives(platform.engine, archives, NOW) == 0
     assert platform.status(2) == "failed"
 
 
 def test_expiry_takes_a_bounded_batch_oldest_link_first(platform, archives):
-    newer = platform.delivered(1, archives, link_expires_at=NOW - timedelta(hours=1))
-    older = platform.delivered(2, archives, link_expires_at=NOW - timedelta(hours=5))
+    newer = platform.add_delivered_request(1, archives, link_expires_at=NOW - timedelta(hours=1))
+    older = platform.add_delivered_request(2, archives, link_expires_at=NOW - timedelta(hours=5))
 
     assert hk.expire_archives(platform.engine, archives, NOW, limit=1) == 1
     assert (platform.status(2), archives.exists(older)) == ("expired", False)
@@ -234,8 +149,8 @@ def test_an_archive_that_cannot_be_deleted_stays_delivered_and_the_others_expire
 ):
     root = tmp_path / "archives"
     setup = FolderStore(root)
-    stuck = platform.delivered(1, setup, link_expires_at=NOW - timedelta(hours=2))
-    fine = platform.delivered(2, setup, link_expires_at=NOW - timedelta(hours=1))
+    stuck = platform.add_delivered_request(1, setup, link_expires_at=NOW - timedelta(hours=2))
+    fine = platform.add_delivered_request(2, setup, link_expires_at=NOW - timedelta(hours=1))
     store = BrokenKeyStore(root, stuck)
 
     with pytest.raises(hk.HousekeepingError) as raised:
@@ -259,15 +174,15 @@ def stage(store: ObjectStore, request_id: int | str, run_id: str, *names: str) -
 
 def test_staging_of_finished_requests_is_removed_and_of_open_ones_kept(platform, archives):
     for request_id, status in [(1, "failed"), (2, "delivered"), (3, "running"), (4, "pending")]:
-        platform.request(request_id, status=status, requested_at=NOW - timedelta(hours=3))
-    platform.request(12, status="running", requested_at=NOW - timedelta(hours=3))
+        platform.add_request(request_id, status=status, requested_at=NOW - timedelta(hours=3))
+    platform.add_request(12, status="running", requested_at=NOW - timedelta(hours=3))
     failed = stage(archives, 1, "run-a", "pacientes.xlsx", "plan.jsonl", "long/1.txt")
     delivered = stage(archives, 2, "run-b", "pacientes.xlsx")
     running = stage(archives, 3, "run-c", "pacientes.xlsx")
     pending = stage(archives, 4, "run-d", "plan.jsonl")
     # "staging/1" is a string prefix of "staging/12": request 12's staging must survive.
     twelve = stage(archives, 12, "run-e", "pacientes.xlsx")
-    archive = platform.delivered(5, archives, link_expires_at=NOW + timedelta(days=1))
+    archive = platform.add_delivered_request(5, archives, link_expires_at=NOW + timedelta(days=1))
 
     sweep = hk.remove_staging_leftovers(platform.engine, archives)
 
@@ -280,7 +195,7 @@ def test_staging_of_finished_requests_is_removed_and_of_open_ones_kept(platform,
 
 
 def test_staging_that_names_no_request_is_left_for_a_person(platform, archives):
-    platform.request(1, status="expired", requested_at=NOW - timedelta(days=30))
+    platform.add_request(1, status="expired", requested_at=NOW - timedelta(days=30))
     gone = stage(archives, 99, "run-x", "pacientes.xlsx")
     odd = stage(archives, "not-a-request", "run-y", "file.bin")
     stage(archives, 1, "run-z", "pacientes.xlsx")
@@ -293,7 +208,7 @@ def test_staging_that_names_no_request_is_left_for_a_person(platform, archives):
 
 def test_staging_cleanup_is_bounded_per_call(platform, archives):
     for request_id in (1, 2, 3):
-        platform.request(request_id, status="failed", requested_at=NOW - timedelta(hours=3))
+        platform.add_request(request_id, status="failed", requested_at=NOW - timedelta(hours=3))
         stage(archives, request_id, "run", "a.xlsx", "b.xlsx")
 
     first = hk.remove_staging_leftovers(platform.engine, archives, limit=3)
@@ -320,8 +235,8 @@ def test_stale_partitions_are_old_finished_requests_and_requests_that_no_longer_
         (7, "expired", recent),
         (8, "failed", recent),
     ]:
-        platform.request(request_id, status=status, requested_at=at)
-    platform.request(9, status="expired", requested_at=old)
+        platform.add_request(request_id, status=status, requested_at=at)
+    platform.add_request(9, status="expired", requested_at=old)
     platform.forget(9)
 
     keys = [str(i) for i in range(1, 10)] + ["404", "manual-key"]
@@ -331,8 +246,8 @@ def test_stale_partitions_are_old_finished_requests_and_requests_that_no_longer_
 
 
 def test_stale_partition_keys_handle_more_ids_than_one_in_list(platform):
-    keys = [str(i) for i in range(1, hk.IN_CHUNK * 2 + 2)]
-    platform.request(7, status="running", requested_at=NOW - timedelta(days=400))
+    keys = [str(i) for i in range(1, db.IN_CHUNK * 2 + 2)]
+    platform.add_request(7, status="running", requested_at=NOW - timedelta(days=400))
     stale = hk.stale_partition_keys(platform.engine, keys, timedelta(days=90), NOW)
     assert len(stale) == len(keys) - 1
     assert "7" not in stale
@@ -354,7 +269,9 @@ def alert(engine: Engine, mailer, now: datetime = NOW, **kwargs) -> hk.LateAlert
 
 
 def test_a_late_request_alerts_support_once_across_ticks(platform, outbox):
-    platform.request(1, status="running", requested_at=NOW - timedelta(hours=25), run_id="run-1")
+    platform.add_request(
+        1, status="running", requested_at=NOW - timedelta(hours=25), run_id="run-1"
+    )
     mailer = open_mailer(outbox.as_uri())
 
     assert alert(platform.engine, mailer).sent == 1
@@ -373,8 +290,8 @@ def test_only_requests_still_waiting_after_the_threshold_are_late(platform, outb
     for request_id, status in enumerate(
         ["pending", "running", "failed", "delivered", "expired", "rejected"], start=1
     ):
-        platform.request(request_id, status=status, requested_at=late)
-    platform.request(7, status="pending", requested_at=late + timedelta(seconds=1))
+        platform.add_request(request_id, status=status, requested_at=late)
+    platform.add_request(7, status="pending", requested_at=late + timedelta(seconds=1))
 
     result = alert(platform.engine, open_mailer(outbox.as_uri()))
 
@@ -384,8 +301,8 @@ def test_only_requests_still_waiting_after_the_threshold_are_late(platform, outb
 
 
 def test_a_transient_mail_failure_leaves_the_alert_for_the_next_tick(platform, outbox):
-    platform.request(1, status="pending", requested_at=NOW - timedelta(days=2))
-    platform.request(2, status="pending", requested_at=NOW - timedelta(days=3))
+    platform.add_request(1, status="pending", requested_at=NOW - timedelta(days=2))
+    platform.add_request(2, status="pending", requested_at=NOW - timedelta(days=3))
     mailer = FlakyMailer(outbox, failures=1)
 
     first = alert(platform.engine, mailer)
@@ -399,8 +316,8 @@ def test_a_transient_mail_failure_leaves_the_alert_for_the_next_tick(platform, o
 
 
 def test_a_permanent_mail_refusal_is_reported_and_not_recorded_as_sent(platform, outbox):
-    platform.request(1, status="failed", requested_at=NOW - timedelta(days=2))
-    platform.request(2, status="failed", requested_at=NOW - timedelta(days=1, hours=1))
+    platform.add_request(1, status="failed", requested_at=NOW - timedelta(days=2))
+    platform.add_request(2, status="failed", requested_at=NOW - timedelta(days=1, hours=1))
     mailer = FlakyMailer(outbox, failures=1, transient=False)
 
     result = alert(platform.engine, mailer)
@@ -411,7 +328,7 @@ def test_a_permanent_mail_refusal_is_reported_and_not_recorded_as_sent(platform,
 
 def test_late_alerts_are_bounded_per_tick(platform, outbox):
     for request_id in (1, 2, 3):
-        platform.request(request_id, status="pending", requested_at=NOW - timedelta(days=2))
+        platform.add_request(request_id, status="pending", requested_at=NOW - timedelta(days=2))
     mailer = open_mailer(outbox.as_uri())
     assert alert(platform.engine, mailer, limit=2).sent == 2
     assert alert(platform.engine, mailer, limit=2).sent == 1
@@ -423,14 +340,16 @@ def test_late_alerts_are_bounded_per_tick(platform, outbox):
 def test_quota_windows_hold_each_subscriptions_last_backup_and_next_allowed_date(platform):
     jan = datetime(2026, 1, 10, 15, 0)
     # 100 days apart: older than the quota rule allows, as history from before this pipeline may be.
-    platform.request(1, status="expired", requested_at=jan - timedelta(days=100))
-    platform.request(2, status="delivered", requested_at=jan)
-    platform.request(3, status="rejected", requested_at=jan + timedelta(days=5))
-    platform.request(4, status="failed", requested_at=NOW - timedelta(days=2), subscription_id=2)
+    platform.add_request(1, status="expired", requested_at=jan - timedelta(days=100))
+    platform.add_request(2, status="delivered", requested_at=jan)
+    platform.add_request(3, status="rejected", requested_at=jan + timedelta(days=5))
+    platform.add_request(
+        4, status="failed", requested_at=NOW - timedelta(days=2), subscription_id=2
+    )
 
     assert hk.refresh_quota_windows(platform.engine, NOW) == 2
 
-    assert platform.quota_rows() == {
+    assert platform.quota_windows() == {
         # Two counted backups in the window: the next must wait for the older one to leave the
         # 360-day window, which is later than 180 days after the newer one.
         1: (jan, jan + timedelta(days=260), 2, NOW),
@@ -440,16 +359,20 @@ def test_quota_windows_hold_each_subscriptions_last_backup_and_next_allowed_date
 
 
 def test_quota_refresh_replaces_rows_and_drops_subscriptions_without_requests(platform):
-    platform.request(1, status="delivered", requested_at=NOW - timedelta(days=10))
-    platform.request(2, status="pending", requested_at=NOW - timedelta(days=1), subscription_id=2)
-    platform.request(3, status="expired", requested_at=NOW - timedelta(days=400), subscription_id=3)
+    platform.add_request(1, status="delivered", requested_at=NOW - timedelta(days=10))
+    platform.add_request(
+        2, status="pending", requested_at=NOW - timedelta(days=1), subscription_id=2
+    )
+    platform.add_request(
+        3, status="expired", requested_at=NOW - timedelta(days=400), subscription_id=3
+    )
     hk.refresh_quota_windows(platform.engine, NOW)
 
     platform.forget(2)
     later = NOW + timedelta(days=200)
     assert hk.refresh_quota_windows(platform.engine, later, batch=1) == 2
 
-    rows = platform.quota_rows()
+    rows = platform.quota_windows()
     assert sorted(rows) == [1, 3]
     assert rows[1] == (NOW - timedelta(days=10), NOW + timedelta(days=170), 1, later)
     assert rows[3] == (NOW - timedelta(days=400), NOW - timedelta(days=220), 0, later)
@@ -458,9 +381,9 @@ def test_quota_refresh_replaces_rows_and_drops_subscriptions_without_requests(pl
 @pytest.mark.parametrize("batch", [1, 2, 3, 500])
 def test_quota_refresh_covers_every_subscription_whatever_the_batch(platform, batch):
     for sid in (1, 2, 3):
-        platform.request(
+        platform.add_request(
             sid, status="delivered", requested_at=NOW - timedelta(days=sid), subscription_id=sid
         )
     assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == 3
     assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == 3
-    assert {sid: row[2] for sid, row in platform.quota_rows().items()} == {1: 1, 2: 1, 3: 1}
+    assert {sid: row[2] for sid, row in platform.quota_windows().items()} == {1: 1, 2: 1, 3: 1}

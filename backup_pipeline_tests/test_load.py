@@ -23,9 +23,11 @@ from sqlalchemy import Engine, event, insert, select
 
 from backup_pipeline import checks
 from backup_pipeline import tables as t
-from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG
+from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource, create_schema
-from backup_pipeline.sensors import backup_request_sensor, evaluate_pending_requests, run_tags
+from backup_pipeline.sensors import evaluate_pending_requests
+from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG, run_tags
+from backup_pipeline_tests.support.location import backup_request_sensor
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_CONFIGS = [REPO / "dagster.yaml", REPO / "deploy" / "dagster.yaml"]
@@ -209,11 +211,16 @@ def test_one_tick_of_the_sensor_launches_one_run_per_valid_request_of_a_thousand
     resource, clicks = platform
 
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"platform_db": resource})
+        context = dg.build_sensor_context(
+            instance=instance, resources={"platform_db": resource, "policy": BackupPolicyResource()}
+        )
         result = backup_request_sensor(context)
         queries = len(statements)
         again = backup_request_sensor(
-            dg.build_sensor_context(instance=instance, resources={"platform_db": resource})
+            dg.build_sensor_context(
+                instance=instance,
+                resources={"platform_db": resource, "policy": BackupPolicyResource()},
+            )
         )
 
     assert_outcome(resource.get_engine(), clicks, result.run_requests)
@@ -251,10 +258,10 @@ def queue_limits(path: Path) -> tuple[int, list[dict]]:
 def dequeue(queued: list[dict[str, str]], path: Path) -> list[dict[str, str]]:
     """The runs the queue daemon would launch from `queued`, in order, with the instance's limits.
 
-    Dagster's own counter decides (dagster._utils.tags is internal: it is the rule the
+    Dagster's own counter decides (internal, see support/dagster_internals.py: it is the rule the
     QueuedRunCoordinatorDaemon applies, and the point is to test the config against it).
     """
-    from dagster._utils.tags import TagConcurrencyLimitsCounter
+    from backup_pipeline_tests.support.dagster_internals import TagConcurrencyLimitsCounter
 
     max_runs, limits = queue_limits(path)
     counter = TagConcurrencyLimitsCounter(limits, [])

@@ -17,7 +17,6 @@ import secrets
 import string
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -27,21 +26,19 @@ import pytest
 from google.cloud import storage
 from google.oauth2 import service_account
 from pydantic import Field
-from sqlalchemy import Engine, create_engine, select, update
+from sqlalchemy import select, update
 
 from backup_pipeline import housekeeping
 from backup_pipeline import tables as t
 from backup_pipeline.failures import error_class_of
 from backup_pipeline.operations import execute_request
-from backup_pipeline.resources import BackupPolicyResource, build_resources
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
-from backup_pipeline.sensors import backup_request_sensor
 from backup_pipeline.settings import MAX_LINK_TTL, Settings
 from backup_pipeline.storage.gcs import GcsStore
-from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.location import backup_request_sensor
+from backup_pipeline_tests.support.platform import Clinic, Platform
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox
 from backup_pipeline_tests.support.signing import (
     new_private_key,
@@ -65,47 +62,17 @@ def fake_sendgrid_key() -> str:
 # --- the seeded platform --------------------------------------------------------------------------
 
 
-@dataclass
-class Clinic:
-    engine: Engine
-    env: dict[str, str]
-    subscription_id: int
-    user_id: int
-    outbox: Path
-
-    @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env)
-
-    def requester_email(self) -> str:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(t.users.c.email).where(t.users.c.id == self.user_id)
-            ).scalar()
-
-
 @pytest.fixture
-def clinic(tmp_path: Path) -> Iterator[Clinic]:
-    url = f"sqlite:///{tmp_path / 'platform.db'}"
-    engine = create_engine(url)
-    create_schema(engine)
-    env = {
-        "BACKUP_PLATFORM_DB_URL": url,
-        "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-        "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-        "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-    }
-    summary = seed_platform(engine, open_store(env["BACKUP_FILES_URL"]), patients=10, seed=11)
-    sid = summary.subscription_ids[0]
-    yield Clinic(engine, env, sid, summary.user_ids[sid][0], tmp_path / "outbox")
-    engine.dispose()
+def clinic(platform: Platform) -> Clinic:
+    (seeded,) = platform.seed(patients=10, seed=11)
+    return seeded
 
 
-def personal_data(clinic: Clinic) -> dict[str, set[str]]:
+def personal_data(platform: Platform, clinic: Clinic) -> dict[str, set[str]]:
     """What identifies the clinic's patients and the requester, by kind."""
     p = t.patients.c
     found: dict[str, set[str]] = {"name": set(), "email": set(), "curp": set(), "rfc": set()}
-    with clinic.engine.connect() as conn:
+    with platform.engine.connect() as conn:
         rows = conn.execute(
             select(p.first_name, p.last_name, p.second_last_name, p.email, p.curp, p.rfc).where(
                 p.subscription_id == clinic.subscription_id
@@ -125,7 +92,7 @@ def personal_data(clinic: Clinic) -> dict[str, set[str]]:
             if getattr(row, kind):
                 found[kind].add(getattr(row, kind))
     assert all(found.values()), "the seeded clinic should have every kind of personal data"
-    found["requester email"] = {clinic.requester_email()}
+    found["requester email"] = {platform.email_of(clinic.owner_id)}
     return found
 
 
@@ -189,15 +156,11 @@ def python_logs(records: Iterable[logging.LogRecord]) -> str:
     return "\n".join(formatter.format(record) for record in records)
 
 
-def request_row(clinic: Clinic, request_id: int) -> db.BackupRequest:
-    with clinic.engine.connect() as conn:
-        return db.get_request(conn, request_id)
-
-
 # --- privacy: a full run, and a run that fails -----------------------------------------------------
 
 
 def test_a_full_run_leaves_no_patient_data_or_api_key_where_engineers_look(
+    platform: Platform,
     clinic: Clinic,
     sendgrid_endpoint: SendGridEndpoint,
     monkeypatch: pytest.MonkeyPatch,
@@ -206,13 +169,11 @@ def test_a_full_run_leaves_no_patient_data_or_api_key_where_engineers_look(
 ) -> None:
     api_key = fake_sendgrid_key()
     monkeypatch.setenv("SENDGRID_API_KEY", api_key)
-    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    platform.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
     caplog.set_level(logging.DEBUG)
-    watched = personal_data(clinic)
-    request_id = file_backup_request(
-        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
-    )
-    resources = build_resources(clinic.settings)
+    watched = personal_data(platform, clinic)
+    request_id = platform.file_request(clinic)
+    resources = platform.resources()
 
     with dg.instance_for_test() as instance:
         tick = backup_request_sensor(
@@ -228,7 +189,7 @@ def test_a_full_run_leaves_no_patient_data_or_api_key_where_engineers_look(
     assert outcome.success and outcome.request_status == "delivered"
     (sent,) = sendgrid_endpoint.recorded
     assert sent.headers["Authorization"] == f"Bearer {api_key}"  # the key was in use
-    request = request_row(clinic, request_id)
+    request = platform.request(request_id)
     captured = capfd.readouterr()
     texts |= {
         "status_detail and request row": repr(request),
@@ -241,29 +202,28 @@ def test_a_full_run_leaves_no_patient_data_or_api_key_where_engineers_look(
 
 
 def test_a_failed_run_tells_support_why_without_patient_data(
+    platform: Platform,
     clinic: Clinic,
     sendgrid_endpoint: SendGridEndpoint,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    platform.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
     caplog.set_level(logging.DEBUG)
-    watched = personal_data(clinic)
-    requester = clinic.requester_email()
-    request_id = file_backup_request(
-        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
-    )
+    watched = personal_data(platform, clinic)
+    requester = platform.email_of(clinic.owner_id)
+    request_id = platform.file_request(clinic)
     # The provider refuses the link's email for good; its error body quotes the address.
     sendgrid_endpoint.script([400])
 
     with dg.instance_for_test() as instance:
         outcome = execute_request(
-            instance, build_resources(clinic.settings), request_id, clinic.subscription_id
+            instance, platform.resources(), request_id, clinic.subscription_id
         )
         texts = run_record(instance, outcome.run_id)
 
     assert not outcome.success and outcome.request_status == "failed"
-    request = request_row(clinic, request_id)
+    request = platform.request(request_id)
     assert "deliver_backup" in request.status_detail
     sent = [r.payload for r in sendgrid_endpoint.recorded if r.status == 202]
     to_support = [p for p in sent if p["personalizations"][0]["to"][0]["email"] != requester]
@@ -311,7 +271,7 @@ def test_the_failure_reason_names_the_error_class_under_the_retry_wrapper() -> N
 def test_the_ui_shows_neither_the_api_key_nor_the_database_password(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from dagster._core.remote_representation.external_data import RepositorySnap
+    from backup_pipeline_tests.support.dagster_internals import RepositorySnap
 
     api_key = fake_sendgrid_key()
     password = secrets.token_urlsafe(16)
@@ -411,23 +371,21 @@ class KeySignedArchives(ObjectStoreResource):
 
 
 def test_the_link_lives_the_configured_time_and_the_archive_goes_when_it_ends(
-    clinic: Clinic, gcs_bucket_url: str, tmp_path: Path
+    platform: Platform, clinic: Clinic, gcs_bucket_url: str, tmp_path: Path
 ) -> None:
-    clinic.env |= {"BACKUP_ARCHIVES_URL": gcs_bucket_url, "BACKUP_LINK_TTL": "36"}
-    resources = build_resources(clinic.settings)
+    platform.env |= {"BACKUP_ARCHIVES_URL": gcs_bucket_url, "BACKUP_LINK_TTL": "36"}
+    resources = platform.resources()
     resources["archives"] = KeySignedArchives(
         url=gcs_bucket_url, credentials_file=str(service_account_file(tmp_path / "sa.json"))
     )
-    request_id = file_backup_request(
-        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
-    )
+    request_id = platform.file_request(clinic)
 
     with dg.instance_for_test() as instance:
         outcome = execute_request(instance, resources, request_id, clinic.subscription_id)
 
     assert outcome.success
-    request = request_row(clinic, request_id)
-    (email,) = read_outbox(clinic.outbox)
+    request = platform.request(request_id)
+    (email,) = read_outbox(platform.outbox)
     (link,) = set(re.findall(r"https?://[^\s<>\"]+X-Goog-Signature=[0-9a-f]+", email.text))
     query = {name: values[0] for name, values in parse_qs(urlsplit(link).query).items()}
     assert query["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256"
@@ -439,11 +397,11 @@ def test_the_link_lives_the_configured_time_and_the_archive_goes_when_it_ends(
     store = open_store(gcs_bucket_url)
     assert store.exists(request.archive_key)
     just_before = request.link_expires_at - timedelta(seconds=1)
-    assert housekeeping.expire_archives(clinic.engine, store, now=just_before) == 0
+    assert housekeeping.expire_archives(platform.engine, store, now=just_before) == 0
     assert store.exists(request.archive_key)
-    assert housekeeping.expire_archives(clinic.engine, store, now=request.link_expires_at) == 1
+    assert housekeeping.expire_archives(platform.engine, store, now=request.link_expires_at) == 1
     assert not store.exists(request.archive_key)
-    assert request_row(clinic, request_id).status == "expired"
+    assert platform.request(request_id).status == "expired"
 
 
 @pytest.mark.parametrize("hours", ["169", "200", "0", "-1"])
@@ -458,22 +416,20 @@ def test_seven_days_is_the_longest_link_whatever_the_policy_says() -> None:
 
 
 def test_only_the_requesters_address_at_sending_time_gets_the_link(
-    clinic: Clinic, sendgrid_endpoint: SendGridEndpoint
+    platform: Platform, clinic: Clinic, sendgrid_endpoint: SendGridEndpoint
 ) -> None:
-    clinic.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
-    old_address = clinic.requester_email()
-    request_id = file_backup_request(
-        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
-    )
+    platform.env["BACKUP_MAIL_URL"] = sendgrid_endpoint.url
+    old_address = platform.email_of(clinic.owner_id)
+    request_id = platform.file_request(clinic)
     new_address = "nueva.direccion@consultorio.example"
-    with clinic.engine.begin() as conn:
+    with platform.engine.begin() as conn:
         conn.execute(
-            update(t.users).where(t.users.c.id == clinic.user_id).values(email=new_address)
+            update(t.users).where(t.users.c.id == clinic.owner_id).values(email=new_address)
         )
 
     with dg.instance_for_test() as instance:
         outcome = execute_request(
-            instance, build_resources(clinic.settings), request_id, clinic.subscription_id
+            instance, platform.resources(), request_id, clinic.subscription_id
         )
 
     assert outcome.success
@@ -486,4 +442,4 @@ def test_only_the_requesters_address_at_sending_time_gets_the_link(
     ]
     assert recipients == [new_address]
     assert old_address not in json.dumps(sent.payload)
-    assert sent.payload["reply_to"]["email"] == clinic.settings.support_email
+    assert sent.payload["reply_to"]["email"] == platform.settings.support_email

@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 import yaml
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from backup_pipeline import schedules as s
@@ -21,12 +20,13 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import Mailer, MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
+from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Platform
 from backup_pipeline_tests.test_housekeeping import (
     NOW,
     SENDER,
     SUPPORT,
     FlakyMailer,
-    Platform,
+    add_three_clinics,
     sent_emails,
 )
 
@@ -34,13 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 TICK = NOW.replace(tzinfo=UTC)  # what the daemon passes: an aware datetime in the schedule's zone
 
 
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """The platform of every test here once on SQLite and once on PostgreSQL."""
+    return request.param
+
+
 @pytest.fixture
-def platform(db_url: str):
-    engine = create_engine(db_url)
-    try:
-        yield Platform(engine)
-    finally:
-        engine.dispose()
+def platform(platform: Platform) -> Platform:
+    return add_three_clinics(platform)
 
 
 @pytest.fixture
@@ -50,12 +52,12 @@ def instance():
 
 
 @pytest.fixture
-def resources(db_url: str, tmp_path: Path) -> dict[str, Any]:
+def resources(platform: Platform) -> dict[str, Any]:
     return {
-        "platform_db": PlatformDatabaseResource(url=db_url),
-        "archives": ObjectStoreResource(url=(tmp_path / "archives").as_uri()),
+        "platform_db": PlatformDatabaseResource(url=platform.url),
+        "archives": ObjectStoreResource(url=platform.settings.archives_url),
         "mailer": MailerResource(
-            url=(tmp_path / "outbox").as_uri(), from_email=SENDER, support_email=SUPPORT
+            url=platform.settings.mail_url, from_email=SENDER, support_email=SUPPORT
         ),
         "policy": BackupPolicyResource(late_after_hours=24, partition_retention_days=90),
     }
@@ -118,15 +120,10 @@ def test_a_tick_asks_for_one_run_judged_at_its_scheduled_time(instance):
 
 
 def test_the_schedules_load_with_the_code_locations_definitions(tmp_path):
-    from backup_pipeline.resources import build_resources
-    from backup_pipeline.sensors import backup_failure_sensor, backup_request_sensor
+    from backup_pipeline.definitions import build_definitions
     from backup_pipeline.settings import Settings
 
-    defs = dg.Definitions(
-        sensors=[backup_request_sensor, backup_failure_sensor],
-        schedules=s.HOUSEKEEPING_SCHEDULES,
-        resources=build_resources(Settings.from_env({"BACKUP_VAR_DIR": str(tmp_path)})),
-    )
+    defs = build_definitions(Settings.from_env({"BACKUP_VAR_DIR": str(tmp_path)}))
     dg.Definitions.validate_loadable(defs)
     repository = defs.get_repository_def()
     for schedule in s.HOUSEKEEPING_SCHEDULES:
@@ -140,11 +137,13 @@ def test_the_hourly_tick_expires_links_as_of_its_time_and_clears_staging(
     platform, instance, resources
 ):
     archives = open_store(resources["archives"].url)
-    expired = platform.delivered(1, archives, link_expires_at=NOW - timedelta(minutes=5))
+    expired = platform.add_delivered_request(
+        1, archives, link_expires_at=NOW - timedelta(minutes=5)
+    )
     # Already past on the wall clock, but not at the tick: the run judges at the tick's time.
-    later = platform.delivered(2, archives, link_expires_at=NOW + timedelta(minutes=5))
-    platform.request(3, status="failed", requested_at=NOW - timedelta(hours=2))
-    platform.request(4, status="running", requested_at=NOW - timedelta(hours=1))
+    later = platform.add_delivered_request(2, archives, link_expires_at=NOW + timedelta(minutes=5))
+    platform.add_request(3, status="failed", requested_at=NOW - timedelta(hours=2))
+    platform.add_request(4, status="running", requested_at=NOW - timedelta(hours=1))
     for request_id in (3, 4):
         archives.put_bytes(f"staging/{request_id}/run/pacientes.xlsx", b"x")
 
@@ -166,8 +165,8 @@ class OutageMailerResource(MailerResource):
 
 
 def test_a_late_request_alerts_support_once_even_after_an_outage(platform, instance, resources):
-    platform.request(1, status="running", requested_at=NOW - timedelta(hours=30), run_id="r-1")
-    platform.request(2, status="delivered", requested_at=NOW - timedelta(hours=30))
+    platform.add_request(1, status="running", requested_at=NOW - timedelta(hours=30), run_id="r-1")
+    platform.add_request(2, status="delivered", requested_at=NOW - timedelta(hours=30))
     outbox = Path(resources["mailer"].url.removeprefix("file://"))
     during_outage = {
         **resources,
@@ -193,12 +192,12 @@ def test_a_late_request_alerts_support_once_even_after_an_outage(platform, insta
 
 
 def test_the_daily_tick_writes_quota_windows(platform, instance, resources):
-    platform.request(1, status="delivered", requested_at=NOW - timedelta(days=30))
+    platform.add_request(1, status="delivered", requested_at=NOW - timedelta(days=30))
 
     result = tick(s.refresh_quota_windows_schedule, instance, resources)
 
     assert result.output_for_node("refresh_quota_windows") == 1
-    assert platform.quota_rows() == {
+    assert platform.quota_windows() == {
         1: (NOW - timedelta(days=30), NOW + timedelta(days=150), 1, NOW)
     }
 
@@ -207,11 +206,11 @@ def test_partition_retention_deletes_old_finished_and_gone_requests_only(
     platform, instance, resources
 ):
     old, recent = NOW - timedelta(days=120), NOW - timedelta(days=5)
-    platform.request(1, status="delivered", requested_at=old)
-    platform.request(2, status="failed", requested_at=old)
-    platform.request(3, status="expired", requested_at=recent)
-    platform.request(4, status="running", requested_at=old)
-    platform.request(5, status="pending", requested_at=recent)
+    platform.add_request(1, status="delivered", requested_at=old)
+    platform.add_request(2, status="failed", requested_at=old)
+    platform.add_request(3, status="expired", requested_at=recent)
+    platform.add_request(4, status="running", requested_at=old)
+    platform.add_request(5, status="pending", requested_at=recent)
     instance.add_dynamic_partitions(backup_partitions.name, ["1", "2", "3", "4", "5", "404"])
 
     result = tick(s.prune_backup_partitions_schedule, instance, resources)
@@ -223,7 +222,7 @@ def test_partition_retention_deletes_old_finished_and_gone_requests_only(
 # --- Instance configs (dagster.yaml) ------------------------------------------------------
 #
 # Dagster validates dagster.yaml only when an instance is created, and has no public function
-# for it; these tests use dagster._core.instance.config / .ref (private, tests only) so that a
+# for it; these tests use its private config check (support/dagster_internals.py) so that a
 # wrong key fails here instead of in a pod at deploy time.
 
 INSTANCE_CONFIGS = {"local": REPO / "dagster.yaml", "production": REPO / "deploy" / "dagster.yaml"}
@@ -231,8 +230,10 @@ INSTANCE_CONFIGS = {"local": REPO / "dagster.yaml", "production": REPO / "deploy
 
 def validated_instance_config(path: Path) -> dict[str, Any]:
     """The instance config after Dagster's schema check, plus each pluggable class's own check."""
-    from dagster._config import validate_config
-    from dagster._core.instance.config import dagster_instance_config
+    from backup_pipeline_tests.support.dagster_internals import (
+        dagster_instance_config,
+        validate_config,
+    )
 
     config, _custom_class = dagster_instance_config(str(path.parent), path.name)
     for section in ("run_launcher", "compute_logs", "scheduler", "run_coordinator"):
@@ -297,8 +298,6 @@ def test_production_instance_loads_on_postgresql_with_its_k8s_launcher_and_run_q
     """The real instance from deploy/dagster.yaml: storage on a real PostgreSQL and the
     K8sRunLauncher as configured, pointed at a kubeconfig instead of the in-cluster one (loading
     it connects to nothing); only the GCS compute logs are swapped out (they need a bucket)."""
-    from dagster._core.instance.ref import InstanceRef
-
     url = make_url(postgres_url)
     monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
@@ -314,14 +313,11 @@ def test_production_instance_loads_on_postgresql_with_its_k8s_launcher_and_run_q
     launcher = yaml.safe_load((home / "dagster.yaml").read_text())["run_launcher"]
     launcher["config"].update(load_incluster_config=False, kubeconfig_file=str(kubeconfig))
 
-    ref = InstanceRef.from_dir(
-        str(home),
-        overrides={
-            "run_launcher": launcher,
-            "compute_logs": {"module": "dagster", "class": "NoOpComputeLogManager"},
-        },
-    )
-    with dg.DagsterInstance.from_ref(ref) as instance:
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["run_launcher"] = launcher
+    config["compute_logs"] = {"module": "dagster", "class": "NoOpComputeLogManager"}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.run_launcher).__name__ == "K8sRunLauncher"
         assert instance.run_launcher.job_namespace == "backups"

@@ -3,124 +3,64 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
-from sqlalchemy import Engine, create_engine, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.engine import make_url
 
-from backup_pipeline import sensors
 from backup_pipeline import tables as t
-from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job, backup_partitions
-from backup_pipeline.resources import build_resources
+from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
-from backup_pipeline.sensors import backup_canceled_sensor, backup_request_sensor
 from backup_pipeline.settings import Settings
-from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline.synthetic import file_backup_request
+from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
+from backup_pipeline_tests.support.location import (
+    backup_canceled_sensor,
+    backup_job,
+    backup_request_sensor,
+)
+from backup_pipeline_tests.support.platform import (
+    EVERY_DATABASE,
+    ON_POSTGRES,
+    Backends,
+    Platform,
+    open_platform,
+)
 
 CREATED = datetime(2020, 1, 1)
 
 
-@dataclass
-class Platform:
-    engine: Engine
-    resources: dict
-    settings: Settings
-
-
-@pytest.fixture
-def platform(tmp_path: Path, db_url: str) -> Iterator[Platform]:
-    engine = create_engine(db_url)
-    create_schema(engine)
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": db_url,
-            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-        }
-    )
-    yield Platform(engine, build_resources(settings), settings)
-    engine.dispose()
-
-
-def add_subscription(
-    engine: Engine, sid: int, *, status: str = "active", timezone: str = "America/Mexico_City"
-) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(t.subscriptions).values(
-                id=sid,
-                name=f"Clínica Dental Sonrisa {sid}",
-                timezone=timezone,
-                status=status,
-                created_at=CREATED,
-            )
-        )
-
-
-def add_user(
-    engine: Engine, uid: int, sid: int, *, active: bool = True, authorised: bool = True
-) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(t.users).values(
-                id=uid,
-                subscription_id=sid,
-                email=f"usuario{uid}@clinica-sonrisa.mx",
-                full_name=f"María Fernanda López {uid}",
-                role="owner",
-                is_active=active,
-                can_request_backup=authorised,
-                created_at=CREATED,
-            )
-        )
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """The platform of every test here once on SQLite and once on PostgreSQL."""
+    return request.param
 
 
 def add_past_request(
-    engine: Engine, request_id: int, sid: int, uid: int, at: datetime, status: str
+    platform: Platform, request_id: int, sid: int, uid: int, at: datetime, status: str
 ) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(t.backup_requests).values(
-                id=request_id,
-                subscription_id=sid,
-                requested_by_user_id=uid,
-                requested_at=at,
-                status=status,
-                finished_at=at + timedelta(hours=1),
-            )
-        )
+    platform.add_request(
+        request_id,
+        subscription_id=sid,
+        by=uid,
+        requested_at=at,
+        status=status,
+        finished_at=at + timedelta(hours=1),
+    )
 
 
 def tick(instance: dg.DagsterInstance, platform: Platform) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, resources=platform.resources)
+    context = dg.build_sensor_context(instance=instance, resources=platform.resources())
     return backup_request_sensor(context)
 
 
-def request_row(engine: Engine, request_id: int) -> db.BackupRequest:
-    with engine.connect() as conn:
-        row = db.get_request(conn, request_id)
-    assert row is not None
-    return row
-
-
-def reviews_count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(t.backup_request_reviews)).scalar()
-
-
 def test_a_valid_request_becomes_one_run_request_tagged_with_ids_only(platform: Platform):
-    add_subscription(platform.engine, 1)
-    add_user(platform.engine, 101, 1)
+    platform.add_clinic(1)  # its owner is user 101
     request_id = file_backup_request(platform.engine, subscription_id=1, user_id=101)
 
     with dg.instance_for_test() as instance:
@@ -137,7 +77,7 @@ def test_a_valid_request_becomes_one_run_request_tagged_with_ids_only(platform: 
     assert add.partitions_def_name == backup_partitions.name
     assert list(add.partition_keys) == [str(request_id)]
     # Accepted is not yet running: the run marks it so when it starts.
-    assert request_row(platform.engine, request_id).status == "pending"
+    assert platform.request(request_id).status == "pending"
 
 
 def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platform: Platform):
@@ -146,8 +86,12 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
     # 4: user without the authorisation. 5: suspended subscription. 6: quota used up.
     # 7: a double click. 8: only failed and rejected requests in its past.
     for sid in range(1, 9):
-        add_subscription(e, sid, status="suspended" if sid == 5 else "active")
-        add_user(e, sid * 100 + 1, sid, active=sid != 3, authorised=sid != 4)
+        platform.add_clinic(
+            sid,
+            status="suspended" if sid == 5 else "active",
+            owner_active=sid != 3,
+            owner_authorised=sid != 4,
+        )
     valid = file_backup_request(e, subscription_id=1, user_id=101)
     foreign = file_backup_request(e, subscription_id=2, user_id=101)
     inactive = file_backup_request(e, subscription_id=3, user_id=301)
@@ -155,15 +99,15 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
     suspended = file_backup_request(e, subscription_id=5, user_id=501)
     # Delivered on 10 January 2025 at 15:00 UTC (09:00 in Mexico City): the next one from
     # 9 July 2025 at 09:00 local, 180 days later.
-    add_past_request(e, 6_000, 6, 601, datetime(2025, 1, 10, 15, 0), "delivered")
+    add_past_request(platform, 6_000, 6, 601, datetime(2025, 1, 10, 15, 0), "delivered")
     over_quota = file_backup_request(
         e, subscription_id=6, user_id=601, requested_at=datetime(2025, 3, 1, 12, 0)
     )
     clicked_at = datetime(2025, 3, 1, 12, 0, 0)
     first_click = file_backup_request(e, subscription_id=7, user_id=701, requested_at=clicked_at)
     second_click = file_backup_request(e, subscription_id=7, user_id=701, requested_at=clicked_at)
-    add_past_request(e, 8_000, 8, 801, datetime(2025, 2, 1), "failed")
-    add_past_request(e, 8_001, 8, 801, datetime(2025, 2, 15), "rejected")
+    add_past_request(platform, 8_000, 8, 801, datetime(2025, 2, 1), "failed")
+    add_past_request(platform, 8_001, 8, 801, datetime(2025, 2, 15), "rejected")
     after_failures = file_backup_request(
         e, subscription_id=8, user_id=801, requested_at=datetime(2025, 3, 1)
     )
@@ -186,24 +130,24 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
         }
         before = {}
         for request_id, words in expected.items():
-            row = request_row(e, request_id)
+            row = platform.request(request_id)
             assert row.status == "rejected", request_id
             assert words in row.status_detail, (request_id, row.status_detail)
             assert row.finished_at is not None
             assert row.run_id is None
             before[request_id] = row
-        assert "2 en 360 días" in request_row(e, over_quota).status_detail
+        assert "2 en 360 días" in platform.request(over_quota).status_detail
         for request_id in (valid, first_click, after_failures):
-            assert request_row(e, request_id).status == "pending"
-        assert reviews_count(e) == 9
+            assert platform.request(request_id).status == "pending"
+        assert platform.reviews_count() == 9
 
         second = tick(instance, platform)
 
     assert not second.run_requests
     assert "0 reviewed" in second.skip_reason.skip_message
-    assert reviews_count(e) == 9
+    assert platform.reviews_count() == 9
     for request_id, row in before.items():
-        assert request_row(e, request_id) == row  # not touched again
+        assert platform.request(request_id) == row  # not touched again
 
 
 def insert_pending_backlog(
@@ -271,15 +215,15 @@ def test_a_backlog_of_ten_thousand_is_reviewed_in_bounded_batches(platform: Plat
     oldest: dict[int, int] = {}
     for request_id, sid in requests.items():
         oldest[sid] = min(request_id, oldest.get(sid, request_id))
-    assert sensors.SENSOR_BATCH == 2_000
+    assert Settings.from_env({}).sensor_batch == 2_000
 
     launched: list[dg.RunRequest] = []
     reviewed_per_tick: list[int] = []
     with dg.instance_for_test() as instance:
         for _ in range(10):
-            before = reviews_count(platform.engine)
+            before = platform.reviews_count()
             result = tick(instance, platform)
-            reviewed_per_tick.append(reviews_count(platform.engine) - before)
+            reviewed_per_tick.append(platform.reviews_count() - before)
             if result.run_requests:
                 (add,) = result.dynamic_partitions_requests
                 assert sorted(add.partition_keys) == sorted(
@@ -315,13 +259,11 @@ PRODUCTION_INSTANCE = Path(__file__).resolve().parent.parent / "deploy" / "dagst
 
 
 def test_sensor_tick_and_backup_on_a_dagster_instance_stored_in_postgres(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ):
     """Dagster's storage exactly as deploy/dagster.yaml declares it, on a fresh database: the
     sensor's tick and a whole run write their events there, and the run is found by its tag."""
     dagster_url, dagster_admin = create_postgres_database()
-    platform_url, platform_admin = create_postgres_database()
-    engine = create_engine(platform_url)
     try:
         dagster_db = make_url(dagster_url)
         if (dagster_db.port or 5432) != 5432:
@@ -332,21 +274,11 @@ def test_sensor_tick_and_backup_on_a_dagster_instance_stored_in_postgres(
         monkeypatch.setenv("DAGSTER_PG_DB", dagster_db.database or "")
         storage = yaml.safe_load(PRODUCTION_INSTANCE.read_text(encoding="utf-8"))["storage"]
 
-        create_schema(engine)
-        settings = Settings.from_env(
-            {
-                "BACKUP_PLATFORM_DB_URL": platform_url,
-                "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-                "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-                "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-            }
-        )
-        summary = seed_platform(engine, open_store(settings.files_url), patients=4, seed=3)
-        sid = summary.subscription_ids[0]
-        request_id = file_backup_request(
-            engine, subscription_id=sid, user_id=summary.user_ids[sid][0]
-        )
-        resources = build_resources(settings)
+        platform = open_platform(request, ON_POSTGRES)
+        (clinic,) = platform.seed(patients=4, seed=3)
+        sid = clinic.subscription_id
+        request_id = platform.file_request(clinic)
+        resources = platform.resources()
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
             result = backup_request_sensor(
@@ -367,18 +299,15 @@ def test_sensor_tick_and_backup_on_a_dagster_instance_stored_in_postgres(
             assert found.status == dg.DagsterRunStatus.SUCCESS
             assert found.tags[SUBSCRIPTION_TAG] == str(sid)
             assert instance.has_dynamic_partition(backup_partitions.name, str(request_id))
-        row = request_row(engine, request_id)
+        row = platform.request(request_id)
         assert row.status == "delivered"
         assert row.run_id == executed.run_id
     finally:
-        engine.dispose()
-        drop_postgres_database(platform_url, platform_admin)
         drop_postgres_database(dagster_url, dagster_admin)
 
 
 def test_an_accepted_request_whose_run_never_started_is_asked_for_again(platform: Platform):
-    add_subscription(platform.engine, 1)
-    add_user(platform.engine, 101, 1)
+    platform.add_clinic(1)  # its owner is user 101
     request_id = file_backup_request(platform.engine, subscription_id=1, user_id=101)
 
     with dg.instance_for_test() as instance:
@@ -398,14 +327,13 @@ def test_an_accepted_request_whose_run_never_started_is_asked_for_again(platform
         with platform.engine.begin() as conn:
             db.mark_running(conn, request_id, "some-run")
         assert not tick(instance, platform).run_requests
-    assert reviews_count(platform.engine) == 1
+    assert platform.reviews_count() == 1
 
 
 def test_a_cancelled_run_fails_its_request_and_tells_support_and_the_requester(
     platform: Platform,
 ):
-    add_subscription(platform.engine, 1)
-    add_user(platform.engine, 101, 1)
+    platform.add_clinic(1)  # its owner is user 101
     request_id = file_backup_request(platform.engine, subscription_id=1, user_id=101)
     with platform.engine.begin() as conn:
         db.mark_running(conn, request_id, "cancelled-run")
@@ -427,16 +355,15 @@ def test_a_cancelled_run_fails_its_request_and_tells_support_and_the_requester(
             dagster_instance=instance,
             dagster_run=instance.get_run_by_id(run.run_id),
             dagster_event=event,
-            resources=platform.resources,
+            resources=platform.resources(),
         )
         backup_canceled_sensor(context)
         backup_canceled_sensor(context)  # a second evaluation tells no one again
 
-    row = request_row(platform.engine, request_id)
+    row = platform.request(request_id)
     assert row.status == "failed"
     assert "no cuenta" in row.status_detail
-    outbox = Path(platform.settings.mail_url.removeprefix("file://"))
-    keys = sorted(p.name.split("_", 1)[1] for p in outbox.glob("*.eml"))
+    keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [
         f"backup-{request_id}-failed.eml",
         f"backup-{request_id}-failure-alert.eml",

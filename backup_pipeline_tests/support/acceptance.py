@@ -1,30 +1,21 @@
-"""Acceptance harness: a clinic on real backends, its backup run through the real job, read back."""
+"""Reading a delivered archive back, and GCS credentials that can sign links on the emulator."""
 
 from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-import dagster as dg
 import openpyxl
 from google.cloud import storage
 from google.oauth2 import service_account
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
-from sqlalchemy import Engine
 
-from backup_pipeline.operations import RunOutcome, execute_request
-from backup_pipeline.resources import build_resources
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.settings import Settings
-from backup_pipeline.storage import ObjectStore
-from backup_pipeline.synthetic import file_backup_request
-from backup_pipeline_tests.support.sendgrid import SentEmail
 from backup_pipeline_tests.support.signing import (
     new_private_key,
     service_account_info,
@@ -123,66 +114,3 @@ def table_rows(ws: Worksheet) -> list[dict[str, Any]]:
         if any(value is not None for value in values):
             rows.append(dict(zip(names, values, strict=True)))
     return rows
-
-
-# --- A clinic on some backends, and its backups ---------------------------------------------
-
-
-@dataclass
-class Backup:
-    request_id: int
-    outcome: RunOutcome
-    request: Any  # the backup_requests row after the run
-
-    @property
-    def delivered(self) -> bool:
-        return self.outcome.success and self.request.status == "delivered"
-
-
-@dataclass
-class Platform:
-    """One platform database, files store, archives store and mail backend; a Dagster instance."""
-
-    engine: Engine
-    settings: Settings
-    files: ObjectStore
-    archives: ObjectStore
-    instance: dg.DagsterInstance
-    sent: Callable[[], list[SentEmail]]  # what the mail backend has accepted, oldest first
-
-    def request_backup(self, subscription_id: int, user_id: int) -> int:
-        return file_backup_request(self.engine, subscription_id=subscription_id, user_id=user_id)
-
-    def run(self, request_id: int, subscription_id: int) -> Backup:
-        """Run the real backup job for the request, in process, as `backup-pipeline run` does."""
-        outcome = execute_request(
-            self.instance, build_resources(self.settings), request_id, subscription_id
-        )
-        return Backup(request_id, outcome, self.request_row(request_id))
-
-    def backup(self, subscription_id: int, user_id: int) -> Backup:
-        return self.run(self.request_backup(subscription_id, user_id), subscription_id)
-
-    def request_row(self, request_id: int) -> Any:
-        with self.engine.connect() as conn:
-            return db.get_request(conn, request_id)
-
-    def archive(self, backup: Backup) -> Archive:
-        assert backup.delivered, f"request {backup.request_id} is {backup.request.status}"
-        return Archive(self.archives.get_bytes(backup.request.archive_key))
-
-    def step_output_metadata(self, run_id: str, step_key: str) -> dict[str, Any]:
-        """The metadata an op attached to its output in this run (as the Dagster UI shows it)."""
-        for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
-            event = record.dagster_event
-            if event is not None and event.step_key == step_key:
-                metadata = event.event_specific_data.metadata
-                return {name: value.value for name, value in metadata.items()}
-        raise AssertionError(f"step {step_key} produced no output in run {run_id}")
-
-    def step_events(self, run_id: str, step_key: str, event_type: dg.DagsterEventType) -> int:
-        return sum(
-            1
-            for record in self.instance.all_logs(run_id, of_type=event_type)
-            if record.dagster_event is not None and record.dagster_event.step_key == step_key
-        )
