@@ -41,6 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/backup-pipeline prepare-instance
 	$(BIN)/dagster dev -w workspace.yaml
 
 process: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from backup_pipeline import quota
+from backup_pipeline.request_state import OPEN_STATUSES, Requester, RequestStatus
 from backup_pipeline.spanish import spanish_datetime, to_clinic_time
-
-OPEN_STATUSES: frozenset[str] = frozenset({"pending", "running"})
 
 REQUESTER_NOT_IN_SUBSCRIPTION = "requester_not_in_subscription"
 SUBSCRIPTION_INACTIVE = "subscription_inactive"
@@ -25,14 +24,6 @@ class RequestUnderReview:
     subscription_id: int
     requested_by_user_id: int
     requested_at: datetime  # naive UTC
-
-
-@dataclass(frozen=True)
-class Requester:
-    id: int
-    subscription_id: int
-    is_active: bool
-    can_request_backup: bool
 
 
 @dataclass(frozen=True)
@@ -119,7 +110,7 @@ def review_request(
 def _wins_over(request_id: int, other_id: int, other_status: str) -> bool:
     if other_id == request_id or other_status not in OPEN_STATUSES:
         return False
-    return other_status == "running" or other_id < request_id
+    return other_status == RequestStatus.RUNNING or other_id < request_id
 
 
 def _quota_detail(allowed_from: datetime, timezone: str | None) -> str:

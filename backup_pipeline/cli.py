@@ -8,19 +8,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from backup_pipeline.settings import Settings
+from backup_pipeline.settings import Settings, dagster_home
 
 
 def _ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to ./var/dagster_home, so runs show in `dagster dev` afterwards."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path("var/dagster_home").resolve())
-    home.mkdir(parents=True, exist_ok=True)
+    """DAGSTER_HOME, defaulting to ./var/dagster_home, so runs show in `dagster dev` afterwards;
+    made whole and current first (backup_pipeline.instance), whatever a kill left there."""
+    from backup_pipeline.instance import prepare_embedded_instance
+
+    home = dagster_home()
+    # Written, not read: DagsterInstance.get() finds the embedded instance through it.
     os.environ["DAGSTER_HOME"] = str(home)
-    config = home / "dagster.yaml"
-    packaged = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    if not config.exists() and packaged.exists():
-        config.write_text(packaged.read_text(encoding="utf-8"), encoding="utf-8")
-    return home
+    return prepare_embedded_instance(
+        home, config_template=Path(__file__).resolve().parent.parent / "dagster.yaml"
+    )
 
 
 def _engine(settings: Settings):
@@ -103,30 +104,47 @@ def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_prepare_instance(args: argparse.Namespace, settings: Settings) -> int:
+    home = _ensure_dagster_home()
+    print(f"Dagster instance ready in {home}.")
+    return 0
+
+
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.migrations import SchemaBehind
     from backup_pipeline.operations import process_pending
 
     _ensure_dagster_home()
-    outcome = process_pending(limit=args.limit)
+    try:
+        outcome = process_pending(limit=args.limit)
+    except SchemaBehind as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(outcome.summary())
     return 0 if outcome.ok else 1
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.migrations import SchemaBehind
     from backup_pipeline.operations import run_request
 
     _ensure_dagster_home()
-    outcome = run_request(args.request_id)
+    try:
+        outcome = run_request(args.request_id)
+    except SchemaBehind as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(outcome.summary())
     return 0 if outcome.ok else 1
 
 
 def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.operations import LinkUnavailable, resend_link
+    from backup_pipeline.delivery import DeliveryRefused
+    from backup_pipeline.operations import resend_link
 
     try:
         resent = resend_link(args.request_id)
-    except LinkUnavailable as exc:
+    except DeliveryRefused as exc:  # the archive is gone, or the address was refused
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
@@ -203,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("zip")
 
     sub.add_parser("demo", help="seed a small clinic, request and deliver its backup locally")
+    sub.add_parser(
+        "prepare-instance",
+        help="create, upgrade or repair the embedded Dagster instance on $DAGSTER_HOME",
+    )
     return parser
 
 
@@ -216,6 +238,7 @@ COMMANDS = {
     "resend-link": cmd_resend_link,
     "verify": cmd_verify,
     "demo": cmd_demo,
+    "prepare-instance": cmd_prepare_instance,
 }
 
 

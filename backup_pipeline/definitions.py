@@ -1,22 +1,30 @@
-"""The code location: the backup job, its sensors and schedules, and resources from the environment."""
+"""The code location: the backup job, its sensors and schedules, and resources, built from one
+Settings (read from the environment when Dagster loads the location, not at import)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.jobs import backup_job
+from backup_pipeline.jobs import build_backup_job, transient_retry
 from backup_pipeline.resources import build_resources
-from backup_pipeline.schedules import HOUSEKEEPING_SCHEDULES
-from backup_pipeline.sensors import (
-    backup_canceled_sensor,
-    backup_failure_sensor,
-    backup_request_sensor,
-)
+from backup_pipeline.schedules import HOUSEKEEPING_JOBS, HOUSEKEEPING_SCHEDULES
+from backup_pipeline.sensors import build_sensors
 from backup_pipeline.settings import Settings
 
-defs = dg.Definitions(
-    jobs=[backup_job],
-    sensors=[backup_request_sensor, backup_failure_sensor, backup_canceled_sensor],
-    schedules=HOUSEKEEPING_SCHEDULES,
-    resources=build_resources(Settings.from_env()),
-)
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every job, sensor, schedule and resource of the code location for these settings."""
+    backup_job = build_backup_job(
+        transient_retry(settings.op_max_retries, settings.retry_delay_seconds)
+    )
+    return dg.Definitions(
+        jobs=[backup_job, *HOUSEKEEPING_JOBS],
+        sensors=build_sensors(backup_job, settings.sensor_interval_seconds),
+        schedules=HOUSEKEEPING_SCHEDULES,
+        resources=build_resources(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(Settings.from_env())

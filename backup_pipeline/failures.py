@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from backup_pipeline import mail
+from backup_pipeline.request_state import OPEN_STATUSES, BackupRequest
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
 from backup_pipeline.storage import ObjectStore
@@ -40,7 +41,7 @@ def failure_reason(step: str | None, error_class: str | None) -> str:
 
 def _already_delivered(
     engine: Engine, archives: ObjectStore, request_id: int, run_id: str | None
-) -> db.BackupRequest | None:
+) -> BackupRequest | None:
     """A run that dies after the link was emailed (killed, then failed by run monitoring) has
     delivered all the same: the requester holds a working link. Mark it so, instead of telling
     them it failed and leaving an archive no schedule would expire."""
@@ -48,7 +49,7 @@ def _already_delivered(
         request = db.get_request(conn, request_id)
     if (
         request is None
-        or request.status not in db.OPEN_STATUSES
+        or request.status not in OPEN_STATUSES
         or request.email_sent_at is None
         or not request.archive_key
         or not archives.exists(request.archive_key)

@@ -10,38 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 
 from backup_pipeline import mail
-from backup_pipeline import tables as t
-from backup_pipeline.quota import PastRequest, quota_window
+from backup_pipeline.quota import quota_window
+from backup_pipeline.request_state import FINISHED_STATUSES, OPEN_STATUSES, RequestStatus
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import Mailer, MailError
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-FINISHED_STATUSES = ("delivered", "failed", "expired", "rejected")
 # Not delivered long after it was made: the clinic is still waiting (PRODUCT.md: support hears of
 # it after 24 hours, before the user's 48-hour fallback).
-LATE_STATUSES = ("pending", "running", "failed")
 LATE_ALERT = "late"
 STAGING_ROOT = "staging/"
-IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
+# A write untouched this long was cut short (a killed run); one in progress writes every second.
+ABANDONED_WRITE_AGE = timedelta(hours=6)
 
 
 class HousekeepingError(Exception):
     """Some items failed while the others were done; the message holds counts and request ids only."""
-
-
-def _chunks(items: Sequence, size: int = IN_CHUNK) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _raise_if_failed(what: str, done: int, failed: list[int]) -> None:
@@ -65,20 +58,8 @@ def expire_archives(engine: Engine, store: ObjectStore, now: datetime, limit: in
     archive, which nobody will download, goes when its link would have expired.
     Returns how many requests became expired.
     """
-    r = t.backup_requests.c
     with engine.connect() as conn:
-        due = conn.execute(
-            select(r.id, r.archive_key, r.status)
-            .where(
-                or_(
-                    r.status == "delivered",
-                    and_(r.status == "failed", r.archive_key.is_not(None)),
-                ),
-                r.link_expires_at <= now,
-            )
-            .order_by(r.link_expires_at, r.id)
-            .limit(limit)
-        ).all()
+        due = db.archives_to_expire(conn, now, limit)
     expired = 0
     failed: list[int] = []
     for request_id, archive_key, status in due:
@@ -86,7 +67,7 @@ def expire_archives(engine: Engine, store: ObjectStore, now: datetime, limit: in
             if archive_key:
                 store.delete(archive_key)
             with engine.begin() as conn:
-                if status == "delivered":
+                if status == RequestStatus.DELIVERED:
                     expired += db.mark_expired(conn, request_id)
                 else:
                     db.forget_failed_archive(conn, request_id)
@@ -127,7 +108,8 @@ def remove_staging_leftovers(
             keys_by_request[int(folder)].append(info.key)
         else:
             unknown_folders.add(folder)
-    statuses = _statuses(engine, list(keys_by_request))
+    with engine.connect() as conn:
+        statuses = db.statuses_of(conn, list(keys_by_request))
     deleted = cleared = still_open = 0
     failed: list[int] = []
     for request_id in sorted(keys_by_request):
@@ -153,16 +135,10 @@ def remove_staging_leftovers(
     return StagingSweep(deleted, cleared, still_open, len(unknown_folders))
 
 
-def _statuses(engine: Engine, request_ids: Sequence[int]) -> dict[int, str]:
-    r = t.backup_requests.c
-    found: dict[int, str] = {}
-    with engine.connect() as conn:
-        for chunk in _chunks(sorted(request_ids)):
-            found.update(
-                (row.id, row.status)
-                for row in conn.execute(select(r.id, r.status).where(r.id.in_(chunk)))
-            )
-    return found
+def remove_abandoned_writes(store: ObjectStore, now: datetime) -> int:
+    """Delete the partial files of writes a killed run never finished (the folder store's
+    `.bp-partial` files); an object store that keeps none has nothing to do."""
+    return store.remove_abandoned_writes(now - ABANDONED_WRITE_AGE)
 
 
 # --- 3. Dynamic partitions ----------------------------------------------------------------
@@ -176,16 +152,9 @@ def stale_partition_keys(
 
     Open requests are kept whatever their age: their run needs the partition.
     """
-    r = t.backup_requests.c
     keys = list(dict.fromkeys(keys))
-    ids = [int(k) for k in keys if k.isdigit()]
-    rows: dict[int, tuple[str, datetime]] = {}
     with engine.connect() as conn:
-        for chunk in _chunks(sorted(set(ids))):
-            for request_id, status, requested_at in conn.execute(
-                select(r.id, r.status, r.requested_at).where(r.id.in_(chunk))
-            ):
-                rows[request_id] = (status, requested_at)
+        rows = db.status_and_time_of(conn, [int(k) for k in keys if k.isdigit()])
     cutoff = now - retention
 
     def is_stale(key: str) -> bool:
@@ -193,7 +162,7 @@ def stale_partition_keys(
         if row is None:
             return True
         status, requested_at = row
-        return status not in db.OPEN_STATUSES and requested_at < cutoff
+        return status not in OPEN_STATUSES and requested_at < cutoff
 
     return [key for key in keys if is_stale(key)]
 
@@ -206,29 +175,6 @@ class LateAlerts:
     sent: int = 0
     deferred: int = 0  # left for the next tick after a transient mail failure
     failed: list[int] = field(default_factory=list)  # permanent refusals
-
-
-def late_requests(
-    conn: Connection, late_after: timedelta, now: datetime, limit: int
-) -> list[db.BackupRequest]:
-    """Requests not delivered `late_after` after they were made, and not alerted about yet."""
-    r, a = t.backup_requests.c, t.backup_alerts.c
-    rows = (
-        conn.execute(
-            select(t.backup_requests)
-            .outerjoin(t.backup_alerts, and_(a.request_id == r.id, a.kind == LATE_ALERT))
-            .where(
-                r.status.in_(LATE_STATUSES),
-                r.requested_at <= now - late_after,
-                a.request_id.is_(None),
-            )
-            .order_by(r.requested_at, r.id)
-            .limit(limit)
-        )
-        .mappings()
-        .all()
-    )
-    return [db.BackupRequest(**row) for row in rows]
 
 
 def alert_late_requests(
@@ -248,7 +194,7 @@ def alert_late_requests(
     down for the rest too) and leaves it for the next tick.
     """
     with engine.connect() as conn:
-        due = late_requests(conn, late_after, now, limit)
+        due = db.unalerted_waiting_requests(conn, LATE_ALERT, now - late_after, limit)
     result = LateAlerts()
     for position, request in enumerate(due):
         email = mail.late_alert_to_support(
@@ -280,15 +226,7 @@ def alert_late_requests(
             )
             result.failed.append(request.id)
             continue
-        try:
-            with engine.begin() as conn:
-                conn.execute(
-                    insert(t.backup_alerts).values(
-                        request_id=request.id, kind=LATE_ALERT, sent_at=now
-                    )
-                )
-        except IntegrityError:
-            pass  # another evaluation recorded it meanwhile; the alert went out either way
+        db.record_alert(engine, request.id, LATE_ALERT, now)
         result.sent += 1
     return result
 
@@ -300,48 +238,24 @@ def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> in
     """Rewrite backup_quota_windows for every subscription with a request, as seen at `now`.
 
     Subscriptions are walked in id order, `batch` at a time; each batch replaces the rows of its
-    id range (delete then insert, in one transaction: plain SQL on SQLite and PostgreSQL alike),
-    which also drops rows of subscriptions in that range that no longer have any request.
-    Returns how many rows were written.
+    id range in one transaction, which also drops rows of subscriptions in that range that no
+    longer have any request. Returns how many rows were written.
     """
-    r, q = t.backup_requests.c, t.backup_quota_windows.c
     written = 0
     after: int | None = None
     while True:
         with engine.begin() as conn:
-            page = select(r.subscription_id).distinct().order_by(r.subscription_id).limit(batch)
-            if after is not None:
-                page = page.where(r.subscription_id > after)
-            subscription_ids = list(conn.execute(page).scalars())
-            history: dict[int, list[PastRequest]] = defaultdict(list)
-            if subscription_ids:
-                for subscription_id, requested_at, status in conn.execute(
-                    select(r.subscription_id, r.requested_at, r.status).where(
-                        r.subscription_id.in_(subscription_ids)
-                    )
-                ):
-                    history[subscription_id].append(PastRequest(requested_at, status))
-            stale = delete(t.backup_quota_windows)
-            if after is not None:
-                stale = stale.where(q.subscription_id > after)
-            if len(subscription_ids) == batch:
-                stale = stale.where(q.subscription_id <= subscription_ids[-1])
-            conn.execute(stale)
-            rows = []
-            for subscription_id in subscription_ids:
-                window = quota_window(history[subscription_id], now)
-                rows.append(
-                    {
-                        "subscription_id": subscription_id,
-                        "last_counted_backup_at": window.last_counted_backup_at,
-                        "next_allowed_at": window.next_allowed_at,
-                        "backups_last_360_days": window.backups_last_360_days,
-                        "updated_at": now,
-                    }
-                )
-            if rows:
-                conn.execute(insert(t.backup_quota_windows), rows)
-            written += len(rows)
-        if len(subscription_ids) < batch:
+            subscription_ids = db.subscriptions_with_requests(conn, after=after, limit=batch)
+            history = db.request_history(conn, subscription_ids)
+            windows = {sid: quota_window(history[sid], now) for sid in subscription_ids}
+            full_page = len(subscription_ids) == batch
+            written += db.replace_quota_windows(
+                conn,
+                after=after,
+                through=subscription_ids[-1] if full_page else None,
+                windows=windows,
+                now=now,
+            )
+        if not full_page:
             return written
         after = subscription_ids[-1]

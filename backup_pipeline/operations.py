@@ -9,13 +9,19 @@ from urllib.parse import unquote, urlparse
 
 import dagster as dg
 
+from backup_pipeline import delivery, migrations
+from backup_pipeline.archive.names import download_name
+from backup_pipeline.definitions import build_definitions
+from backup_pipeline.delivery import LinkUnavailable
 from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import review_pending
-from backup_pipeline.jobs import backup_job, backup_partitions, link_email, send_or_fail
+from backup_pipeline.jobs import BACKUP_JOB_NAME, backup_partitions
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.sensors import SENSOR_BATCH, run_tags
 from backup_pipeline.settings import Settings
+from backup_pipeline.target import run_tags
+
+__all__ = ["LinkUnavailable", "demo", "execute_request", "process_pending", "resend_link"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +51,24 @@ class ProcessOutcome:
         return "\n".join(lines)
 
 
+def backup_job(settings: Settings) -> dg.JobDefinition:
+    """The code location's backup job, as Dagster would load it with these settings."""
+    return build_definitions(settings).resolve_job_def(BACKUP_JOB_NAME)
+
+
 def execute_request(
     instance: dg.DagsterInstance,
     resources: dict,
     request_id: int,
     subscription_id: int,
+    job: dg.JobDefinition | None = None,
 ) -> RunOutcome:
     """Run the backup job for one request in this process, recorded on `instance`."""
     key = str(request_id)
     if not instance.has_dynamic_partition(backup_partitions.name, key):
         instance.add_dynamic_partitions(backup_partitions.name, [key])
-    result = backup_job.execute_in_process(
+    job = job or backup_job(Settings.from_env())
+    result = job.execute_in_process(
         instance=instance,
         partition_key=key,
         tags=run_tags(request_id, subscription_id),
@@ -86,32 +99,39 @@ def execute_request(
 
 def process_pending(limit: int | None = None, settings: Settings | None = None) -> ProcessOutcome:
     """One evaluation of the request sensor's logic, then each run it asked for, in this process."""
-    resources = build_resources(settings or Settings.from_env())
+    settings = settings or Settings.from_env()
+    resources = build_resources(settings)
+    job = backup_job(settings)
+    migrations.require_current(resources["platform_db"].get_engine())
     instance = dg.DagsterInstance.get()
-    intake = review_pending(resources["platform_db"].get_engine(), limit=limit or SENSOR_BATCH)
+    intake = review_pending(
+        resources["platform_db"].get_engine(), limit=limit or settings.sensor_batch
+    )
     outcome = ProcessOutcome(rejected=dict(intake.rejected))
     for accepted in intake.accepted:
         outcome.runs.append(
-            execute_request(instance, resources, accepted.id, accepted.subscription_id)
+            execute_request(instance, resources, accepted.id, accepted.subscription_id, job)
         )
     return outcome
 
 
 def run_request(request_id: int, settings: Settings | None = None) -> ProcessOutcome:
     """Run (or re-run, for support) the backup of one request, whatever the sensor decided."""
-    resources = build_resources(settings or Settings.from_env())
+    settings = settings or Settings.from_env()
+    resources = build_resources(settings)
+    migrations.require_current(resources["platform_db"].get_engine())
     with resources["platform_db"].get_engine().connect() as conn:
         request = db.get_request(conn, request_id)
     if request is None:
         raise SystemExit(f"error: backup request {request_id} does not exist")
     instance = dg.DagsterInstance.get()
     return ProcessOutcome(
-        runs=[execute_request(instance, resources, request_id, request.subscription_id)]
+        runs=[
+            execute_request(
+                instance, resources, request_id, request.subscription_id, backup_job(settings)
+            )
+        ]
     )
-
-
-class LinkUnavailable(Exception):
-    """The archive is gone or was never made: no new link can be given."""
 
 
 def resend_link(request_id: int, settings: Settings | None = None) -> datetime:
@@ -120,50 +140,13 @@ def resend_link(request_id: int, settings: Settings | None = None) -> datetime:
     Uses no quota: the request's status and counts are unchanged. Returns the new expiry (UTC).
     """
     resources = build_resources(settings or Settings.from_env())
-    engine = resources["platform_db"].get_engine()
-    with engine.connect() as conn:
-        request = db.get_request(conn, request_id)
-        if request is None:
-            raise LinkUnavailable(f"backup request {request_id} does not exist")
-        subscription = db.get_subscription(conn, request.subscription_id)
-        requester = db.get_requester(conn, request.requested_by_user_id)
-    if request.status != "delivered" or not request.archive_key:
-        raise LinkUnavailable(
-            f"request {request_id} is {request.status}: only a delivered request whose archive "
-            "still exists can get a new link (an expired one needs a new backup request)"
-        )
-    store = resources["archives"].get_store()
-    if not store.exists(request.archive_key):
-        raise LinkUnavailable(f"the archive of request {request_id} no longer exists")
-    if subscription is None or requester is None:
-        raise LinkUnavailable(f"request {request_id}: subscription or requester row is gone")
-    policy, mailer = resources["policy"], resources["mailer"]
-    expires_at = db.utcnow() + policy.link_ttl
-    download_name = request.archive_key.rsplit("/", 1)[-1]
-    link = store.signed_url(request.archive_key, policy.link_ttl, download_name)
-    email = link_email(
-        mailer,
-        requester=requester,
-        subscription=subscription,
+    return delivery.resend_link(
+        resources["platform_db"].get_engine(),
+        resources["archives"].get_store(),
+        resources["mailer"],
         request_id=request_id,
-        link=link,
-        expires_at=expires_at,
-        size_bytes=request.archive_size_bytes or 0,
-        sha256=request.archive_sha256 or "",
-        contents=[],
+        link_ttl=resources["policy"].link_ttl,
     )
-    message_id = send_or_fail(mailer, email)
-    with engine.begin() as conn:
-        db.record_archive(
-            conn,
-            request_id,
-            archive_key=request.archive_key,
-            size=request.archive_size_bytes or 0,
-            sha256=request.archive_sha256 or "",
-            link_expires_at=expires_at,
-        )
-        db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id=message_id)
-    return expires_at
 
 
 @dataclass
@@ -198,16 +181,16 @@ def _local_path(url: str, key: str | None = None) -> Path | None:
 
 def demo(settings: Settings | None = None) -> DemoResult:
     """Seed a small clinic, file a request as its owner, process it; everything under ./var."""
-    from backup_pipeline.resources.platform_db import create_schema, engine_for
-    from backup_pipeline.resources.storage import open_store
+    from backup_pipeline.resources.platform_db import create_schema
     from backup_pipeline.synthetic import file_backup_request, seed_platform
 
     settings = settings or Settings.from_env()
-    engine = engine_for(settings.platform_db_url)
+    resources = build_resources(settings)
+    engine = resources["platform_db"].get_engine()
     create_schema(engine)
     summary = seed_platform(
         engine,
-        open_store(settings.files_url),
+        resources["files"].get_store(),
         profile="small",
         first_subscription_id=db.next_subscription_id(engine),
     )
@@ -222,11 +205,14 @@ def demo(settings: Settings | None = None) -> DemoResult:
     if request is not None and request.archive_key:
         local = _local_path(settings.archives_url, request.archive_key)
         archive_path = str(local) if local else f"{settings.archives_url}/{request.archive_key}"
-        store = open_store(settings.archives_url)
-        link = store.signed_url(
-            request.archive_key,
-            build_resources(settings)["policy"].link_ttl,
-            request.archive_key.rsplit("/", 1)[-1],
+        link = (
+            resources["archives"]
+            .get_store()
+            .signed_url(
+                request.archive_key,
+                resources["policy"].link_ttl,
+                download_name(request.archive_key),
+            )
         )
     outbox = _local_path(settings.mail_url)
     if outbox is not None and outbox.exists():

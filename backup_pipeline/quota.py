@@ -6,9 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-# A failure of ours costs the clinic nothing, and a rejected request never produced a backup,
-# so only these statuses use up the quota (PRODUCT.md, "The request's life").
-COUNTED_STATUSES: frozenset[str] = frozenset({"pending", "running", "delivered", "expired"})
+from backup_pipeline.request_state import COUNTED_STATUSES
 
 # The help article states both rules ("2 veces en un periodo de 360 días ... con una diferencia de
 # al menos 180 días"); both are kept explicit even though, with the gap rule honoured, a third

@@ -11,13 +11,13 @@ them back for hours.
 
 # No `from __future__ import annotations`: Dagster reads the ops' context and config annotations
 # as real classes and rejects strings.
-import os
 from datetime import UTC, datetime
 
 import dagster as dg
 from pydantic import Field
 
 from backup_pipeline import housekeeping as hk
+from backup_pipeline import migrations
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
@@ -25,10 +25,6 @@ from backup_pipeline.resources.platform_db import PlatformDatabaseResource, utcn
 from backup_pipeline.resources.storage import ObjectStoreResource
 
 HOUSEKEEPING_TAG = "backup/housekeeping"
-EXPIRE_BATCH = int(os.environ.get("BACKUP_EXPIRE_BATCH", "500"))
-STAGING_BATCH = int(os.environ.get("BACKUP_STAGING_BATCH", "10000"))
-LATE_ALERT_BATCH = int(os.environ.get("BACKUP_LATE_ALERT_BATCH", "200"))
-PARTITION_DELETE_BATCH = int(os.environ.get("BACKUP_PARTITION_DELETE_BATCH", "10000"))
 
 # Housekeeping is idempotent, so a storage or database hiccup is simply tried again.
 HOUSEKEEPING_RETRY = dg.RetryPolicy(max_retries=2, delay=60, backoff=dg.Backoff.EXPONENTIAL)
@@ -67,6 +63,19 @@ def _housekeeping_job(name: str, description: str, ops: list[dg.OpDefinition]) -
 # --- Ops ----------------------------------------------------------------------------------
 
 
+def _skip_while_behind(
+    context: dg.OpExecutionContext, platform_db: PlatformDatabaseResource
+) -> dg.Output[int] | None:
+    """Our tables are behind this code (deployed before `backup-pipeline migrate`): do nothing,
+    and say so in the log and the run's metadata instead of failing on a missing table."""
+    behind = migrations.pending(platform_db.get_engine())
+    if not behind:
+        return None
+    message = str(migrations.SchemaBehind(behind))
+    context.log.warning(message)
+    return dg.Output(0, metadata={"skipped": message})
+
+
 @dg.op(
     name="expire_archives",
     retry_policy=HOUSEKEEPING_RETRY,
@@ -77,33 +86,44 @@ def expire_archives_op(
     config: AsOfConfig,
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
+    policy: BackupPolicyResource,
 ) -> dg.Output[int]:
+    if (skipped := _skip_while_behind(context, platform_db)) is not None:
+        return skipped
     now = config.moment()
     expired = hk.expire_archives(
-        platform_db.get_engine(), archives.get_store(), now, limit=EXPIRE_BATCH
+        platform_db.get_engine(), archives.get_store(), now, limit=policy.expire_batch
     )
     context.log.info(f"{expired} request(s) expired as of {now:%Y-%m-%d %H:%M} UTC")
     return dg.Output(
-        expired, metadata={"requests_expired": expired, "batch_full": expired >= EXPIRE_BATCH}
+        expired,
+        metadata={"requests_expired": expired, "batch_full": expired >= policy.expire_batch},
     )
 
 
 @dg.op(
     name="remove_staging_leftovers",
     retry_policy=HOUSEKEEPING_RETRY,
-    description="Deletes the staging/<request>/ objects that failed runs of finished requests left.",
+    description=(
+        "Deletes the staging/<request>/ objects that failed runs of finished requests left, and "
+        "partial files of writes a killed run never finished."
+    ),
 )
 def remove_staging_leftovers_op(
     context: dg.OpExecutionContext,
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
+    policy: BackupPolicyResource,
 ) -> dg.Output[int]:
-    sweep = hk.remove_staging_leftovers(
-        platform_db.get_engine(), archives.get_store(), limit=STAGING_BATCH
-    )
+    if (skipped := _skip_while_behind(context, platform_db)) is not None:
+        return skipped
+    store = archives.get_store()
+    sweep = hk.remove_staging_leftovers(platform_db.get_engine(), store, limit=policy.staging_batch)
+    partial = hk.remove_abandoned_writes(store, utcnow())
     context.log.info(
         f"staging: {sweep.objects_deleted} object(s) of {sweep.requests_cleared} finished "
-        f"request(s) deleted; {sweep.requests_open} open and {sweep.unknown} unknown folder(s) kept"
+        f"request(s) deleted; {sweep.requests_open} open and {sweep.unknown} unknown folder(s) "
+        f"kept; {partial} abandoned partial write(s) deleted"
     )
     return dg.Output(
         sweep.objects_deleted,
@@ -112,6 +132,7 @@ def remove_staging_leftovers_op(
             "requests_cleared": sweep.requests_cleared,
             "open_requests_kept": sweep.requests_open,
             "unknown_folders_kept": sweep.unknown,
+            "abandoned_partial_writes_deleted": partial,
         },
     )
 
@@ -128,6 +149,8 @@ def alert_late_requests_op(
     mailer: MailerResource,
     policy: BackupPolicyResource,
 ) -> dg.Output[int]:
+    if (skipped := _skip_while_behind(context, platform_db)) is not None:
+        return skipped
     alerts = hk.alert_late_requests(
         platform_db.get_engine(),
         mailer.get_mailer(),
@@ -135,7 +158,7 @@ def alert_late_requests_op(
         from_email=mailer.from_email,
         late_after=policy.late_after,
         now=config.moment(),
-        limit=LATE_ALERT_BATCH,
+        limit=policy.late_alert_batch,
     )
     context.log.info(
         f"late alerts: {alerts.sent} sent, {alerts.deferred} deferred to the next tick, "
@@ -161,6 +184,8 @@ def alert_late_requests_op(
 def refresh_quota_windows_op(
     context: dg.OpExecutionContext, config: AsOfConfig, platform_db: PlatformDatabaseResource
 ) -> dg.Output[int]:
+    if (skipped := _skip_while_behind(context, platform_db)) is not None:
+        return skipped
     written = hk.refresh_quota_windows(platform_db.get_engine(), config.moment())
     context.log.info(f"{written} quota window(s) written")
     return dg.Output(written, metadata={"subscriptions": written})
@@ -180,14 +205,16 @@ def prune_backup_partitions_op(
     platform_db: PlatformDatabaseResource,
     policy: BackupPolicyResource,
 ) -> dg.Output[int]:
+    if (skipped := _skip_while_behind(context, platform_db)) is not None:
+        return skipped
     instance = context.instance
     keys = instance.get_dynamic_partitions(backup_partitions.name)
     stale = hk.stale_partition_keys(
         platform_db.get_engine(), keys, policy.partition_retention, config.moment()
     )
-    for key in stale[:PARTITION_DELETE_BATCH]:
+    for key in stale[: policy.partition_delete_batch]:
         instance.delete_dynamic_partition(backup_partitions.name, key)
-    deleted = min(len(stale), PARTITION_DELETE_BATCH)
+    deleted = min(len(stale), policy.partition_delete_batch)
     context.log.info(f"{deleted} of {len(keys)} partition(s) deleted")
     return dg.Output(
         deleted,
@@ -251,7 +278,8 @@ def _request(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=(
         "Hourly: deletes the archive of every delivered request whose link has expired and marks "
-        f"it expired (at most {EXPIRE_BATCH} per run, oldest first); deletes the staging objects "
+        "it expired (at most BACKUP_EXPIRE_BATCH, 500 by default, per run, oldest first); "
+        "deletes the staging objects "
         "of finished requests."
     ),
 )
@@ -309,4 +337,11 @@ HOUSEKEEPING_SCHEDULES = [
     alert_late_requests_schedule,
     refresh_quota_windows_schedule,
     prune_backup_partitions_schedule,
+]
+
+HOUSEKEEPING_JOBS = [
+    archive_housekeeping_job,
+    late_alerts_job,
+    quota_windows_job,
+    partition_retention_job,
 ]

@@ -1,25 +1,19 @@
 """Sensors: pending requests become runs; runs that fail for good become failed requests."""
 
-from __future__ import annotations
-
-import os
+# No `from __future__ import annotations`: Dagster reads the sensors' context and resource
+# annotations as real classes.
 
 import dagster as dg
 
+from backup_pipeline import migrations
 from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
-from backup_pipeline.jobs import REQUEST_TAG, SUBSCRIPTION_TAG, backup_job, backup_partitions
+from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-
-SENSOR_INTERVAL_SECONDS = int(os.environ.get("BACKUP_SENSOR_INTERVAL_SECONDS", "30"))
-SENSOR_BATCH = int(os.environ.get("BACKUP_SENSOR_BATCH", "2000"))
-
-
-def run_tags(request_id: int, subscription_id: int) -> dict[str, str]:
-    """Ids only: a clinic's runs are found by these in the UI, and tags never carry names."""
-    return {REQUEST_TAG: str(request_id), SUBSCRIPTION_TAG: str(subscription_id)}
+from backup_pipeline.target import REQUEST_TAG, run_tags
 
 
 def _run_request(accepted: AcceptedRequest) -> dg.RunRequest:
@@ -30,9 +24,7 @@ def _run_request(accepted: AcceptedRequest) -> dg.RunRequest:
     )
 
 
-def evaluate_pending_requests(
-    platform_db: PlatformDatabaseResource, limit: int = SENSOR_BATCH
-) -> dg.SensorResult:
+def evaluate_pending_requests(platform_db: PlatformDatabaseResource, limit: int) -> dg.SensorResult:
     engine = platform_db.get_engine()
     intake = review_pending(engine, limit=limit)
     # Accepted earlier but never started: asked for again (Dagster skips a run key it has seen).
@@ -51,19 +43,18 @@ def evaluate_pending_requests(
     )
 
 
-@dg.sensor(
-    job=backup_job,
-    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Reviews pending backup requests (requester, quota, double clicks) in bounded batches; "
-        "rejects with a Spanish reason or launches one run per request (partition = request id)."
-    ),
-)
-def backup_request_sensor(
-    context: dg.SensorEvaluationContext, platform_db: PlatformDatabaseResource
-) -> dg.SensorResult:
-    return evaluate_pending_requests(platform_db)
+def _schema_behind(
+    context: dg.RunStatusSensorContext, platform_db: PlatformDatabaseResource
+) -> bool:
+    """A run failed because our tables are behind: the request is left as it is (not failed,
+    nobody emailed); it runs once `backup-pipeline migrate` has."""
+    behind = migrations.pending(platform_db.get_engine())
+    if behind:
+        context.log.warning(
+            f"run {context.dagster_run.run_id}: its request is left unchanged; "
+            f"{migrations.SchemaBehind(behind)}"
+        )
+    return bool(behind)
 
 
 def _failed_step(context: dg.RunFailureSensorContext) -> tuple[str | None, str | None]:
@@ -73,61 +64,88 @@ def _failed_step(context: dg.RunFailureSensorContext) -> tuple[str | None, str |
     return None, None
 
 
-@dg.run_failure_sensor(
-    monitored_jobs=[backup_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "A backup run that failed for good marks its request failed (it does not count toward "
-        "the quota) and emails support and the requester, once."
-    ),
-)
-def backup_failure_sensor(
-    context: dg.RunFailureSensorContext,
-    platform_db: PlatformDatabaseResource,
-    mailer: MailerResource,
-    archives: ObjectStoreResource,
-) -> None:
-    request_id = context.dagster_run.tags.get(REQUEST_TAG) or context.dagster_run.tags.get(
-        "dagster/partition"
-    )
-    if request_id is None or not request_id.isdigit():
-        return
-    step, error_class = _failed_step(context)
-    fail_request(
-        platform_db.get_engine(),
-        mailer,
-        request_id=int(request_id),
-        run_id=context.dagster_run.run_id,
-        step=step,
-        error_class=error_class,
-        archives=archives.get_store(),
-    )
+def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[dg.SensorDefinition]:
+    """The request sensor (every `interval_seconds`) and the two that fail a request whose run
+    failed or was cancelled."""
 
-
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.CANCELED,
-    monitored_jobs=[backup_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "A backup run cancelled in the UI marks its request failed (it does not count) and tells "
-        "support and the requester, as a failed run does."
-    ),
-)
-def backup_canceled_sensor(
-    context: dg.RunStatusSensorContext,
-    platform_db: PlatformDatabaseResource,
-    mailer: MailerResource,
-    archives: ObjectStoreResource,
-) -> None:
-    request_id = context.dagster_run.tags.get(REQUEST_TAG)
-    if request_id is None or not request_id.isdigit():
-        return
-    fail_request(
-        platform_db.get_engine(),
-        mailer,
-        request_id=int(request_id),
-        run_id=context.dagster_run.run_id,
-        step=None,
-        error_class="RunCanceled",
-        archives=archives.get_store(),
+    @dg.sensor(
+        job=backup_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Reviews pending backup requests (requester, quota, double clicks) in bounded batches; "
+            "rejects with a Spanish reason or launches one run per request (partition = request id)."
+        ),
     )
+    def backup_request_sensor(
+        context: dg.SensorEvaluationContext,
+        platform_db: PlatformDatabaseResource,
+        policy: BackupPolicyResource,
+    ) -> dg.SensorResult:
+        behind = migrations.pending(platform_db.get_engine())
+        if behind:
+            # Deployed before `backup-pipeline migrate` ran: touch no request until it has.
+            message = str(migrations.SchemaBehind(behind))
+            context.log.warning(message)
+            return dg.SensorResult(skip_reason=message)
+        return evaluate_pending_requests(platform_db, policy.sensor_batch)
+
+    @dg.run_failure_sensor(
+        monitored_jobs=[backup_job],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "A backup run that failed for good marks its request failed (it does not count toward "
+            "the quota) and emails support and the requester, once."
+        ),
+    )
+    def backup_failure_sensor(
+        context: dg.RunFailureSensorContext,
+        platform_db: PlatformDatabaseResource,
+        mailer: MailerResource,
+        archives: ObjectStoreResource,
+    ) -> None:
+        request_id = context.dagster_run.tags.get(REQUEST_TAG) or context.dagster_run.tags.get(
+            "dagster/partition"
+        )
+        if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
+            return
+        step, error_class = _failed_step(context)
+        fail_request(
+            platform_db.get_engine(),
+            mailer,
+            request_id=int(request_id),
+            run_id=context.dagster_run.run_id,
+            step=step,
+            error_class=error_class,
+            archives=archives.get_store(),
+        )
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.CANCELED,
+        monitored_jobs=[backup_job],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "A backup run cancelled in the UI marks its request failed (it does not count) and tells "
+            "support and the requester, as a failed run does."
+        ),
+    )
+    def backup_canceled_sensor(
+        context: dg.RunStatusSensorContext,
+        platform_db: PlatformDatabaseResource,
+        mailer: MailerResource,
+        archives: ObjectStoreResource,
+    ) -> None:
+        request_id = context.dagster_run.tags.get(REQUEST_TAG)
+        if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
+            return
+        fail_request(
+            platform_db.get_engine(),
+            mailer,
+            request_id=int(request_id),
+            run_id=context.dagster_run.run_id,
+            step=None,
+            error_class="RunCanceled",
+            archives=archives.get_store(),
+        )
+
+    return [backup_request_sensor, backup_failure_sensor, backup_canceled_sensor]

@@ -14,6 +14,17 @@ def _var_dir() -> Path:
     return Path(os.environ.get("BACKUP_VAR_DIR", "var")).resolve()
 
 
+def dagster_home() -> Path:
+    """DAGSTER_HOME, defaulting to ./var/dagster_home (the embedded instance of the CLI)."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path("var/dagster_home").resolve())
+
+
+def secret_environment(*names: str) -> dict[str, str]:
+    """The named secrets (e.g. SENDGRID_API_KEY), read when an adapter is first used in the
+    process that needs them: never held in Settings or resource config, so never shown in the UI."""
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 @dataclass(frozen=True)
 class Settings:
     platform_db_url: str
@@ -30,6 +41,18 @@ class Settings:
     # Signs links when the credentials hold no key (workload identity) and the gs:// URL names no
     # ?signer=.
     gcs_signer_email: str | None = None
+    # True when the database URL came from BACKUP_PLATFORM_DB_URL: the resource then names the
+    # variable instead of holding the URL, so a password never shows as config in the UI.
+    platform_db_url_from_env: bool = False
+    # Transient errors (storage 5xx, dropped connections) are retried with exponential backoff.
+    op_max_retries: int = 3
+    retry_delay_seconds: float = 5.0
+    sensor_interval_seconds: int = 30
+    sensor_batch: int = 2_000  # pending requests reviewed per tick
+    expire_batch: int = 500
+    staging_batch: int = 10_000
+    late_alert_batch: int = 200
+    partition_delete_batch: int = 10_000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -55,4 +78,14 @@ class Settings:
             ),
             gcs_project=env.get("GOOGLE_CLOUD_PROJECT"),
             gcs_signer_email=env.get("BACKUP_GCS_SIGNER_EMAIL") or None,
+            # Dagster resolves an EnvVar from the process's environment, not from `environ`.
+            platform_db_url_from_env=environ is None and "BACKUP_PLATFORM_DB_URL" in env,
+            op_max_retries=int(env.get("BACKUP_OP_MAX_RETRIES", "3")),
+            retry_delay_seconds=float(env.get("BACKUP_RETRY_DELAY_SECONDS", "5")),
+            sensor_interval_seconds=int(env.get("BACKUP_SENSOR_INTERVAL_SECONDS", "30")),
+            sensor_batch=int(env.get("BACKUP_SENSOR_BATCH", "2000")),
+            expire_batch=int(env.get("BACKUP_EXPIRE_BATCH", "500")),
+            staging_batch=int(env.get("BACKUP_STAGING_BATCH", "10000")),
+            late_alert_batch=int(env.get("BACKUP_LATE_ALERT_BATCH", "200")),
+            partition_delete_batch=int(env.get("BACKUP_PARTITION_DELETE_BATCH", "10000")),
         )

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import storage
 from google.oauth2 import service_account
 
-from backup_pipeline.jobs import backup_job
+from backup_pipeline.definitions import build_definitions
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.settings import Settings
@@ -92,7 +92,7 @@ def bench_resources() -> dict[str, dg.ConfigurableResource]:
 
 def bench_backup_job() -> dg.JobDefinition:
     """The product's backup_job with the benchmark's resources (for dg.reconstructable)."""
-    job = backup_job
+    job = build_definitions(Settings.from_env()).resolve_job_def("backup_job")
     start_method = os.environ.get(START_METHOD_ENV)
     if start_method:
         # The executor the job had before fe7f564, for the comparison.

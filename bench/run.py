@@ -592,7 +592,8 @@ def worker_sensor(args: argparse.Namespace) -> dict[str, Any]:
     from backup_pipeline import tables as t
     from backup_pipeline.intake import review_pending
     from backup_pipeline.resources.platform_db import PlatformDatabaseResource, create_schema
-    from backup_pipeline.sensors import SENSOR_BATCH, evaluate_pending_requests
+    from backup_pipeline.sensors import evaluate_pending_requests
+    from backup_pipeline.settings import Settings
 
     url = args.db_url
     engine = create_engine(url)
@@ -644,7 +645,7 @@ def worker_sensor(args: argparse.Namespace) -> dict[str, Any]:
     tick = evaluate_pending_requests(resource_, limit=count)
     report["tick_limit_all_s"] = round(time.perf_counter() - started, 3)
     report["tick_limit_all_runs"] = len(tick.run_requests or [])
-    for label, limit in (("review_limit_all", count), ("review_default_batch", SENSOR_BATCH)):
+    for label, limit in (("review_limit_all", count), ("review_default_batch", Settings.from_env().sensor_batch)):
         reset()
         started = time.perf_counter()
         result = review_pending(engine, limit=limit)

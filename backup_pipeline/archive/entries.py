@@ -71,15 +71,3 @@ class ArchiveResult:
     missing: list[MissingFile] = field(default_factory=list)
     # Files copied whose size or sha256 differs from the platform's record (still included).
     checksum_mismatches: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["missing"] = [m.to_dict() for m in self.missing]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArchiveResult:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["missing"] = [MissingFile.from_dict(m) for m in data.get("missing", [])]
-        return cls(**values)

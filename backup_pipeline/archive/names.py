@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import date
+
+from slugify import slugify
 
 MAX_COMPONENT_BYTES = 255  # ext4, APFS and NTFS all stop at 255 (bytes or UTF-16 units)
 _MIN_COMPONENT_BYTES = 64  # room for a stem, an extension and a " (n)" counter
@@ -151,3 +154,19 @@ def _numbered(name: str, number: int, max_bytes: int) -> str:
 
 def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name.casefold())
+
+
+def archive_file_name(clinic_name: str, day: date) -> str:
+    """respaldo_<clinic-name-slug>_<YYYY-MM-DD>.zip, the name the clinic downloads."""
+    slug = slugify(clinic_name, max_length=60, word_boundary=True) or "clinica"
+    return f"respaldo_{slug}_{day:%Y-%m-%d}.zip"
+
+
+def archive_key(subscription_id: int, request_id: int, clinic_name: str, local_day: date) -> str:
+    """Stable per request, so a re-run replaces its own archive instead of leaving a second one."""
+    return f"respaldos/{subscription_id}/{request_id}/{archive_file_name(clinic_name, local_day)}"
+
+
+def download_name(archive_key: str) -> str:
+    """The file name a browser saves the archive under: the key's last segment."""
+    return archive_key.rsplit("/", 1)[-1]

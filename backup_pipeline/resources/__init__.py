@@ -1,8 +1,7 @@
-"""Adapters to the outside world, and the one place that builds them from the environment."""
+"""Adapters to the outside world, and the one place that builds them from the settings."""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import dagster as dg
@@ -14,11 +13,17 @@ from backup_pipeline.settings import MAX_LINK_TTL, Settings
 
 
 class BackupPolicyResource(dg.ConfigurableResource):
-    """How long links live, when a request counts as late, how long partitions are kept."""
+    """How long links live, when a request counts as late, how long partitions are kept, and
+    how much the sensor and each housekeeping run take on at once."""
 
     link_ttl_hours: float = 72.0
     late_after_hours: float = 24.0
     partition_retention_days: float = 90.0
+    sensor_batch: int = 2_000
+    expire_batch: int = 500
+    staging_batch: int = 10_000
+    late_alert_batch: int = 200
+    partition_delete_batch: int = 10_000
 
     @property
     def link_ttl(self) -> timedelta:
@@ -40,7 +45,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         # resource config in the Dagster UI.
         "platform_db": PlatformDatabaseResource(
             url=dg.EnvVar("BACKUP_PLATFORM_DB_URL")
-            if os.environ.get("BACKUP_PLATFORM_DB_URL") == settings.platform_db_url
+            if settings.platform_db_url_from_env
             else settings.platform_db_url
         ),
         "files": ObjectStoreResource(
@@ -62,5 +67,10 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             link_ttl_hours=settings.link_ttl.total_seconds() / 3600,
             late_after_hours=settings.late_after.total_seconds() / 3600,
             partition_retention_days=settings.partition_retention.total_seconds() / 86400,
+            sensor_batch=settings.sensor_batch,
+            expire_batch=settings.expire_batch,
+            staging_batch=settings.staging_batch,
+            late_alert_batch=settings.late_alert_batch,
+            partition_delete_batch=settings.partition_delete_batch,
         ),
     }

@@ -55,6 +55,7 @@ from sendgrid.helpers.mail import (
 # What an email is belongs to the domain (backup_pipeline.mail builds them); the adapters here only
 # send it. Re-exported so that callers keep importing it from the mail interface.
 from backup_pipeline.mail import OutgoingEmail
+from backup_pipeline.settings import secret_environment
 
 __all__ = [
     "MailError",
@@ -390,7 +391,7 @@ def open_mailer(url: str) -> Mailer:
             raise ValueError("an outbox mail URL looks like file:///absolute/folder")
         return OutboxMailer(Path(url2pathname(parts.path)))
     if parts.scheme == "sendgrid":
-        return _sendgrid_from_url(url, os.environ)
+        return _sendgrid_from_url(url, secret_environment(API_KEY_ENV, HOST_ENV))
     raise ValueError(
         f"unknown mail URL scheme {parts.scheme!r}: use file:///folder for an outbox "
         "of .eml files or sendgrid:// for SendGrid"

@@ -1,20 +1,51 @@
-"""The platform's database: the engine resource and every read and write of backup_requests."""
+"""The one gateway to the platform's database: its engine, and every read and write of
+backup_requests and of our own backup_* tables (reviews, alerts, quota windows).
+
+The rules that decide what to write (checks, quota, intake, housekeeping) take and return plain
+values; only this module knows the SQL. Dataset exports keep their own queries (datasets/).
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
 from backup_pipeline import tables as t
+from backup_pipeline.checks import RequestUnderReview
 from backup_pipeline.migrations import upgrade as upgrade_our_tables
+from backup_pipeline.quota import PastRequest, QuotaWindow
+from backup_pipeline.request_state import (
+    OPEN_STATUSES,
+    RUNNABLE_STATUSES,
+    WAITING_STATUSES,
+    BackupRequest,
+    Requester,
+    RequestStatus,
+    Subscription,
+)
 
-OPEN_STATUSES = ("pending", "running")
+IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
 
 
 def utcnow() -> datetime:
@@ -69,40 +100,19 @@ def next_subscription_id(engine: Engine) -> int:
     return (current or 0) + 1
 
 
-@dataclass(frozen=True)
-class BackupRequest:
-    id: int
-    subscription_id: int
-    requested_by_user_id: int
-    requested_at: datetime
-    status: str
-    status_detail: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    archive_key: str | None
-    archive_size_bytes: int | None
-    archive_sha256: str | None
-    link_expires_at: datetime | None
-    email_sent_at: datetime | None
-    email_message_id: str | None
-    run_id: str | None
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start : start + IN_CHUNK]
 
 
-@dataclass(frozen=True)
-class Subscription:
-    id: int
-    name: str
-    timezone: str
-    status: str
+def _select_in(conn: Connection, columns: Sequence, key, ids: Sequence[int]) -> list:
+    rows: list = []
+    for chunk in _chunks(sorted(set(ids))):
+        rows.extend(conn.execute(select(*columns).where(key.in_(chunk))).all())
+    return rows
 
 
-@dataclass(frozen=True)
-class Requester:
-    id: int
-    subscription_id: int
-    email: str
-    is_active: bool
-    can_request_backup: bool
+# --- One request ----------------------------------------------------------------------------
 
 
 def get_request(conn: Connection, request_id: int) -> BackupRequest | None:
@@ -115,36 +125,47 @@ def get_request(conn: Connection, request_id: int) -> BackupRequest | None:
 
 
 def get_subscription(conn: Connection, subscription_id: int) -> Subscription | None:
-    s = t.subscriptions.c
-    row = (
-        conn.execute(select(s.id, s.name, s.timezone, s.status).where(s.id == subscription_id))
-        .mappings()
-        .first()
-    )
-    return Subscription(**row) if row else None
+    found = subscriptions_by_id(conn, [subscription_id])
+    return found.get(subscription_id)
 
 
 def get_requester(conn: Connection, user_id: int) -> Requester | None:
+    return requesters_by_id(conn, [user_id]).get(user_id)
+
+
+def subscriptions_by_id(conn: Connection, ids: Sequence[int]) -> dict[int, Subscription]:
+    s = t.subscriptions.c
+    rows = _select_in(conn, (s.id, s.name, s.timezone, s.status), s.id, ids)
+    return {row.id: Subscription(row.id, row.name, row.timezone, row.status) for row in rows}
+
+
+def requesters_by_id(conn: Connection, ids: Sequence[int]) -> dict[int, Requester]:
     u = t.users.c
-    row = (
-        conn.execute(
-            select(u.id, u.subscription_id, u.email, u.is_active, u.can_request_backup).where(
-                u.id == user_id
-            )
-        )
-        .mappings()
-        .first()
+    rows = _select_in(
+        conn, (u.id, u.subscription_id, u.is_active, u.can_request_backup, u.email), u.id, ids
     )
-    return Requester(**row) if row else None
+    return {
+        row.id: Requester(
+            row.id,
+            row.subscription_id,
+            bool(row.is_active),
+            bool(row.can_request_backup),
+            row.email,
+        )
+        for row in rows
+    }
 
 
 def _update_request(
-    conn: Connection, request_id: int, only_if_status: tuple[str, ...] | None, **values: Any
+    conn: Connection,
+    request_id: int,
+    only_if_status: frozenset[RequestStatus] | None,
+    **values: Any,
 ) -> bool:
     r = t.backup_requests.c
     condition = r.id == request_id
     if only_if_status is not None:
-        condition = and_(condition, r.status.in_(only_if_status))
+        condition = and_(condition, r.status.in_(sorted(only_if_status)))
     result = conn.execute(update(t.backup_requests).where(condition).values(**values))
     return result.rowcount == 1
 
@@ -154,8 +175,8 @@ def mark_running(conn: Connection, request_id: int, run_id: str) -> bool:
     return _update_request(
         conn,
         request_id,
-        ("pending", "running", "failed"),
-        status="running",
+        RUNNABLE_STATUSES,
+        status=RequestStatus.RUNNING,
         status_detail=None,
         started_at=utcnow(),
         finished_at=None,
@@ -193,8 +214,8 @@ def mark_delivered(conn: Connection, request_id: int, run_id: str) -> bool:
     return _update_request(
         conn,
         request_id,
-        ("running", "pending", "failed"),
-        status="delivered",
+        RUNNABLE_STATUSES,
+        status=RequestStatus.DELIVERED,
         status_detail=None,
         finished_at=utcnow(),
         run_id=run_id,
@@ -204,7 +225,7 @@ def mark_delivered(conn: Connection, request_id: int, run_id: str) -> bool:
 def mark_failed(conn: Connection, request_id: int, *, reason: str, run_id: str | None) -> bool:
     """Only an open request can fail; True when this call made it failed (notify once)."""
     values: dict[str, Any] = {
-        "status": "failed",
+        "status": RequestStatus.FAILED,
         "status_detail": reason,
         "finished_at": utcnow(),
     }
@@ -213,19 +234,10 @@ def mark_failed(conn: Connection, request_id: int, *, reason: str, run_id: str |
     return _update_request(conn, request_id, OPEN_STATUSES, **values)
 
 
-def mark_rejected(conn: Connection, request_id: int, *, detail: str) -> bool:
-    return _update_request(
-        conn,
-        request_id,
-        ("pending",),
-        status="rejected",
-        status_detail=detail,
-        finished_at=utcnow(),
-    )
-
-
 def mark_expired(conn: Connection, request_id: int) -> bool:
-    return _update_request(conn, request_id, ("delivered",), status="expired")
+    return _update_request(
+        conn, request_id, frozenset({RequestStatus.DELIVERED}), status=RequestStatus.EXPIRED
+    )
 
 
 def forget_failed_archive(conn: Connection, request_id: int) -> bool:
@@ -233,9 +245,233 @@ def forget_failed_archive(conn: Connection, request_id: int) -> bool:
     return _update_request(
         conn,
         request_id,
-        ("failed",),
+        frozenset({RequestStatus.FAILED}),
         archive_key=None,
         archive_size_bytes=None,
         archive_sha256=None,
         link_expires_at=None,
     )
+
+
+def statuses_of(conn: Connection, request_ids: Sequence[int]) -> dict[int, str]:
+    r = t.backup_requests.c
+    return {row.id: row.status for row in _select_in(conn, (r.id, r.status), r.id, request_ids)}
+
+
+def status_and_time_of(
+    conn: Connection, request_ids: Sequence[int]
+) -> dict[int, tuple[str, datetime]]:
+    """(status, requested_at) of each request id that names a row."""
+    r = t.backup_requests.c
+    rows = _select_in(conn, (r.id, r.status, r.requested_at), r.id, request_ids)
+    return {row.id: (row.status, row.requested_at) for row in rows}
+
+
+# --- The request sensor's review --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriptionRequest:
+    """Another request of a subscription under review, as the checks weigh it."""
+
+    id: int
+    subscription_id: int
+    requested_at: datetime
+    status: str
+
+
+def unreviewed_pending(conn: Connection, limit: int) -> list[RequestUnderReview]:
+    """Pending requests no tick has reviewed yet, oldest first (one more than `limit`, so the
+    caller knows whether more wait)."""
+    r, rv = t.backup_requests.c, t.backup_request_reviews.c
+    rows = conn.execute(
+        select(r.id, r.subscription_id, r.requested_by_user_id, r.requested_at)
+        .outerjoin(t.backup_request_reviews, rv.request_id == r.id)
+        .where(r.status == RequestStatus.PENDING, rv.request_id.is_(None))
+        .order_by(r.requested_at, r.id)
+        .limit(limit + 1)
+    ).all()
+    return [RequestUnderReview(*row) for row in rows]
+
+
+def requests_of_subscriptions(
+    conn: Connection, subscription_ids: Sequence[int]
+) -> list[SubscriptionRequest]:
+    r = t.backup_requests.c
+    rows = _select_in(
+        conn,
+        (r.id, r.subscription_id, r.requested_at, r.status),
+        r.subscription_id,
+        subscription_ids,
+    )
+    return [SubscriptionRequest(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Review:
+    """The sensor's decision on one request, remembered so it is not reviewed again."""
+
+    request_id: int
+    accepted: bool
+    reason_code: str | None
+    status_detail: str | None  # Spanish, for a rejection
+    run_key: str | None
+
+
+def record_reviews(conn: Connection, reviews: Sequence[Review], now: datetime) -> None:
+    """Reject the rejected (still pending only) and remember every decision, in one transaction."""
+    r = t.backup_requests.c
+    rejections = [
+        {"b_id": review.request_id, "detail": review.status_detail}
+        for review in reviews
+        if not review.accepted
+    ]
+    if rejections:
+        conn.execute(
+            update(t.backup_requests)
+            .where(r.id == bindparam("b_id"), r.status == RequestStatus.PENDING)
+            .values(
+                status=RequestStatus.REJECTED, status_detail=bindparam("detail"), finished_at=now
+            ),
+            rejections,
+        )
+    if reviews:
+        conn.execute(
+            insert(t.backup_request_reviews),
+            [
+                {
+                    "request_id": review.request_id,
+                    "reviewed_at": now,
+                    "reason_code": review.reason_code,
+                    "decision": "accepted" if review.accepted else "rejected",
+                    "run_key": review.run_key,
+                }
+                for review in reviews
+            ],
+        )
+
+
+def accepted_not_started(
+    conn: Connection, *, reviewed_before: datetime, limit: int
+) -> list[tuple[int, int]]:
+    """(id, subscription_id) of requests accepted before `reviewed_before` and still pending."""
+    r, rv = t.backup_requests.c, t.backup_request_reviews.c
+    rows = conn.execute(
+        select(r.id, r.subscription_id)
+        .join(t.backup_request_reviews, rv.request_id == r.id)
+        .where(
+            r.status == RequestStatus.PENDING,
+            rv.decision == "accepted",
+            rv.reviewed_at <= reviewed_before,
+        )
+        .order_by(rv.reviewed_at, r.id)
+        .limit(limit)
+    ).all()
+    return [(row.id, row.subscription_id) for row in rows]
+
+
+# --- Housekeeping -----------------------------------------------------------------------------
+
+
+def archives_to_expire(conn: Connection, now: datetime, limit: int) -> list[tuple[int, str, str]]:
+    """(id, archive_key, status) of delivered requests whose link has expired, and of failed
+    requests that still name an archive made before they failed, oldest expiry first."""
+    r = t.backup_requests.c
+    rows = conn.execute(
+        select(r.id, r.archive_key, r.status)
+        .where(
+            or_(
+                r.status == RequestStatus.DELIVERED,
+                and_(r.status == RequestStatus.FAILED, r.archive_key.is_not(None)),
+            ),
+            r.link_expires_at <= now,
+        )
+        .order_by(r.link_expires_at, r.id)
+        .limit(limit)
+    ).all()
+    return [(row.id, row.archive_key, row.status) for row in rows]
+
+
+def unalerted_waiting_requests(
+    conn: Connection, kind: str, requested_before: datetime, limit: int
+) -> list[BackupRequest]:
+    """Requests made before `requested_before`, still not delivered, with no `kind` alert yet."""
+    r, a = t.backup_requests.c, t.backup_alerts.c
+    rows = (
+        conn.execute(
+            select(t.backup_requests)
+            .outerjoin(t.backup_alerts, and_(a.request_id == r.id, a.kind == kind))
+            .where(
+                r.status.in_(sorted(WAITING_STATUSES)),
+                r.requested_at <= requested_before,
+                a.request_id.is_(None),
+            )
+            .order_by(r.requested_at, r.id)
+            .limit(limit)
+        )
+        .mappings()
+        .all()
+    )
+    return [BackupRequest(**row) for row in rows]
+
+
+def record_alert(engine: Engine, request_id: int, kind: str, sent_at: datetime) -> None:
+    """Remember that an alert went out (a concurrent evaluation may have recorded it first)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(t.backup_alerts).values(request_id=request_id, kind=kind, sent_at=sent_at)
+            )
+    except IntegrityError:
+        pass  # recorded meanwhile; the alert went out either way
+
+
+def subscriptions_with_requests(conn: Connection, *, after: int | None, limit: int) -> list[int]:
+    """The next `limit` subscription ids (ascending, above `after`) that have any request."""
+    r = t.backup_requests.c
+    page = select(r.subscription_id).distinct().order_by(r.subscription_id).limit(limit)
+    if after is not None:
+        page = page.where(r.subscription_id > after)
+    return list(conn.execute(page).scalars())
+
+
+def request_history(
+    conn: Connection, subscription_ids: Sequence[int]
+) -> dict[int, list[PastRequest]]:
+    """Every request of these subscriptions, every status, as the quota weighs them."""
+    history: dict[int, list[PastRequest]] = {sid: [] for sid in subscription_ids}
+    for row in requests_of_subscriptions(conn, subscription_ids):
+        history[row.subscription_id].append(PastRequest(row.requested_at, row.status))
+    return history
+
+
+def replace_quota_windows(
+    conn: Connection,
+    *,
+    after: int | None,
+    through: int | None,
+    windows: dict[int, QuotaWindow],
+    now: datetime,
+) -> int:
+    """Rewrite backup_quota_windows for subscription ids in (after, through] (None: unbounded),
+    dropping rows of that range's subscriptions that no longer have any request."""
+    q = t.backup_quota_windows.c
+    stale = delete(t.backup_quota_windows)
+    if after is not None:
+        stale = stale.where(q.subscription_id > after)
+    if through is not None:
+        stale = stale.where(q.subscription_id <= through)
+    conn.execute(stale)
+    rows = [
+        {
+            "subscription_id": subscription_id,
+            "last_counted_backup_at": window.last_counted_backup_at,
+            "next_allowed_at": window.next_allowed_at,
+            "backups_last_360_days": window.backups_last_360_days,
+            "updated_at": now,
+        }
+        for subscription_id, window in windows.items()
+    ]
+    if rows:
+        conn.execute(insert(t.backup_quota_windows), rows)
+    return len(rows)

@@ -79,6 +79,12 @@ class ObjectStore(abc.ABC):
         or folder, no permission), so a misconfiguration fails loudly instead of every object
         reading as missing."""
 
+    def remove_abandoned_writes(self, older_than: datetime) -> int:
+        """Delete what writes cut short (a killed process) left before `older_than` (naive UTC);
+        returns how many. A store whose interrupted writes leave nothing behind (GCS: an
+        unfinished resumable upload is never an object) has nothing to do."""
+        return 0
+
     def delete_prefix(self, prefix: str) -> int:
         count = 0
         for info in list(self.list(prefix)):

@@ -70,6 +70,23 @@ class FolderStore(ObjectStore):
                 found.append(ObjectInfo(key=key, size=stat.st_size, updated=updated))
         yield from sorted(found, key=lambda info: info.key)
 
+    def remove_abandoned_writes(self, older_than: datetime) -> int:
+        """Partial files of writes that never finished (the process was killed mid-write): a
+        write in progress keeps touching its file, so only those untouched since `older_than`
+        go."""
+        removed = 0
+        cutoff = older_than.replace(tzinfo=UTC).timestamp()
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.endswith(PARTIAL_SUFFIX):
+                    continue
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+        return removed
+
     def delete(self, key: str) -> bool:
         try:
             self._path(key).unlink()

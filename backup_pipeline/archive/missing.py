@@ -1,0 +1,53 @@
+"""archivos_no_incluidos.xlsx: which planned files could not be copied into the archive, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from backup_pipeline.archive.entries import MissingFile
+from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
+from backup_pipeline.datasets.base import Column, Extraction, Kind
+from backup_pipeline.workbook import render_workbook
+
+MISSING_COLUMNS = (
+    Column("archive_path", "Archivo en el respaldo", Kind.TEXT, 70),
+    Column("kind", "Tipo", Kind.TEXT, 18),
+    Column("patient_id", "ID paciente", Kind.INTEGER),
+    Column("record_id", "ID del registro", Kind.INTEGER),
+    Column("reason", "Motivo", Kind.TEXT, 60),
+)
+MISSING_KIND_LABELS = {
+    "adjunto": "Archivo adjunto",
+    "cfdi_xml": "XML de CFDI",
+    "cfdi_pdf": "PDF de CFDI",
+}
+
+
+def render_missing_files(missing: list[MissingFile], workdir: Path, timezone: str) -> Path | None:
+    """The workbook of files left out, or None when every file was copied."""
+    if not missing:
+        return None
+    frame = pd.DataFrame(
+        [
+            {
+                "archive_path": m.archive_path,
+                "kind": MISSING_KIND_LABELS.get(m.kind, m.kind),
+                "patient_id": m.patient_id,
+                "record_id": m.record_id,
+                "reason": m.reason,
+            }
+            for m in missing
+        ]
+    )
+    path = workdir / MISSING_REPORT_PATH
+    render_workbook(
+        Extraction(columns=MISSING_COLUMNS, chunks=iter([frame])),
+        path=path,
+        sheet_title="Archivos no incluidos",
+        timezone=timezone,
+        archive_path=MISSING_REPORT_PATH,
+        overflow_dir=workdir / "overflow-missing",
+    )
+    return path

@@ -1,0 +1,76 @@
+"""One dataset into the archive: extract it in chunks, render its workbook, stage the workbook
+and its long-text files in the archives store."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from backup_pipeline.archive.entries import StagedEntry
+from backup_pipeline.datasets.base import Dataset, ExtractContext
+from backup_pipeline.staging import stage_file
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.workbook import render_workbook
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What one dataset put in staging: its workbook first, then its long-text files."""
+
+    dataset: str
+    archive_path: str
+    description: str
+    rows: int
+    sheets: int = 1
+    entries: list[StagedEntry] = field(default_factory=list)
+
+    @property
+    def long_text_files(self) -> int:
+        return len(self.entries) - 1
+
+
+def export_dataset(
+    dataset: Dataset,
+    *,
+    connection: Connection,
+    subscription_id: int,
+    timezone: str,
+    files: ObjectStore,
+    archives: ObjectStore,
+    staging_prefix: str,
+) -> ExportResult:
+    """Render `dataset` for one subscription and stage it under `staging_prefix`."""
+    with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
+        workdir = Path(tmp)
+        extraction = dataset.extract(
+            ExtractContext(
+                connection=connection,
+                subscription_id=subscription_id,
+                files=files,
+                timezone=timezone,
+            )
+        )
+        rendered = render_workbook(
+            extraction,
+            path=workdir / Path(dataset.archive_path).name,
+            sheet_title=dataset.sheet_title,
+            timezone=timezone,
+            archive_path=dataset.archive_path,
+            overflow_dir=workdir / "overflow",
+        )
+        entries = [stage_file(archives, staging_prefix, dataset.archive_path, rendered.path)]
+        entries += [
+            stage_file(archives, staging_prefix, o.archive_path, o.local_path)
+            for o in rendered.overflow_files
+        ]
+    return ExportResult(
+        dataset=dataset.name,
+        archive_path=dataset.archive_path,
+        description=dataset.description,
+        rows=rendered.rows,
+        sheets=len(rendered.sheets),
+        entries=entries,
+    )
