@@ -61,8 +61,9 @@ def stand_still(**facts):
         time.sleep(60)
 
 
-from backup_pipeline import jobs, operations
-from backup_pipeline.archive import zipper
+from backup_pipeline import operations
+from backup_pipeline.archive import assembly, zipper
+from backup_pipeline.datasets import export
 from backup_pipeline.resources import platform_db, storage
 from backup_pipeline.storage.gcs import GcsStore
 
@@ -80,7 +81,7 @@ if os.environ.get("KILL_TEST_GCS_CHUNK"):
     storage.open_store = open_small_chunks
 
 if stage == "rendering":
-    render_workbook = jobs.render_workbook
+    render_workbook = export.render_workbook
     rendered = []
 
     def render_then_stop(extraction, **kwargs):
@@ -96,7 +97,7 @@ if stage == "rendering":
             extraction.chunks = first_chunk_only()
         return render_workbook(extraction, **kwargs)
 
-    jobs.render_workbook = render_then_stop
+    export.render_workbook = render_then_stop
 elif stage == "zipping":
     add_stream = zipper._EntryWriter.add_stream
     attachments = []
@@ -113,13 +114,13 @@ elif stage == "zipping":
 
     zipper._EntryWriter.add_stream = add_then_stop
 elif stage == "uploaded":
-    assemble_archive = jobs.assemble_archive
+    assemble_archive = assembly.assemble_archive
 
     def assemble_then_stop(**kwargs):
         result = assemble_archive(**kwargs)
         stand_still(key=result.key, sha256=result.sha256)
 
-    jobs.assemble_archive = assemble_then_stop
+    assembly.assemble_archive = assemble_then_stop
 elif stage == "emailed":
     # The email is sent and recorded; the request is not delivered yet.
     def stop_before_delivered(conn, request_id, run_id):

@@ -15,11 +15,11 @@ from sqlalchemy import Engine, create_engine, func, insert, select, update
 from backup_pipeline import cli
 from backup_pipeline import tables as t
 from backup_pipeline.housekeeping import expire_archives
-from backup_pipeline.jobs import REQUEST_TAG
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.synthetic import seed_platform
+from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox, read_sendgrid
 
 
