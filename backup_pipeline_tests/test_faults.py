@@ -6,21 +6,14 @@ import functools
 import hashlib
 import io
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import dagster as dg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-from google.oauth2 import service_account
 from openpyxl import load_workbook
 from sqlalchemy import Engine, create_engine, select, text
 
@@ -31,14 +24,11 @@ from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.datasets import consultations
 from backup_pipeline.datasets.base import ExtractContext, Extraction
 from backup_pipeline.operations import RunOutcome, execute_request
-from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.settings import Settings
 from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
 from backup_pipeline.storage.gcs import GcsStore
-from backup_pipeline.synthetic import file_backup_request, seed_platform
+from backup_pipeline_tests.support.acceptance import signing_credentials
 from backup_pipeline_tests.support.faultproxy import (
     KINDS,
     READ,
@@ -47,6 +37,15 @@ from backup_pipeline_tests.support.faultproxy import (
     FaultProxy,
 )
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.platform import (
+    ON_POSTGRES,
+    WITH_SENDGRID,
+    Backends,
+    Clinic,
+    Platform,
+    new_bucket_url,
+    open_platform,
+)
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_sendgrid
 
 PATIENTS = 12
@@ -58,31 +57,8 @@ SMALL_CHUNK = 256 * 1024
 # --- GCS behind the fault proxy ----------------------------------------------------------------
 
 
-@functools.cache
-def _signing_credentials() -> service_account.Credentials:
-    """A made-up service account with a real key: enough to sign V4 URLs offline."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    info = {
-        "type": "service_account",
-        "project_id": EMULATOR_PROJECT,
-        "private_key_id": "fault-test",
-        "private_key": pem,
-        "client_email": "respaldos@backup-pipeline-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-    credentials = service_account.Credentials.from_service_account_info(
-        info, scopes=storage.Client.SCOPE
-    )
-    # A token that never needs refreshing: the emulator takes any, and there is no token server.
-    credentials.token = "emulator-accepts-any-token"
-    credentials.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(days=1)
-    return credentials
+# A made-up service account with a real key: enough to sign V4 URLs offline; made once.
+_signing_credentials = functools.cache(signing_credentials)
 
 
 class EmulatorGcsResource(ObjectStoreResource):
@@ -103,55 +79,25 @@ class EmulatorGcsResource(ObjectStoreResource):
         return GcsStore(parts.netloc, parts.path, client=client, chunk_size=SMALL_CHUNK)
 
 
-@dataclass
-class GcsPlatform:
-    engine: Engine
-    resources: dict
-    files: ObjectStore
-    archives: ObjectStore
-    subscription_id: int
-    user_id: int
-    outbox: Path
-
-
-def _new_bucket() -> str:
-    client = storage.Client(project=EMULATOR_PROJECT, credentials=AnonymousCredentials())
-    return f"gs://{client.create_bucket(f'bp-fault-{uuid.uuid4().hex[:12]}').name}"
+@pytest.fixture
+def gcs_platform(request: pytest.FixtureRequest, gcs_fault_proxy: FaultProxy) -> Platform:
+    """A platform whose files and archives are in two emulator buckets behind the proxy."""
+    files_url = f"{new_bucket_url('bp-fault')}/platform"
+    archives_url = f"{new_bucket_url('bp-fault')}/backups"
+    return open_platform(
+        request,
+        env={"BACKUP_FILES_URL": files_url, "BACKUP_ARCHIVES_URL": archives_url},
+        resources={
+            "files": EmulatorGcsResource(url=files_url),
+            "archives": EmulatorGcsResource(url=archives_url),
+        },
+    )
 
 
 @pytest.fixture
-def gcs_platform(tmp_path: Path, gcs_fault_proxy: FaultProxy) -> Iterator[GcsPlatform]:
-    """A seeded clinic whose files and archives are in two emulator buckets behind the proxy."""
-    db_url = f"sqlite:///{tmp_path / 'platform.db'}"
-    engine = create_engine(db_url)
-    create_schema(engine)
-    files_url, archives_url = f"{_new_bucket()}/platform", f"{_new_bucket()}/backups"
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": db_url,
-            "BACKUP_FILES_URL": files_url,
-            "BACKUP_ARCHIVES_URL": archives_url,
-            "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-        }
-    )
-    resources = {
-        **build_resources(settings),
-        "files": EmulatorGcsResource(url=files_url),
-        "archives": EmulatorGcsResource(url=archives_url),
-    }
-    files = resources["files"].get_store()
-    summary = seed_platform(engine, files, profile="small", patients=PATIENTS, seed=11)
-    sid = summary.subscription_ids[0]
-    yield GcsPlatform(
-        engine=engine,
-        resources=resources,
-        files=files,
-        archives=resources["archives"].get_store(),
-        subscription_id=sid,
-        user_id=summary.user_ids[sid][0],
-        outbox=tmp_path / "outbox",
-    )
-    engine.dispose()
+def gcs_clinic(gcs_platform: Platform) -> Clinic:
+    (seeded,) = gcs_platform.seed(patients=PATIENTS, seed=11)
+    return seeded
 
 
 @dataclass
@@ -183,14 +129,12 @@ class Delivered:
             }
 
 
-def _back_up(platform: GcsPlatform, proxy: FaultProxy, plan: FaultPlan) -> Delivered:
-    request_id = file_backup_request(
-        platform.engine, subscription_id=platform.subscription_id, user_id=platform.user_id
-    )
+def _back_up(platform: Platform, clinic: Clinic, proxy: FaultProxy, plan: FaultPlan) -> Delivered:
+    request_id = platform.file_request(clinic)
     proxy.set_plan(plan)
     with dg.instance_for_test() as instance:
         outcome = execute_request(
-            instance, platform.resources, request_id, platform.subscription_id
+            instance, platform.resources(), request_id, clinic.subscription_id
         )
     proxy.set_plan(FaultPlan.off())
     with platform.engine.connect() as conn:
@@ -207,13 +151,16 @@ def _is_platform_file(entry: str) -> bool:
 
 @pytest.mark.slow
 def test_backup_through_gcs_faults_copies_every_file_exactly_as_a_fault_free_run(
-    gcs_platform: GcsPlatform, gcs_fault_proxy: FaultProxy
+    gcs_platform: Platform, gcs_clinic: Clinic, gcs_fault_proxy: FaultProxy
 ):
-    clean = _back_up(gcs_platform, gcs_fault_proxy, FaultPlan.off())
+    clean = _back_up(gcs_platform, gcs_clinic, gcs_fault_proxy, FaultPlan.off())
     assert not gcs_fault_proxy.injected
 
     faulty = _back_up(
-        gcs_platform, gcs_fault_proxy, FaultPlan(seed=20260719, read_every=8, upload_every=4)
+        gcs_platform,
+        gcs_clinic,
+        gcs_fault_proxy,
+        FaultPlan(seed=20260719, read_every=8, upload_every=4),
     )
     # The plan really hit both kinds of request with every kind of fault.
     assert gcs_fault_proxy.injected_kinds(READ) == set(KINDS), gcs_fault_proxy.injected
@@ -238,14 +185,14 @@ def test_backup_through_gcs_faults_copies_every_file_exactly_as_a_fault_free_run
 
 
 def test_a_file_deleted_while_it_is_read_is_reported_missing_and_the_backup_delivered(
-    gcs_platform: GcsPlatform, gcs_fault_proxy: FaultProxy
+    gcs_platform: Platform, gcs_clinic: Clinic, gcs_fault_proxy: FaultProxy
 ):
     # The object's metadata still reads, its bytes are gone (deleted or replaced by a newer
     # generation between the two requests): GCS answers 404 to the media read.
     victim = next(info.key for info in gcs_platform.files.list() if info.key.endswith(".pdf"))
     gcs_fault_proxy.refuse_reads(quote(f"platform/{victim}", safe=""), 404)
 
-    run = _back_up(gcs_platform, gcs_fault_proxy, FaultPlan.off())
+    run = _back_up(gcs_platform, gcs_clinic, gcs_fault_proxy, FaultPlan.off())
 
     assert run.outcome.success and run.request.status == "delivered"
     assert verify_zip(io.BytesIO(run.zip_bytes)).ok
@@ -272,7 +219,7 @@ def test_a_gcs_read_fails_as_the_store_interface_says(
 ):
     # 404 after the metadata read: the zipper's missing-file logic applies. 403 is a
     # misconfiguration: it must fail the backup rather than leave every file out of it.
-    store = EmulatorGcsResource(url=f"{_new_bucket()}/platform").get_store()
+    store = EmulatorGcsResource(url=f"{new_bucket_url('bp-fault')}/platform").get_store()
     store.put_bytes("adjuntos/radiografía 1.png", b"\x89PNG" + bytes(1000))
     gcs_fault_proxy.refuse_reads(quote("platform/adjuntos/radiografía 1.png", safe=""), status)
 
@@ -285,35 +232,11 @@ def test_a_gcs_read_fails_as_the_store_interface_says(
 # --- the mail provider refusing ----------------------------------------------------------------
 
 
-@dataclass
-class Clinic:
-    engine: Engine
-    resources: dict
-    archives: ObjectStore
-    subscription_id: int
-    user_id: int
-
-
-def _seed_clinic(tmp_path: Path, db_url: str, mail_url: str) -> Clinic:
-    """A seeded clinic on db_url with its files and archives in folders."""
-    engine = create_engine(db_url)
-    create_schema(engine)
-    settings = Settings.from_env(
-        {
-            "BACKUP_PLATFORM_DB_URL": db_url,
-            "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-            "BACKUP_ARCHIVES_URL": (tmp_path / "archives").as_uri(),
-            "BACKUP_MAIL_URL": mail_url,
-        }
-    )
-    resources = build_resources(settings)
-    summary = seed_platform(
-        engine, resources["files"].get_store(), profile="small", patients=PATIENTS, seed=5
-    )
-    sid = summary.subscription_ids[0]
-    return Clinic(
-        engine, resources, resources["archives"].get_store(), sid, summary.user_ids[sid][0]
-    )
+def _seed_clinic(request: pytest.FixtureRequest, backends: Backends) -> tuple[Platform, Clinic]:
+    """A seeded clinic on `backends`, its files and archives in folders."""
+    platform = open_platform(request, backends)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=5)
+    return platform, clinic
 
 
 @dataclass
@@ -322,12 +245,12 @@ class Ran:
     retried_steps: list[str]  # one item per retry, by step key
 
 
-def _run(clinic: Clinic) -> Ran:
-    request_id = file_backup_request(
-        clinic.engine, subscription_id=clinic.subscription_id, user_id=clinic.user_id
-    )
+def _run(platform: Platform, clinic: Clinic) -> Ran:
+    request_id = platform.file_request(clinic)
     with dg.instance_for_test() as instance:
-        outcome = execute_request(instance, clinic.resources, request_id, clinic.subscription_id)
+        outcome = execute_request(
+            instance, platform.resources(), request_id, clinic.subscription_id
+        )
         retries = instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
     return Ran(outcome, [event.step_key for event in retries])
 
@@ -340,31 +263,31 @@ def _attempts(endpoint: SendGridEndpoint, key: str) -> list[int | None]:
 
 
 def test_mail_throttled_then_accepted_sends_exactly_one_email(
-    tmp_path: Path, sendgrid_endpoint: SendGridEndpoint
+    request: pytest.FixtureRequest, sendgrid_endpoint: SendGridEndpoint
 ):
-    clinic = _seed_clinic(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", sendgrid_endpoint.url)
+    platform, clinic = _seed_clinic(request, WITH_SENDGRID)
     sendgrid_endpoint.script([429])
 
-    ran = _run(clinic)
+    ran = _run(platform, clinic)
 
     request_id = ran.outcome.request_id
     assert ran.outcome.success and ran.outcome.request_status == "delivered"
     assert ran.retried_steps == ["deliver_backup"]
     assert _attempts(sendgrid_endpoint, f"backup-{request_id}-delivered") == [429, 202]
     (sent,) = read_sendgrid(sendgrid_endpoint)
-    with clinic.engine.connect() as conn:
+    with platform.engine.connect() as conn:
         request = db.get_request(conn, request_id)
     assert sent.message_id == request.email_message_id
     assert request.archive_sha256 in sent.text
 
 
 def test_mail_refused_for_good_fails_the_request_once_and_tells_support(
-    tmp_path: Path, sendgrid_endpoint: SendGridEndpoint
+    request: pytest.FixtureRequest, sendgrid_endpoint: SendGridEndpoint
 ):
-    clinic = _seed_clinic(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", sendgrid_endpoint.url)
+    platform, clinic = _seed_clinic(request, WITH_SENDGRID)
     sendgrid_endpoint.script([400])  # e.g. the requester's address is not deliverable
 
-    ran = _run(clinic)
+    ran = _run(platform, clinic)
 
     request_id = ran.outcome.request_id
     assert not ran.outcome.success and ran.outcome.request_status == "failed"
@@ -373,7 +296,7 @@ def test_mail_refused_for_good_fails_the_request_once_and_tells_support(
     alerts = [
         m for m in read_sendgrid(sendgrid_endpoint) if m.key == f"backup-{request_id}-failure-alert"
     ]
-    assert [m.to for m in alerts] == [clinic.resources["mailer"].support_email]
+    assert [m.to for m in alerts] == [platform.resources()["mailer"].support_email]
 
 
 # --- the platform database dropping a read -----------------------------------------------------
@@ -381,9 +304,9 @@ def test_mail_refused_for_good_fails_the_request_once_and_tells_support(
 
 @pytest.mark.postgres
 def test_a_connection_dropped_mid_read_is_retried_and_the_workbook_has_every_row_once(
-    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
-    clinic = _seed_clinic(tmp_path, postgres_url, (tmp_path / "outbox").as_uri())
+    platform, clinic = _seed_clinic(request, ON_POSTGRES)
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     dataset = consultations.DATASET
     real_extract = dataset.extract
@@ -412,19 +335,19 @@ def test_a_connection_dropped_mid_read_is_retried_and_the_workbook_has_every_row
 
     monkeypatch.setattr(dataset, "extract", extract_then_drop)
     try:
-        ran = _run(clinic)
+        ran = _run(platform, clinic)
     finally:
         admin.dispose()
 
     assert rows_before_drop == [3]
     assert ran.outcome.success and ran.outcome.request_status == "delivered"
     assert ran.retried_steps == [f"export_{dataset.name}"]
-    with clinic.engine.connect() as conn:
+    with platform.engine.connect() as conn:
         request = db.get_request(conn, ran.outcome.request_id)
         listed = dataset.query(clinic.subscription_id).subquery()
         expected = sorted(conn.execute(select(listed.c.consultation_id)).scalars())
     assert len(expected) > 10 * rows_before_drop[0]
-    with zipfile.ZipFile(io.BytesIO(clinic.archives.get_bytes(request.archive_key))) as zf:
+    with zipfile.ZipFile(io.BytesIO(platform.archives.get_bytes(request.archive_key))) as zf:
         book = load_workbook(io.BytesIO(zf.read(dataset.archive_path)), read_only=True)
     sheet = book.worksheets[0]
     header = next(sheet.iter_rows(max_row=1, values_only=True))

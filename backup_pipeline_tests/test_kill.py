@@ -27,16 +27,11 @@ from pathlib import Path
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-from sqlalchemy import Engine, create_engine
 
 from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
-from backup_pipeline.resources.storage import open_store
-from backup_pipeline.storage import ObjectStore
-from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.platform import Platform, build_platform
 
 REPO = Path(__file__).resolve().parent.parent
 PATIENTS = 12
@@ -135,63 +130,40 @@ raise SystemExit("the run finished without reaching the stage")
 """
 
 
-@dataclass
-class Clinic:
-    engine: Engine
-    env: dict[str, str]  # the deployment's environment, for the child and for the re-run
-    archives: ObjectStore
-    outbox: Path
-    request_id: int
-    workdir: Path
-
-    def request(self) -> db.BackupRequest:
-        with self.engine.connect() as conn:
-            request = db.get_request(conn, self.request_id)
-        assert request is not None
-        return request
-
-    def archives_made(self) -> list[str]:
-        return [info.key for info in self.archives.list("respaldos/")]
-
-    def emails(self) -> list[email.message.EmailMessage]:
-        return [
-            email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            for path in sorted(self.outbox.glob("*.eml"))
-        ]
+def emails(platform: Platform) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(platform.outbox.glob("*.eml"))
+    ]
 
 
-def _clinic(tmp_path: Path, archives_url: str | None = None) -> Clinic:
-    db_url = f"sqlite:///{tmp_path / 'platform.db'}"
-    engine = create_engine(db_url)
-    create_schema(engine)
-    env = {
-        "BACKUP_PLATFORM_DB_URL": db_url,
-        "BACKUP_FILES_URL": (tmp_path / "files").as_uri(),
-        "BACKUP_ARCHIVES_URL": archives_url or (tmp_path / "archives").as_uri(),
-        "BACKUP_MAIL_URL": (tmp_path / "outbox").as_uri(),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-    }
+def _platform(tmp_path: Path, archives_url: str | None = None) -> tuple[Platform, int]:
+    """A seeded clinic whose environment (`env`) also names a DAGSTER_HOME of its own, and the
+    request its owner filed."""
+    env = {"DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    if archives_url:
+        env["BACKUP_ARCHIVES_URL"] = archives_url
     (tmp_path / "dagster_home").mkdir()
-    summary = seed_platform(
-        engine, open_store(env["BACKUP_FILES_URL"]), profile="small", patients=PATIENTS, seed=3
-    )
-    sid = summary.subscription_ids[0]
-    request_id = file_backup_request(engine, subscription_id=sid, user_id=summary.user_ids[sid][0])
-    return Clinic(
-        engine=engine,
-        env=env,
-        archives=open_store(env["BACKUP_ARCHIVES_URL"]),
-        outbox=tmp_path / "outbox",
-        request_id=request_id,
-        workdir=tmp_path,
-    )
+    platform = build_platform(tmp_path, env=env)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=3)
+    return platform, platform.file_request(clinic)
 
 
 @pytest.fixture
-def clinic(tmp_path: Path) -> Iterator[Clinic]:
-    made = _clinic(tmp_path)
-    yield made
-    made.engine.dispose()
+def filed(tmp_path: Path) -> Iterator[tuple[Platform, int]]:
+    platform, request_id = _platform(tmp_path)
+    yield platform, request_id
+    platform.close()
+
+
+@pytest.fixture
+def platform(filed: tuple[Platform, int]) -> Platform:
+    return filed[0]
+
+
+@pytest.fixture
+def request_id(filed: tuple[Platform, int]) -> int:
+    return filed[1]
 
 
 @dataclass
@@ -204,21 +176,23 @@ class Stopped:
         assert self.process.wait(timeout=30) == -signal.SIGKILL
 
 
-def _run_until(clinic: Clinic, stage: str, extra_env: dict[str, str] | None = None) -> Stopped:
+def _run_until(
+    platform: Platform, request_id: int, stage: str, extra_env: dict[str, str] | None = None
+) -> Stopped:
     """Start the request's run in a child process and return once it stands still at stage."""
-    marker = clinic.workdir / f"at-{stage}.json"
-    log = (clinic.workdir / f"child-{stage}.log").open("wb")
+    marker = platform.root / f"at-{stage}.json"
+    log = (platform.root / f"child-{stage}.log").open("wb")
     env = {
         **os.environ,
-        **clinic.env,
+        **platform.env,
         **(extra_env or {}),
         "PYTHONPATH": str(REPO),
         "BACKUP_RETRY_DELAY_SECONDS": "0.1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, stage, str(clinic.request_id), str(marker)],
+        [sys.executable, "-c", CHILD, stage, str(request_id), str(marker)],
         env=env,
-        cwd=clinic.workdir,
+        cwd=platform.root,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -230,86 +204,94 @@ def _run_until(clinic: Clinic, stage: str, extra_env: dict[str, str] | None = No
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            tail = (clinic.workdir / f"child-{stage}.log").read_text(errors="replace")[-3000:]
+            tail = (platform.root / f"child-{stage}.log").read_text(errors="replace")[-3000:]
             pytest.fail(f"the run never reached {stage} (exit {process.returncode}):\n{tail}")
         time.sleep(0.02)
     return Stopped(process, json.loads(marker.read_text()))
 
 
-def _rerun_as_support(clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in clinic.env.items():
+def _rerun_as_support(platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in platform.env.items():
         monkeypatch.setenv(name, value)
-    operations.run_request(clinic.request_id)
+    operations.run_request(request_id)
 
 
-def _assert_one_archive_and_one_email(clinic: Clinic) -> None:
-    request = clinic.request()
+def _assert_one_archive_and_one_email(platform: Platform, request_id: int) -> None:
+    request = platform.request(request_id)
     assert request.status == "delivered"
-    assert clinic.archives_made() == [request.archive_key]
-    data = clinic.archives.get_bytes(request.archive_key)
+    assert platform.archives_made() == [request.archive_key]
+    data = platform.archives.get_bytes(request.archive_key)
     report = verify_zip(io.BytesIO(data))
     assert report.ok, report.problems
     assert len(data) == request.archive_size_bytes
     assert hashlib.sha256(data).hexdigest() == request.archive_sha256
-    (sent,) = clinic.emails()
+    (sent,) = emails(platform)
     # The one email describes the archive that is there.
     assert request.archive_sha256 in sent.get_body(("plain",)).get_content()
     assert sent["Message-ID"] == request.email_message_id
 
 
-def _partial_files(clinic: Clinic) -> list[Path]:
-    return list((clinic.workdir / "archives" / "respaldos").rglob("*.bp-partial"))
+def _partial_files(platform: Platform) -> list[Path]:
+    return list((platform.root / "archives" / "respaldos").rglob("*.bp-partial"))
 
 
 @pytest.mark.slow
-def test_killed_while_rendering_workbooks(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
-    stopped = _run_until(clinic, "rendering")
+def test_killed_while_rendering_workbooks(
+    platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch
+):
+    stopped = _run_until(platform, request_id, "rendering")
     assert stopped.facts["workbook"].endswith(".xlsx")
     stopped.kill()
 
-    assert clinic.request().status == "running"
-    assert clinic.archives_made() == []
-    _rerun_as_support(clinic, monkeypatch)
-    _assert_one_archive_and_one_email(clinic)
+    assert platform.request(request_id).status == "running"
+    assert platform.archives_made() == []
+    _rerun_as_support(platform, request_id, monkeypatch)
+    _assert_one_archive_and_one_email(platform, request_id)
 
 
 @pytest.mark.slow
-def test_killed_while_writing_the_zip(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
-    stopped = _run_until(clinic, "zipping")
+def test_killed_while_writing_the_zip(
+    platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch
+):
+    stopped = _run_until(platform, request_id, "zipping")
     assert stopped.facts["zip_bytes"] > 0
     # The zip is being written: to a partial file beside its final key, not at it.
-    assert _partial_files(clinic)
-    assert clinic.archives_made() == []
+    assert _partial_files(platform)
+    assert platform.archives_made() == []
     stopped.kill()
 
-    assert clinic.archives_made() == []
-    _rerun_as_support(clinic, monkeypatch)
-    _assert_one_archive_and_one_email(clinic)
+    assert platform.archives_made() == []
+    _rerun_as_support(platform, request_id, monkeypatch)
+    _assert_one_archive_and_one_email(platform, request_id)
 
 
 @pytest.mark.slow
-def test_killed_after_the_upload_before_the_email(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
-    stopped = _run_until(clinic, "uploaded")
+def test_killed_after_the_upload_before_the_email(
+    platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch
+):
+    stopped = _run_until(platform, request_id, "uploaded")
     stopped.kill()
 
-    assert clinic.archives_made() == [stopped.facts["key"]]
-    assert clinic.emails() == []
-    _rerun_as_support(clinic, monkeypatch)
-    _assert_one_archive_and_one_email(clinic)
+    assert platform.archives_made() == [stopped.facts["key"]]
+    assert emails(platform) == []
+    _rerun_as_support(platform, request_id, monkeypatch)
+    _assert_one_archive_and_one_email(platform, request_id)
 
 
 @pytest.mark.slow
-def test_killed_after_the_email_before_delivered(clinic: Clinic, monkeypatch: pytest.MonkeyPatch):
-    stopped = _run_until(clinic, "emailed")
-    emailed = clinic.request()
+def test_killed_after_the_email_before_delivered(
+    platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch
+):
+    stopped = _run_until(platform, request_id, "emailed")
+    emailed = platform.request(request_id)
     assert emailed.status == "running" and emailed.email_sent_at is not None
     stopped.kill()
 
-    assert len(clinic.emails()) == 1
-    _rerun_as_support(clinic, monkeypatch)
-    _assert_one_archive_and_one_email(clinic)
+    assert len(emails(platform)) == 1
+    _rerun_as_support(platform, request_id, monkeypatch)
+    _assert_one_archive_and_one_email(platform, request_id)
     # What the clinic was told still holds: the same archive, the same expiry.
-    delivered = clinic.request()
+    delivered = platform.request(request_id)
     assert delivered.archive_sha256 == emailed.archive_sha256
     assert delivered.link_expires_at == emailed.link_expires_at
 
@@ -320,19 +302,20 @@ def test_killed_mid_upload_to_gcs_leaves_no_object_at_the_final_key(
 ):
     client = storage.Client(project=EMULATOR_PROJECT, credentials=AnonymousCredentials())
     bucket = client.create_bucket(f"bp-kill-{uuid.uuid4().hex[:12]}")
-    clinic = _clinic(tmp_path, archives_url=f"gs://{bucket.name}/backups")
+    platform, request_id = _platform(tmp_path, archives_url=f"gs://{bucket.name}/backups")
     chunk = 256 * 1024
 
     stopped = _run_until(
-        clinic,
+        platform,
+        request_id,
         "zipping",
         {"KILL_TEST_GCS_CHUNK": str(chunk), "KILL_TEST_ZIP_BYTES": str(2 * chunk)},
     )
     # Several chunks of the zip are in GCS's upload session by now.
     assert stopped.facts["zip_bytes"] > 2 * chunk
-    assert clinic.archives_made() == []
+    assert platform.archives_made() == []
     stopped.kill()
 
-    assert clinic.archives_made() == []
+    assert platform.archives_made() == []
     assert not list(client.list_blobs(bucket, prefix="backups/respaldos/"))
-    clinic.engine.dispose()
+    platform.close()
