@@ -33,7 +33,7 @@ from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.platform import Platform, build_platform
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PATIENTS = 12
 # Long enough for a cold Python to import Dagster and get there on a busy CI machine; a run
 # that takes longer is a failure of its own.

@@ -34,7 +34,7 @@ from backup_pipeline.cfdi import (
     parse_cfdi,
 )
 
-SAMPLES = Path(__file__).parent / "data" / "cfdi"
+SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
 
 FIXED_PROBLEMS = {
     PROBLEM_BROKEN,

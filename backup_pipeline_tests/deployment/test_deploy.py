@@ -17,7 +17,7 @@ import yaml
 
 from backup_pipeline import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 # The keys of Dagster's Helm chart, from its schema (dagster-io/dagster,

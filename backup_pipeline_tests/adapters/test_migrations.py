@@ -18,8 +18,8 @@ from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 
-SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[2] / "shared" / "platform" / "schema.sql"
-COPIED_SCHEMA_SQL = Path(__file__).resolve().parent / "data" / "platform_schema.sql"
+SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[3] / "shared" / "platform" / "schema.sql"
+COPIED_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "data" / "platform_schema.sql"
 PLATFORM_NAMES = sorted(table.name for table in t.PLATFORM_TABLES)
 OUR_NAMES = {table.name for table in t.OUR_TABLES}
 

@@ -29,7 +29,7 @@ from backup_pipeline.sensors import evaluate_pending_requests
 from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG, run_tags
 from backup_pipeline_tests.support.location import backup_request_sensor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTANCE_CONFIGS = [REPO / "dagster.yaml", REPO / "deploy" / "dagster.yaml"]
 NOW = datetime(2026, 3, 2, 12, 0)
 SUBSCRIPTIONS = 200

@@ -9,7 +9,7 @@ from pathlib import Path
 import coverage
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_coverage_reads_its_configuration_from_setup_cfg(monkeypatch: pytest.MonkeyPatch):

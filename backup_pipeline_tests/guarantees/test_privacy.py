@@ -46,7 +46,7 @@ from backup_pipeline_tests.support.signing import (
     service_account_info,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIGNER = "backup-archives@clinic-platform.iam.gserviceaccount.com"
 # Words of the synthetic "patient without data" that are the product's own vocabulary too.
 GENERIC_WORDS = {"paciente", "datos"}

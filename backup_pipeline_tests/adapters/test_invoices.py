@@ -20,7 +20,7 @@ from backup_pipeline.datasets.base import ExtractContext, Kind
 from backup_pipeline.datasets.invoices import ISSUED, PROBLEM_XML_MISSING, RECEIVED
 from backup_pipeline.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
-SAMPLES = Path(__file__).parent / "data" / "cfdi"
+SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
 CREATED = datetime(2025, 1, 1)
 
 UUID_INGRESO = "A1D3E6C1-580A-4265-BF6F-A682314EDCA4"

@@ -11,10 +11,10 @@ from backup_pipeline import migrations, tables
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
 
-SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[2] / "shared" / "platform" / "schema.sql"
+SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[3] / "shared" / "platform" / "schema.sql"
 # A copy kept with the tests, so the comparison runs wherever the repository is cloned alone;
 # test_the_copy_of_schema_sql_is_current keeps it equal to the platform's own.
-COPIED_SCHEMA_SQL = Path(__file__).resolve().parent / "data" / "platform_schema.sql"
+COPIED_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "data" / "platform_schema.sql"
 
 
 def _schema_sql() -> str:

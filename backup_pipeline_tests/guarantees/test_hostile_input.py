@@ -42,6 +42,7 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.workbook import render_workbook
+from backup_pipeline_tests.rules.test_archive_names import assert_safe
 from backup_pipeline_tests.support.platform import (
     EVERY_DATABASE,
     WORKBOOKS,
@@ -49,10 +50,9 @@ from backup_pipeline_tests.support.platform import (
     Platform,
     build_platform,
 )
-from backup_pipeline_tests.test_archive_names import assert_safe
 
 MiB = 1024 * 1024
-SAMPLES = Path(__file__).parent / "data" / "cfdi"
+SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
 SAMPLE_UUID = "A1D3E6C1-580A-4265-BF6F-A682314EDCA4"  # the UUID inside cfdi40_ingreso.xml
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NOW = datetime(2026, 3, 2, 15, 0)

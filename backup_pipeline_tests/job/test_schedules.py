@@ -20,8 +20,7 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import Mailer, MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
-from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Platform
-from backup_pipeline_tests.test_housekeeping import (
+from backup_pipeline_tests.job.test_housekeeping import (
     NOW,
     SENDER,
     SUPPORT,
@@ -29,8 +28,9 @@ from backup_pipeline_tests.test_housekeeping import (
     add_three_clinics,
     sent_emails,
 )
+from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Platform
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TICK = NOW.replace(tzinfo=UTC)  # what the daemon passes: an aware datetime in the schedule's zone
 
 

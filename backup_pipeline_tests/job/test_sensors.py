@@ -255,7 +255,7 @@ def test_a_backlog_of_ten_thousand_is_reviewed_in_bounded_batches(platform: Plat
     assert decisions == {"accepted": 2_000, "rejected": 8_000}
 
 
-PRODUCTION_INSTANCE = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+PRODUCTION_INSTANCE = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 
 
 def test_sensor_tick_and_backup_on_a_dagster_instance_stored_in_postgres(

@@ -1,0 +1,1 @@
+"""The adapters against every backend: storage, mail, the platform database and its datasets."""

@@ -1,0 +1,1 @@
+"""What deploys: the Helm values, the image and Job commands, the coverage configuration."""

@@ -1,0 +1,1 @@
+"""The README's guarantees under faults, kills, hostile input, load, and for privacy."""

@@ -1,0 +1,1 @@
+"""The orchestration end to end: the backup job, its sensors and schedules, housekeeping, support CLI."""
