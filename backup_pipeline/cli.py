@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backup_pipeline.settings import Settings, dagster_home
+
+if TYPE_CHECKING:
+    from backup_pipeline.operations import ProcessOutcome
 
 
 def _ensure_dagster_home() -> Path:
@@ -110,32 +114,30 @@ def cmd_prepare_instance(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
+    """Runs on the embedded instance; exit 1 if one failed, 2 if our tables are behind."""
     from backup_pipeline.migrations import SchemaBehind
-    from backup_pipeline.operations import process_pending
 
     _ensure_dagster_home()
     try:
-        outcome = process_pending(limit=args.limit)
+        outcome = start_runs()
     except SchemaBehind as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(outcome.summary())
     return 0 if outcome.ok else 1
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import process_pending
+
+    return _report_runs(lambda: process_pending(limit=args.limit))
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.migrations import SchemaBehind
     from backup_pipeline.operations import run_request
 
-    _ensure_dagster_home()
-    try:
-        outcome = run_request(args.request_id)
-    except SchemaBehind as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(outcome.summary())
-    return 0 if outcome.ok else 1
+    return _report_runs(lambda: run_request(args.request_id))
 
 
 def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:

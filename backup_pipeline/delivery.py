@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from backup_pipeline import mail
 from backup_pipeline.archive.assembly import AssembledArchive
@@ -92,14 +92,9 @@ def deliver(
     else:
         expires_at = db.utcnow() + link_ttl
     with engine.begin() as conn:
-        db.record_archive(
-            conn,
-            request_id,
-            archive_key=result.key,
-            size=result.size,
-            sha256=result.sha256,
-            link_expires_at=expires_at,
-        )
+        # Before the email: a request that then fails still names its archive, which
+        # housekeeping deletes when the link would have expired.
+        _record_archive(conn, request_id, result, expires_at)
     if not already_emailed:
         link = store.signed_url(result.key, link_ttl, archive.download_name)
         _send_link(
@@ -205,15 +200,21 @@ def _send_link(
     )
     message_id = send_or_refuse(mailer, email)
     with engine.begin() as conn:
-        db.record_archive(
-            conn,
-            request_id,
-            archive_key=result.key,
-            size=result.size,
-            sha256=result.sha256,
-            link_expires_at=expires_at,
-        )
+        _record_archive(conn, request_id, result, expires_at)
         db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id=message_id)
+
+
+def _record_archive(
+    conn: Connection, request_id: int, result: ArchiveResult, expires_at: datetime
+) -> None:
+    db.record_archive(
+        conn,
+        request_id,
+        archive_key=result.key,
+        size=result.size,
+        sha256=result.sha256,
+        link_expires_at=expires_at,
+    )
 
 
 def link_email(

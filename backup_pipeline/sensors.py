@@ -57,6 +57,30 @@ def _schema_behind(
     return bool(behind)
 
 
+def _fail_request_of_run(
+    context: dg.RunStatusSensorContext,
+    platform_db: PlatformDatabaseResource,
+    mailer: MailerResource,
+    archives: ObjectStoreResource,
+    step: str | None,
+    error_class: str | None,
+) -> None:
+    tags = context.dagster_run.tags
+    # The partition names the request too, for a run launched from the UI without our tags.
+    request_id = tags.get(REQUEST_TAG) or tags.get("dagster/partition")
+    if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
+        return
+    fail_request(
+        platform_db.get_engine(),
+        mailer,
+        request_id=int(request_id),
+        run_id=context.dagster_run.run_id,
+        step=step,
+        error_class=error_class,
+        archives=archives.get_store(),
+    )
+
+
 def _failed_step(context: dg.RunFailureSensorContext) -> tuple[str | None, str | None]:
     for event in context.get_step_failure_events():
         error = event.event_specific_data.error if event.event_specific_data else None
@@ -104,21 +128,8 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        request_id = context.dagster_run.tags.get(REQUEST_TAG) or context.dagster_run.tags.get(
-            "dagster/partition"
-        )
-        if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
-            return
         step, error_class = _failed_step(context)
-        fail_request(
-            platform_db.get_engine(),
-            mailer,
-            request_id=int(request_id),
-            run_id=context.dagster_run.run_id,
-            step=step,
-            error_class=error_class,
-            archives=archives.get_store(),
-        )
+        _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.CANCELED,
@@ -135,17 +146,6 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        request_id = context.dagster_run.tags.get(REQUEST_TAG)
-        if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
-            return
-        fail_request(
-            platform_db.get_engine(),
-            mailer,
-            request_id=int(request_id),
-            run_id=context.dagster_run.run_id,
-            step=None,
-            error_class="RunCanceled",
-            archives=archives.get_store(),
-        )
+        _fail_request_of_run(context, platform_db, mailer, archives, None, "RunCanceled")
 
     return [backup_request_sensor, backup_failure_sensor, backup_canceled_sensor]

@@ -127,8 +127,6 @@ ENCOUNTERS: tuple[Encounter, ...] = (
               "M54.5", "Lumbago no especificado", "Naproxeno 250 mg c/12 h; calor local.", "Bueno", min_age=18),
 )  # fmt: skip
 
-PROGNOSES = ("Bueno", "Favorable", "Reservado", "Bueno para la función", "Malo")
-
 
 @dataclass(frozen=True)
 class Procedure:

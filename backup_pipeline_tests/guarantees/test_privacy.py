@@ -286,7 +286,8 @@ def test_the_ui_shows_neither_the_api_key_nor_the_database_password(
         monkeypatch.setenv(name, value)
 
     # The code location as `dagster dev` loads it, in a namespace of its own.
-    defs = runpy.run_module("backup_pipeline.definitions")["defs"]
+    # `defs` is lazy (@dg.definitions): Dagster calls it when it loads the location.
+    defs = runpy.run_module("backup_pipeline.definitions")["defs"]()
     # What the webserver is sent about the code location: jobs, sensors, resources and their config.
     snapshot = dg.serialize_value(RepositorySnap.from_def(defs.get_repository_def()))
 
