@@ -645,7 +645,10 @@ def worker_sensor(args: argparse.Namespace) -> dict[str, Any]:
     tick = evaluate_pending_requests(resource_, limit=count)
     report["tick_limit_all_s"] = round(time.perf_counter() - started, 3)
     report["tick_limit_all_runs"] = len(tick.run_requests or [])
-    for label, limit in (("review_limit_all", count), ("review_default_batch", Settings.from_env().sensor_batch)):
+    for label, limit in (
+        ("review_limit_all", count),
+        ("review_default_batch", Settings.from_env().sensor_batch),
+    ):
         reset()
         started = time.perf_counter()
         result = review_pending(engine, limit=limit)
