@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -134,108 +134,6 @@ def archive_stem(uuid: str | None, row_id: int) -> str:
     if kept != wanted:
         return f"{kept}_{int(row_id)}"
     return kept
-
-
-# --- SAT catalogues: code -> "code - description" for the report ------------------------------
-
-TIPO_COMPROBANTE = {
-    "I": "Ingreso",
-    "E": "Egreso",
-    "T": "Traslado",
-    "N": "Nómina",
-    "P": "Pago",
-}
-
-METODO_PAGO = {
-    "PUE": "Pago en una sola exhibición",
-    "PPD": "Pago en parcialidades o diferido",
-}
-
-# c_FormaPago
-FORMA_PAGO = {
-    "01": "Efectivo",
-    "02": "Cheque nominativo",
-    "03": "Transferencia electrónica de fondos",
-    "04": "Tarjeta de crédito",
-    "05": "Monedero electrónico",
-    "06": "Dinero electrónico",
-    "08": "Vales de despensa",
-    "12": "Dación en pago",
-    "13": "Pago por subrogación",
-    "14": "Pago por consignación",
-    "15": "Condonación",
-    "17": "Compensación",
-    "23": "Novación",
-    "24": "Confusión",
-    "25": "Remisión de deuda",
-    "26": "Prescripción o caducidad",
-    "27": "A satisfacción del acreedor",
-    "28": "Tarjeta de débito",
-    "29": "Tarjeta de servicios",
-    "30": "Aplicación de anticipos",
-    "31": "Intermediario pagos",
-    "99": "Por definir",
-}
-
-# c_UsoCFDI (4.0, plus P01 which 3.3 still allowed)
-USO_CFDI = {
-    "G01": "Adquisición de mercancías",
-    "G02": "Devoluciones, descuentos o bonificaciones",
-    "G03": "Gastos en general",
-    "I01": "Construcciones",
-    "I02": "Mobiliario y equipo de oficina por inversiones",
-    "I03": "Equipo de transporte",
-    "I04": "Equipo de computo y accesorios",
-    "I05": "Dados, troqueles, moldes, matrices y herramental",
-    "I06": "Comunicaciones telefónicas",
-    "I07": "Comunicaciones satelitales",
-    "I08": "Otra maquinaria y equipo",
-    "D01": "Honorarios médicos, dentales y gastos hospitalarios",
-    "D02": "Gastos médicos por incapacidad o discapacidad",
-    "D03": "Gastos funerales",
-    "D04": "Donativos",
-    "D05": "Intereses reales efectivamente pagados por créditos hipotecarios (casa habitación)",
-    "D06": "Aportaciones voluntarias al SAR",
-    "D07": "Primas por seguros de gastos médicos",
-    "D08": "Gastos de transportación escolar obligatoria",
-    "D09": "Depósitos en cuentas para el ahorro, primas que tengan como base planes de pensiones",
-    "D10": "Pagos por servicios educativos (colegiaturas)",
-    "S01": "Sin efectos fiscales",
-    "CP01": "Pagos",
-    "CN01": "Nómina",
-    "P01": "Por definir",
-}
-
-# c_RegimenFiscal
-REGIMEN_FISCAL = {
-    "601": "General de Ley Personas Morales",
-    "603": "Personas Morales con Fines no Lucrativos",
-    "605": "Sueldos y Salarios e Ingresos Asimilados a Salarios",
-    "606": "Arrendamiento",
-    "607": "Régimen de Enajenación o Adquisición de Bienes",
-    "608": "Demás ingresos",
-    "610": "Residentes en el Extranjero sin Establecimiento Permanente en México",
-    "611": "Ingresos por Dividendos (socios y accionistas)",
-    "612": "Personas Físicas con Actividades Empresariales y Profesionales",
-    "614": "Ingresos por intereses",
-    "615": "Régimen de los ingresos por obtención de premios",
-    "616": "Sin obligaciones fiscales",
-    "620": "Sociedades Cooperativas de Producción que optan por diferir sus ingresos",
-    "621": "Incorporación Fiscal",
-    "622": "Actividades Agrícolas, Ganaderas, Silvícolas y Pesqueras",
-    "623": "Opcional para Grupos de Sociedades",
-    "624": "Coordinados",
-    "625": "Régimen de las Actividades Empresariales con ingresos a través de Plataformas Tecnológicas",
-    "626": "Régimen Simplificado de Confianza",
-}
-
-
-def describe(code: str | None, catalogue: Mapping[str, str]) -> str | None:
-    """'G03' -> 'G03 - Gastos en general'; an unknown code is shown as written."""
-    if code is None:
-        return None
-    name = catalogue.get(code.strip().upper())
-    return f"{code.strip().upper()} - {name}" if name else code
 
 
 # --- Parsing ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
-from backup_pipeline import cfdi
+from backup_pipeline import cfdi, sat_catalogs
 from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_planned_files
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
@@ -194,13 +194,13 @@ def report_row(
         "version": record.version,
         "emisor_rfc": record.emisor_rfc,
         "emisor_nombre": record.emisor_nombre,
-        "emisor_regimen": cfdi.describe(record.emisor_regimen, cfdi.REGIMEN_FISCAL),
+        "emisor_regimen": sat_catalogs.describe_regimen(record.emisor_regimen),
         "receptor_rfc": record.receptor_rfc,
         "receptor_nombre": record.receptor_nombre,
-        "uso_cfdi": cfdi.describe(record.uso_cfdi, cfdi.USO_CFDI),
-        "tipo": cfdi.describe(record.tipo, cfdi.TIPO_COMPROBANTE),
-        "forma_pago": cfdi.describe(record.forma_pago, cfdi.FORMA_PAGO),
-        "metodo_pago": cfdi.describe(record.metodo_pago, cfdi.METODO_PAGO),
+        "uso_cfdi": sat_catalogs.describe_uso_cfdi(record.uso_cfdi),
+        "tipo": sat_catalogs.describe_tipo_comprobante(record.tipo),
+        "forma_pago": sat_catalogs.describe_forma_pago(record.forma_pago),
+        "metodo_pago": sat_catalogs.describe_metodo_pago(record.metodo_pago),
         "moneda": record.moneda,
         "tipo_cambio": record.tipo_cambio,
         "subtotal": record.subtotal,

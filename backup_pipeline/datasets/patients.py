@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, case, select
 
+from backup_pipeline import sat_catalogs
 from backup_pipeline.datasets.base import Column, Kind
 from backup_pipeline.datasets.query import PATIENT_COLUMNS, QueryDataset, patient_full_name
 from backup_pipeline.tables import patients as p
@@ -30,7 +31,7 @@ COLUMNS = (
     Column("state", "Estado"),
     Column("postal_code", "Código postal"),
     Column("country", "País"),
-    Column("tax_regime", "Régimen fiscal"),
+    Column("tax_regime", "Régimen fiscal", width=40),
     Column("tax_postal_code", "CP fiscal"),
     Column("blood_type", "Tipo de sangre"),
     Column("allergies", "Alergias"),
@@ -83,4 +84,6 @@ DATASET = QueryDataset(
     description="Pacientes: datos personales, de contacto y fiscales.",
     columns=COLUMNS,
     query=query,
+    # "616 - Sin obligaciones fiscales", as the invoice reports show the same catalogue.
+    decode={"tax_regime": sat_catalogs.describe_regimen},
 )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
@@ -27,11 +28,19 @@ class QueryDataset:
     description: str
     columns: tuple[Column, ...]
     query: Callable[[int], Select]
+    # Per column, what SQL cannot portably do to a value (e.g. decode a SAT catalogue code).
+    decode: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
     def extract(self, ctx: ExtractContext) -> Extraction:
-        return Extraction(
-            columns=self.columns, chunks=stream_query(self.query(ctx.subscription_id), ctx)
-        )
+        chunks = stream_query(self.query(ctx.subscription_id), ctx)
+        if self.decode:
+            chunks = (self._decoded(chunk) for chunk in chunks)
+        return Extraction(columns=self.columns, chunks=chunks)
+
+    def _decoded(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        for key, decode in self.decode.items():
+            chunk[key] = [None if pd.isna(v) else decode(v) for v in chunk[key].tolist()]
+        return chunk
 
 
 def stream_query(statement: Select, ctx: ExtractContext) -> Iterator[pd.DataFrame]:

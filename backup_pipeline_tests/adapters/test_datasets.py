@@ -281,7 +281,9 @@ def test_patients_have_every_column_in_spanish(clinic_conn: Connection, tmp_path
         "Teléfono": "5555555555", "Celular": "5511111111", "Calle": "Av. Juárez",
         "Número exterior": "10", "Número interior": "3B", "Colonia": "Centro",
         "Municipio/Alcaldía": "Cuauhtémoc", "Estado": "Ciudad de México", "Código postal": "06000",
-        "País": "México", "Régimen fiscal": "605", "CP fiscal": "06000", "Tipo de sangre": "O+",
+        "País": "México",
+        "Régimen fiscal": "605 - Sueldos y Salarios e Ingresos Asimilados a Salarios",
+        "CP fiscal": "06000", "Tipo de sangre": "O+",
         "Alergias": "Penicilina", "Notas": "Paciente puntual",
         "Fecha de registro": datetime(2026, 1, 15, 0, 30), "Última actualización": datetime(2026, 2, 1, 12, 0),
     }  # fmt: skip

@@ -18,7 +18,6 @@ from lxml import etree
 
 from backup_pipeline import cfdi
 from backup_pipeline.cfdi import (
-    FORMA_PAGO,
     MAX_CFDI_BYTES,
     PROBLEM_BROKEN,
     PROBLEM_EMPTY,
@@ -26,11 +25,9 @@ from backup_pipeline.cfdi import (
     PROBLEM_NO_STAMP,
     PROBLEM_NOT_CFDI,
     PROBLEM_TOO_LARGE,
-    USO_CFDI,
     CfdiRecord,
     cfdi_archive_paths,
     compare_uuid,
-    describe,
     parse_cfdi,
 )
 
@@ -494,11 +491,3 @@ def test_any_uuid_gives_a_path_inside_its_folder(uuid, row_id):
 def test_unknown_direction_is_a_programming_error():
     with pytest.raises(ValueError, match="direction"):
         cfdi_archive_paths("gastos", "ABC", 1, False)
-
-
-def test_catalogue_codes_are_shown_with_their_spanish_description():
-    assert describe("G03", USO_CFDI) == "G03 - Gastos en general"
-    assert describe("D01", USO_CFDI) == "D01 - Honorarios médicos, dentales y gastos hospitalarios"
-    assert describe("28", FORMA_PAGO) == "28 - Tarjeta de débito"
-    assert describe("ZZ9", USO_CFDI) == "ZZ9"
-    assert describe(None, USO_CFDI) is None
