@@ -234,14 +234,21 @@ def alert_late_requests(
 # --- 5. Quota windows ---------------------------------------------------------------------
 
 
-def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> int:
-    """Rewrite backup_quota_windows for every subscription with a request, as seen at `now`.
+@dataclass(frozen=True)
+class QuotaRepair:
+    written: int
+    corrected: int  # rows that were wrong or missing: 0 when every change kept them current
+
+
+def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> QuotaRepair:
+    """Re-derive backup_quota_windows for every subscription with a request, as seen at `now`: a
+    repair pass, since each change that counts already updates its subscription's window.
 
     Subscriptions are walked in id order, `batch` at a time; each batch replaces the rows of its
     id range in one transaction, which also drops rows of subscriptions in that range that no
-    longer have any request. Returns how many rows were written.
+    longer have any request.
     """
-    written = 0
+    written = corrected = 0
     after: int | None = None
     while True:
         with engine.begin() as conn:
@@ -249,13 +256,15 @@ def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> in
             history = db.request_history(conn, subscription_ids)
             windows = {sid: quota_window(history[sid], now) for sid in subscription_ids}
             full_page = len(subscription_ids) == batch
-            written += db.replace_quota_windows(
+            page_written, page_corrected = db.replace_quota_windows(
                 conn,
                 after=after,
                 through=subscription_ids[-1] if full_page else None,
                 windows=windows,
                 now=now,
             )
+            written += page_written
+            corrected += page_corrected
         if not full_page:
-            return written
+            return QuotaRepair(written, corrected)
         after = subscription_ids[-1]

@@ -23,10 +23,12 @@ REISSUE_AFTER = timedelta(minutes=10)
 class AcceptedRequest:
     id: int
     subscription_id: int
+    # Dagster launches one run per run key: a re-run by support comes with a new one.
+    stored_run_key: str | None = None
 
     @property
     def run_key(self) -> str:
-        return f"backup-request-{self.id}"
+        return self.stored_run_key or f"backup-request-{self.id}"
 
     @property
     def partition_key(self) -> str:
@@ -87,11 +89,22 @@ def review_pending(
             if decision.accepted:
                 accepted = AcceptedRequest(request.id, request.subscription_id)
                 result.accepted.append(accepted)
-                reviews.append(db.Review(request.id, True, None, None, accepted.run_key))
+                reviews.append(
+                    db.Review(
+                        request.id, request.subscription_id, True, None, None, accepted.run_key
+                    )
+                )
             else:
                 statuses[request.id] = RequestStatus.REJECTED
                 reviews.append(
-                    db.Review(request.id, False, decision.reason_code, decision.status_detail, None)
+                    db.Review(
+                        request.id,
+                        request.subscription_id,
+                        False,
+                        decision.reason_code,
+                        decision.status_detail,
+                        None,
+                    )
                 )
                 code = decision.reason_code or "unknown"
                 result.rejected[code] = result.rejected.get(code, 0) + 1
@@ -111,4 +124,4 @@ def accepted_but_not_started(
     now = now or db.utcnow()
     with engine.connect() as conn:
         rows = db.accepted_not_started(conn, reviewed_before=now - older_than, limit=limit)
-    return [AcceptedRequest(request_id, subscription_id) for request_id, subscription_id in rows]
+    return [AcceptedRequest(request_id, sid, run_key) for request_id, sid, run_key in rows]

@@ -39,6 +39,42 @@ RUNNABLE_STATUSES: frozenset[RequestStatus] = frozenset(
 )
 
 
+class RequestEvent(StrEnum):
+    """A change of a request's state, as the audit trail (backup_request_events) names it."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    RUNNING = "running"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # its run was cancelled: the request failed
+    LINK_RESENT = "link_resent"
+    RERUN = "rerun"  # support sent a failed request back to the queue
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who changed a request: the request sensor, a run, housekeeping, or support (with their
+    stated reason). Never a person's name: support acts through Dagster, which knows who."""
+
+    kind: str  # 'sensor' | 'run' | 'housekeeping' | 'support'
+    run_id: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def run(cls, run_id: str) -> Actor:
+        return cls("run", run_id=run_id)
+
+    @classmethod
+    def support(cls, reason: str, run_id: str | None = None) -> Actor:
+        return cls("support", run_id=run_id, reason=reason)
+
+
+SENSOR = Actor("sensor")
+HOUSEKEEPING = Actor("housekeeping")
+
+
 @dataclass(frozen=True)
 class BackupRequest:
     """One row of backup_requests; every timestamp naive UTC."""

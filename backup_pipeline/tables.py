@@ -284,4 +284,30 @@ backup_request_reviews = Table(
     Column("reviewed_at", TIMESTAMP, nullable=False),
 )
 
-OUR_TABLES = (backup_quota_windows, backup_alerts, backup_request_reviews)
+backup_request_events = Table(
+    "backup_request_events",
+    metadata,
+    # The audit trail (PRODUCT.md): append-only, one row per change of a request's state, written
+    # in the transaction that makes the change. Ids and words only, never patient data.
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("request_id", BigInteger, nullable=False),
+    Column("subscription_id", BigInteger, nullable=False),
+    Column("occurred_at", TIMESTAMP, nullable=False),
+    Column("event", Text, nullable=False),  # request_state.RequestEvent
+    Column("actor", Text, nullable=False),  # 'sensor' | 'run' | 'support' | 'housekeeping'
+    Column("run_id", Text),  # the run that made the change, or that support acted on
+    Column("reason", Text),  # support's stated reason
+    Column("detail", Text),  # e.g. a rejection's reason code, a quota override
+)
+Index(
+    "ix_backup_request_events_request",
+    backup_request_events.c.request_id,
+    backup_request_events.c.id,
+)
+
+OUR_TABLES = (backup_quota_windows, backup_alerts, backup_request_reviews, backup_request_events)

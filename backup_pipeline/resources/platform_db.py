@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -34,18 +35,23 @@ from sqlalchemy.pool import NullPool
 from backup_pipeline import tables as t
 from backup_pipeline.checks import RequestUnderReview
 from backup_pipeline.migrations import upgrade as upgrade_our_tables
-from backup_pipeline.quota import PastRequest, QuotaWindow
+from backup_pipeline.quota import PastRequest, QuotaWindow, quota_window
 from backup_pipeline.request_state import (
+    HOUSEKEEPING,
     OPEN_STATUSES,
     RUNNABLE_STATUSES,
+    SENSOR,
     WAITING_STATUSES,
+    Actor,
     BackupRequest,
     Requester,
+    RequestEvent,
     RequestStatus,
     Subscription,
 )
 
 IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
+RERUN_REASON = "support_rerun"  # backup_request_reviews.reason_code of a re-run by support
 
 
 def utcnow() -> datetime:
@@ -170,12 +176,37 @@ def _update_request(
     return result.rowcount == 1
 
 
+def _transition(
+    conn: Connection,
+    request_id: int,
+    only_if_status: frozenset[RequestStatus],
+    *,
+    event: RequestEvent,
+    actor: Actor,
+    detail: str | None = None,
+    **values: Any,
+) -> bool:
+    """Change a request's state, and in the same transaction append the change to the audit
+    trail and re-derive its subscription's quota window. False (nothing written) when the request
+    is not in one of `only_if_status`."""
+    if not _update_request(conn, request_id, only_if_status, **values):
+        return False
+    subscription_id = conn.execute(
+        select(t.backup_requests.c.subscription_id).where(t.backup_requests.c.id == request_id)
+    ).scalar_one()
+    append_event(conn, request_id, subscription_id, event, actor, detail)
+    refresh_quota_windows_of(conn, [subscription_id])
+    return True
+
+
 def mark_running(conn: Connection, request_id: int, run_id: str) -> bool:
     """pending (or failed, when support re-runs it) -> running. False if it is in another state."""
-    return _update_request(
+    return _transition(
         conn,
         request_id,
         RUNNABLE_STATUSES,
+        event=RequestEvent.RUNNING,
+        actor=Actor.run(run_id),
         status=RequestStatus.RUNNING,
         status_detail=None,
         started_at=utcnow(),
@@ -211,10 +242,12 @@ def record_archive(
 
 
 def mark_delivered(conn: Connection, request_id: int, run_id: str) -> bool:
-    return _update_request(
+    return _transition(
         conn,
         request_id,
         RUNNABLE_STATUSES,
+        event=RequestEvent.DELIVERED,
+        actor=Actor.run(run_id),
         status=RequestStatus.DELIVERED,
         status_detail=None,
         finished_at=utcnow(),
@@ -222,8 +255,18 @@ def mark_delivered(conn: Connection, request_id: int, run_id: str) -> bool:
     )
 
 
-def mark_failed(conn: Connection, request_id: int, *, reason: str, run_id: str | None) -> bool:
-    """Only an open request can fail; True when this call made it failed (notify once)."""
+def mark_failed(
+    conn: Connection,
+    request_id: int,
+    *,
+    reason: str,
+    run_id: str | None,
+    event: RequestEvent = RequestEvent.FAILED,
+    actor: Actor | None = None,
+    detail: str | None = None,
+) -> bool:
+    """Only an open request can fail; True when this call made it failed (notify once).
+    `reason` is what the clinic may read; `detail` (no patient data) is for the audit trail."""
     values: dict[str, Any] = {
         "status": RequestStatus.FAILED,
         "status_detail": reason,
@@ -231,13 +274,204 @@ def mark_failed(conn: Connection, request_id: int, *, reason: str, run_id: str |
     }
     if run_id is not None:
         values["run_id"] = run_id
-    return _update_request(conn, request_id, OPEN_STATUSES, **values)
-
-
-def mark_expired(conn: Connection, request_id: int) -> bool:
-    return _update_request(
-        conn, request_id, frozenset({RequestStatus.DELIVERED}), status=RequestStatus.EXPIRED
+    return _transition(
+        conn,
+        request_id,
+        OPEN_STATUSES,
+        event=event,
+        actor=actor or (Actor.run(run_id) if run_id else HOUSEKEEPING),
+        detail=detail,
+        **values,
     )
+
+
+def mark_expired(conn: Connection, request_id: int, actor: Actor = HOUSEKEEPING) -> bool:
+    return _transition(
+        conn,
+        request_id,
+        frozenset({RequestStatus.DELIVERED}),
+        event=RequestEvent.EXPIRED,
+        actor=actor,
+        status=RequestStatus.EXPIRED,
+    )
+
+
+def refuse_pending(conn: Connection, request_id: int, *, status_detail: str, actor: Actor) -> bool:
+    """pending -> rejected by support, with the reason the clinic reads."""
+    refused = _transition(
+        conn,
+        request_id,
+        frozenset({RequestStatus.PENDING}),
+        event=RequestEvent.REJECTED,
+        actor=actor,
+        status=RequestStatus.REJECTED,
+        status_detail=status_detail,
+        finished_at=utcnow(),
+    )
+    if refused:
+        # Remembered as reviewed, so the request sensor does not look at it again.
+        conn.execute(delete(t.backup_request_reviews).where(_review_of(request_id)))
+        conn.execute(
+            insert(t.backup_request_reviews).values(
+                request_id=request_id,
+                decision="rejected",
+                reason_code="refused_by_support",
+                run_key=None,
+                reviewed_at=utcnow(),
+            )
+        )
+    return refused
+
+
+def requeue_for_rerun(
+    conn: Connection, request_id: int, *, run_key: str, actor: Actor, detail: str | None
+) -> bool:
+    """failed -> pending, accepted for a new run under `run_key` (support's re-run): the request
+    sensor launches it on its next tick."""
+    requeued = _transition(
+        conn,
+        request_id,
+        frozenset({RequestStatus.FAILED}),
+        event=RequestEvent.RERUN,
+        actor=actor,
+        detail=detail,
+        status=RequestStatus.PENDING,
+        status_detail=None,
+        finished_at=None,
+    )
+    if requeued:
+        conn.execute(delete(t.backup_request_reviews).where(_review_of(request_id)))
+        conn.execute(
+            insert(t.backup_request_reviews).values(
+                request_id=request_id,
+                decision="accepted",
+                reason_code=RERUN_REASON,
+                run_key=run_key,
+                reviewed_at=utcnow(),
+            )
+        )
+    return requeued
+
+
+def record_link_resent(
+    conn: Connection, request_id: int, *, actor: Actor, link_expires_at: datetime
+) -> None:
+    """A new link went out for a delivered request: no change of state, one more audit event."""
+    subscription_id = conn.execute(
+        select(t.backup_requests.c.subscription_id).where(t.backup_requests.c.id == request_id)
+    ).scalar_one()
+    append_event(
+        conn,
+        request_id,
+        subscription_id,
+        RequestEvent.LINK_RESENT,
+        actor,
+        f"link expires {link_expires_at:%Y-%m-%d %H:%M} UTC",
+    )
+
+
+def _review_of(request_id: int) -> Any:
+    return t.backup_request_reviews.c.request_id == request_id
+
+
+# --- The audit trail ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    request_id: int
+    occurred_at: datetime
+    event: str
+    actor: str
+    run_id: str | None
+    reason: str | None
+    detail: str | None
+
+
+def append_event(
+    conn: Connection,
+    request_id: int,
+    subscription_id: int,
+    event: RequestEvent,
+    actor: Actor,
+    detail: str | None = None,
+    *,
+    at: datetime | None = None,
+) -> None:
+    conn.execute(
+        insert(t.backup_request_events),
+        [_event_row(request_id, subscription_id, event, actor, detail, at)],
+    )
+
+
+def _event_row(
+    request_id: int,
+    subscription_id: int,
+    event: RequestEvent,
+    actor: Actor,
+    detail: str | None,
+    at: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "subscription_id": subscription_id,
+        "occurred_at": at or utcnow(),
+        "event": str(event),
+        "actor": actor.kind,
+        "run_id": actor.run_id,
+        "reason": actor.reason,
+        "detail": detail,
+    }
+
+
+def events_of(conn: Connection, request_id: int) -> list[RecordedEvent]:
+    """A request's audit trail, oldest first."""
+    e = t.backup_request_events.c
+    rows = conn.execute(
+        select(e.request_id, e.occurred_at, e.event, e.actor, e.run_id, e.reason, e.detail)
+        .where(e.request_id == request_id)
+        .order_by(e.id)
+    ).all()
+    return [RecordedEvent(*row) for row in rows]
+
+
+def rerun_count(conn: Connection, request_id: int) -> int:
+    e = t.backup_request_events.c
+    return conn.execute(
+        select(func.count())
+        .select_from(t.backup_request_events)
+        .where(e.request_id == request_id, e.event == RequestEvent.RERUN)
+    ).scalar_one()
+
+
+# --- Quota windows, kept current --------------------------------------------------------------
+
+
+def refresh_quota_windows_of(
+    conn: Connection, subscription_ids: Sequence[int], now: datetime | None = None
+) -> None:
+    """Re-derive the quota windows of these subscriptions from their requests, in the caller's
+    transaction: the platform's button reads them right after any change that counts."""
+    ids = sorted(set(subscription_ids))
+    if not ids:
+        return
+    now = now or utcnow()
+    history = request_history(conn, ids)
+    q = t.backup_quota_windows.c
+    for chunk in _chunks(ids):
+        conn.execute(delete(t.backup_quota_windows).where(q.subscription_id.in_(chunk)))
+    rows = [_window_row(sid, quota_window(history[sid], now), now) for sid in ids]
+    conn.execute(insert(t.backup_quota_windows), rows)
+
+
+def _window_row(subscription_id: int, window: QuotaWindow, now: datetime) -> dict[str, Any]:
+    return {
+        "subscription_id": subscription_id,
+        "last_counted_backup_at": window.last_counted_backup_at,
+        "next_allowed_at": window.next_allowed_at,
+        "backups_last_360_days": window.backups_last_360_days,
+        "updated_at": now,
+    }
 
 
 def forget_failed_archive(conn: Connection, request_id: int) -> bool:
@@ -312,6 +546,7 @@ class Review:
     """The sensor's decision on one request, remembered so it is not reviewed again."""
 
     request_id: int
+    subscription_id: int
     accepted: bool
     reason_code: str | None
     status_detail: str | None  # Spanish, for a rejection
@@ -319,7 +554,8 @@ class Review:
 
 
 def record_reviews(conn: Connection, reviews: Sequence[Review], now: datetime) -> None:
-    """Reject the rejected (still pending only) and remember every decision, in one transaction."""
+    """Reject the rejected (still pending only) and remember every decision, with its audit
+    event and the subscriptions' quota windows, in one transaction."""
     r = t.backup_requests.c
     rejections = [
         {"b_id": review.request_id, "detail": review.status_detail}
@@ -335,39 +571,57 @@ def record_reviews(conn: Connection, reviews: Sequence[Review], now: datetime) -
             ),
             rejections,
         )
-    if reviews:
-        conn.execute(
-            insert(t.backup_request_reviews),
-            [
-                {
-                    "request_id": review.request_id,
-                    "reviewed_at": now,
-                    "reason_code": review.reason_code,
-                    "decision": "accepted" if review.accepted else "rejected",
-                    "run_key": review.run_key,
-                }
-                for review in reviews
-            ],
-        )
+    if not reviews:
+        return
+    conn.execute(
+        insert(t.backup_request_reviews),
+        [
+            {
+                "request_id": review.request_id,
+                "reviewed_at": now,
+                "reason_code": review.reason_code,
+                "decision": "accepted" if review.accepted else "rejected",
+                "run_key": review.run_key,
+            }
+            for review in reviews
+        ],
+    )
+    conn.execute(
+        insert(t.backup_request_events),
+        [
+            _event_row(
+                review.request_id,
+                review.subscription_id,
+                RequestEvent.ACCEPTED if review.accepted else RequestEvent.REJECTED,
+                SENSOR,
+                review.reason_code,
+                now,
+            )
+            for review in reviews
+        ],
+    )
+    refresh_quota_windows_of(conn, [review.subscription_id for review in reviews], now)
 
 
 def accepted_not_started(
     conn: Connection, *, reviewed_before: datetime, limit: int
-) -> list[tuple[int, int]]:
-    """(id, subscription_id) of requests accepted before `reviewed_before` and still pending."""
+) -> list[tuple[int, int, str | None]]:
+    """(id, subscription_id, run_key) of requests accepted and still pending: those accepted
+    before `reviewed_before` (their run request may have been lost), and re-runs support asked
+    for (at once: a new run key)."""
     r, rv = t.backup_requests.c, t.backup_request_reviews.c
     rows = conn.execute(
-        select(r.id, r.subscription_id)
+        select(r.id, r.subscription_id, rv.run_key)
         .join(t.backup_request_reviews, rv.request_id == r.id)
         .where(
             r.status == RequestStatus.PENDING,
             rv.decision == "accepted",
-            rv.reviewed_at <= reviewed_before,
+            or_(rv.reviewed_at <= reviewed_before, rv.reason_code == RERUN_REASON),
         )
         .order_by(rv.reviewed_at, r.id)
         .limit(limit)
     ).all()
-    return [(row.id, row.subscription_id) for row in rows]
+    return [(row.id, row.subscription_id, row.run_key) for row in rows]
 
 
 # --- Housekeeping -----------------------------------------------------------------------------
@@ -452,26 +706,33 @@ def replace_quota_windows(
     through: int | None,
     windows: dict[int, QuotaWindow],
     now: datetime,
-) -> int:
+) -> tuple[int, int]:
     """Rewrite backup_quota_windows for subscription ids in (after, through] (None: unbounded),
-    dropping rows of that range's subscriptions that no longer have any request."""
+    dropping rows of that range's subscriptions that no longer have any request. Returns (rows
+    written, rows that were wrong or missing before): the repair pass's finding."""
     q = t.backup_quota_windows.c
-    stale = delete(t.backup_quota_windows)
+    in_range = []
     if after is not None:
-        stale = stale.where(q.subscription_id > after)
+        in_range.append(q.subscription_id > after)
     if through is not None:
-        stale = stale.where(q.subscription_id <= through)
-    conn.execute(stale)
-    rows = [
-        {
-            "subscription_id": subscription_id,
-            "last_counted_backup_at": window.last_counted_backup_at,
-            "next_allowed_at": window.next_allowed_at,
-            "backups_last_360_days": window.backups_last_360_days,
-            "updated_at": now,
-        }
-        for subscription_id, window in windows.items()
-    ]
+        in_range.append(q.subscription_id <= through)
+    before = {
+        row.subscription_id: (
+            row.last_counted_backup_at,
+            row.next_allowed_at,
+            row.backups_last_360_days,
+        )
+        for row in conn.execute(select(t.backup_quota_windows).where(and_(true(), *in_range)))
+    }
+    conn.execute(delete(t.backup_quota_windows).where(and_(true(), *in_range)))
+    rows = [_window_row(sid, window, now) for sid, window in windows.items()]
     if rows:
         conn.execute(insert(t.backup_quota_windows), rows)
-    return len(rows)
+    corrected = sum(
+        1
+        for sid, window in windows.items()
+        if before.get(sid)
+        != (window.last_counted_backup_at, window.next_allowed_at, window.backups_last_360_days)
+    )
+    corrected += sum(1 for sid in before if sid not in windows)  # a row with no request left
+    return len(rows), corrected

@@ -22,6 +22,9 @@ SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[3] / "shared" / "platform" 
 COPIED_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "data" / "platform_schema.sql"
 PLATFORM_NAMES = sorted(table.name for table in t.PLATFORM_TABLES)
 OUR_NAMES = {table.name for table in t.OUR_TABLES}
+# Every revision this code knows, oldest first: what a database built from schema.sql lacks.
+ALL = list(migrations.revisions())
+LISTED = ", ".join(ALL)
 
 
 def _schema_sql() -> str:
@@ -77,9 +80,9 @@ def test_migrate_creates_our_tables_and_leaves_every_platform_table_as_it_was(
 ):
     before = _platform_schema(platform_only)
     assert _tables(platform_only) == set(PLATFORM_NAMES)
-    assert migrations.pending(platform_only) == ["0001"]
+    assert migrations.pending(platform_only) == ALL
 
-    assert migrations.upgrade(platform_only) == ["0001"]
+    assert migrations.upgrade(platform_only) == ALL
 
     assert _tables(platform_only) == set(PLATFORM_NAMES) | OUR_NAMES | {"backup_schema_version"}
     assert migrations.pending(platform_only) == []
@@ -91,7 +94,7 @@ def test_migrate_creates_our_tables_and_leaves_every_platform_table_as_it_was(
 
 
 def test_migrate_twice_is_a_no_op(platform_only: Engine):
-    assert migrations.upgrade(platform_only) == ["0001"]
+    assert migrations.upgrade(platform_only) == ALL
     with platform_only.connect() as conn:
         versions = conn.execute(text("SELECT version_num FROM backup_schema_version")).all()
     our_schema = {name: repr(inspect(platform_only).get_columns(name)) for name in OUR_NAMES}
@@ -100,7 +103,7 @@ def test_migrate_twice_is_a_no_op(platform_only: Engine):
 
     with platform_only.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM backup_schema_version")).all() == versions
-    assert versions == [("0001",)]
+    assert versions == [(migrations.head(),)]
     assert {
         name: repr(inspect(platform_only).get_columns(name)) for name in OUR_NAMES
     } == our_schema
@@ -143,7 +146,7 @@ def test_the_platforms_own_alembic_version_table_is_left_alone(platform_only: En
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
         conn.execute(text("INSERT INTO alembic_version VALUES ('platform_rev_42')"))
 
-    assert migrations.upgrade(platform_only) == ["0001"]
+    assert migrations.upgrade(platform_only) == ALL
 
     with platform_only.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [
@@ -185,7 +188,7 @@ def test_two_concurrent_migrations_both_succeed(platform_only: Engine):
         pod.join(timeout=60)
 
     assert errors == []
-    assert sorted(results) == [[], ["0001"]]  # one applied it, the other waited and found it done
+    assert sorted(results) == [[], ALL]  # one applied it, the other waited and found it done
     assert migrations.pending(platform_only) == []
 
 
@@ -209,16 +212,16 @@ def test_a_second_migrate_waits_for_the_first_to_finish(platform_only: Engine):
         assert not finished.wait(timeout=1.5)
     second.join(timeout=60)
 
-    assert results == [["0001"]]
+    assert results == [ALL]
 
 
 def test_require_current_says_what_to_run_while_a_migration_is_pending(platform_only: Engine):
     with pytest.raises(migrations.SchemaBehind) as behind:
         migrations.require_current(platform_only)
 
-    assert behind.value.pending_revisions == ["0001"]
+    assert behind.value.pending_revisions == ALL
     assert str(behind.value) == (
-        "our tables are behind (pending revisions: 0001): run `backup-pipeline migrate`"
+        f"our tables are behind (pending revisions: {LISTED}): run `backup-pipeline migrate`"
     )
     migrations.upgrade(platform_only)
     migrations.require_current(platform_only)
@@ -232,11 +235,11 @@ def test_migrate_check_names_the_pending_revisions_then_says_up_to_date(
 
     assert cli.main(["migrate", "--check"]) != 0
     out = capsys.readouterr().out
-    assert "pending revisions 0001" in out and "backup-pipeline migrate" in out
+    assert f"pending revisions {LISTED}" in out and "backup-pipeline migrate" in out
     assert _tables(platform_only) == set(PLATFORM_NAMES)  # --check changes nothing
 
     assert cli.main(["migrate"]) == 0
-    assert "Applied revisions 0001" in capsys.readouterr().out
+    assert f"Applied revisions {LISTED}" in capsys.readouterr().out
 
     assert cli.main(["migrate", "--check"]) == 0
     assert "up to date" in capsys.readouterr().out

@@ -347,7 +347,7 @@ def test_quota_windows_hold_each_subscriptions_last_backup_and_next_allowed_date
         4, status="failed", requested_at=NOW - timedelta(days=2), subscription_id=2
     )
 
-    assert hk.refresh_quota_windows(platform.engine, NOW) == 2
+    assert hk.refresh_quota_windows(platform.engine, NOW).written == 2
 
     assert platform.quota_windows() == {
         # Two counted backups in the window: the next must wait for the older one to leave the
@@ -370,7 +370,9 @@ def test_quota_refresh_replaces_rows_and_drops_subscriptions_without_requests(pl
 
     platform.forget(2)
     later = NOW + timedelta(days=200)
-    assert hk.refresh_quota_windows(platform.engine, later, batch=1) == 2
+    repair = hk.refresh_quota_windows(platform.engine, later, batch=1)
+    # Request 2 vanished behind our back: its row was the one stale window.
+    assert (repair.written, repair.corrected) == (2, 1)
 
     rows = platform.quota_windows()
     assert sorted(rows) == [1, 3]
@@ -384,6 +386,7 @@ def test_quota_refresh_covers_every_subscription_whatever_the_batch(platform, ba
         platform.add_request(
             sid, status="delivered", requested_at=NOW - timedelta(days=sid), subscription_id=sid
         )
-    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == 3
-    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == 3
+    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch).written == 3
+    # A second pass finds nothing to correct.
+    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == hk.QuotaRepair(3, 0)
     assert {sid: row[2] for sid, row in platform.quota_windows().items()} == {1: 1, 2: 1, 3: 1}
