@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from backup_pipeline import quota
 from backup_pipeline.request_state import OPEN_STATUSES, Requester, RequestStatus
-from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.spanish import spanish_moment, to_clinic_time
 
 REQUESTER_NOT_IN_SUBSCRIPTION = "requester_not_in_subscription"
 SUBSCRIPTION_INACTIVE = "subscription_inactive"
@@ -69,7 +69,7 @@ def review_request(
         return _rejected(
             SUBSCRIPTION_INACTIVE,
             "La suscripción no está activa, por lo que no es posible generar el respaldo de "
-            "información. Si tienes dudas, comunícate con el equipo de soporte.",
+            "información. Si tiene dudas, comuníquese con el equipo de soporte.",
         )
     if not requester.is_active:
         return _rejected(
@@ -87,7 +87,7 @@ def review_request(
     if any(_wins_over(request.id, other_id, status) for other_id, status in other_open):
         return _rejected(
             BACKUP_IN_PROGRESS,
-            "Ya hay un respaldo en proceso para esta suscripción; recibirás un solo correo "
+            "Ya hay un respaldo en proceso para esta suscripción; recibirá un solo correo "
             "cuando esté listo.",
         )
     # Past the check above, every open request left is a newer pending one (an older or a running
@@ -118,7 +118,7 @@ def _quota_detail(allowed_from: datetime, timezone: str | None) -> str:
     return (
         f"Ya se alcanzó el límite de respaldos: se permiten {quota.MAX_IN_WINDOW} en "
         f"{quota.WINDOW.days} días, con al menos {quota.MIN_GAP.days} días entre uno y otro. "
-        f"Podrás solicitar el siguiente a partir del {spanish_datetime(local)} (hora local)."
+        f"Podrá solicitar el siguiente a partir del {spanish_moment(local)}."
     )
 
 

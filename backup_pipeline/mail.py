@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from backup_pipeline.spanish import spanish_datetime
+from backup_pipeline.spanish import spanish_datetime, spanish_number, spanish_size, zone_name
 
 
 @dataclass(frozen=True)
@@ -22,46 +22,6 @@ class OutgoingEmail:
     # Our own stable id for this message (e.g. "backup-42-delivered"): the outbox names its file
     # after it and SendGrid carries it as a custom arg, so one logical email is recognisable.
     key: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Numbers in Spanish
-# ---------------------------------------------------------------------------------------------
-
-# Mexico's NOM-008-SCFI: the decimal mark is a point and digits are grouped with a space (here a
-# no-break space), so "12 345" and "12.3 MB" read the same to every clinic owner.
-_GROUP = "\u00a0"
-_UNITS = ("KB", "MB", "GB", "TB")
-
-
-def spanish_count(n: int) -> str:
-    """1234 -> "1234", 12345 -> "12 345" (no-break space; four-digit numbers stay whole, per the RAE)."""
-    digits = str(abs(n))
-    if len(digits) > 4:
-        groups = []
-        while digits:
-            groups.insert(0, digits[-3:])
-            digits = digits[:-3]
-        digits = _GROUP.join(groups)
-    return f"-{digits}" if n < 0 else digits
-
-
-def spanish_size(size_bytes: int) -> str:
-    """A file size as the clinic reads it: 12_900_000 -> "12.3 MB", 512 -> "512 bytes".
-
-    Multiples of 1024 with the KB/MB/GB labels, because that is what Windows Explorer shows for
-    the downloaded file, and the owner will compare the two.
-    """
-    if size_bytes < 1024:
-        return "1 byte" if size_bytes == 1 else f"{spanish_count(size_bytes)} bytes"
-    value = float(size_bytes)
-    for unit in _UNITS:
-        value /= 1024
-        # Choose the unit after rounding, so 1023.97 KB reads "1.0 MB", not "1024.0 KB".
-        if round(value, 1) < 1024 or unit == _UNITS[-1]:
-            whole, tenth = f"{value:.1f}".split(".")
-            return f"{spanish_count(int(whole))}.{tenth} {unit}"
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +205,7 @@ def delivered_email(
     clinic_name: str,
     link: str,
     expires_at_local: datetime,
-    timezone_label: str,
+    timezone_label: str,  # the clinic's IANA zone: shown by its Spanish (CLDR) name, never as is
     size_bytes: int,
     sha256: str,
     contents: list[tuple[str, int]],
@@ -253,7 +213,10 @@ def delivered_email(
     from_email: str,
     request_id: int,
 ) -> OutgoingEmail:
-    """The backup is ready: the link, until when it works (clinic's local time), size, checksum."""
+    """The backup is ready: the link, until when it works (clinic's local time), size, checksum.
+
+    Formal register ("usted") throughout, as LEEME.txt and every status detail.
+    """
     if not link.startswith(("https://", "http://", "file:///")):
         # The link goes into an href: anything but http(s), or file:// for the embedded local
         # default's archives folder (javascript:, data:) is a bug upstream.
@@ -261,20 +224,21 @@ def delivered_email(
     sha256 = sha256.strip().lower()
     if not _SHA256.fullmatch(sha256):
         raise ValueError("sha256 must be 64 hexadecimal characters")
-    clinic = _one_line(clinic_name) or "tu clínica"
-    until = f"{spanish_datetime(expires_at_local)} (hora de {_one_line(timezone_label)})"
+    clinic = _one_line(clinic_name) or "su clínica"
+    zone = zone_name(_one_line(timezone_label), expires_at_local)
+    until = f"{spanish_datetime(expires_at_local)}, {zone}"
     blocks: list[Block] = [
         _p("Hola:"),
         _p(
             "El respaldo de información de ",
             Strong(clinic),
-            " que solicitaste ya está listo. Puedes descargarlo con el siguiente enlace:",
+            " que solicitó ya está listo. Puede descargarlo con el siguiente enlace:",
         ),
         Button(href=link, label="Descargar respaldo"),
         _p(
             "El enlace funciona hasta el ",
             Strong(until),
-            ". Después de esa fecha deja de funcionar y no se puede volver a usar, así que te "
+            ". Después de esa fecha deja de funcionar y no se puede volver a usar, así que le "
             "recomendamos descargar el archivo lo antes posible y guardarlo en un lugar seguro.",
         ),
         Heading("Qué contiene"),
@@ -282,13 +246,13 @@ def delivered_email(
     if contents:
         blocks.append(_p(f"El archivo .zip pesa {spanish_size(size_bytes)} e incluye:"))
         blocks.append(
-            Bullets(tuple((f"{label}: {spanish_count(count)}",) for label, count in contents))
+            Bullets(tuple((f"{label}: {spanish_number(count)}",) for label, count in contents))
         )
     else:
         blocks.append(_p(f"El archivo .zip pesa {spanish_size(size_bytes)}."))
     blocks += [
         _p(
-            "Dentro encontrarás el archivo ",
+            "Dentro encontrará el archivo ",
             Code("LEEME.txt"),
             ", que explica qué es cada archivo y en qué zona horaria están las fechas. "
             "Los archivos de Excel se abren con Excel o LibreOffice.",
@@ -297,29 +261,29 @@ def delivered_email(
         _p("Esta es la huella digital (SHA-256) del archivo:"),
         Preformatted(sha256),
         _p(
-            "En Windows, abre el Símbolo del sistema en la carpeta donde lo descargaste y escribe: ",
+            "En Windows, abra el Símbolo del sistema en la carpeta donde lo descargó y escriba: ",
             Code("certutil -hashfile archivo.zip SHA256"),
         ),
-        _p("En macOS o Linux, abre la Terminal y escribe: ", Code("shasum -a 256 archivo.zip")),
+        _p("En macOS o Linux, abra la Terminal y escriba: ", Code("shasum -a 256 archivo.zip")),
         _p(
-            "Cambia archivo.zip por el nombre del archivo descargado. Si el resultado es igual a "
+            "Cambie archivo.zip por el nombre del archivo descargado. Si el resultado es igual a "
             "la huella de arriba, el archivo está completo."
         ),
-        Heading("Cuida esta información"),
+        Heading("Cuide esta información"),
         _p(
-            "El respaldo contiene datos personales y de salud de tus pacientes. Guárdalo en un "
-            "lugar seguro y no lo compartas con personas no autorizadas."
+            "El respaldo contiene datos personales y de salud de sus pacientes. Guárdelo en un "
+            "lugar seguro y no lo comparta con personas no autorizadas."
         ),
         _p(
-            "¿Necesitas ayuda? Escríbenos a ",
+            "¿Necesita ayuda? Escríbanos a ",
             _mailto(support_email),
-            f" o responde a este correo, e indica el número de solicitud {request_id}.",
+            f" o responda a este correo, e indique el número de solicitud {request_id}.",
         ),
         _SIGNATURE,
     ]
     return _email(
         to=to,
-        subject=f"Tu respaldo de información de {clinic} está listo",
+        subject=f"Su respaldo de información de {clinic} está listo",
         blocks=blocks,
         from_email=from_email,
         reply_to=support_email,
@@ -331,26 +295,26 @@ def failed_email_to_requester(
     *, to: str, clinic_name: str, support_email: str, from_email: str, request_id: int
 ) -> OutgoingEmail:
     """The backup could not be made; it does not count toward the limit and support is on it."""
-    clinic = _one_line(clinic_name) or "tu clínica"
+    clinic = _one_line(clinic_name) or "su clínica"
     blocks: list[Block] = [
         _p("Hola:"),
         _p(
-            "Lamentamos informarte que no pudimos generar el respaldo de información de ",
+            "Lamentamos informarle que no pudimos generar el respaldo de información de ",
             Strong(clinic),
-            " que solicitaste.",
+            " que solicitó.",
         ),
         _p(
-            Strong("Esta solicitud no cuenta para tu límite de 2 respaldos cada 360 días."),
+            Strong("Esta solicitud no cuenta para su límite de 2 respaldos cada 360 días."),
             " Nuestro equipo de soporte ya está enterado y está trabajando para resolverlo.",
         ),
         _p(
-            "Puedes volver a solicitar el respaldo cuando quieras desde la plataforma, en "
+            "Puede volver a solicitar el respaldo cuando quiera desde la plataforma, en "
             "FACTURACIÓN Y PLANES > RESPALDO DE INFORMACIÓN."
         ),
         _p(
-            "Si tienes dudas, escríbenos a ",
+            "Si tiene dudas, escríbanos a ",
             _mailto(support_email),
-            f" o responde a este correo, e indica el número de solicitud {request_id}.",
+            f" o responda a este correo, e indique el número de solicitud {request_id}.",
         ),
         _SIGNATURE,
     ]
@@ -449,4 +413,44 @@ def late_alert_to_support(
         from_email=from_email,
         reply_to=None,
         key=f"backup-{request_id}-late-alert",
+    )
+
+
+def authorisation_revoked_to_support(
+    *,
+    support_email: str,
+    from_email: str,
+    request_id: int,
+    subscription_id: int,
+    run_id: str | None,
+    reason_code: str,
+    checked_at: str,
+) -> OutgoingEmail:
+    """The requester lost the authorisation while the backup ran: no link went out."""
+    blocks: list[Block] = [
+        _p(
+            f"Backup request {request_id} was stopped {checked_at}: its requester is no longer "
+            "authorised, so no link was sent and any archive made for it was deleted. The request "
+            "is marked 'failed' (it does not count toward the quota); the requester is not emailed."
+        ),
+        Bullets(
+            (
+                (f"Request: {request_id}",),
+                (f"Subscription: {subscription_id}",),
+                ("Run: ", Code(run_id or "none")),
+                (f"Reason: {_one_line(reason_code)}",),
+            )
+        ),
+        _p(
+            "Nothing to do unless the clinic says the authorisation was removed by mistake: then "
+            "an authorised user may request a new backup."
+        ),
+    ]
+    return _email(
+        to=support_email,
+        subject=f"[backup] Request {request_id} stopped: requester no longer authorised",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=None,
+        key=f"backup-{request_id}-revoked-alert",
     )

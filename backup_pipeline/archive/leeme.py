@@ -6,11 +6,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from backup_pipeline.spanish import spanish_datetime
+from backup_pipeline.cleaning import EXCEL_CELL_MAX_CHARS
+from backup_pipeline.spanish import (
+    spanish_count,
+    spanish_datetime,
+    spanish_number,
+    spanish_size,
+    zone_name,
+)
 
 LEEME_PATH = "LEEME.txt"
 MISSING_REPORT_PATH = "archivos_no_incluidos.xlsx"
 SHA256SUMS_PATH = "SHA256SUMS"
+ATTACHMENTS_FOLDER = "adjuntos/"
+LONG_TEXTS_FOLDER = "textos_largos/"
+# Every folder an archive can hold, in the order LEEME.txt explains them.
+ARCHIVE_FOLDERS = (
+    ATTACHMENTS_FOLDER,
+    "facturacion/ingresos/xml/",
+    "facturacion/ingresos/pdf/",
+    "facturacion/gastos/xml/",
+    "facturacion/gastos/pdf/",
+    LONG_TEXTS_FOLDER,
+)
 # With a byte-order mark, Notepad before Windows 10 (1903) also reads the accents right.
 LEEME_ENCODING = "utf-8-sig"
 
@@ -45,22 +63,6 @@ def leeme_text(facts: LeemeFacts) -> str:
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
-def human_size(size: int) -> str:
-    """Bytes as Windows Explorer shows them (1 KB = 1024 bytes), with a decimal point (es-MX)."""
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            break
-        value /= 1024
-    if unit == "bytes":
-        return f"{size:,} bytes" if size != 1 else "1 byte"
-    return f"{value:,.1f} {unit}"
-
-
-def _count(number: int, singular: str, plural: str) -> str:
-    return f"{number:,} {singular if number == 1 else plural}"
-
-
 def _heading(facts: LeemeFacts) -> str:
     title = "RESPALDO DE INFORMACIÓN"
     return f"""
@@ -68,7 +70,7 @@ def _heading(facts: LeemeFacts) -> str:
 {"=" * len(title)}
 
 Clínica: {facts.clinic_name}
-Generado el {spanish_datetime(facts.generated_at_local)} (zona horaria {facts.timezone}).
+Generado el {spanish_datetime(facts.generated_at_local)}, {_zone(facts)}.
 
 Este archivo comprimido contiene un respaldo de la información registrada en su cuenta:
 pacientes, anamnesis, consultas, tratamientos, vacunación, archivos adjuntos y facturación.
@@ -91,36 +93,73 @@ copias que ya no necesite.
 """
 
 
+def _zone(facts: LeemeFacts) -> str:
+    return zone_name(facts.timezone, facts.generated_at_local)
+
+
 def _dates(facts: LeemeFacts) -> str:
     return f"""
 FECHAS Y HORAS
 --------------
-Todas las fechas y horas de este respaldo están en la zona horaria {facts.timezone},
-la configurada en su cuenta.
+Las fechas y horas de este respaldo están en la zona horaria configurada en su cuenta:
+{_zone(facts)}.
+
+Excepción: en los reportes de facturación (comprobantes_emitidos.xlsx y
+comprobantes_recibidos.xlsx), las columnas "Fecha de emisión" y "Fecha de timbrado"
+muestran la fecha y hora tal como están escritas en el XML de cada comprobante (sus
+atributos Fecha y FechaTimbrado), sin convertirlas: son la hora local de quien emitió o
+timbró el comprobante. La columna "Fecha de emisión registrada en la plataforma" sí está
+en la zona horaria de su cuenta.
 """
 
 
 def _contents(facts: LeemeFacts) -> str:
     lines = ["CONTENIDO", "---------"]
     for path, description, rows in facts.workbooks:
-        lines.append(f"{path}")
-        lines.append(f"    {description} ({_count(rows, 'registro', 'registros')}).")
-    lines.append("adjuntos/")
-    lines.append(
-        "    Una carpeta por paciente con sus archivos adjuntos (PDF, imágenes y otros),\n"
-        '    nombrada "Apellidos Nombre (número de paciente)". El número distingue a dos\n'
-        "    pacientes con el mismo nombre."
+        # The description is a sentence of its own: its period moves after the count.
+        count = spanish_count(rows, "registro", "registros")
+        lines += [path, f"    {description.rstrip().rstrip('.')} ({count})."]
+    issued = spanish_count(facts.invoices_issued, "comprobante", "comprobantes")
+    received = spanish_count(facts.invoices_received, "comprobante", "comprobantes")
+    long_texts = (
+        f"En este respaldo hay {spanish_count(facts.long_text_files, 'archivo', 'archivos')}."
+        if facts.long_text_files
+        else "En este respaldo no hubo ninguno, así que la carpeta no está."
     )
-    lines.append("facturacion/ingresos/xml/ y facturacion/ingresos/pdf/")
-    lines.append(
-        "    El XML y el PDF de cada comprobante emitido, nombrados con su folio fiscal (UUID)"
-        f"\n    ({_count(facts.invoices_issued, 'comprobante emitido', 'comprobantes emitidos')})."
-    )
-    lines.append("facturacion/gastos/xml/")
-    lines.append(
-        "    El XML de cada comprobante recibido, nombrado con su folio fiscal (UUID)\n"
-        f"    ({_count(facts.invoices_received, 'comprobante recibido', 'comprobantes recibidos')})."
-    )
+    folders = {
+        ATTACHMENTS_FOLDER: (
+            "Una carpeta por paciente con sus archivos adjuntos (PDF, imágenes y otros),\n"
+            'nombrada "Apellidos Nombre (número de paciente)". El número distingue a dos\n'
+            "pacientes con el mismo nombre."
+        ),
+        "facturacion/ingresos/xml/": (
+            "El XML de cada comprobante emitido, nombrado con su folio fiscal (UUID);\n"
+            f"en total, {issued}."
+        ),
+        "facturacion/ingresos/pdf/": (
+            "El PDF de cada comprobante emitido que lo tenga en la plataforma, con el mismo\n"
+            "nombre que su XML."
+        ),
+        "facturacion/gastos/xml/": (
+            "El XML de cada comprobante recibido, nombrado con su folio fiscal (UUID);\n"
+            f"en total, {received}."
+        ),
+        "facturacion/gastos/pdf/": (
+            "El PDF de un comprobante recibido, solo cuando la plataforma lo tenía guardado,\n"
+            "con el mismo nombre que su XML."
+        ),
+        LONG_TEXTS_FOLDER: (
+            "Los textos más largos de lo que cabe en una celda de Excel "
+            f"({spanish_number(EXCEL_CELL_MAX_CHARS)}\ncaracteres), "
+            "completos, en archivos de texto. Su celda indica el archivo: por\n"
+            "ejemplo, textos_largos/consultas/consulta_125_notas.txt tiene las notas de la\n"
+            f"consulta 125. {long_texts}"
+        ),
+    }
+    assert tuple(folders) == ARCHIVE_FOLDERS
+    for folder, text in folders.items():
+        lines.append(folder)
+        lines += [f"    {line}" for line in text.split("\n")]
     if facts.missing_count:
         lines.append(MISSING_REPORT_PATH)
         lines.append("    La lista de archivos que no se pudieron incluir (vea más abajo).")
@@ -131,15 +170,11 @@ def _contents(facts: LeemeFacts) -> str:
         "    La huella digital (SHA-256) de cada archivo, para comprobar que están completos."
     )
     lines.append("")
+    copied = spanish_count(facts.files_copied, "archivo", "archivos")
     lines.append(
-        f"En total se copiaron {_count(facts.files_copied, 'archivo', 'archivos')} adjuntos y "
-        f"de facturación ({human_size(facts.file_bytes)})."
+        f"En total se copiaron {copied} adjuntos y de facturación "
+        f"({spanish_size(facts.file_bytes)})."
     )
-    if facts.long_text_files:
-        lines.append(
-            "Algunos textos eran más largos de lo que cabe en una celda de Excel: esa celda\n"
-            "indica el archivo de texto del respaldo donde el texto está completo."
-        )
     return "\n".join(lines)
 
 
@@ -158,7 +193,7 @@ def _missing(facts: LeemeFacts) -> str:
     return f"""
 ARCHIVOS NO INCLUIDOS
 ---------------------
-{_count(facts.missing_count, "archivo no se pudo", "archivos no se pudieron")} copiar al respaldo
+{spanish_count(facts.missing_count, "archivo no se pudo", "archivos no se pudieron")} copiar al respaldo
 (por ejemplo, porque ya no existía en el almacenamiento de la plataforma). El archivo
 {MISSING_REPORT_PATH} indica cuáles son, de qué paciente o comprobante, y el motivo.
 Si necesita alguno de ellos, comuníquese con soporte.

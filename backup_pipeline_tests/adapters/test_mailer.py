@@ -35,7 +35,7 @@ RECIPIENT = "dueña.clinica@example.mx"
 def spanish_email(key: str | None = "backup-42-delivered", **overrides: str) -> OutgoingEmail:
     fields = {
         "to": "ana.lopez@example.mx",
-        "subject": "Tu respaldo de información de Clínica Dental Peña está listo",
+        "subject": "Su respaldo de información de Clínica Dental Peña está listo",
         "text": "Hola:\n\nEl respaldo de información ya está listo: acentos áéíóú ñ ü ¿¡.\n",
         "html": "<p>Hola:</p><p>El respaldo de información ya está listo: áéíóú ñ ü ¿¡.</p>\n",
         "from_email": "Respaldos Clínica <respaldos@clinica.example>",

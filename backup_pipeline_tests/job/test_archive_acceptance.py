@@ -33,8 +33,7 @@ from backup_pipeline.datasets import consultations as consultations_dataset
 from backup_pipeline.datasets import dental_treatments as dental_dataset
 from backup_pipeline.datasets import patients as patients_dataset
 from backup_pipeline.datasets import vaccinations as vaccinations_dataset
-from backup_pipeline.mail import spanish_size
-from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.spanish import spanish_datetime, spanish_size, to_clinic_time, zone_name
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.synthetic.seed import row_id
 from backup_pipeline_tests.support.acceptance import SIGNER_EMAIL, Archive, headers
@@ -236,7 +235,8 @@ def test_a_delivered_backup_is_the_archive_and_the_email_the_product_promises(
             assert names[:2] == ["ID paciente", "Paciente"], name
             assert all(r["ID paciente"] and r["Paciente"] for r in rows), name
     assert counts["pacientes.xlsx"] > 0 and counts["consultas.xlsx"] > 0
-    assert subscription.timezone in leeme
+    assert zone_name(subscription.timezone) in leeme
+    assert "America/" not in leeme  # the zone by its Spanish name, never its IANA id
 
     # Every live attachment is in the zip byte for byte, or listed as not included.
     stored, missing = Counter(), set()
@@ -817,7 +817,7 @@ def test_a_clinic_with_no_data_gets_header_only_workbooks_and_a_leeme_of_zeros(l
     leeme = archive.text("LEEME.txt")
     assert leeme_counts(leeme) == dict.fromkeys(WORKBOOKS, 0)
     assert "se copiaron 0 archivos" in leeme
-    assert "0 comprobantes emitidos" in leeme and "0 comprobantes recibidos" in leeme
+    assert leeme.count("en total, 0 comprobantes.") == 2  # issued and received
     assert "no se pudieron" not in leeme
     (sent,) = local.sent()
     assert sent.to == "nuevo-correo@consultorio.example"
@@ -969,7 +969,7 @@ def test_dates_are_real_excel_datetimes_in_the_clinics_time_zone(local: Platform
         assert cell.value == local_time
     birth = cell_in(archive, "pacientes.xlsx", "ID paciente", patient, "Fecha de nacimiento")
     assert birth.is_date and birth.value == datetime(1990, 3, 10)  # a date is no instant: no shift
-    assert "America/Tijuana" in archive.text("LEEME.txt")
+    assert "hora del Pacífico (Tijuana)" in archive.text("LEEME.txt")
     local_day = requested_at.date() - timedelta(days=1)
     assert backup.request.archive_key.endswith(f"_{local_day:%Y-%m-%d}.zip")
 

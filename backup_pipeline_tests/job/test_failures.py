@@ -155,7 +155,7 @@ def test_a_run_failed_for_good_is_marked_failed_told_once_and_rerun_by_support(
     assert str(request_id) in alert.subject and failed.run_id in alert.text
     assert_no_personal_data(platform, clinic, alert.subject + alert.text + alert.html)
     assert notice.subject.startswith("No pudimos generar el respaldo de información")
-    assert "no cuenta para tu límite" in notice.text
+    assert "no cuenta para su límite" in notice.text
     assert notice.reply_to == settings.support_email
 
     # The daemon may evaluate the same failure again (a restarted daemon, a second sensor tick).
@@ -263,7 +263,8 @@ def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
     assert outcome.success and outcome.request_status == "delivered"
     (email,) = read_outbox(platform.outbox)
     # Shown in the platform's default zone, the one most clinics are in.
-    assert "America/Mexico_City" in email.text
+    assert "hora central (Ciudad de México)" in email.text
+    assert "America/" not in email.text
 
 
 @ON_SQLITE

@@ -123,8 +123,8 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
             unauthorised: "El usuario no tiene autorización para solicitar respaldos",
             suspended: "La suscripción no está activa",
             over_quota: (
-                "Podrás solicitar el siguiente a partir del 9 de julio de 2025 a las 09:00 "
-                "(hora local)."
+                "Podrá solicitar el siguiente a partir del 9 de julio de 2025, 09:00, "
+                "hora central (Ciudad de México)."
             ),
             second_click: "Ya hay un respaldo en proceso para esta suscripción",
         }

@@ -18,7 +18,7 @@ import pytest
 
 from backup_pipeline.archive import zipper
 from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
+from backup_pipeline.archive.leeme import ARCHIVE_FOLDERS, LeemeFacts, leeme_text
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import (
     REASON_NOT_FOUND,
@@ -273,7 +273,8 @@ def test_leeme_is_spanish_crlf_with_a_bom_and_the_counts(assembled):
     text = raw.decode("utf-8-sig")
     assert "\n" not in text.replace("\r\n", "")
     assert "Clínica Sonrisas" in text
-    assert "America/Mexico_City" in text
+    assert "hora central (Ciudad de México)" in text
+    assert "America/" not in text
     assert "3 archivos" in text
     assert "1 archivo no se pudo copiar" in text
     assert "archivos_no_incluidos.xlsx" in text
@@ -394,20 +395,39 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
     )
     assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
     for expected in (
-        "zona horaria America/Mexico_City",
-        "2 de enero de 2026 a las 09:30",
+        "zona horaria configurada en su cuenta:\r\nhora central (Ciudad de México).",
+        "2 de enero de 2026, 09:30, hora central (Ciudad de México).",
+        "tal como están escritas en el XML",
         "Get-FileHash -Algorithm SHA256",
         "shasum -a 256 -c SHA256SUMS",
         "sha256sum -c SHA256SUMS",
         "NOM-004-SSA3-2012",
         "LFPDPPP",
         "pacientes.xlsx",
-        "(2 registros)",
+        "(2 registros).",
         "1,234 archivos",
         "3.0 GB",
-        "1 comprobante emitido",
+        "en total, 1 comprobante.",
     ):
         assert expected in text, expected
+    assert ".." not in text.replace("...", "").replace("./", "")  # no doubled punctuation
+
+
+def test_leeme_explains_every_folder_an_archive_can_have():
+    text = leeme_text(_facts(FileTally(files_copied=1, file_bytes=10, missing_count=0))).replace(
+        "\r\n", "\n"
+    )
+    listed = [line for line in text.splitlines() if line.endswith("/") and " " not in line]
+    assert listed == list(ARCHIVE_FOLDERS)
+    for folder in (
+        "adjuntos/",
+        "facturacion/ingresos/xml/",
+        "facturacion/ingresos/pdf/",
+        "facturacion/gastos/xml/",
+        "facturacion/gastos/pdf/",
+        "textos_largos/",
+    ):
+        assert f"\n{folder}\n    " in text, folder
 
 
 def _object_path(store: ObjectStore) -> Path:

@@ -32,7 +32,7 @@ REQUESTER = Requester(id=3, subscription_id=SUBSCRIPTION, is_active=True, can_re
 
 QUOTA_TEXT = (
     "Ya se alcanzó el límite de respaldos: se permiten 2 en 360 días, con al menos 180 días "
-    "entre uno y otro. Podrás solicitar el siguiente a partir del {when} (hora local)."
+    "entre uno y otro. Podrá solicitar el siguiente a partir del {when}."
 )
 
 
@@ -91,7 +91,7 @@ def test_a_missing_or_inactive_subscription_is_rejected(status):
         False,
         SUBSCRIPTION_INACTIVE,
         "La suscripción no está activa, por lo que no es posible generar el respaldo de "
-        "información. Si tienes dudas, comunícate con el equipo de soporte.",
+        "información. Si tiene dudas, comuníquese con el equipo de soporte.",
     )
 
 
@@ -152,7 +152,7 @@ def test_a_user_id_mismatch_is_a_caller_bug_not_a_rejection():
 DOUBLE_CLICK = Decision(
     False,
     BACKUP_IN_PROGRESS,
-    "Ya hay un respaldo en proceso para esta suscripción; recibirás un solo correo cuando esté "
+    "Ya hay un respaldo en proceso para esta suscripción; recibirá un solo correo cuando esté "
     "listo.",
 )
 
@@ -208,23 +208,33 @@ def test_a_delivered_backup_within_180_days_rejects_with_the_next_date_in_the_cl
     previous = delivered_at(datetime(2027, 1, 16, 18, 0))  # 12:00 in Mexico City
     decision = review(other_requests=(previous,))
     assert decision == Decision(
-        False, QUOTA_EXCEEDED, QUOTA_TEXT.format(when="15 de julio de 2027 a las 12:00")
+        False,
+        QUOTA_EXCEEDED,
+        QUOTA_TEXT.format(when="15 de julio de 2027, 12:00, hora central (Ciudad de México)"),
     )
 
 
 def test_a_boundary_at_three_utc_shows_the_previous_day_in_mexico_city():
     previous = delivered_at(datetime(2027, 1, 17, 3, 0))  # next allowed: 2027-07-16 03:00 UTC
     decision = review(other_requests=(previous,))
-    assert decision.status_detail == QUOTA_TEXT.format(when="15 de julio de 2027 a las 21:00")
+    assert decision.status_detail == QUOTA_TEXT.format(
+        when="15 de julio de 2027, 21:00, hora central (Ciudad de México)"
+    )
 
 
 @pytest.mark.parametrize(
     ("timezone", "when"),
     [
-        ("America/Tijuana", "15 de julio de 2027 a las 20:00"),  # summer time, UTC-7
-        ("America/Cancun", "15 de julio de 2027 a las 22:00"),  # UTC-5 all year
-        ("UTC", "16 de julio de 2027 a las 03:00"),
-        ("Not/AZone", "15 de julio de 2027 a las 21:00"),  # unknown: the platform's default
+        (
+            "America/Tijuana",
+            "15 de julio de 2027, 20:00, hora del Pacífico (Tijuana)",
+        ),  # summer time, UTC-7
+        ("America/Cancun", "15 de julio de 2027, 22:00, hora oriental (Cancún)"),  # UTC-5 all year
+        ("UTC", "16 de julio de 2027, 03:00, hora GMT+00:00"),
+        (
+            "Not/AZone",
+            "15 de julio de 2027, 21:00, hora central (Ciudad de México)",
+        ),  # unknown: the platform's default
     ],
 )
 def test_the_next_date_is_written_in_the_subscriptions_time_zone(timezone, when):
@@ -236,7 +246,9 @@ def test_the_next_date_is_written_in_the_subscriptions_time_zone(timezone, when)
 def test_the_time_shown_is_rounded_up_so_a_request_at_that_minute_is_allowed():
     previous = delivered_at(datetime(2027, 1, 16, 18, 0, 30))
     decision = review(other_requests=(previous,))
-    assert decision.status_detail == QUOTA_TEXT.format(when="15 de julio de 2027 a las 12:01")
+    assert decision.status_detail == QUOTA_TEXT.format(
+        when="15 de julio de 2027, 12:01, hora central (Ciudad de México)"
+    )
     at_the_minute_shown = replace(REQUEST, requested_at=datetime(2027, 7, 15, 18, 1))
     assert review(at_the_minute_shown, other_requests=(previous,)) == ACCEPTED
 
@@ -246,7 +258,9 @@ def test_two_backups_in_360_days_reject_until_the_first_leaves_the_window():
     second = OtherRequest(id=2, requested_at=datetime(2027, 7, 15, 18, 0), status="delivered")
     request = replace(REQUEST, requested_at=datetime(2027, 12, 1))
     decision = review(request, other_requests=(first, second))
-    assert decision.status_detail == QUOTA_TEXT.format(when="11 de enero de 2028 a las 12:00")
+    assert decision.status_detail == QUOTA_TEXT.format(
+        when="11 de enero de 2028, 12:00, hora central (Ciudad de México)"
+    )
 
 
 @pytest.mark.parametrize("status", ["failed", "rejected"])
@@ -325,4 +339,6 @@ def test_the_date_shown_ignores_requests_made_after_the_one_rejected():
     earlier = delivered_at(datetime(2027, 1, 16, 18, 0), request_id=50)
     later = delivered_at(REQUEST.requested_at + timedelta(days=1), request_id=150)
     decision = review(other_requests=(earlier, later))
-    assert decision.status_detail == QUOTA_TEXT.format(when="15 de julio de 2027 a las 12:00")
+    assert decision.status_detail == QUOTA_TEXT.format(
+        when="15 de julio de 2027, 12:00, hora central (Ciudad de México)"
+    )
