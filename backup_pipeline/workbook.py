@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import xlsxwriter
+from slugify import slugify
 from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 
@@ -30,7 +32,8 @@ from backup_pipeline.cleaning import (
     continuation_title,
     fits_in_cell,
 )
-from backup_pipeline.datasets.base import Column, Extraction, Kind
+from backup_pipeline.datasets.base import Column, Extraction, Kind, RecordName
+from backup_pipeline.spanish import spanish_number
 
 MAX_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows minus the header row
 OVERFLOW_FOLDER = "textos_largos"
@@ -57,7 +60,9 @@ _KIND_WIDTH = {
     Kind.DATETIME: 17,
     Kind.LOCAL_DATETIME: 17,
     Kind.BOOLEAN: 6,
+    Kind.MIXED: 12,
 }
+_SLUG_MAX_CHARS = 40  # of a column's header in a long-text file's name
 _PREVIEW_CHARS = 1_000
 
 
@@ -84,7 +89,14 @@ class _LongText:
     text: str
 
 
-CellValue = str | int | float | _LongText | None
+@dataclass(frozen=True)
+class _DateCell:
+    """A date in a column whose other cells may be numbers or text: formatted cell by cell."""
+
+    serial: int
+
+
+CellValue = str | int | float | _LongText | _DateCell | None
 
 
 def render_workbook(
@@ -124,7 +136,9 @@ def render_workbook(
         max_rows_per_sheet=max_rows_per_sheet,
     )
     try:
-        rows = writer.write_table(sheet_title, extraction.columns, extraction.chunks)
+        rows = writer.write_table(
+            sheet_title, extraction.columns, extraction.chunks, record=extraction.record
+        )
         for sheet in extraction.extra_sheets:
             writer.write_table(sheet.title, sheet.columns, iter([sheet.frame]))
         book.close()
@@ -154,6 +168,8 @@ class _Table:
     columns: Sequence[Column]
     widths: list[int]
     formats: list[Format | None]
+    record: RecordName | None = None
+    record_index: int | None = None  # the column holding the row's record id
     sheet: _OpenSheet = field(init=False)  # the sheet rows go to now
     sheets: int = 0
     rows: int = 0
@@ -183,11 +199,18 @@ class _WorkbookWriter:
             Kind.LOCAL_DATETIME: book.add_format({"num_format": DATETIME_FORMAT}),
             Kind.MONEY: book.add_format({"num_format": MONEY_FORMAT}),
         }
+        self._date_format = self._kind_formats[Kind.DATE]
         self.sheet_titles: list[str] = []
         self.overflow_files: list[OverflowFile] = []
+        self._overflow_names: set[str] = set()
 
     def write_table(
-        self, title: str, columns: Sequence[Column], chunks: Iterable[pd.DataFrame]
+        self,
+        title: str,
+        columns: Sequence[Column],
+        chunks: Iterable[pd.DataFrame],
+        *,
+        record: RecordName | None = None,
     ) -> int:
         """Write one table over as many sheets as it needs; returns its number of data rows."""
         if not columns:
@@ -201,6 +224,10 @@ class _WorkbookWriter:
             columns=columns,
             widths=[_width(column, values) for column, values in zip(columns, sample, strict=True)],
             formats=[self._kind_formats.get(column.kind) for column in columns],
+            record=record,
+            record_index=next(
+                (i for i, c in enumerate(columns) if record and c.key == record.key), None
+            ),
         )
         table.sheet = self._open_sheet(table, number=1)
         if first is not None:
@@ -216,7 +243,7 @@ class _WorkbookWriter:
             if table.sheet.rows == self._max_rows:
                 self._finish_sheet(table)
                 table.sheet = self._open_sheet(table, number=table.sheets + 1)
-            self._write_row(table.sheet, row, table.columns, table.formats)
+            self._write_row(table, row)
             table.rows += 1
 
     def _prepare(self, columns: Sequence[Column], chunk: pd.DataFrame) -> list[list[CellValue]]:
@@ -241,13 +268,8 @@ class _WorkbookWriter:
         sheet = table.sheet
         sheet.worksheet.autofilter(0, 0, sheet.rows, len(table.columns) - 1)
 
-    def _write_row(
-        self,
-        sheet: _OpenSheet,
-        row: tuple[CellValue, ...],
-        columns: Sequence[Column],
-        formats: list[Format | None],
-    ) -> None:
+    def _write_row(self, table: _Table, row: tuple[CellValue, ...]) -> None:
+        sheet = table.sheet
         sheet.rows += 1
         index = sheet.rows
         worksheet = sheet.worksheet
@@ -258,13 +280,41 @@ class _WorkbookWriter:
             if kind is str:
                 _write_text(worksheet, index, col, value)
             elif kind is _LongText:
-                pointer = self._write_overflow(value, sheet.title, index + 1, columns[col])
+                name = self._overflow_name(table, row, index + 1, table.columns[col])
+                pointer = self._write_overflow(value, name)
                 _write_text(worksheet, index, col, pointer)
+            elif kind is _DateCell:
+                worksheet.write_number(index, col, value.serial, self._date_format)
             else:
-                worksheet.write_number(index, col, value, formats[col])
+                worksheet.write_number(index, col, value, table.formats[col])
 
-    def _write_overflow(self, value: _LongText, sheet: str, excel_row: int, column: Column) -> str:
-        name = safe_component(f"{sheet}_fila{excel_row}_{column.key}.txt", fallback="texto.txt")
+    def _overflow_name(
+        self, table: _Table, row: tuple[CellValue, ...], excel_row: int, column: Column
+    ) -> str:
+        """'consulta_125_notas.txt': the row's record and the column's header, in Spanish.
+
+        A row without a record id (an extra sheet) is named by its sheet and row instead:
+        'preguntas_fila3_pregunta.txt'. Unique within the workbook.
+        """
+        header = slugify(
+            column.header, separator="_", max_length=_SLUG_MAX_CHARS, word_boundary=True
+        )
+        header = header or slugify(column.key, separator="_") or "texto"
+        record_id = row[table.record_index] if table.record_index is not None else None
+        if table.record is not None and isinstance(record_id, int | str) and record_id != "":
+            stem = f"{slugify(table.record.noun, separator='_')}_{record_id}_{header}"
+        else:
+            sheet = slugify(table.sheet.title, separator="_") or "hoja"
+            stem = f"{sheet}_fila{excel_row}_{header}"
+        name = safe_component(f"{stem}.txt", fallback="texto.txt")
+        number = 2
+        while name.casefold() in self._overflow_names:
+            name = safe_component(f"{stem}_{number}.txt", fallback="texto.txt")
+            number += 1
+        self._overflow_names.add(name.casefold())
+        return name
+
+    def _write_overflow(self, value: _LongText, name: str) -> str:
         archive_path = f"{self._overflow_prefix}/{name}"
         local_path = self._overflow_dir.joinpath(*archive_path.split("/"))
         local_path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,12 +322,16 @@ class _WorkbookWriter:
         with local_path.open("w", encoding="utf-8", newline="") as out:
             out.write(value.text)
         self.overflow_files.append(OverflowFile(archive_path=archive_path, local_path=local_path))
-        preview = cell_text(value.text[:_PREVIEW_CHARS])
-        return (
-            f"Este texto es más largo de lo que cabe en una celda de Excel "
-            f"({EXCEL_CELL_MAX_CHARS:,} caracteres). El texto completo está en el archivo "
-            f"{archive_path} de este respaldo.\nInicio del texto:\n{preview}…"
-        )
+        return overflow_pointer(archive_path, cell_text(value.text[:_PREVIEW_CHARS]))
+
+
+def overflow_pointer(archive_path: str, preview: str) -> str:
+    """What the cell of a text too long for Excel says instead (Spanish, for the clinic)."""
+    return (
+        f"Este texto es más largo de lo que cabe en una celda de Excel "
+        f"({spanish_number(EXCEL_CELL_MAX_CHARS)} caracteres). El texto completo está en el "
+        f"archivo {archive_path} de este respaldo.\nInicio del texto:\n{preview}…"
+    )
 
 
 def _write_text(
@@ -306,7 +360,7 @@ def _width(column: Column, values: Sequence[CellValue]) -> int:
         return column.width
     header = min(len(column.header), _MAX_HEADER_WIDTH) + _FILTER_BUTTON_WIDTH
     content = _KIND_WIDTH[column.kind]
-    if column.kind is Kind.TEXT:
+    if column.kind in (Kind.TEXT, Kind.MIXED):
         longest = max((len(v) for v in values if type(v) is str), default=0)
         content = max(content, longest + 2)
     return min(max(header, content), _MAX_WIDTH)
@@ -320,19 +374,40 @@ def _cell_values(kind: Kind, series: pd.Series, zone: ZoneInfo) -> list[CellValu
 
 
 def _text_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    return [
+        None if missing else _text_cell(value)
+        for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True)
+    ]
+
+
+def _text_cell(value: object) -> CellValue:
+    raw = value if isinstance(value, str) else str(value)
+    text = cell_text(raw)
+    if not text:
+        return None
+    if fits_in_cell(text):
+        return text
+    return _LongText(clean_text(raw))
+
+
+def _mixed_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    """Each value by its own type: a date a date cell, a number a number cell, the rest text."""
     out: list[CellValue] = []
     for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True):
         if missing:
             out.append(None)
-            continue
-        raw = value if isinstance(value, str) else str(value)
-        text = cell_text(raw)
-        if not text:
-            out.append(None)
-        elif fits_in_cell(text):
-            out.append(text)
+        elif isinstance(value, date) and not isinstance(value, datetime):
+            day = _date_cell(value)
+            out.append(_DateCell(day) if isinstance(day, int) else day)
+        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+            number = float(value)
+            # An int stays an int: it is written exactly as it was read.
+            out.append(value if isinstance(value, int) else number)
+            if not math.isfinite(number):
+                out[-1] = None
         else:
-            out.append(_LongText(clean_text(raw)))
+            # Text is text, whatever it looks like: it never becomes a number or a formula.
+            out.append(_text_cell(value))
     return out
 
 
@@ -420,4 +495,5 @@ _CONVERTERS: dict[Kind, Callable[[pd.Series, ZoneInfo], list[CellValue]]] = {
     Kind.DATETIME: _datetime_values,
     Kind.LOCAL_DATETIME: _local_datetime_values,
     Kind.BOOLEAN: _boolean_values,
+    Kind.MIXED: _mixed_values,
 }

@@ -1,15 +1,26 @@
-"""anamnesis.xlsx: one row per patient, one column per question, the latest answer in each cell."""
+"""anamnesis.xlsx: one row per patient, one column per question, the latest answer in each cell,
+typed by the question's answer_type."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
 
 import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
-from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, Sheet
+from backup_pipeline.datasets.base import (
+    Column,
+    ExtractContext,
+    Extraction,
+    Kind,
+    RecordName,
+    Sheet,
+)
 from backup_pipeline.datasets.query import (
     PATIENT_COLUMNS,
     live_patient,
@@ -27,6 +38,9 @@ ANSWER_TYPE_LABELS = {
     "number": "Número",
     "date": "Fecha",
 }
+# Answers of these types become date and number cells when they parse; the others stay text.
+# A yes_no answer is shown as the platform stores it ("Sí", "No", "No aplica").
+TYPED_ANSWERS = ("date", "number")
 NO_SECTION = "Sin sección"
 QUESTIONS_SHEET = "Preguntas"
 
@@ -53,6 +67,72 @@ class Question:
     def key(self) -> str:
         """The DataFrame column holding this question's answers."""
         return f"q{self.id}"
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.MIXED if self.answer_type in TYPED_ANSWERS else Kind.TEXT
+
+
+# --- An answer typed by its question -----------------------------------------------------------
+
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_DAY_MONTH_YEAR = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")  # as Mexico writes a date
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+_FIRST_EXCEL_DATE = date(1900, 3, 1)  # earlier serials are off by Excel's 1900 leap-year bug
+_MAX_SIGNIFICANT_DIGITS = 15  # what an Excel cell shows of a number without changing it
+_MAX_EXACT_INT = 2**53
+
+
+def typed_answer(answer: object, answer_type: str) -> date | int | float | str | None:
+    """The value of an answer's cell: a `date` answer a date, a `number` answer a number.
+
+    An answer that does not parse exactly (a date that is no date, "15 aprox.", "1,5", a number
+    with more digits than Excel keeps) stays the text as written: nothing is lost or rounded.
+    """
+    if answer is None or not isinstance(answer, str):
+        return None if answer is None or pd.isna(answer) else str(answer)
+    if answer_type == "date":
+        day = parse_answer_date(answer)
+        return day if day is not None else answer
+    if answer_type == "number":
+        number = parse_answer_number(answer)
+        return number if number is not None else answer
+    return answer
+
+
+def parse_answer_date(answer: str) -> date | None:
+    """'2021-10-07' or '07/10/2021' -> date(2021, 10, 7); anything else, or before 1900-03-01,
+    None."""
+    text = answer.strip()
+    if match := _ISO_DATE.fullmatch(text):
+        year, month, day = (int(part) for part in match.groups())
+    elif match := _DAY_MONTH_YEAR.fullmatch(text):
+        day, month, year = (int(part) for part in match.groups())
+    else:
+        return None
+    try:
+        parsed = date(year, month, day)
+    except ValueError:
+        return None
+    return parsed if parsed >= _FIRST_EXCEL_DATE else None
+
+
+def parse_answer_number(answer: str) -> int | float | None:
+    """'15' -> 15, '36.5' -> 36.5; None unless the cell will hold exactly the number written."""
+    text = answer.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        return None
+    if len(exact.normalize().as_tuple().digits) > _MAX_SIGNIFICANT_DIGITS:
+        return None
+    if exact == exact.to_integral_value() and abs(exact) < _MAX_EXACT_INT:
+        return int(exact)
+    number = float(exact)
+    # Tiny or huge values could underflow or overflow a double: they stay text.
+    return number if Decimal(repr(number)) == exact else None
 
 
 def questionnaire_order(questions: Iterable[Question]) -> list[Question]:
@@ -120,6 +200,11 @@ def _one_row_per_patient(answers: pd.DataFrame, questions: Sequence[Question]) -
     wide = latest.pivot(index="patient_id", columns="question_id", values="answer")
     wide = wide.reindex(columns=[question.id for question in questions])
     wide.columns = [question.key for question in questions]
+    for question in questions:
+        if question.answer_type in TYPED_ANSWERS:
+            values = [typed_answer(value, question.answer_type) for value in wide[question.key]]
+            # dtype=object keeps each value's own type (an int stays an int, a date a date).
+            wide[question.key] = pd.Series(values, index=wide.index, dtype=object)
     patients_part = latest.groupby("patient_id", sort=True).agg(
         patient_name=("patient_name", "first"), last_answered_at=("answered_at", "max")
     )
@@ -192,7 +277,7 @@ class AnamnesisDataset:
         fixed = (*PATIENT_COLUMNS, LAST_ANSWER_COLUMN)
         headers = question_headers(questions, taken=[column.header for column in fixed])
         columns = fixed + tuple(
-            Column(question.key, header)
+            Column(question.key, header, question.kind)
             for question, header in zip(questions, headers, strict=True)
         )
         answers = stream_query(answers_query(ctx.subscription_id), ctx)
@@ -200,6 +285,7 @@ class AnamnesisDataset:
             columns=columns,
             chunks=latest_answers_by_patient(answers, questions),
             extra_sheets=[Sheet(QUESTIONS_SHEET, QUESTION_COLUMNS, questions_frame(questions))],
+            record=RecordName("paciente", "patient_id"),
         )
 
 

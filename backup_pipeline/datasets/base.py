@@ -22,6 +22,9 @@ class Kind(enum.Enum):
     DATETIME = "datetime"  # stored as naive UTC, shown in the clinic's time zone
     LOCAL_DATETIME = "local_datetime"  # already local wall-clock time (a CFDI's Fecha): as is
     BOOLEAN = "boolean"  # shown as "Sí" / "No"
+    # Typed value by value by the dataset (an anamnesis answer): a date is a date cell, a number
+    # a number cell, and anything else, text that did not parse included, is text as written.
+    MIXED = "mixed"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,18 @@ class Column:
     header: str  # Spanish header the clinic reads
     kind: Kind = Kind.TEXT
     width: int | None = None  # characters; None lets the writer choose from the header and kind
+
+
+@dataclass(frozen=True)
+class RecordName:
+    """How a row names itself in a long-text file: '<noun>_<id>_<column>.txt'.
+
+    e.g. RecordName("consulta", "consultation_id") -> 'consulta_125_notas.txt'; `key` is the
+    column holding the row's record id.
+    """
+
+    noun: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,7 @@ class Extraction:
     columns: tuple[Column, ...]
     chunks: Iterator[pd.DataFrame]
     extra_sheets: list[Sheet] = field(default_factory=list)
+    record: RecordName | None = None  # None: long-text files are named by sheet and row
 
 
 class Dataset(Protocol):

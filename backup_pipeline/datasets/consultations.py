@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, and_, select
 
-from backup_pipeline.datasets.base import Column, Kind
+from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import (
     PATIENT_COLUMNS,
     QueryDataset,
@@ -79,4 +79,5 @@ DATASET = QueryDataset(
     description="Consultas registradas, con signos vitales y quién atendió.",
     columns=COLUMNS,
     query=query,
+    record=RecordName("consulta", "consultation_id"),
 )

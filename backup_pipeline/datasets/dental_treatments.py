@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, Text, and_, case, cast, func, select
 
-from backup_pipeline.datasets.base import Column, Kind
+from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import (
     PATIENT_COLUMNS,
     QueryDataset,
@@ -24,6 +24,7 @@ WHOLE_MOUTH = "Boca completa"  # tooth_fdi NULL means the whole mouth
 
 COLUMNS = (
     *PATIENT_COLUMNS,
+    Column("treatment_id", "ID tratamiento", Kind.INTEGER),
     Column("tooth", "Diente (FDI)", width=15),
     Column("surfaces", "Superficies"),
     Column("procedure_code", "Clave del procedimiento"),
@@ -49,6 +50,7 @@ def query(subscription_id: int) -> Select:
         select(
             t.c.patient_id,
             patient_full_name().label("patient_name"),
+            t.c.id.label("treatment_id"),
             func.coalesce(cast(t.c.tooth_fdi, Text), WHOLE_MOUTH).label("tooth"),
             t.c.surfaces,
             t.c.procedure_code,
@@ -76,4 +78,5 @@ DATASET = QueryDataset(
     description="Tratamientos odontológicos: diente, procedimiento, estado y precio.",
     columns=COLUMNS,
     query=query,
+    record=RecordName("tratamiento", "treatment_id"),
 )

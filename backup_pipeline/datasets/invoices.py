@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Select, and_, select
 from backup_pipeline import cfdi, sat_catalogs
 from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_planned_files
-from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
+from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.datasets.query import patient_full_name
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 from backup_pipeline.tables import cfdi_documents, patients
@@ -77,7 +77,11 @@ class InvoiceDataset:
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         columns = _columns(self.with_pdf)
-        return Extraction(columns=columns, chunks=self._chunks(ctx, columns))
+        return Extraction(
+            columns=columns,
+            chunks=self._chunks(ctx, columns),
+            record=RecordName("comprobante", "uuid"),
+        )
 
     def _chunks(self, ctx: ExtractContext, columns: Sequence[Column]) -> Iterator[pd.DataFrame]:
         names = archive_names(ctx.connection, ctx.subscription_id, self.direction)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Select, case, select
 
 from backup_pipeline import sat_catalogs
-from backup_pipeline.datasets.base import Column, Kind
+from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import PATIENT_COLUMNS, QueryDataset, patient_full_name
 from backup_pipeline.tables import patients as p
 
@@ -86,4 +86,5 @@ DATASET = QueryDataset(
     query=query,
     # "616 - Sin obligaciones fiscales", as the invoice reports show the same catalogue.
     decode={"tax_regime": sat_catalogs.describe_regimen},
+    record=RecordName("paciente", "patient_id"),
 )

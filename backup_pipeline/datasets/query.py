@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
 
-from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind
+from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.tables import patients
 
 PATIENT_COLUMNS = (
@@ -30,12 +30,13 @@ class QueryDataset:
     query: Callable[[int], Select]
     # Per column, what SQL cannot portably do to a value (e.g. decode a SAT catalogue code).
     decode: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    record: RecordName | None = None  # how a long-text file names the row
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         chunks = stream_query(self.query(ctx.subscription_id), ctx)
         if self.decode:
             chunks = (self._decoded(chunk) for chunk in chunks)
-        return Extraction(columns=self.columns, chunks=chunks)
+        return Extraction(columns=self.columns, chunks=chunks, record=self.record)
 
     def _decoded(self, chunk: pd.DataFrame) -> pd.DataFrame:
         for key, decode in self.decode.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Select, select
 
-from backup_pipeline.datasets.base import Column, Kind
+from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import (
     PATIENT_COLUMNS,
     QueryDataset,
@@ -16,6 +16,7 @@ from backup_pipeline.tables import vaccinations as v
 
 COLUMNS = (
     *PATIENT_COLUMNS,
+    Column("vaccination_id", "ID vacunación", Kind.INTEGER),
     Column("vaccine", "Vacuna"),
     Column("dose", "Dosis"),
     Column("applied_on", "Fecha de aplicación", Kind.DATE),
@@ -33,6 +34,7 @@ def query(subscription_id: int) -> Select:
         select(
             v.c.patient_id,
             patient_full_name().label("patient_name"),
+            v.c.id.label("vaccination_id"),
             v.c.vaccine,
             v.c.dose,
             v.c.applied_on,
@@ -57,4 +59,5 @@ DATASET = QueryDataset(
     description="Registros de vacunación: vacuna, dosis, lote y próxima dosis.",
     columns=COLUMNS,
     query=query,
+    record=RecordName("vacuna", "vaccination_id"),
 )

@@ -333,7 +333,7 @@ def test_dental_treatments_in_spanish_with_whole_mouth_and_money(
     assert [row["Procedimiento"] for row in rows] == ["Resina", "Corona", "Limpieza"]
     resina, corona, limpieza = rows
     assert resina == {
-        "ID paciente": JUAN, "Paciente": "Pérez García Juan", "Diente (FDI)": "16",
+        "ID paciente": JUAN, "Paciente": "Pérez García Juan", "ID tratamiento": 1, "Diente (FDI)": "16",
         "Superficies": "MO", "Clave del procedimiento": "D2391", "Procedimiento": "Resina",
         "Estado": "Terminado", "Precio": 1500.5, "Moneda": "MXN",
         "Fecha planeada": datetime(2026, 1, 10), "Fecha de realización": datetime(2026, 1, 15),
@@ -345,18 +345,19 @@ def test_dental_treatments_in_spanish_with_whole_mouth_and_money(
         "Planeado",
         None,
     )
-    assert book.active["H2"].number_format == "#,##0.00"
+    assert book.active["I2"].number_format == "#,##0.00"
 
 
 def test_vaccinations_with_dates(clinic_conn: Connection, tmp_path: Path) -> None:
     rows = records(export(vaccinations.DATASET, clinic_conn, tmp_path)["Vacunación"])
 
     assert rows == [
-        {"ID paciente": JUAN, "Paciente": "Pérez García Juan", "Vacuna": "Influenza", "Dosis": "1a",
+        {"ID paciente": JUAN, "Paciente": "Pérez García Juan", "ID vacunación": 1,
+         "Vacuna": "Influenza", "Dosis": "1a",
          "Fecha de aplicación": datetime(2025, 10, 20), "Lote": "L123", "Laboratorio": "Sanofi",
          "Sitio de aplicación": "Deltoides izquierdo", "Aplicada por": "Enf. Rosa",
          "Próxima dosis": datetime(2026, 10, 20), "Notas": "Sin reacción"},
-        {"ID paciente": ANA, "Paciente": "Ana", "Vacuna": "Tétanos", "Dosis": None,
+        {"ID paciente": ANA, "Paciente": "Ana", "ID vacunación": 2, "Vacuna": "Tétanos", "Dosis": None,
          "Fecha de aplicación": datetime(2024, 3, 1), "Lote": None, "Laboratorio": None,
          "Sitio de aplicación": None, "Aplicada por": None, "Próxima dosis": None, "Notas": None},
     ]  # fmt: skip
@@ -392,6 +393,48 @@ def test_anamnesis_has_the_latest_answer_per_patient_and_question(
          "Observaciones": None},
     ]  # fmt: skip
     assert book["Anamnesis"]["G3"].data_type == "s"
+
+
+def test_anamnesis_date_and_number_answers_are_real_cells_and_the_rest_stays_text(
+    clinic_conn: Connection, tmp_path: Path
+) -> None:
+    clinic_conn.execute(
+        t.anamnesis_questions.insert(),
+        [
+            {"id": 5, "subscription_id": CLINIC, "section": "Dental", "position": 1,
+             "question": "Última visita al dentista", "answer_type": "date", "is_active": True},
+            {"id": 6, "subscription_id": CLINIC, "section": "Dental", "position": 2,
+             "question": "Cepillados al día", "answer_type": "number", "is_active": True},
+        ],
+    )  # fmt: skip
+    later = datetime(2026, 3, 2, 12, 0)
+    clinic_conn.execute(
+        t.anamnesis_answers.insert(),
+        [
+            {"id": 20, "subscription_id": CLINIC, "patient_id": JUAN, "question_id": 5,
+             "answer": "2021-10-07", "answered_at": later},
+            {"id": 21, "subscription_id": CLINIC, "patient_id": JUAN, "question_id": 6,
+             "answer": "3", "answered_at": later},
+            {"id": 22, "subscription_id": CLINIC, "patient_id": ANA, "question_id": 5,
+             "answer": "hace un año", "answered_at": later},
+            {"id": 23, "subscription_id": CLINIC, "patient_id": ANA, "question_id": 6,
+             "answer": "2.5", "answered_at": later},
+            {"id": 24, "subscription_id": CLINIC, "patient_id": MARIA, "question_id": 6,
+             "answer": "2 o 3", "answered_at": later},
+        ],
+    )  # fmt: skip
+    sheet = export(anamnesis.DATASET, clinic_conn, tmp_path)["Anamnesis"]
+
+    rows = {row["ID paciente"]: row for row in records(sheet)}
+    assert rows[JUAN]["Última visita al dentista"] == datetime(2021, 10, 7)
+    assert rows[JUAN]["Cepillados al día"] == 3
+    assert rows[ANA]["Última visita al dentista"] == "hace un año"  # did not parse: as written
+    assert rows[ANA]["Cepillados al día"] == 2.5
+    assert rows[MARIA]["Cepillados al día"] == "2 o 3"
+    assert rows[JUAN]["¿Fuma? (Antecedentes)"] == "Sí"  # yes_no as the platform stores it
+    date_column = [c.value for c in sheet[1]].index("Última visita al dentista") + 1
+    assert sheet.cell(row=2, column=date_column).number_format == "dd/mm/yyyy"
+    assert sheet.cell(row=3, column=date_column).data_type == "s"
 
 
 def test_anamnesis_questions_sheet_marks_retired_questions(

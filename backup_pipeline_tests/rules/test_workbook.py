@@ -16,7 +16,7 @@ import pytest
 from openpyxl import load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from backup_pipeline.datasets.base import Column, Extraction, Kind, Sheet
+from backup_pipeline.datasets.base import Column, Extraction, Kind, RecordName, Sheet
 from backup_pipeline.workbook import (
     DATE_FORMAT,
     DATETIME_FORMAT,
@@ -220,14 +220,65 @@ def test_text_longer_than_a_cell_goes_whole_to_a_file(tmp_path: Path) -> None:
     rendered = render(tmp_path, TEXT_COLUMNS, frame)
 
     assert [o.archive_path for o in rendered.overflow_files] == [
-        "textos_largos/consultas/Consultas_fila2_b.txt"
+        "textos_largos/consultas/consultas_fila2_notas.txt"  # no record id: sheet and row
     ]
     overflow = rendered.overflow_files[0]
     assert overflow.local_path.read_bytes() == long_text.encode("utf-8")
     rows = data_rows(load_workbook(rendered.path)["Consultas"])
-    assert "textos_largos/consultas/Consultas_fila2_b.txt" in rows[0][1]
+    assert "textos_largos/consultas/consultas_fila2_notas.txt" in rows[0][1]
+    assert "(32,767 caracteres)" in rows[0][1]
     assert "texto completo" in rows[0][1]
     assert rows[1][0] == at_limit  # exactly at the limit: stays in its cell
+
+
+def test_a_long_text_file_is_named_in_spanish_after_its_record_and_column(
+    tmp_path: Path,
+) -> None:
+    long_text = "x" * 40_000
+    columns = (
+        Column("consultation_id", "ID consulta", Kind.INTEGER),
+        Column("notes", "Notas"),
+        Column("exam", "Exploración física"),
+        Column("exam2", "Exploración  física"),  # the same slug: both files survive
+    )
+    frame = pd.DataFrame(
+        {"consultation_id": [125, 126], "notes": [long_text, "corta"],
+         "exam": [long_text, long_text], "exam2": [long_text, None]}
+    )  # fmt: skip
+    extraction = Extraction(
+        columns=columns, chunks=iter([frame]), record=RecordName("consulta", "consultation_id")
+    )
+    rendered = render_workbook(
+        extraction,
+        path=tmp_path / "consultas.xlsx",
+        sheet_title="Consultas",
+        timezone="UTC",
+        archive_path="consultas.xlsx",
+        overflow_dir=tmp_path / "overflow",
+    )
+
+    assert [o.archive_path for o in rendered.overflow_files] == [
+        "textos_largos/consultas/consulta_125_notas.txt",
+        "textos_largos/consultas/consulta_125_exploracion_fisica.txt",
+        "textos_largos/consultas/consulta_125_exploracion_fisica_2.txt",
+        "textos_largos/consultas/consulta_126_exploracion_fisica.txt",
+    ]
+
+
+def test_a_mixed_column_types_each_cell_and_keeps_text_text(tmp_path: Path) -> None:
+    columns = (Column("answer", "Respuesta", Kind.MIXED),)
+    values = [date(2021, 10, 7), 15, 36.5, "=1+1", "ayer", None, *FORMULA_LOOKALIKES]
+    frame = pd.DataFrame({"answer": pd.Series(values, dtype=object)})
+    rendered = render(tmp_path, columns, frame)
+
+    sheet = load_workbook(rendered.path)["Consultas"]
+    cells = [sheet.cell(row=row, column=1) for row in range(2, 2 + len(values))]
+    assert [c.value for c in cells] == [
+        datetime(2021, 10, 7), 15, 36.5, "=1+1", "ayer", None, *FORMULA_LOOKALIKES
+    ]  # fmt: skip
+    assert cells[0].number_format == DATE_FORMAT
+    assert cells[1].number_format == "General"
+    assert all(c.data_type == "s" for c in cells[3:5] + cells[6:])
 
 
 def test_rows_beyond_the_sheet_limit_continue_on_more_sheets(tmp_path: Path) -> None:

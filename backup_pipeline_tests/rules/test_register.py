@@ -1,0 +1,200 @@
+"""One register, "usted": no text the clinic can receive speaks to it as "tú"."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backup_pipeline import cfdi, checks, mail, quota
+from backup_pipeline.archive import assembly, zipper
+from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
+from backup_pipeline.archive.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
+from backup_pipeline.datasets import DATASETS, anamnesis, invoices
+from backup_pipeline.datasets.base import Column
+from backup_pipeline.request_state import Requester
+from backup_pipeline.workbook import overflow_pointer
+
+# Second-person singular ("tú") forms, chosen so that none is also a correct "usted" form or an
+# ordinary third-person word: "indica", "abre", "revisa" are left out as bare words because
+# "el archivo indica..." is correct; as the first word of a sentence they are imperatives.
+TU_WORDS = {
+    "tú", "tu", "tus", "te", "ti", "contigo", "tuyo", "tuya", "tuyos", "tuyas",
+    "eres", "estás", "tienes", "puedes", "quieres", "necesitas", "debes", "sabes", "has",
+    "recibes", "solicitas", "deseas", "vas", "olvides",
+    "escríbenos", "contáctanos", "comunícate", "asegúrate", "fíjate", "descárgalo",
+    "descárgala", "guárdalo", "guárdala", "ábrelo", "ábrela", "revísalo", "compártelo",
+    "cámbialo", "cuídala", "cuídalo", "bórralo", "consérvalo", "respóndenos",
+}  # fmt: skip
+TU_SENTENCE_STARTS = {
+    "abre", "revisa", "cambia", "escribe", "descarga", "cuida", "responde", "indica",
+    "recuerda", "intenta", "guarda", "comparte", "usa", "elimina", "verifica", "copia",
+    "pega", "presiona", "solicita", "comprueba",
+}  # fmt: skip
+# Future ("recibirás") and preterite ("solicitaste") of the second person, with the ordinary
+# words that merely end the same way.
+_TU_FUTURE = re.compile(r"\w+rás$")
+_TU_PRETERITE = re.compile(r"\w+(aste|iste)$")
+_NOT_TU = {
+    "atrás", "detrás", "existe", "consiste", "insiste", "resiste", "asiste", "persiste",
+    "subsiste", "desiste", "coexiste", "triste", "chiste", "contraste", "desgaste", "baste",
+    "gaste", "engaste",
+}  # fmt: skip
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;¡¿\n]\s*|^\s*[-*]\s*)(\w+)", re.MULTILINE)
+
+
+def tu_forms(text: str) -> list[str]:
+    """The "tú" forms in `text`, as written."""
+    found = []
+    for word in _WORD.findall(text):
+        lower = word.lower()
+        if lower in _NOT_TU:
+            continue
+        if lower in TU_WORDS or _TU_FUTURE.fullmatch(lower) or _TU_PRETERITE.fullmatch(lower):
+            found.append(word)
+    found += [word for word in _SENTENCE_START.findall(text) if word.lower() in TU_SENTENCE_STARTS]
+    return found
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "El respaldo que solicitaste ya está listo.",
+        "Puedes descargarlo con el siguiente enlace.",
+        "Ya hay un respaldo en proceso; recibirás un solo correo.",
+        "Podrás solicitar el siguiente a partir del lunes.",
+        "Si tienes dudas, comunícate con soporte.",
+        "¿Necesitas ayuda? Escríbenos.",
+        "Descárgalo y guárdalo en un lugar seguro.",
+        "Abre la Terminal y escribe: shasum",
+        "Cuida esta información.",
+        "Los datos de tus pacientes.",
+        "Te recomendamos descargarlo.",
+    ],
+)
+def test_the_scan_finds_tu_forms(text: str) -> None:
+    assert tu_forms(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "El respaldo que solicitó ya está listo. Puede descargarlo con el siguiente enlace.",
+        "Si tiene dudas, comuníquese con el equipo de soporte.",
+        "Descárguelo y guárdelo en un lugar seguro; le recomendamos hacerlo pronto.",
+        "Abra la Terminal y escriba: shasum. Cambie archivo.zip por el nombre.",
+        "El archivo indica cuáles son. Si el archivo no existe, consiste en un error.",
+        "Recibirá un solo correo. Podrá solicitar el siguiente. Escríbanos atrás.",
+    ],
+)
+def test_the_scan_has_no_false_positive_on_usted_text(text: str) -> None:
+    assert tu_forms(text) == []
+
+
+# --- Every text the clinic can receive -------------------------------------------------------
+
+
+def _emails() -> Iterator[tuple[str, str]]:
+    common = {
+        "to": "ana@example.mx",
+        "clinic_name": "",  # the fallback name is scanned too
+        "support_email": "soporte@clinica.example",
+        "from_email": "respaldos@clinica.example",
+        "request_id": 42,
+    }
+    delivered = mail.delivered_email(
+        **common,
+        link="https://example.test/42.zip",
+        expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
+        timezone_label="America/Cancun",
+        size_bytes=12_900_000,
+        sha256="0" * 64,
+        contents=[("Pacientes", 1234)],
+    )
+    failed = mail.failed_email_to_requester(**common)
+    for email in (delivered, failed):
+        yield f"{email.key} subject", email.subject
+        yield f"{email.key} text", email.text
+        yield f"{email.key} html", email.html
+
+
+def _leeme() -> Iterator[tuple[str, str]]:
+    facts = LeemeFacts(
+        clinic_name="Clínica",
+        generated_at_local=datetime(2026, 1, 2, 9, 30, tzinfo=ZoneInfo("America/Mexico_City")),
+        timezone="America/Mexico_City",
+        workbooks=[(d.archive_path, d.description, 3) for d in DATASETS],
+        files_copied=5,
+        file_bytes=2048,
+        missing_count=2,
+        invoices_issued=1,
+        invoices_received=1,
+        long_text_files=1,
+    )
+    yield "LEEME.txt", leeme_text(facts)
+
+
+def _status_details() -> Iterator[tuple[str, str]]:
+    request = checks.RequestUnderReview(
+        id=100, subscription_id=7, requested_by_user_id=3, requested_at=datetime(2027, 3, 1)
+    )
+    ok = Requester(id=3, subscription_id=7, is_active=True, can_request_backup=True)
+    cases = {
+        "not in subscription": {"requester": None},
+        "inactive subscription": {"subscription_status": "suspended"},
+        "inactive requester": {"requester": Requester(3, 7, False, True)},
+        "not authorised": {"requester": Requester(3, 7, True, False)},
+        "in progress": {"other_open": [(99, "pending")]},
+        "quota": {
+            "history": [
+                quota.PastRequest(requested_at=datetime(2027, 1, 16, 18), status="delivered")
+            ]
+        },
+    }
+    for name, overrides in cases.items():
+        arguments = {
+            "requester": ok,
+            "subscription_status": "active",
+            "timezone": "America/Mexico_City",
+            "history": [],
+            "other_open": [],
+            **overrides,
+        }
+        decision = checks.review_request(request, **arguments)
+        assert decision.status_detail, name
+        yield f"status detail: {name}", decision.status_detail
+
+
+def _workbook_texts() -> Iterator[tuple[str, str]]:
+    columns: list[Column] = [
+        *MISSING_COLUMNS,
+        *anamnesis.QUESTION_COLUMNS,
+        anamnesis.LAST_ANSWER_COLUMN,
+        *invoices._columns(with_pdf=True),
+    ]
+    for dataset in DATASETS:
+        yield f"{dataset.name} sheet", dataset.sheet_title
+        yield f"{dataset.name} description", dataset.description
+        columns += list(getattr(dataset, "columns", ()))
+    for column in columns:
+        yield f"header {column.key}", column.header
+    yield "anamnesis questions sheet", anamnesis.QUESTIONS_SHEET
+    yield "anamnesis answer types", " ".join(anamnesis.ANSWER_TYPE_LABELS.values())
+    yield "missing kinds", " ".join(MISSING_KIND_LABELS.values())
+    yield "missing reasons", f"{zipper.REASON_NOT_FOUND}. {zipper.REASON_UNREADABLE}."
+    yield "email contents", f"{assembly.FILES_LABEL}. {assembly.MISSING_LABEL}."
+    yield "long text", overflow_pointer("textos_largos/consultas/consulta_1_notas.txt", "x")
+    problems = [value for name, value in vars(cfdi).items() if name.startswith("PROBLEM_")]
+    yield "cfdi observations", ". ".join([*problems, invoices.PROBLEM_XML_MISSING])
+
+
+CLINIC_TEXTS = [*_emails(), *_leeme(), *_status_details(), *_workbook_texts()]
+
+
+@pytest.mark.parametrize(("where", "text"), CLINIC_TEXTS, ids=[w for w, _ in CLINIC_TEXTS])
+def test_every_text_the_clinic_receives_says_usted(where: str, text: str) -> None:
+    assert tu_forms(text) == [], where
