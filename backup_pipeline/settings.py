@@ -25,6 +25,9 @@ def secret_environment(*names: str) -> dict[str, str]:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
+DEFAULT_FROM_EMAIL = "Respaldo de información <respaldos@clinica.example>"
+
+
 @dataclass(frozen=True)
 class Settings:
     platform_db_url: str
@@ -69,7 +72,8 @@ class Settings:
             files_url=env.get("BACKUP_FILES_URL", (var / "files").as_uri()),
             archives_url=env.get("BACKUP_ARCHIVES_URL", (var / "archives").as_uri()),
             mail_url=env.get("BACKUP_MAIL_URL", (var / "outbox").as_uri()),
-            from_email=env.get("BACKUP_FROM_EMAIL", "respaldos@clinica.example"),
+            # With a display name: the clinic's inbox shows who wrote, not a bare address.
+            from_email=env.get("BACKUP_FROM_EMAIL", DEFAULT_FROM_EMAIL),
             support_email=env.get("BACKUP_SUPPORT_EMAIL", "soporte@clinica.example"),
             link_ttl=link_ttl,
             late_after=timedelta(hours=float(env.get("BACKUP_LATE_AFTER_HOURS", "24"))),

@@ -45,6 +45,9 @@ class PlannedFile(_Serialisable):
     patient_id: int | None
     expected_size: int | None = None
     expected_sha256: str | None = None
+    # For archivos_no_incluidos.xlsx, in Spanish: "Apellidos Nombre", and what the file was.
+    patient_name: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class MissingFile(_Serialisable):
     record_id: int
     patient_id: int | None
     reason: str
+    patient_name: str | None = None
+    description: str | None = None
 
 
 @dataclass

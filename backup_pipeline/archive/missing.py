@@ -14,7 +14,9 @@ from backup_pipeline.workbook import render_workbook
 MISSING_COLUMNS = (
     Column("archive_path", "Archivo en el respaldo", Kind.TEXT, 70),
     Column("kind", "Tipo", Kind.TEXT, 18),
+    Column("description", "Qué archivo era", Kind.TEXT, 60),
     Column("patient_id", "ID paciente", Kind.INTEGER),
+    Column("patient_name", "Paciente", Kind.TEXT, 35),
     Column("record_id", "ID del registro", Kind.INTEGER),
     Column("reason", "Motivo", Kind.TEXT, 60),
 )
@@ -34,12 +36,15 @@ def render_missing_files(missing: list[MissingFile], workdir: Path, timezone: st
             {
                 "archive_path": m.archive_path,
                 "kind": MISSING_KIND_LABELS.get(m.kind, m.kind),
+                "description": m.description,
                 "patient_id": m.patient_id,
+                "patient_name": m.patient_name,
                 "record_id": m.record_id,
                 "reason": m.reason,
             }
             for m in missing
-        ]
+        ],
+        columns=[column.key for column in MISSING_COLUMNS],
     )
     path = workdir / MISSING_REPORT_PATH
     render_workbook(

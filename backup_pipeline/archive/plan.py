@@ -27,6 +27,12 @@ from backup_pipeline.tables import attachments, cfdi_documents, patients
 PATIENT_FOLDER_MAX_BYTES = 100
 FILE_NAME_MAX_BYTES = 150
 ATTACHMENT_FALLBACK = "archivo"
+_CFDI_LABELS = {
+    ("issued", KIND_CFDI_XML): "XML del comprobante emitido",
+    ("issued", KIND_CFDI_PDF): "PDF del comprobante emitido",
+    ("received", KIND_CFDI_XML): "XML del comprobante recibido",
+    ("received", KIND_CFDI_PDF): "PDF del comprobante recibido",
+}
 
 _ROWS_PER_FETCH = 1_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -94,6 +100,8 @@ def _attachments(connection: Connection, subscription_id: int) -> Iterator[Plann
             patient_id=int(row.patient_id),
             expected_size=_size(row.size_bytes),
             expected_sha256=_sha256(row.sha256),
+            patient_name=full_name(row.last_name, row.second_last_name, row.first_name),
+            description=attachment_description(row.file_name),
         )
 
 
@@ -113,6 +121,9 @@ def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[Planne
             cfdi_documents.c.xml_storage_key,
             cfdi_documents.c.pdf_storage_key,
             patients.c.id.label("patient_id"),
+            patients.c.last_name,
+            patients.c.second_last_name,
+            patients.c.first_name,
         )
         .select_from(cfdi_documents.outerjoin(patients, live_patient))
         .where(
@@ -138,12 +149,20 @@ def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
         xml_folder, xml_name = xml_path.rsplit("/", 1)
         unique_xml = names.path(xml_folder, xml_name, fallback=f"sin_uuid_{int(row.id)}.xml")
         patient_id = int(row.patient_id) if row.patient_id is not None else None
+        # The report's own query (invoices.archive_names) needs only the names: no patient.
+        patient_name = (
+            full_name(row.last_name, row.second_last_name, row.first_name)
+            if patient_id is not None and hasattr(row, "last_name")
+            else None
+        )
         yield PlannedFile(
             archive_path=unique_xml,
             source_key=row.xml_storage_key,
             kind=KIND_CFDI_XML,
             record_id=int(row.id),
             patient_id=patient_id,
+            patient_name=patient_name,
+            description=cfdi_description(row.direction, KIND_CFDI_XML, row.uuid),
         )
         if pdf_path is not None:
             pdf_folder = pdf_path.rsplit("/", 1)[0]
@@ -154,7 +173,28 @@ def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
                 kind=KIND_CFDI_PDF,
                 record_id=int(row.id),
                 patient_id=patient_id,
+                patient_name=patient_name,
+                description=cfdi_description(row.direction, KIND_CFDI_PDF, row.uuid),
             )
+
+
+def full_name(last: str | None, second_last: str | None, first: str | None) -> str | None:
+    """ "Apellidos Nombre", as every workbook and the attachment folders name a patient."""
+    parts = [" ".join(part.split()) for part in (last, second_last, first) if part]
+    return " ".join(part for part in parts if part) or None
+
+
+def attachment_description(file_name: str | None) -> str:
+    """What an attachment was, for archivos_no_incluidos.xlsx: its name as the user uploaded it."""
+    name = " ".join((file_name or "").split())
+    return f"Archivo adjunto del paciente: «{name}»" if name else "Archivo adjunto del paciente"
+
+
+def cfdi_description(direction: str, kind: str, uuid: str | None) -> str:
+    """'XML del comprobante emitido <UUID>', with the folio fiscal as the platform recorded it."""
+    label = _CFDI_LABELS.get((direction, kind), "Archivo de un comprobante")
+    folio = " ".join((uuid or "").split())
+    return f"{label} {folio}" if folio else f"{label} (sin folio fiscal)"
 
 
 def _size(value: Any) -> int | None:

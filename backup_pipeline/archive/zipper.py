@@ -383,6 +383,8 @@ def _missing(plan: PlannedFile, reason: str) -> MissingFile:
         record_id=plan.record_id,
         patient_id=plan.patient_id,
         reason=reason,
+        patient_name=plan.patient_name,
+        description=plan.description,
     )
 
 

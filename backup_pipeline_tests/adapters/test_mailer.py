@@ -20,6 +20,7 @@ from backup_pipeline.resources.mailer import (
     SendGridMailer,
     open_mailer,
 )
+from backup_pipeline.settings import Settings
 from backup_pipeline_tests.support.sendgrid import (
     DUMMY_API_KEY,
     STALL,
@@ -301,6 +302,16 @@ def test_unknown_mail_scheme_names_the_supported_ones() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_default_sender_has_a_spanish_display_name(tmp_path) -> None:
+    sender = Settings.from_env({}).from_email
+    assert sender == "Respaldo de información <respaldos@clinica.example>"
+
+    OutboxMailer(tmp_path).send(spanish_email(from_email=sender))
+    [path] = tmp_path.iterdir()
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.strict)
+    assert msg["From"].addresses[0].display_name == "Respaldo de información"
+
+
 def test_outbox_file_is_a_strict_rfc5322_message_named_without_the_recipient(tmp_path) -> None:
     outbox = tmp_path / "outbox"
     message_id = OutboxMailer(outbox).send(spanish_email(to=RECIPIENT))
@@ -316,6 +327,10 @@ def test_outbox_file_is_a_strict_rfc5322_message_named_without_the_recipient(tmp
     assert msg["Message-ID"] == message_id
     assert msg["Date"].datetime.tzinfo is not None
     assert msg["To"].addresses[0].addr_spec == RECIPIENT
+    # The sender's display name keeps its accents, RFC 2047-encoded in a 7-bit header.
+    assert msg["From"].addresses[0].display_name == "Respaldos Clínica"
+    assert msg["From"].addresses[0].addr_spec == "respaldos@clinica.example"
+    assert b"From: Respaldos =?utf-8?q?Cl=C3=ADnica?= <respaldos@clinica.example>" in data
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert "ñ" in msg.get_body(("plain",)).get_content()

@@ -864,7 +864,17 @@ def test_missing_files_are_listed_counted_and_the_backup_still_delivered(local: 
         assert path not in archive.names
         assert row["ID paciente"] == attachment.patient_id
         assert row["Motivo"] == REASON_NOT_FOUND
+        # The patient by name, as the folders and workbooks name them, and what the file was.
+        folder = path.split("/")[1]
+        assert row["Paciente"] and folder.startswith(row["Paciente"][:20])
+        assert row["Qué archivo era"].startswith("Archivo adjunto del paciente: «")
+        assert " ".join(attachment.file_name.split()) in row["Qué archivo era"]
     pdf_row = by_record[("PDF de CFDI", invoice.id)]
+    assert pdf_row["Qué archivo era"] == f"PDF del comprobante emitido {invoice.uuid}"
+    if invoice.patient_id is not None:
+        patients_rows = archive.sheet_rows("pacientes.xlsx")
+        name = {r["ID paciente"]: r["Paciente"] for r in patients_rows}[invoice.patient_id]
+        assert pdf_row["Paciente"] == name
     assert pdf_row["Archivo en el respaldo"].startswith("facturacion/ingresos/pdf/")
     assert pdf_row["Archivo en el respaldo"] not in archive.names
     assert pdf_row["Motivo"] == REASON_NOT_FOUND
@@ -908,6 +918,8 @@ def test_a_value_longer_than_a_cell_is_whole_in_a_text_file_the_cell_names(local
         named = [n for n in long_texts if n in cell]
         assert len(named) == 1, f"the cell does not name one text file: {cell[:200]!r}"
         assert archive.read(named[0]).decode("utf-8") == notes[consultation_id]
+        # Named in Spanish after its row: the consultation's id and the column's header.
+        assert named[0] == f"textos_largos/consultas/consulta_{consultation_id}_notas.txt"
     assert verify_zip(io.BytesIO(archive.data)).ok  # the text files are in SHA256SUMS too
     assert "más largos de lo que cabe en una celda" in archive.text("LEEME.txt")
 
