@@ -73,18 +73,29 @@ class InvoiceDataset:
     sheet_title: str
     description: str
     direction: str
-    with_pdf: bool
+    # True: the "Archivo PDF" column always; None: only when some row of the report has a PDF
+    # (the platform rarely stores one for a received invoice: an always-empty column misleads).
+    with_pdf: bool | None
 
     def extract(self, ctx: ExtractContext) -> Extraction:
-        columns = _columns(self.with_pdf)
+        # The archive's names first (two short strings per invoice): they decide the columns.
+        names = archive_names(ctx.connection, ctx.subscription_id, self.direction)
+        with_pdf = self.with_pdf
+        if with_pdf is None:
+            with_pdf = any(pdf is not None for _, pdf in names.values())
+        columns = _columns(with_pdf)
         return Extraction(
             columns=columns,
-            chunks=self._chunks(ctx, columns),
+            chunks=self._chunks(ctx, columns, names),
             record=RecordName("comprobante", "uuid"),
         )
 
-    def _chunks(self, ctx: ExtractContext, columns: Sequence[Column]) -> Iterator[pd.DataFrame]:
-        names = archive_names(ctx.connection, ctx.subscription_id, self.direction)
+    def _chunks(
+        self,
+        ctx: ExtractContext,
+        columns: Sequence[Column],
+        names: dict[int, tuple[str | None, str | None]],
+    ) -> Iterator[pd.DataFrame]:
         query = report_query(ctx.subscription_id, self.direction).execution_options(
             yield_per=ctx.chunksize  # implies stream_results: a server-side cursor on PostgreSQL
         )
@@ -99,7 +110,7 @@ class InvoiceDataset:
                     report_row(row, record, names.get(row.id, (None, None)))
                     for row, record in zip(rows, records, strict=True)
                 ]
-                frame = pd.DataFrame.from_records(report, columns=keys)
+                frame = pd.DataFrame.from_records(report)[keys]
                 frame["patient_id"] = frame["patient_id"].astype("Int64")
                 yield frame
 
@@ -238,5 +249,5 @@ RECEIVED = InvoiceDataset(
     sheet_title="Comprobantes recibidos",
     description="Reporte de los comprobantes fiscales (CFDI) recibidos, uno por renglón, leído de cada XML.",
     direction="received",
-    with_pdf=True,
+    with_pdf=None,
 )

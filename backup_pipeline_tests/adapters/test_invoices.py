@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import pytest
-from sqlalchemy import Connection, create_engine, insert
+from sqlalchemy import Connection, create_engine, insert, update
 
 from backup_pipeline import tables as t
 from backup_pipeline.cfdi import PROBLEM_BROKEN
@@ -348,21 +348,41 @@ def test_uuid_that_differs_from_the_platform_is_observed(platform):
     assert row["archivo_xml"] == f"facturacion/ingresos/xml/{UUID_USD_PLATFORM}.xml"
 
 
-def test_received_report_reads_3_3_and_names_a_pdf_only_when_stored(platform):
+def test_received_report_reads_3_3_and_has_no_pdf_column_when_no_pdf_is_stored(platform):
     conn, store = platform
 
     extraction, frames = extract(RECEIVED, conn, store)
     rows = records(frames)
 
-    assert "archivo_pdf" in [column.key for column in extraction.columns]
+    # None of these has a PDF stored: no always-empty "Archivo PDF" column.
+    assert "archivo_pdf" not in [column.key for column in extraction.columns]
+    assert all("archivo_pdf" not in row for row in rows)
     assert [row["uuid"] for row in rows] == [UUID_33.lower(), UUID_BOM, UUID_BOM, "../../x"]
-    assert all(row["archivo_pdf"] is None for row in rows)  # none of these has a PDF stored
     first = rows[0]
     assert (first["version"], first["observaciones"]) == ("3.3", None)
     assert first["impuestos_retenidos"] == Decimal("2066.67")
     assert first["forma_pago"] == "99 - Por definir"
     assert first["metodo_pago"] == "PPD - Pago en parcialidades o diferido"
     assert first["archivo_xml"] == f"facturacion/gastos/xml/{UUID_33}.xml"
+
+
+def test_received_report_names_a_pdf_where_one_is_stored_and_leaves_the_others_empty(platform):
+    conn, store = platform
+    conn.execute(
+        update(t.cfdi_documents)
+        .where(t.cfdi_documents.c.id == 8)
+        .values(pdf_storage_key="cfdi/1/8.pdf")
+    )
+
+    extraction, frames = extract(RECEIVED, conn, store)
+    rows = records(frames)
+
+    assert [column.header for column in extraction.columns][-3:] == [
+        "Archivo XML", "Archivo PDF", "Observaciones"
+    ]  # fmt: skip
+    assert [row["archivo_pdf"] for row in rows] == [
+        None, f"facturacion/gastos/pdf/{UUID_BOM}.pdf", None, None
+    ]  # fmt: skip
 
 
 def test_invoice_recorded_twice_names_both_files_as_the_archive_does(platform):
