@@ -161,8 +161,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     report = verify_zip(Path(args.zip))
     for problem in report.problems:
         print(f"MISMATCH: {problem}")
+    for note in report.unreadable_cfdi:
+        print(f"NOTE: {note} (copied as the platform stored it)")
     if report.ok:
-        print(f"OK: {args.zip} is intact and every entry matches SHA256SUMS.")
+        print(f"OK: {args.zip} is intact, every entry matches SHA256SUMS and every workbook opens.")
         return 0
     return 1
 

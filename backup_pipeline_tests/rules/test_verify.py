@@ -5,13 +5,29 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
+from openpyxl import Workbook
 
 from backup_pipeline.archive.verify import sha256sums_text, verify_zip
 
+SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
+UUID = "5FB2822E-396D-4725-8521-CDC4BDD20CCF"
+
+
+def _workbook() -> bytes:
+    book = Workbook()
+    book.active.append(["ID paciente", "Paciente"])
+    book.active.append([17, "García López Ana"])
+    buffer = io.BytesIO()
+    book.save(buffer)
+    return buffer.getvalue()
+
+
 GOOD = {
-    "pacientes.xlsx": b"PK workbook" * 50,
+    "pacientes.xlsx": _workbook(),
+    f"facturacion/ingresos/xml/{UUID}.xml": (SAMPLES / "cfdi40_ingreso.xml").read_bytes(),
     "adjuntos/García López Ana (17)/radiografía.png": b"\x89PNG" + bytes(range(256)) * 8,
     "LEEME.txt": "Léame\r\n".encode(),
 }
@@ -45,8 +61,8 @@ def test_a_good_zip_passes_from_a_path_and_from_a_stream(tmp_path):
     path.write_bytes(data)
     for source in (path, str(path), io.BytesIO(data)):
         report = verify_zip(source)
-        assert report.ok and report.problems == []
-        assert report.entries == 4
+        assert report.ok and report.problems == [] and report.unreadable_cfdi == []
+        assert report.entries == 5
 
 
 def test_one_flipped_byte_in_an_entry_fails_and_names_no_patient():
@@ -89,7 +105,7 @@ def test_entries_missing_from_sha256sums_and_listed_paths_missing_from_the_zip_f
 def test_a_zip_without_sha256sums_fails():
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("pacientes.xlsx", b"PK")
+        zf.writestr("pacientes.xlsx", GOOD["pacientes.xlsx"])
     report = verify_zip(io.BytesIO(buffer.getvalue()))
     assert report.problems == ["SHA256SUMS is missing"]
 
@@ -101,6 +117,62 @@ def test_paths_that_escape_the_archive_fail(evil):
     assert any("escapes the archive folder" in p for p in report.problems)
 
 
+def test_a_workbook_that_does_not_open_fails_and_is_named():
+    damaged = GOOD["pacientes.xlsx"][: len(GOOD["pacientes.xlsx"]) // 2]
+    report = verify_zip(io.BytesIO(_zip({**GOOD, "consultas.xlsx": damaged})))
+    assert not report.ok
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith(
+        "entry #4 ('consultas.xlsx'): the workbook does not open ("
+    )
+
+
+def test_a_workbook_whose_sheet_is_not_xml_fails():
+    with zipfile.ZipFile(io.BytesIO(GOOD["pacientes.xlsx"])) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    parts["xl/worksheets/sheet1.xml"] = b"<worksheet><sheetData><row><c"  # cut mid-cell
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as book:
+        for name, data in parts.items():
+            book.writestr(name, data)
+    report = verify_zip(io.BytesIO(_zip({**GOOD, "pacientes.xlsx": buffer.getvalue()})))
+    assert not report.ok
+    assert "'pacientes.xlsx'): the workbook does not open" in report.problems[0]
+
+
+@pytest.mark.parametrize(
+    "sample",
+    ["broken_truncated.xml", "billion_laughs.xml", "empty.xml", "not_cfdi_retenciones.xml"],
+)
+def test_a_cfdi_xml_that_does_not_open_is_named_without_failing_the_archive(sample):
+    path = f"facturacion/gastos/xml/{UUID}.xml"
+    report = verify_zip(io.BytesIO(_zip({**GOOD, path: (SAMPLES / sample).read_bytes()})))
+    # Copied as the platform stored it (the report says so too): the archive is still whole.
+    assert report.ok, report.problems
+    assert len(report.unreadable_cfdi) == 1
+    assert report.unreadable_cfdi[0].startswith(f"entry #4 ('{path}'): the CFDI XML does not open")
+
+
 def test_something_that_is_not_a_zip_fails_with_a_message():
     report = verify_zip(io.BytesIO(b"this is not a zip"))
     assert not report.ok and report.problems[0].startswith("not a readable zip")
+
+
+def test_the_cli_names_what_does_not_open_and_exits_non_zero_only_for_damage(tmp_path, capsys):
+    from backup_pipeline import cli
+
+    path = f"facturacion/gastos/xml/{UUID}.xml"
+    broken = {**GOOD, path: (SAMPLES / "broken_truncated.xml").read_bytes()}
+    good_zip = tmp_path / "respaldo.zip"
+    good_zip.write_bytes(_zip(broken))
+    assert cli.main(["verify", str(good_zip)]) == 0
+    out = capsys.readouterr().out
+    assert f"NOTE: entry #4 ('{path}'): the CFDI XML does not open" in out
+    assert "every workbook opens" in out
+
+    damaged_zip = tmp_path / "dañado.zip"
+    damaged_zip.write_bytes(_zip({**GOOD, "consultas.xlsx": b"PK not a workbook"}))
+    assert cli.main(["verify", str(damaged_zip)]) == 1
+    assert "MISMATCH: entry #4 ('consultas.xlsx'): the workbook does not open" in (
+        capsys.readouterr().out
+    )
