@@ -40,27 +40,15 @@ def _rejected(reason_code: str, status_detail: str) -> Decision:
     return Decision(accepted=False, reason_code=reason_code, status_detail=status_detail)
 
 
-def review_request(
-    request: RequestUnderReview,
-    *,
-    requester: Requester | None,
-    subscription_status: str | None,
-    timezone: str | None,
-    history: Sequence[quota.PastRequest],
-    other_open: Sequence[tuple[int, str]],
-) -> Decision:
-    """Decide a pending request; the first failing check gives the reason.
+def authorization_refusal(
+    requester: Requester | None, subscription_id: int, subscription_status: str | None
+) -> Decision | None:
+    """Why the requester may not have this subscription's backup now, or None when they may.
 
-    - `requester`: the user in `requested_by_user_id`, or None when no such user exists.
-    - `subscription_status`: `subscriptions.status`, or None when the subscription is missing.
-    - `timezone`: `subscriptions.timezone`, used to show the next allowed date.
-    - `history`: this subscription's OTHER requests, every status (the quota picks what counts).
-    - `other_open`: (id, status) of the same rows as `history`; rows neither pending nor running
-      and the request's own id are ignored, so one query may feed both arguments.
+    Checked when a request is reviewed, again when its run starts, and right before its link is
+    signed and sent (PRODUCT.md: the authorisation may be revoked while the request waits).
     """
-    if requester is not None and requester.id != request.requested_by_user_id:
-        raise ValueError(f"requester {requester.id} is not the user who made request {request.id}")
-    if requester is None or requester.subscription_id != request.subscription_id:
+    if requester is None or requester.subscription_id != subscription_id:
         return _rejected(
             REQUESTER_NOT_IN_SUBSCRIPTION,
             "El usuario que solicitó el respaldo no pertenece a esta suscripción.",
@@ -81,6 +69,40 @@ def review_request(
             "El usuario no tiene autorización para solicitar respaldos de información. "
             "Un administrador de la cuenta puede otorgarla.",
         )
+    return None
+
+
+def revoked_detail(refusal: Decision) -> str:
+    """The status_detail of a request whose authorisation ended before it was delivered."""
+    return (
+        f"No se entregó el respaldo: {refusal.status_detail} "
+        "Esta solicitud no cuenta para el límite de respaldos."
+    )
+
+
+def review_request(
+    request: RequestUnderReview,
+    *,
+    requester: Requester | None,
+    subscription_status: str | None,
+    timezone: str | None,
+    history: Sequence[quota.PastRequest],
+    other_open: Sequence[tuple[int, str]],
+) -> Decision:
+    """Decide a pending request; the first failing check gives the reason.
+
+    - `requester`: the user in `requested_by_user_id`, or None when no such user exists.
+    - `subscription_status`: `subscriptions.status`, or None when the subscription is missing.
+    - `timezone`: `subscriptions.timezone`, used to show the next allowed date.
+    - `history`: this subscription's OTHER requests, every status (the quota picks what counts).
+    - `other_open`: (id, status) of the same rows as `history`; rows neither pending nor running
+      and the request's own id are ignored, so one query may feed both arguments.
+    """
+    if requester is not None and requester.id != request.requested_by_user_id:
+        raise ValueError(f"requester {requester.id} is not the user who made request {request.id}")
+    refusal = authorization_refusal(requester, request.subscription_id, subscription_status)
+    if refusal is not None:
+        return refusal
     # Checked before the quota: of a double click, the oldest request (lowest id) makes the one
     # backup and the others say so, rather than blaming a quota the clinic has not used up.
     # A running request always wins, whatever its id: its backup is already being made.

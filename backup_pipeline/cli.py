@@ -136,23 +136,67 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import run_request
+    from backup_pipeline.support_actions import SupportActionRefused
 
-    return _report_runs(lambda: run_request(args.request_id))
+    try:
+        return _report_runs(
+            lambda: run_request(
+                args.request_id,
+                reason=args.reason,
+                override_quota=args.override_quota,
+                override_reason=args.override_reason,
+            )
+        )
+    except SupportActionRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _support_action(act: Callable[[], str]) -> int:
+    """A support action (the same code as the support jobs in the UI); exit 2 when refused."""
+    from backup_pipeline.delivery import DeliveryRefused
+    from backup_pipeline.support_actions import SupportActionRefused
+
+    try:
+        print(act())
+    except (DeliveryRefused, SupportActionRefused) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.delivery import DeliveryRefused
     from backup_pipeline.operations import resend_link
 
-    try:
-        resent = resend_link(args.request_id)
-    except DeliveryRefused as exc:  # the archive is gone, or the address was refused
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"New link sent for request {args.request_id}; it expires at {resent:%Y-%m-%d %H:%M} UTC."
-    )
-    return 0
+    def act() -> str:
+        resent = resend_link(args.request_id, args.reason)
+        return (
+            f"New link sent for request {args.request_id}; "
+            f"it expires at {resent:%Y-%m-%d %H:%M} UTC."
+        )
+
+    return _support_action(act)
+
+
+def cmd_refuse(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import refuse_request
+
+    def act() -> str:
+        refuse_request(args.request_id, args.reason, args.message_to_clinic)
+        return f"Request {args.request_id} refused."
+
+    return _support_action(act)
+
+
+def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.operations import expire_archive
+
+    def act() -> str:
+        deleted = expire_archive(args.request_id, args.reason)
+        what = "archive deleted" if deleted else "no archive was left to delete"
+        return f"Request {args.request_id} expired ({what})."
+
+    return _support_action(act)
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -215,11 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     process.add_argument("--limit", type=int, default=None)
 
-    run = sub.add_parser("run", help="run (or re-run) the backup of one request")
+    run = sub.add_parser(
+        "run",
+        help="run the backup of one request here; a failed one is re-run as rerun_request_job "
+        "does (quota re-checked)",
+    )
     run.add_argument("request_id", type=int)
+    run.add_argument(
+        "--reason",
+        default="re-run with `backup-pipeline run`",
+        help="why, for the audit trail (a failed request's re-run)",
+    )
+    run.add_argument("--override-quota", action="store_true", help="re-run past the quota")
+    run.add_argument("--override-reason", default="", help="why the quota is overridden")
 
-    resend = sub.add_parser("resend-link", help="a fresh link and email while the archive exists")
+    resend = sub.add_parser(
+        "resend-link", help="a fresh link and email while the archive exists (resend_link_job)"
+    )
     resend.add_argument("request_id", type=int)
+    resend.add_argument("--reason", required=True, help="why, for the audit trail")
+
+    refuse = sub.add_parser("refuse", help="refuse a pending request (refuse_request_job)")
+    refuse.add_argument("request_id", type=int)
+    refuse.add_argument("--reason", required=True, help="why, for the audit trail")
+    refuse.add_argument(
+        "--message-to-clinic", default="", help="what the clinic reads (Spanish, 'usted')"
+    )
+
+    expire = sub.add_parser(
+        "expire", help="delete a delivered request's archive now (expire_archive_job)"
+    )
+    expire.add_argument("request_id", type=int)
+    expire.add_argument("--reason", required=True, help="why, for the audit trail")
 
     verify = sub.add_parser("verify", help="check a backup zip against its SHA256SUMS")
     verify.add_argument("zip")
@@ -240,6 +311,8 @@ COMMANDS = {
     "process": cmd_process,
     "run": cmd_run,
     "resend-link": cmd_resend_link,
+    "refuse": cmd_refuse,
+    "expire": cmd_expire,
     "verify": cmd_verify,
     "demo": cmd_demo,
     "prepare-instance": cmd_prepare_instance,

@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.jobs import build_backup_job, transient_retry
+from backup_pipeline.jobs import build_backup_job
 from backup_pipeline.resources import build_resources
 from backup_pipeline.schedules import HOUSEKEEPING_JOBS, HOUSEKEEPING_SCHEDULES
 from backup_pipeline.sensors import build_sensors
 from backup_pipeline.settings import Settings
+from backup_pipeline.support_jobs import SUPPORT_JOBS
+
+
+def transient_retry(max_retries: int, delay_seconds: float) -> dg.RetryPolicy:
+    """Storage 5xx, timeouts and dropped connections heal on their own; permanent errors raise
+    dg.Failure(allow_retries=False) instead, so nothing is retried forever."""
+    return dg.RetryPolicy(
+        max_retries=max_retries,
+        delay=delay_seconds,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -18,7 +30,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         transient_retry(settings.op_max_retries, settings.retry_delay_seconds)
     )
     return dg.Definitions(
-        jobs=[backup_job, *HOUSEKEEPING_JOBS],
+        jobs=[backup_job, *HOUSEKEEPING_JOBS, *SUPPORT_JOBS],
         sensors=build_sensors(backup_job, settings.sensor_interval_seconds),
         schedules=HOUSEKEEPING_SCHEDULES,
         resources=build_resources(settings),

@@ -15,7 +15,14 @@ from backup_pipeline import mail
 from backup_pipeline.archive.assembly import AssembledArchive
 from backup_pipeline.archive.entries import ArchiveResult
 from backup_pipeline.archive.names import download_name
-from backup_pipeline.request_state import BackupRequest, Requester, RequestStatus, Subscription
+from backup_pipeline.checks import authorization_refusal
+from backup_pipeline.request_state import (
+    Actor,
+    BackupRequest,
+    Requester,
+    RequestStatus,
+    Subscription,
+)
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
 from backup_pipeline.spanish import clinic_zone, to_clinic_time
@@ -120,10 +127,12 @@ def resend_link(
     *,
     request_id: int,
     link_ttl: timedelta,
+    actor: Actor,
 ) -> datetime:
     """A fresh signed link and email for a delivered request whose archive still exists.
 
-    Uses no quota: the request's status and counts are unchanged. Returns the new expiry (UTC).
+    Uses no quota: the request's status and counts are unchanged; the audit trail records who
+    re-sent it and why. Returns the new expiry (UTC).
     """
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)
@@ -137,6 +146,12 @@ def resend_link(
     if not store.exists(request.archive_key):
         raise LinkUnavailable(f"the archive of request {request_id} no longer exists")
     _, subscription, requester = _request_parties(engine, request_id)
+    refusal = authorization_refusal(requester, request.subscription_id, subscription.status)
+    if refusal is not None:
+        raise DeliveryRefused(
+            f"request {request_id}: its requester is no longer authorised "
+            f"({refusal.reason_code}); no new link is sent"
+        )
     expires_at = db.utcnow() + link_ttl
     link = store.signed_url(request.archive_key, link_ttl, download_name(request.archive_key))
     result = ArchiveResult(
@@ -157,6 +172,7 @@ def resend_link(
         expires_at=expires_at,
         result=result,
         contents=[],
+        resent_by=actor,
     )
     return expires_at
 
@@ -186,6 +202,7 @@ def _send_link(
     expires_at: datetime,
     result: ArchiveResult,
     contents: list[tuple[str, int]],
+    resent_by: Actor | None = None,
 ) -> None:
     email = link_email(
         mailer,
@@ -202,6 +219,8 @@ def _send_link(
     with engine.begin() as conn:
         _record_archive(conn, request_id, result, expires_at)
         db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id=message_id)
+        if resent_by is not None:
+            db.record_link_resent(conn, request_id, actor=resent_by, link_expires_at=expires_at)
 
 
 def _record_archive(

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from backup_pipeline import mail
-from backup_pipeline.request_state import OPEN_STATUSES, BackupRequest
+from backup_pipeline.checks import authorization_refusal, revoked_detail
+from backup_pipeline.request_state import OPEN_STATUSES, BackupRequest, RequestEvent
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
 from backup_pipeline.storage import ObjectStore
@@ -28,15 +29,101 @@ def error_class_of(error: Any) -> str | None:
     return error.cls_name if error is not None else None
 
 
+# What each step was making, as the clinic would say it: the step names are ours, not theirs.
+_STEP_SUBJECTS = {
+    "export_patients": "de sus pacientes",
+    "export_anamnesis": "de las respuestas de anamnesis",
+    "export_consultations": "de sus consultas",
+    "export_dental_treatments": "de sus tratamientos odontológicos",
+    "export_vaccinations": "de sus registros de vacunación",
+    "export_invoices_issued": "de sus comprobantes emitidos",
+    "export_invoices_received": "de sus comprobantes recibidos",
+    "plan_archive_files": "de sus archivos adjuntos y comprobantes",
+    "assemble_backup": "de sus archivos adjuntos y comprobantes",
+}
+
+
 def failure_reason(step: str | None, error_class: str | None) -> str:
-    """A status_detail in Spanish built only from the step and the error's class: never its text,
-    which may quote SQL parameters or file names (patient data)."""
-    where = f" en el paso «{step}»" if step else ""
-    what = f" ({error_class})" if error_class else ""
+    """The status_detail of a failed request, in Spanish for the clinic: what could not be made,
+    that it costs nothing, and that support knows. Never a step name, an error class or the
+    error's text (which may quote SQL parameters or file names); those go to support's email
+    and stay in the run. `error_class` only tells a cancelled run apart."""
+    if error_class == "RunCanceled":
+        return (
+            "El equipo de soporte detuvo la generación de su respaldo. Esta solicitud no cuenta "
+            "para el límite de respaldos; puede solicitar uno nuevo cuando lo necesite."
+        )
+    subject = _STEP_SUBJECTS.get(step or "")
+    what = f"el respaldo {subject}" if subject else "su respaldo"
+    if step == "deliver_backup":
+        what = "el correo con el enlace de descarga de su respaldo"
     return (
-        f"No se pudo generar el respaldo: ocurrió un error{where}{what}. "
-        "Este intento no cuenta para el límite de respaldos; el equipo de soporte ya fue avisado."
+        f"No se pudo generar {what} por un error de nuestra parte. Esta solicitud no cuenta "
+        "para el límite de respaldos y el equipo de soporte ya fue avisado."
     )
+
+
+def fail_if_revoked(
+    engine: Engine,
+    mailer: MailerResource,
+    archives: ObjectStore,
+    *,
+    request_id: int,
+    run_id: str,
+    checked_at: str,
+    archive_key: str | None = None,
+) -> None:
+    """Re-check the requester's authorisation while the backup runs (PRODUCT.md, step 3).
+
+    Refused: the request fails (it does not count) with the reason in Spanish, any archive made
+    for it is deleted so that no link to it works, support is told (ids only), and
+    AuthorizationRevoked is raised so that the run stops. The requester is not emailed.
+    """
+    with engine.begin() as conn:
+        request = db.get_request(conn, request_id)
+        if request is None:
+            return
+        subscription = db.get_subscription(conn, request.subscription_id)
+        refusal = authorization_refusal(
+            db.get_requester(conn, request.requested_by_user_id),
+            request.subscription_id,
+            subscription.status if subscription else None,
+        )
+        if refusal is None:
+            return
+        failed_now = db.mark_failed(
+            conn,
+            request_id,
+            reason=revoked_detail(refusal),
+            run_id=run_id,
+            detail=f"authorisation revoked ({refusal.reason_code}), checked {checked_at}",
+        )
+    for key in {k for k in (archive_key, request.archive_key) if k}:
+        archives.delete(key)
+    if failed_now:  # told once, however often a refused run is re-executed
+        _send_all(
+            mailer,
+            request_id,
+            [
+                mail.authorisation_revoked_to_support(
+                    support_email=mailer.support_email,
+                    from_email=mailer.from_email,
+                    request_id=request_id,
+                    subscription_id=request.subscription_id,
+                    run_id=run_id,
+                    reason_code=refusal.reason_code or "?",
+                    checked_at=checked_at,
+                )
+            ],
+        )
+    raise AuthorizationRevoked(
+        f"request {request_id}: the requester is no longer authorised ({refusal.reason_code}); "
+        f"the request failed {checked_at} and no link was sent"
+    )
+
+
+class AuthorizationRevoked(Exception):
+    """The requester lost the authorisation during the run; the request was failed for it."""
 
 
 def _already_delivered(
@@ -97,8 +184,17 @@ def fail_request(
             ],
         )
         return False
+    cancelled = error_class == "RunCanceled"
     with engine.begin() as conn:
-        if not db.mark_failed(conn, request_id, reason=reason, run_id=run_id):
+        if not db.mark_failed(
+            conn,
+            request_id,
+            reason=reason,
+            run_id=run_id,
+            event=RequestEvent.CANCELLED if cancelled else RequestEvent.FAILED,
+            # For the audit trail and support: ours, not the clinic's.
+            detail=f"step={step or '?'} error={error_class or '?'}",
+        ):
             return False
         request = db.get_request(conn, request_id)
         assert request is not None

@@ -22,15 +22,16 @@ from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import ExportResult, export_dataset
 from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
-from backup_pipeline.request_state import RUNNABLE_STATUSES
+from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.spanish import clinic_zone, to_clinic_time
+from backup_pipeline.run_start import RunRefused, begin_run
+from backup_pipeline.spanish import to_clinic_time
 from backup_pipeline.storage import StoreRefused
-from backup_pipeline.target import BackupTarget, staging_prefix
+from backup_pipeline.target import BackupTarget
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
 
@@ -39,22 +40,11 @@ BACKUP_JOB_NAME = "backup_job"
 T = TypeVar("T")
 
 
-def transient_retry(max_retries: int, delay_seconds: float) -> dg.RetryPolicy:
-    """Storage 5xx, timeouts and dropped connections heal on their own; permanent errors raise
-    dg.Failure(allow_retries=False) instead, so nothing is retried forever."""
-    return dg.RetryPolicy(
-        max_retries=max_retries,
-        delay=delay_seconds,
-        backoff=dg.Backoff.EXPONENTIAL,
-        jitter=dg.Jitter.PLUS_MINUS,
-    )
-
-
 def _permanent(call: Callable[[], T]) -> T:
     """Run `call`, turning a refusal that no retry can heal into a failure that is not retried."""
     try:
         return call()
-    except (DeliveryRefused, StoreRefused) as exc:
+    except (DeliveryRefused, StoreRefused, AuthorizationRevoked, RunRefused) as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
 
 
@@ -67,44 +57,33 @@ def _request_id(context: OpExecutionContext) -> int:
         ) from exc
 
 
-@dg.op(description="Marks the request running; checks it exists and may still run.")
+@dg.op(
+    description=(
+        "Marks the request running; checks it exists, may still run, and that its requester is "
+        "still authorised."
+    )
+)
 def start_backup(
-    context: OpExecutionContext, platform_db: PlatformDatabaseResource
+    context: OpExecutionContext,
+    platform_db: PlatformDatabaseResource,
+    archives: ObjectStoreResource,
+    mailer: MailerResource,
 ) -> BackupTarget:
     request_id = _request_id(context)
-    behind = migrations.pending(platform_db.get_engine())
+    engine = platform_db.get_engine()
+    behind = migrations.pending(engine)
     if behind:
         # The failure sensor leaves the request as it is while this holds.
         raise dg.Failure(str(migrations.SchemaBehind(behind)), allow_retries=False)
-    with platform_db.get_engine().begin() as conn:
-        request = db.get_request(conn, request_id)
-        if request is None:
-            raise dg.Failure(f"backup request {request_id} does not exist", allow_retries=False)
-        subscription = db.get_subscription(conn, request.subscription_id)
-        if subscription is None:
-            raise dg.Failure(
-                f"subscription {request.subscription_id} of request {request_id} does not exist",
-                allow_retries=False,
-            )
-        if request.status not in RUNNABLE_STATUSES:
-            raise dg.Failure(
-                f"request {request_id} is {request.status}; a new run would not change it "
-                "(use `backup-pipeline resend-link` for a fresh link)",
-                allow_retries=False,
-            )
-        db.mark_running(conn, request_id, context.run_id)
+    target = _permanent(
+        lambda: begin_run(
+            engine, mailer, archives.get_store(), request_id=request_id, run_id=context.run_id
+        )
+    )
     context.add_output_metadata(
-        {"request_id": request_id, "subscription_id": request.subscription_id}
+        {"request_id": request_id, "subscription_id": target.subscription_id}
     )
-    return BackupTarget(
-        request_id=request_id,
-        subscription_id=request.subscription_id,
-        # Resolved once here: a zone name the platform let through with a typo falls back to the
-        # default (spanish.clinic_zone) instead of failing every op that shows a date.
-        timezone=clinic_zone(subscription.timezone).key,
-        requested_at=request.requested_at,
-        staging_prefix=staging_prefix(request_id, context.run_id),
-    )
+    return target
 
 
 def build_export_op(dataset: Dataset) -> dg.OpDefinition:
@@ -239,6 +218,18 @@ def deliver_backup(
     policy: BackupPolicyResource,
 ) -> None:
     store = archives.get_store()
+    # Again right before the link is signed: the authorisation may have gone during the run.
+    _permanent(
+        lambda: fail_if_revoked(
+            platform_db.get_engine(),
+            mailer,
+            store,
+            request_id=target.request_id,
+            run_id=context.run_id,
+            checked_at="before its link was sent",
+            archive_key=archive.result.key,
+        )
+    )
     delivered = _permanent(
         lambda: deliver(
             platform_db.get_engine(),

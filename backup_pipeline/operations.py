@@ -9,19 +9,29 @@ from urllib.parse import unquote, urlparse
 
 import dagster as dg
 
-from backup_pipeline import delivery, migrations
+from backup_pipeline import migrations, support_actions
 from backup_pipeline.archive.names import download_name
 from backup_pipeline.definitions import build_definitions
 from backup_pipeline.delivery import LinkUnavailable
 from backup_pipeline.failures import error_class_of, fail_request
-from backup_pipeline.intake import review_pending
+from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.jobs import BACKUP_JOB_NAME, backup_partitions
+from backup_pipeline.request_state import RequestStatus
 from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.settings import Settings
 from backup_pipeline.target import run_tags
 
-__all__ = ["LinkUnavailable", "demo", "execute_request", "process_pending", "resend_link"]
+__all__ = [
+    "LinkUnavailable",
+    "demo",
+    "execute_request",
+    "expire_archive",
+    "process_pending",
+    "refuse_request",
+    "resend_link",
+    "run_request",
+]
 
 
 @dataclass(frozen=True)
@@ -107,23 +117,44 @@ def process_pending(limit: int | None = None, settings: Settings | None = None) 
     intake = review_pending(
         resources["platform_db"].get_engine(), limit=limit or settings.sensor_batch
     )
+    # As the sensor does: accepted earlier but never started, and re-runs support asked for.
+    reissued = accepted_but_not_started(resources["platform_db"].get_engine())
     outcome = ProcessOutcome(rejected=dict(intake.rejected))
-    for accepted in intake.accepted:
+    for accepted in intake.accepted + [a for a in reissued if a not in intake.accepted]:
         outcome.runs.append(
             execute_request(instance, resources, accepted.id, accepted.subscription_id, job)
         )
     return outcome
 
 
-def run_request(request_id: int, settings: Settings | None = None) -> ProcessOutcome:
-    """Run (or re-run, for support) the backup of one request, whatever the sensor decided."""
+def run_request(
+    request_id: int,
+    settings: Settings | None = None,
+    *,
+    reason: str = "re-run with `backup-pipeline run`",
+    override_quota: bool = False,
+    override_reason: str = "",
+) -> ProcessOutcome:
+    """Run the backup of one request in this process: a pending or running one (a run that was
+    killed) as it is; a failed one first goes back to the queue as support's re-run job sends it
+    (quota re-checked, the reason in the audit trail)."""
     settings = settings or Settings.from_env()
     resources = build_resources(settings)
-    migrations.require_current(resources["platform_db"].get_engine())
-    with resources["platform_db"].get_engine().connect() as conn:
+    engine = resources["platform_db"].get_engine()
+    migrations.require_current(engine)
+    with engine.connect() as conn:
         request = db.get_request(conn, request_id)
     if request is None:
         raise SystemExit(f"error: backup request {request_id} does not exist")
+    if request.status == RequestStatus.FAILED:
+        support_actions.rerun_failed(
+            engine,
+            request_id=request_id,
+            reason=reason,
+            override_quota=override_quota,
+            override_reason=override_reason,
+            launched_by_sensor=False,
+        )
     instance = dg.DagsterInstance.get()
     return ProcessOutcome(
         runs=[
@@ -134,18 +165,41 @@ def run_request(request_id: int, settings: Settings | None = None) -> ProcessOut
     )
 
 
-def resend_link(request_id: int, settings: Settings | None = None) -> datetime:
-    """A fresh signed link and email for a delivered request whose archive still exists.
-
-    Uses no quota: the request's status and counts are unchanged. Returns the new expiry (UTC).
-    """
+def resend_link(request_id: int, reason: str, settings: Settings | None = None) -> datetime:
+    """A fresh signed link and email for a delivered request whose archive still exists, as
+    support's resend_link_job does. Returns the new expiry (UTC)."""
     resources = build_resources(settings or Settings.from_env())
-    return delivery.resend_link(
+    return support_actions.resend_link(
         resources["platform_db"].get_engine(),
         resources["archives"].get_store(),
         resources["mailer"],
         request_id=request_id,
+        reason=reason,
         link_ttl=resources["policy"].link_ttl,
+    )
+
+
+def refuse_request(
+    request_id: int, reason: str, message_to_clinic: str = "", settings: Settings | None = None
+) -> str:
+    """Refuse a pending request, as support's refuse_request_job does."""
+    resources = build_resources(settings or Settings.from_env())
+    return support_actions.refuse_pending(
+        resources["platform_db"].get_engine(),
+        request_id=request_id,
+        reason=reason,
+        message_to_clinic=message_to_clinic,
+    )
+
+
+def expire_archive(request_id: int, reason: str, settings: Settings | None = None) -> bool:
+    """Delete a delivered request's archive now, as support's expire_archive_job does."""
+    resources = build_resources(settings or Settings.from_env())
+    return support_actions.expire_now(
+        resources["platform_db"].get_engine(),
+        resources["archives"].get_store(),
+        request_id=request_id,
+        reason=reason,
     )
 
 

@@ -324,10 +324,17 @@ def refuse_pending(conn: Connection, request_id: int, *, status_detail: str, act
 
 
 def requeue_for_rerun(
-    conn: Connection, request_id: int, *, run_key: str, actor: Actor, detail: str | None
+    conn: Connection,
+    request_id: int,
+    *,
+    run_key: str,
+    actor: Actor,
+    detail: str | None,
+    launch_now: bool = True,
 ) -> bool:
     """failed -> pending, accepted for a new run under `run_key` (support's re-run): the request
-    sensor launches it on its next tick."""
+    sensor launches it on its next tick, or (launch_now=False: the caller runs it) only if it is
+    still pending after the usual wait."""
     requeued = _transition(
         conn,
         request_id,
@@ -345,7 +352,7 @@ def requeue_for_rerun(
             insert(t.backup_request_reviews).values(
                 request_id=request_id,
                 decision="accepted",
-                reason_code=RERUN_REASON,
+                reason_code=RERUN_REASON if launch_now else "support_rerun_by_hand",
                 run_key=run_key,
                 reviewed_at=utcnow(),
             )

@@ -233,10 +233,13 @@ def test_a_permanent_mail_refusal_fails_the_run_without_retrying(
     assert retried == []
     assert payloads_with_key(sendgrid_endpoint, f"backup-{request_id}-delivered") == [400]
     row = platform.request(request_id)
-    assert "deliver_backup" in row.status_detail
+    # The clinic reads what failed in its words; the step's name is support's.
+    assert row.status_detail.startswith("No se pudo generar el correo con el enlace")
+    assert "deliver_backup" not in row.status_detail
     assert_no_personal_data(platform, clinic, row.status_detail)
     (alert,) = [m for m in read_sendgrid(sendgrid_endpoint) if m.to == settings.support_email]
     assert str(request_id) in alert.subject
+    assert "deliver_backup" in alert.text
     # SendGrid's error echoes the recipient; the run's logs, kept for months, must not.
     for text in logs:
         assert platform.email_of(clinic.owner_id) not in text
@@ -347,6 +350,7 @@ def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_e
     assert not outcome.success
     row = platform.request(request_id)
     assert row.status == "failed" and row.archive_key is None
-    assert "plan_archive_files" in row.status_detail
+    assert "archivos adjuntos" in row.status_detail
+    assert "plan_archive_files" not in row.status_detail and "Failure" not in row.status_detail
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failed.eml", f"backup-{request_id}-failure-alert.eml"]

@@ -130,7 +130,7 @@ def test_resend_link_gives_a_fresh_expiry_without_touching_the_quota_until_the_a
     count_before = platform.requests_count()
     capsys.readouterr()
 
-    assert cli.main(["resend-link", str(request_id)]) == 0
+    assert cli.main(["resend-link", str(request_id), "--reason", "lost the email"]) == 0
 
     assert f"New link sent for request {request_id}" in capsys.readouterr().out
     after = platform.request(request_id)
@@ -161,7 +161,7 @@ def test_resend_link_gives_a_fresh_expiry_without_touching_the_quota_until_the_a
     assert platform.request(request_id).status == "expired"
     assert not store.exists(after.archive_key)
 
-    assert cli.main(["resend-link", str(request_id)]) != 0
+    assert cli.main(["resend-link", str(request_id), "--reason", "lost the email"]) != 0
 
     error = capsys.readouterr().err
     assert "is expired" in error and "new backup request" in error
@@ -187,8 +187,8 @@ def test_resend_link_refuses_when_the_archive_is_gone_or_the_request_unknown(
             )
         )
 
-    assert cli.main(["resend-link", "77"]) != 0
+    assert cli.main(["resend-link", "77", "--reason", "lost the email"]) != 0
     assert "no longer exists" in capsys.readouterr().err
-    assert cli.main(["resend-link", "78"]) != 0
+    assert cli.main(["resend-link", "78", "--reason", "lost the email"]) != 0
     assert "does not exist" in capsys.readouterr().err
     assert not platform.outbox.exists() or not list(platform.outbox.glob("*.eml"))

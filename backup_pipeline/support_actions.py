@@ -1,0 +1,176 @@
+"""What support may do to a request, with a stated reason kept in the audit trail: re-send its
+link, re-run it after a failure, refuse it while pending, expire its archive now.
+
+Plain functions over the platform database, the archives store and the mailer: the support jobs
+in the Dagster UI and the CLI both call them, so both paths behave the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from backup_pipeline import quota
+from backup_pipeline.delivery import resend_link as deliver_new_link
+from backup_pipeline.quota import PastRequest
+from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestStatus
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.mailer import MailerResource
+from backup_pipeline.storage import ObjectStore
+
+# What the clinic reads when support refuses its request and gives no words of its own.
+REFUSED_BY_SUPPORT = (
+    "El equipo de soporte rechazó esta solicitud de respaldo. Si tiene dudas, comuníquese con "
+    "el equipo de soporte."
+)
+
+
+class SupportActionRefused(Exception):
+    """The action does not apply to the request as it is; the message says why, for support."""
+
+
+def _stated(reason: str) -> str:
+    reason = " ".join(reason.split())
+    if len(reason) < 3:
+        raise SupportActionRefused("say why (a reason of a few words is kept in the audit trail)")
+    return reason
+
+
+def _request(engine: Engine, request_id: int) -> BackupRequest:
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    if request is None:
+        raise SupportActionRefused(f"backup request {request_id} does not exist")
+    return request
+
+
+def resend_link(
+    engine: Engine,
+    archives: ObjectStore,
+    mailer: MailerResource,
+    *,
+    request_id: int,
+    reason: str,
+    link_ttl: timedelta,
+    run_id: str | None = None,
+) -> datetime:
+    """A fresh link and email while the archive exists; no quota used. Returns the new expiry."""
+    return deliver_new_link(
+        engine,
+        archives,
+        mailer,
+        request_id=request_id,
+        link_ttl=link_ttl,
+        actor=Actor.support(_stated(reason), run_id),
+    )
+
+
+@dataclass(frozen=True)
+class Rerun:
+    request_id: int
+    subscription_id: int
+    run_key: str  # the request sensor launches the run under this key
+    quota_overridden: bool
+
+
+def rerun_failed(
+    engine: Engine,
+    *,
+    request_id: int,
+    reason: str,
+    override_quota: bool = False,
+    override_reason: str = "",
+    run_id: str | None = None,
+    now: datetime | None = None,
+    launched_by_sensor: bool = True,
+) -> Rerun:
+    """Send a failed request back to the queue for a new run.
+
+    The quota is checked as for a request made now: a clinic that received another backup since
+    the failure does not get a third in 360 days. Only an explicit override, with its own reason,
+    goes past it; the audit trail keeps both reasons. `launched_by_sensor=False` when the caller
+    runs it itself (the CLI): the sensor then launches it only if it is still pending later.
+    """
+    actor = Actor.support(_stated(reason), run_id)
+    request = _request(engine, request_id)
+    if request.status != RequestStatus.FAILED:
+        raise SupportActionRefused(
+            f"request {request_id} is {request.status}: only a failed request can be re-run"
+        )
+    now = now or db.utcnow()
+    with engine.begin() as conn:
+        siblings = [
+            row
+            for row in db.requests_of_subscriptions(conn, [request.subscription_id])
+            if row.id != request_id
+        ]
+        if any(row.status in OPEN_STATUSES for row in siblings):
+            raise SupportActionRefused(
+                f"another request of subscription {request.subscription_id} is pending or "
+                "running: it makes the clinic's backup"
+            )
+        history = [PastRequest(row.requested_at, row.status) for row in siblings]
+        detail = None
+        if not quota.is_allowed(now, history):
+            allowed_from = quota.next_allowed_at(history)
+            if not override_quota:
+                raise SupportActionRefused(
+                    f"the quota allows subscription {request.subscription_id} its next backup "
+                    f"from {allowed_from:%Y-%m-%d %H:%M} UTC; re-running now needs "
+                    "override_quota with its own reason"
+                )
+            detail = f"quota overridden: {_stated(override_reason)}"
+        run_key = f"backup-request-{request_id}-rerun-{db.rerun_count(conn, request_id) + 1}"
+        if not db.requeue_for_rerun(conn, request_id, run_key=run_key, actor=actor, detail=detail):
+            raise SupportActionRefused(f"request {request_id} changed meanwhile; try again")
+    return Rerun(request_id, request.subscription_id, run_key, detail is not None)
+
+
+def refuse_pending(
+    engine: Engine,
+    *,
+    request_id: int,
+    reason: str,
+    message_to_clinic: str = "",
+    run_id: str | None = None,
+) -> str:
+    """A pending request is rejected; returns the status_detail the clinic reads. Support's reason
+    stays in the audit trail; the clinic reads `message_to_clinic` or a standard text."""
+    actor = Actor.support(_stated(reason), run_id)
+    request = _request(engine, request_id)
+    if request.status != RequestStatus.PENDING:
+        raise SupportActionRefused(
+            f"request {request_id} is {request.status}: only a pending request can be refused "
+            "(a running one is stopped by cancelling its run)"
+        )
+    detail = " ".join(message_to_clinic.split()) or REFUSED_BY_SUPPORT
+    with engine.begin() as conn:
+        if not db.refuse_pending(conn, request_id, status_detail=detail, actor=actor):
+            raise SupportActionRefused(f"request {request_id} changed meanwhile; try again")
+    return detail
+
+
+def expire_now(
+    engine: Engine,
+    archives: ObjectStore,
+    *,
+    request_id: int,
+    reason: str,
+    run_id: str | None = None,
+) -> bool:
+    """Delete a delivered request's archive now (its link stops working) and mark it expired.
+    Returns whether an archive was there to delete."""
+    actor = Actor.support(_stated(reason), run_id)
+    request = _request(engine, request_id)
+    if request.status != RequestStatus.DELIVERED:
+        raise SupportActionRefused(
+            f"request {request_id} is {request.status}: only a delivered request has an archive "
+            "to expire"
+        )
+    # The archive goes first: a request marked expired is never looked at again.
+    deleted = archives.delete(request.archive_key) if request.archive_key else False
+    with engine.begin() as conn:
+        db.mark_expired(conn, request_id, actor=actor)
+    return deleted

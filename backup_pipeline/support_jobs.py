@@ -1,0 +1,185 @@
+"""Support's jobs, launched from the Dagster UI's Launchpad with a request id and a required
+reason: re-send a link, re-run a failed request, refuse a pending one, expire an archive now.
+
+Each is one op over backup_pipeline.support_actions (the CLI calls the same functions); its run's
+metadata says what it did, and the audit trail keeps who (this run) and why.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the ops' config annotations as classes.
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import dagster as dg
+from pydantic import Field
+
+from backup_pipeline import support_actions as actions
+from backup_pipeline.delivery import DeliveryRefused
+from backup_pipeline.resources import BackupPolicyResource
+from backup_pipeline.resources.mailer import MailerResource
+from backup_pipeline.resources.platform_db import PlatformDatabaseResource
+from backup_pipeline.resources.storage import ObjectStoreResource
+
+SUPPORT_TAG = "backup/support_action"
+T = TypeVar("T")
+
+
+class SupportActionConfig(dg.Config):
+    request_id: int = Field(description="backup_requests.id of the request to act on")
+    reason: str = Field(
+        description="Why (required): kept in the request's audit trail with this run's id"
+    )
+
+
+class RerunConfig(SupportActionConfig):
+    override_quota: bool = Field(
+        default=False,
+        description="Re-run even though the quota would refuse a request made now",
+    )
+    override_reason: str = Field(
+        default="", description="Why the quota is overridden (required with override_quota)"
+    )
+
+
+class RefuseConfig(SupportActionConfig):
+    message_to_clinic: str = Field(
+        default="",
+        description=(
+            "What the clinic reads (Spanish, 'usted'); empty for the standard text. No patient data."
+        ),
+    )
+
+
+def _refusal_is_final(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except (actions.SupportActionRefused, DeliveryRefused) as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+
+
+@dg.op(description="A fresh signed link and email for a delivered request; no quota used.")
+def resend_link_op(
+    context: dg.OpExecutionContext,
+    config: SupportActionConfig,
+    platform_db: PlatformDatabaseResource,
+    archives: ObjectStoreResource,
+    mailer: MailerResource,
+    policy: BackupPolicyResource,
+) -> None:
+    expires_at = _refusal_is_final(
+        lambda: actions.resend_link(
+            platform_db.get_engine(),
+            archives.get_store(),
+            mailer,
+            request_id=config.request_id,
+            reason=config.reason,
+            link_ttl=policy.link_ttl,
+            run_id=context.run_id,
+        )
+    )
+    context.add_output_metadata(
+        {"request_id": config.request_id, "link_expires_at": expires_at.isoformat() + "Z"}
+    )
+
+
+@dg.op(
+    description=(
+        "Sends a failed request back to the queue; the request sensor launches its new run. "
+        "The quota is checked as for a request made now unless explicitly overridden."
+    )
+)
+def rerun_request_op(
+    context: dg.OpExecutionContext, config: RerunConfig, platform_db: PlatformDatabaseResource
+) -> None:
+    rerun = _refusal_is_final(
+        lambda: actions.rerun_failed(
+            platform_db.get_engine(),
+            request_id=config.request_id,
+            reason=config.reason,
+            override_quota=config.override_quota,
+            override_reason=config.override_reason,
+            run_id=context.run_id,
+        )
+    )
+    context.add_output_metadata(
+        {
+            "request_id": rerun.request_id,
+            "subscription_id": rerun.subscription_id,
+            "run_key": rerun.run_key,
+            "quota_overridden": rerun.quota_overridden,
+        }
+    )
+
+
+@dg.op(description="Rejects a pending request; the clinic reads the message (or a standard one).")
+def refuse_request_op(
+    context: dg.OpExecutionContext, config: RefuseConfig, platform_db: PlatformDatabaseResource
+) -> None:
+    _refusal_is_final(
+        lambda: actions.refuse_pending(
+            platform_db.get_engine(),
+            request_id=config.request_id,
+            reason=config.reason,
+            message_to_clinic=config.message_to_clinic,
+            run_id=context.run_id,
+        )
+    )
+    context.add_output_metadata({"request_id": config.request_id, "status": "rejected"})
+
+
+@dg.op(description="Deletes a delivered request's archive now (the link stops working): expired.")
+def expire_archive_op(
+    context: dg.OpExecutionContext,
+    config: SupportActionConfig,
+    platform_db: PlatformDatabaseResource,
+    archives: ObjectStoreResource,
+) -> None:
+    deleted = _refusal_is_final(
+        lambda: actions.expire_now(
+            platform_db.get_engine(),
+            archives.get_store(),
+            request_id=config.request_id,
+            reason=config.reason,
+            run_id=context.run_id,
+        )
+    )
+    context.add_output_metadata(
+        {"request_id": config.request_id, "status": "expired", "archive_deleted": deleted}
+    )
+
+
+def _support_job(name: str, description: str, op: dg.OpDefinition) -> dg.JobDefinition:
+    @dg.job(
+        name=name,
+        description=description,
+        tags={SUPPORT_TAG: name, "team": "backups", "dagster/priority": "20"},
+        executor_def=dg.in_process_executor,
+    )
+    def support_job() -> None:
+        op()
+
+    return support_job
+
+
+resend_link_job = _support_job(
+    "resend_link_job",
+    "Support: a fresh download link and email for a delivered request (no quota used).",
+    resend_link_op,
+)
+rerun_request_job = _support_job(
+    "rerun_request_job",
+    "Support: re-run a failed request (quota re-checked; an override needs its own reason).",
+    rerun_request_op,
+)
+refuse_request_job = _support_job(
+    "refuse_request_job",
+    "Support: refuse a pending request; the clinic reads why.",
+    refuse_request_op,
+)
+expire_archive_job = _support_job(
+    "expire_archive_job",
+    "Support: delete a delivered request's archive now and mark it expired.",
+    expire_archive_op,
+)
+
+SUPPORT_JOBS = [resend_link_job, rerun_request_job, refuse_request_job, expire_archive_job]

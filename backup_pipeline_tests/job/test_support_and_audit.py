@@ -1,0 +1,266 @@
+"""Operable and accountable: the requester re-checked while the backup runs, support's jobs in the
+code location, the audit trail of every change, and quota windows current after each one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import pytest
+from sqlalchemy import update
+
+from backup_pipeline import jobs
+from backup_pipeline import tables as t
+from backup_pipeline.datasets import export
+from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
+from backup_pipeline.intake import review_pending
+from backup_pipeline.resources import platform_db as db
+from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
+from backup_pipeline_tests.support.location import code_location
+from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Clinic, Platform
+
+SUPPORT_JOBS = ("resend_link_job", "rerun_request_job", "refuse_request_job", "expire_archive_job")
+
+
+@pytest.fixture(params=EVERY_DATABASE)
+def backends(request: pytest.FixtureRequest) -> Backends:
+    """Every test here once on SQLite and once on PostgreSQL."""
+    return request.param
+
+
+@pytest.fixture
+def clinic(platform: Platform) -> Clinic:
+    (seeded,) = platform.seed(patients=6, seed=11)
+    # The seeded history was written as the platform writes rows, not through our transitions.
+    refresh_quota_windows(platform.engine, db.utcnow())
+    return seeded
+
+
+def events(platform: Platform, request_id: int) -> list[tuple[str, str]]:
+    with platform.engine.connect() as conn:
+        return [(e.event, e.actor) for e in db.events_of(conn, request_id)]
+
+
+def revoke(platform: Platform, clinic: Clinic) -> None:
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.users).where(t.users.c.id == clinic.owner_id).values(can_request_backup=False)
+        )
+
+
+def counted(platform: Platform, clinic: Clinic) -> int:
+    """Backups in the last 360 days, as the window the platform's button reads says."""
+    row = platform.quota_windows().get(clinic.subscription_id)
+    return row[2] if row else 0
+
+
+def window_is_current(platform: Platform, subscription_id: int) -> None:
+    """The row the platform's button reads equals what the repair pass would write now."""
+    before = platform.quota_windows()[subscription_id][:3]
+    repair = refresh_quota_windows(platform.engine, db.utcnow())
+    assert repair.corrected == 0
+    assert platform.quota_windows()[subscription_id][:3] == before
+
+
+def support_run(platform: Platform, job_name: str, **config: Any) -> dg.ExecuteInProcessResult:
+    job = code_location(platform.settings).resolve_job_def(job_name)
+    op_name = next(iter(job.graph.node_dict))
+    return job.execute_in_process(
+        run_config={"ops": {op_name: {"config": config}}},
+        resources=platform.resources(),
+        instance=platform.instance,
+        raise_on_error=False,
+    )
+
+
+def test_one_request_leaves_its_whole_story_in_the_audit_trail(platform, clinic):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    window_is_current(platform, clinic.subscription_id)
+    backup = platform.run(request_id, clinic.subscription_id)
+    assert backup.delivered
+    window_is_current(platform, clinic.subscription_id)
+
+    resent = support_run(platform, "resend_link_job", request_id=request_id, reason="lost email")
+    assert resent.success
+    assert platform.step_output_metadata(resent.run_id, "resend_link_op")["request_id"] == (
+        request_id
+    )
+    expire_archives(platform.engine, platform.archives, db.utcnow() + timedelta(days=30))
+    window_is_current(platform, clinic.subscription_id)
+
+    assert events(platform, request_id) == [
+        ("accepted", "sensor"),
+        ("running", "run"),
+        ("delivered", "run"),
+        ("link_resent", "support"),
+        ("expired", "housekeeping"),
+    ]
+    with platform.engine.connect() as conn:
+        trail = db.events_of(conn, request_id)
+    assert trail[1].run_id == backup.outcome.run_id
+    assert trail[3].reason == "lost email" and trail[3].run_id == resent.run_id
+
+
+def test_a_failure_and_supports_rerun_are_recorded_and_counted_right(platform, clinic, tmp_path):
+    history = counted(platform, clinic)  # the seeded clinic's earlier backups
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    (tmp_path / "blocked").write_text("a file where the archives folder should be")
+    broken = platform.resources(
+        replace(platform.settings, archives_url=(tmp_path / "blocked").as_uri())
+    )
+    failed = platform.run(request_id, clinic.subscription_id, resources=broken)
+    assert failed.request.status == "failed"
+    # A failure of ours costs nothing: the window already says so, without the schedule.
+    assert counted(platform, clinic) == history
+    window_is_current(platform, clinic.subscription_id)
+
+    rerun = support_run(platform, "rerun_request_job", request_id=request_id, reason="disk back")
+    assert rerun.success
+    metadata = platform.step_output_metadata(rerun.run_id, "rerun_request_op")
+    assert metadata["run_key"] == f"backup-request-{request_id}-rerun-1"
+    assert platform.status(request_id) == "pending"
+    assert counted(platform, clinic) == history + 1  # it counts again
+    # The request sensor launches it at once, under the new run key.
+    with dg.instance_for_test() as instance:
+        tick = code_location(platform.settings).resolve_sensor_def("backup_request_sensor")(
+            dg.build_sensor_context(instance=instance, resources=platform.resources())
+        )
+    assert [r.run_key for r in tick.run_requests] == [f"backup-request-{request_id}-rerun-1"]
+    assert platform.run(request_id, clinic.subscription_id).delivered
+
+    assert events(platform, request_id) == [
+        ("accepted", "sensor"),
+        ("running", "run"),
+        ("failed", "run"),
+        ("rerun", "support"),
+        ("running", "run"),
+        ("delivered", "run"),
+    ]
+    window_is_current(platform, clinic.subscription_id)
+
+
+def test_a_rerun_rechecks_the_quota_and_an_override_needs_its_own_reason(platform, clinic):
+    now = db.utcnow()
+    by = clinic.owner_id
+    failed_id = platform.add_request(
+        900, status="failed", requested_at=now - timedelta(days=40), by=by
+    )
+    # The clinic received another backup since the failure: a re-run would be a second in 30 days.
+    platform.add_request(901, status="delivered", requested_at=now - timedelta(days=30), by=by)
+
+    with pytest.raises(SupportActionRefused, match="quota"):
+        rerun_failed(platform.engine, request_id=failed_id, reason="clinic asked")
+    refused = support_run(platform, "rerun_request_job", request_id=failed_id, reason="asked")
+    assert not refused.success
+    assert platform.status(failed_id) == "failed"
+
+    with pytest.raises(SupportActionRefused, match="reason"):
+        rerun_failed(
+            platform.engine, request_id=failed_id, reason="clinic asked", override_quota=True
+        )
+    done = rerun_failed(
+        platform.engine,
+        request_id=failed_id,
+        reason="clinic asked",
+        override_quota=True,
+        override_reason="our outage lost their January backup",
+    )
+    assert done.quota_overridden
+    with platform.engine.connect() as conn:
+        (trail,) = db.events_of(conn, failed_id)
+    assert (trail.event, trail.reason) == ("rerun", "clinic asked")
+    assert trail.detail == "quota overridden: our outage lost their January backup"
+
+
+def test_support_refuses_a_pending_request_and_expires_an_archive_now(platform, clinic):
+    request_id = platform.file_request(clinic)
+    refused = support_run(
+        platform, "refuse_request_job", request_id=request_id, reason="duplicate via phone"
+    )
+    assert refused.success
+    row = platform.request(request_id)
+    assert row.status == "rejected"
+    assert row.status_detail.startswith("El equipo de soporte rechazó")
+    assert review_pending(platform.engine).reviewed == 0  # not looked at again
+
+    key = platform.add_delivered_request(
+        77, link_expires_at=db.utcnow() + timedelta(days=2), by=clinic.owner_id
+    )
+    expired = support_run(platform, "expire_archive_job", request_id=77, reason="clinic asked")
+    assert expired.success
+    assert platform.step_output_metadata(expired.run_id, "expire_archive_op")["archive_deleted"]
+    assert platform.status(77) == "expired"
+    assert not platform.archives.exists(key)
+    assert events(platform, 77) == [("expired", "support")]
+    # Refusing what is not pending says why and changes nothing.
+    again = support_run(platform, "refuse_request_job", request_id=77, reason="oops")
+    assert not again.success and platform.status(77) == "expired"
+
+
+def test_every_support_job_is_in_the_code_location_with_a_required_reason(platform):
+    defs = code_location(platform.settings)
+    for name in SUPPORT_JOBS:
+        job = defs.resolve_job_def(name)
+        (op_def,) = job.graph.node_defs
+        fields = op_def.config_schema.as_field().config_type.fields
+        assert fields["request_id"].is_required
+        assert fields["reason"].is_required
+
+
+# --- The requester re-checked while the backup runs -------------------------------------------
+
+
+@contextmanager
+def revoked_when(platform: Platform, clinic: Clinic, module: Any, name: str) -> Iterator[None]:
+    """Revoke the requester's authorisation the first time `module.name` is called in the run."""
+    original = getattr(module, name)
+    done = []
+
+    def revoke_then_call(*args: Any, **kwargs: Any) -> Any:
+        if not done:
+            revoke(platform, clinic)
+            done.append(True)
+        return original(*args, **kwargs)
+
+    setattr(module, name, revoke_then_call)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+@pytest.mark.parametrize("point", ["before_the_run", "during_the_exports", "after_the_zip"])
+def test_a_requester_revoked_while_the_backup_runs_gets_no_link(platform, clinic, point):
+    history = counted(platform, clinic)
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    if point == "before_the_run":
+        revoke(platform, clinic)
+        backup = platform.run(request_id, clinic.subscription_id)
+    else:
+        module, name = (
+            (export, "render_workbook")
+            if point == "during_the_exports"
+            else (jobs, "build_archive")
+        )
+        with revoked_when(platform, clinic, module, name):
+            backup = platform.run(request_id, clinic.subscription_id)
+
+    assert not backup.outcome.success
+    row = platform.request(request_id)
+    assert row.status == "failed"
+    assert row.status_detail.startswith("No se entregó el respaldo")
+    assert "no cuenta para el límite" in row.status_detail
+    assert row.email_sent_at is None
+    assert platform.archives_made() == []  # no archive left for any link to reach
+    sent = platform.sent()
+    assert [m.to for m in sent] == [platform.settings.support_email]  # ids only, to support
+    assert "no longer authorised" in sent[0].subject
+    assert events(platform, request_id)[-1] == ("failed", "run")
+    assert counted(platform, clinic) == history  # it does not count
