@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import Engine, and_, bindparam, func, literal, select, update
 
 from backup_pipeline import tables
+from backup_pipeline.archive.leeme import ARCHIVE_FOLDERS
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.cli import main as cli_main
@@ -33,6 +34,7 @@ from backup_pipeline.datasets import consultations as consultations_dataset
 from backup_pipeline.datasets import dental_treatments as dental_dataset
 from backup_pipeline.datasets import patients as patients_dataset
 from backup_pipeline.datasets import vaccinations as vaccinations_dataset
+from backup_pipeline.datasets.anamnesis import parse_answer_date, parse_answer_number
 from backup_pipeline.spanish import spanish_datetime, spanish_size, to_clinic_time, zone_name
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.synthetic.seed import row_id
@@ -50,6 +52,7 @@ from backup_pipeline_tests.support.platform import (
     Platform,
     open_platform,
 )
+from backup_pipeline_tests.support.register import tu_forms
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_sendgrid
 
 LINK_TTL_HOURS = 48
@@ -1110,3 +1113,114 @@ def test_a_deliver_op_retried_after_the_email_went_out_does_not_send_it_again(
     )
     assert retried == 1
     assert not list(with_sendgrid.archives.list("staging/"))
+
+
+# --- 11. What the clinic reads: typed, decoded, Mexican Spanish, "usted" -----------------------
+
+
+def test_the_clinic_reads_typed_answers_decoded_codes_and_mexican_spanish_said_usted(
+    local: Platform,
+):
+    (clinic,) = seed_clinics(local)
+    sid = clinic.subscription_id
+    a, q, p = tables.anamnesis_answers, tables.anamnesis_questions, tables.patients
+    with local.engine.begin() as conn:
+        # The latest answer of a live patient to a date question: one that does not parse.
+        odd = conn.execute(
+            select(a.c.id, a.c.patient_id, q.c.question)
+            .join(q, q.c.id == a.c.question_id)
+            .join(p, and_(p.c.id == a.c.patient_id, p.c.deleted_at.is_(None)))
+            .where(a.c.subscription_id == sid, q.c.answer_type == "date")
+            .order_by(a.c.answered_at.desc(), a.c.id.desc())
+            .limit(1)
+        ).one()
+        conn.execute(update(a).where(a.c.id == odd.id).values(answer="hace como un año"))
+        unknown_regime = conn.execute(
+            select(p.c.id).where(p.c.subscription_id == sid, p.c.deleted_at.is_(None)).limit(1)
+        ).scalar_one()
+        conn.execute(update(p).where(p.c.id == unknown_regime).values(tax_regime="999"))
+
+    _, archive = backup_of(local, clinic)
+
+    # Anamnesis: a date question's answers are date cells (dd/mm/yyyy), a number question's
+    # number cells; the answer that does not parse is there as written; yes/no as stored.
+    types = {r["Pregunta"]: r["Tipo de respuesta"] for r in archive.sheet_rows("anamnesis.xlsx", 1)}
+    sheet = archive.workbooks["anamnesis.xlsx"].worksheets[0]
+    names = headers(sheet)
+    seen = Counter()
+    for index, header in enumerate(names):
+        kind = next((t for question, t in types.items() if header.startswith(question)), None)
+        for row in sheet.iter_rows(min_row=2):
+            cell = row[index]
+            if cell.value is None:
+                continue
+            if kind == "Fecha":
+                assert cell.is_date or parse_answer_date(cell.value) is None, cell.value
+                if cell.is_date:
+                    assert cell.number_format == "dd/mm/yyyy"
+                    seen["date"] += 1
+            elif kind == "Número":
+                if isinstance(cell.value, str):
+                    assert parse_answer_number(cell.value) is None, cell.value
+                else:
+                    seen["number"] += 1
+            elif kind == "Sí/No":
+                assert isinstance(cell.value, str) and cell.data_type == "s", cell.value
+                seen["yes_no"] += cell.value in {"Sí", "No"}
+    assert seen["date"] and seen["number"] and seen["yes_no"]
+    odd_row = next(
+        r for r in archive.sheet_rows("anamnesis.xlsx") if r["ID paciente"] == odd.patient_id
+    )
+    assert [v for k, v in odd_row.items() if k.startswith(odd.question)] == ["hace como un año"]
+
+    # SAT codes with their description, in the patients' workbook and the invoice reports alike.
+    regimes = {r["ID paciente"]: r["Régimen fiscal"] for r in archive.sheet_rows("pacientes.xlsx")}
+    assert regimes.pop(unknown_regime) == "999"  # an unknown code, as written
+    assert any(regimes.values())
+    for value in filter(None, regimes.values()):
+        assert re.fullmatch(r"6\d\d - \S.+", value), value
+    decoded = Counter()
+    for report_name in WORKBOOKS[5:]:
+        for r in archive.sheet_rows(report_name):
+            for header in ("Régimen fiscal emisor", "Uso CFDI", "Tipo de comprobante",
+                           "Forma de pago", "Método de pago"):  # fmt: skip
+                if r[header] is not None and " - " in r[header]:
+                    decoded[header] += 1
+    assert set(decoded) == {
+        "Régimen fiscal emisor", "Uso CFDI", "Tipo de comprobante", "Forma de pago",
+        "Método de pago",
+    }  # fmt: skip
+
+    # Mexican Spanish from CLDR: dates, the zone's Spanish name, es_MX numbers and sizes.
+    leeme = archive.text("LEEME.txt")
+    zone = zone_name("America/Mexico_City")
+    assert re.search(
+        rf"Generado el \d{{1,2}} de [a-z]+ de \d{{4}}, \d\d:\d\d, {re.escape(zone)}\.", leeme
+    )
+    assert re.search(
+        r"se copiaron [\d,]+ archivos adjuntos y de facturación \([\d,.]+ (kB|MB|GB)\)", leeme
+    )
+    (sent,) = local.sent()
+    assert f", {zone}" in sent.text and "\u00a0" not in sent.text
+    for text in (leeme, sent.text, sent.html):
+        assert "America/" not in text
+
+    # LEEME's sections, and every folder the archive has explained in its contents.
+    for heading in ("INFORMACIÓN CONFIDENCIAL", "FECHAS Y HORAS", "CONTENIDO",
+                    "NOMBRES DE LOS ARCHIVOS", "CÓMO COMPROBAR QUE EL RESPALDO ESTÁ COMPLETO"):  # fmt: skip
+        assert f"\r\n{heading}\r\n" in leeme, heading
+    assert "tal como están escritas en el XML" in leeme
+    listed_workbooks = leeme_counts(leeme)
+    for name in archive.names:
+        if "/" in name and name not in listed_workbooks:
+            folder = next((f for f in ARCHIVE_FOLDERS if name.startswith(f)), None)
+            assert folder is not None, name
+            assert f"\r\n{folder}\r\n    " in leeme, folder
+
+    # One register: nothing the clinic receives says "tú".
+    texts = {"LEEME.txt": leeme, "subject": sent.subject, "text": sent.text, "html": sent.html}
+    for name, book in archive.workbooks.items():
+        for ws in book.worksheets:
+            texts[f"{name}!{ws.title}"] = " ".join([ws.title, *map(str, headers(ws))])
+    for where, text in texts.items():
+        assert tu_forms(text) == [], where
