@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +26,8 @@ from backup_pipeline.resources import build_resources
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.settings import Settings
 from backup_pipeline.target import run_tags
+
+CODE_LOCATION = "backup_pipeline"  # as workspace.yaml and pyproject's [tool.dagster] name it
 
 __all__ = [
     "LinkUnavailable",
@@ -66,6 +73,17 @@ def backup_job(settings: Settings) -> dg.JobDefinition:
     return build_definitions(settings).resolve_job_def(BACKUP_JOB_NAME)
 
 
+def origin_tags(job_name: str = BACKUP_JOB_NAME) -> dict[str, str]:
+    """The tags Dagster gives a run it launches from this code location. The UI's partition
+    status ('dagster/partition_set' with the hidden repository label) and its per-location run
+    filters look for them, so an in-process run of the CLI carries them too."""
+    return {
+        ".dagster/repository": f"__repository__@{CODE_LOCATION}",
+        "dagster/code_location": CODE_LOCATION,
+        "dagster/partition_set": f"{job_name}_partition_set",
+    }
+
+
 def execute_request(
     instance: dg.DagsterInstance,
     resources: dict,
@@ -73,15 +91,19 @@ def execute_request(
     subscription_id: int,
     job: dg.JobDefinition | None = None,
 ) -> RunOutcome:
-    """Run the backup job for one request in this process, recorded on `instance`."""
+    """Run the backup job for one request: through the instance's run queue when a daemon
+    serves it (the queue's limits and the configured launcher apply, as to the sensor's runs),
+    else in this process, recorded on `instance` with the code location's origin tags."""
     key = str(request_id)
     if not instance.has_dynamic_partition(backup_partitions.name, key):
         instance.add_dynamic_partitions(backup_partitions.name, [key])
+    if queue_is_served(instance):
+        return _through_the_queue(instance, resources, request_id, subscription_id)
     job = job or backup_job(Settings.from_env())
     result = job.execute_in_process(
         instance=instance,
         partition_key=key,
-        tags=run_tags(request_id, subscription_id),
+        tags={**origin_tags(job.name), **run_tags(request_id, subscription_id)},
         resources=resources,
         raise_on_error=False,
     )
@@ -105,6 +127,62 @@ def execute_request(
     return RunOutcome(
         request_id, result.run_id, result.success, request.status if request else None
     )
+
+
+def queue_is_served(instance: dg.DagsterInstance) -> bool:
+    """A daemon dequeues this instance's runs (`dagster dev`, a deployment): the CLI submits."""
+    statuses = instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])
+    return any(status.healthy for status in statuses.values())
+
+
+def _through_the_queue(
+    instance: dg.DagsterInstance, resources: dict, request_id: int, subscription_id: int
+) -> RunOutcome:
+    """Submit the run to the queue, then wait for it to finish. A failure is handled by the
+    run-failure sensor, as for the sensor's runs."""
+    run_id = submit_to_queue(request_id, subscription_id)
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            break
+        time.sleep(2)
+    with resources["platform_db"].get_engine().connect() as conn:
+        request = db.get_request(conn, request_id)
+    success = run.status == dg.DagsterRunStatus.SUCCESS
+    return RunOutcome(request_id, run_id, success, request.status if request else None)
+
+
+def submit_to_queue(request_id: int, subscription_id: int) -> str:
+    """Submit a backup run as Dagster's own `dagster job launch` does: from the code location
+    (its origin), into the instance's run queue with its tag limits (one backup per clinic) and
+    launcher. Returns the run id."""
+    run_id = str(uuid.uuid4())
+    workspace = Path("workspace.yaml")
+    target = (
+        ["-w", str(workspace)]
+        if workspace.exists()
+        else ["-m", "backup_pipeline.definitions", "-l", CODE_LOCATION]
+    )
+    tags = {"dagster/partition": str(request_id), **run_tags(request_id, subscription_id)}
+    subprocess.run(  # noqa: S603 (our own arguments, no shell)
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "job",
+            "launch",
+            *target,
+            "-j",
+            BACKUP_JOB_NAME,
+            "--run-id",
+            run_id,
+            "--tags",
+            json.dumps(tags),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return run_id
 
 
 def process_pending(limit: int | None = None, settings: Settings | None = None) -> ProcessOutcome:

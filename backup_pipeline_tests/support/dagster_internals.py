@@ -18,11 +18,16 @@ from dagster._core.instance.config import dagster_instance_config
 # build this snapshot from Definitions.
 from dagster._core.remote_representation.external_data import RepositorySnap
 
+# A daemon's heartbeat, as `dagster-daemon run` writes it: test_cli_runs tells the CLI that a
+# daemon serves the run queue without starting one (which would also run every sensor).
+from dagster._daemon.types import DaemonHeartbeat
+
 # The rule the QueuedRunCoordinatorDaemon applies to tag_concurrency_limits: test_load runs the
 # instance's run-queue config through it, since the daemon itself has no public entry point.
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 __all__ = [
+    "DaemonHeartbeat",
     "RepositorySnap",
     "TagConcurrencyLimitsCounter",
     "dagster_instance_config",
