@@ -238,6 +238,7 @@ def alert_late_requests(
 class QuotaRepair:
     written: int
     corrected: int  # rows that were wrong or missing: 0 when every change kept them current
+    at_limit: int = 0  # subscriptions that may not request a backup now
 
 
 def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> QuotaRepair:
@@ -248,7 +249,7 @@ def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> Qu
     id range in one transaction, which also drops rows of subscriptions in that range that no
     longer have any request.
     """
-    written = corrected = 0
+    written = corrected = at_limit = 0
     after: int | None = None
     while True:
         with engine.begin() as conn:
@@ -265,6 +266,11 @@ def refresh_quota_windows(engine: Engine, now: datetime, batch: int = 500) -> Qu
             )
             written += page_written
             corrected += page_corrected
+            at_limit += sum(
+                1
+                for window in windows.values()
+                if window.next_allowed_at is not None and window.next_allowed_at > now
+            )
         if not full_page:
-            return QuotaRepair(written, corrected)
+            return QuotaRepair(written, corrected, at_limit)
         after = subscription_ids[-1]

@@ -199,7 +199,11 @@ def refresh_quota_windows_op(
         context.log.warning(f"{repair.corrected} quota window(s) were stale")
     return dg.Output(
         repair.written,
-        metadata={"subscriptions": repair.written, "windows_corrected": repair.corrected},
+        metadata={
+            "subscriptions": repair.written,
+            "windows_corrected": repair.corrected,
+            "subscriptions_waiting_for_their_next_backup": repair.at_limit,
+        },
     )
 
 

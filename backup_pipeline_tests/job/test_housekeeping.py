@@ -387,6 +387,6 @@ def test_quota_refresh_covers_every_subscription_whatever_the_batch(platform, ba
             sid, status="delivered", requested_at=NOW - timedelta(days=sid), subscription_id=sid
         )
     assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch).written == 3
-    # A second pass finds nothing to correct.
-    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == hk.QuotaRepair(3, 0)
+    # A second pass finds nothing to correct; each clinic waits 180 days for its next backup.
+    assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == hk.QuotaRepair(3, 0, 3)
     assert {sid: row[2] for sid, row in platform.quota_windows().items()} == {1: 1, 2: 1, 3: 1}
