@@ -3,6 +3,8 @@ Settings (read from the environment when Dagster loads the location, not at impo
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from backup_pipeline.jobs import build_backup_job
@@ -29,12 +31,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     backup_job = build_backup_job(
         transient_retry(settings.op_max_retries, settings.retry_delay_seconds)
     )
-    return dg.Definitions(
+    defs = dg.Definitions(
         jobs=[backup_job, *HOUSEKEEPING_JOBS, *SUPPORT_JOBS],
         sensors=build_sensors(backup_job, settings.sensor_interval_seconds),
         schedules=HOUSEKEEPING_SCHEDULES,
         resources=build_resources(settings),
     )
+    with warnings.catch_warnings():
+        # Resolved once here (Definitions caches it): binding resources to the run-status
+        # sensors passes Dagster's own beta `owners` parameter, and Dagster warns about it to
+        # whoever runs a command. Not ours to act on.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        defs.get_repository_def()
+    return defs
 
 
 @dg.definitions
