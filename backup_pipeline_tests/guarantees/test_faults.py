@@ -202,8 +202,9 @@ def test_a_file_deleted_while_it_is_read_is_reported_missing_and_the_backup_deli
                 tables.cfdi_documents.c.pdf_storage_key == victim
             )
         ).scalar_one()
-    (gone,) = [row for row in run.missing_rows() if row[3] == cfdi_id]
-    assert gone[1] == "PDF de CFDI" and gone[4] == REASON_NOT_FOUND
+    (gone,) = [row for row in run.missing_rows() if row[5] == cfdi_id]  # "ID del registro"
+    assert gone[1] == "PDF de CFDI" and gone[6] == REASON_NOT_FOUND
+    assert gone[2].startswith("PDF del comprobante emitido ")
     assert gone[0] not in run.sums()
     # The same invoice's XML, read from the same bucket, made it.
     assert gone[0].replace("/pdf/", "/xml/").removesuffix(".pdf") + ".xml" in run.sums()

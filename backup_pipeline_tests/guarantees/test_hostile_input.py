@@ -340,7 +340,8 @@ def test_unreadable_storage_keys_are_reported_not_fatal(hostile_clinic) -> None:
         rows = sheet_rows(zf, "archivos_no_incluidos.xlsx")
     missing = sorted(PurePosixPath(row[0]).name for row in rows if row[1] == "Archivo adjunto")
     assert missing == ["barra.jpg", "escape.jpg", "perdido.jpg", "raiz.jpg"]
-    assert all(row[4] for row in rows)  # each says why
+    assert all(row[6] for row in rows)  # each says why ("Motivo")
+    assert all(row[2] for row in rows)  # and what the file was ("Qué archivo era")
 
 
 def test_a_five_megabyte_cfdi_is_read_and_copied_byte_for_byte(hostile_clinic) -> None:

@@ -198,7 +198,7 @@ def assert_outcome(engine: Engine, clicks: list[Click], run_requests: list[dg.Ru
             assert row.reason_code == click.expected, click
             assert row.status_detail and row.status_detail[0].isupper()
             if click.expected == checks.QUOTA_EXCEEDED:
-                assert "Podrás solicitar el siguiente a partir del" in row.status_detail
+                assert "Podrá solicitar el siguiente a partir del" in row.status_detail
 
 
 def skip_message(result: dg.SensorResult) -> str:

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from openpyxl import Workbook
 
 from backup_pipeline.archive import zipper
 from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
@@ -113,9 +114,26 @@ def _facts(tally: FileTally) -> LeemeFacts:
     )
 
 
+def _xlsx(*texts: str) -> bytes:
+    """A real workbook (verify_zip opens every one) holding `texts`, one per row.
+
+    Re-stored uncompressed, so that a test can still find a text in the entry's raw bytes.
+    """
+    book = Workbook()
+    for text in texts:
+        book.active.append([text])
+    saved = io.BytesIO()
+    book.save(saved)
+    stored = io.BytesIO()
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    return stored.getvalue()
+
+
 def _render_missing(missing: list[MissingFile], workdir: Path) -> Path:
     path = workdir / "faltantes.xlsx"
-    path.write_bytes(b"PK fake xlsx: " + "\n".join(m.archive_path for m in missing).encode())
+    path.write_bytes(_xlsx(*(m.archive_path for m in missing)))
     return path
 
 
@@ -146,8 +164,8 @@ XML = b'<?xml version="1.0"?><cfdi:Comprobante Version="4.0"/>' * 20
 def assembled(stores, tmp_path):
     archives, files = stores
     staged = [
-        _stage(archives, "pacientes.xlsx", b"PK workbook pacientes" * 100),
-        _stage(archives, "facturacion/ingresos/comprobantes_emitidos.xlsx", b"PK emitidos"),
+        _stage(archives, "pacientes.xlsx", _xlsx(*["workbook pacientes"] * 100)),
+        _stage(archives, "facturacion/ingresos/comprobantes_emitidos.xlsx", _xlsx("emitidos")),
     ]
     planned = [
         _planned(files, "adjuntos/Peña Ñúñez Ana (10)/radiografía.png", PHOTO, 100),
@@ -456,7 +474,7 @@ def _local_headers(data: bytes) -> Iterator[dict]:
 def test_streams_into_gcs_and_a_failure_there_leaves_no_object(gcs_bucket_url, tmp_path):
     archives = open_store(f"{gcs_bucket_url}/archives")
     files = open_store(f"{gcs_bucket_url}/platform")
-    staged = [_stage(archives, "pacientes.xlsx", b"PK workbook" * 1000)]
+    staged = [_stage(archives, "pacientes.xlsx", _xlsx(*["workbook"] * 1000))]
     planned = [
         _planned(files, "adjuntos/Peña Ana (10)/radiografía.png", PHOTO, 1),
         _planned(files, "adjuntos/Peña Ana (10)/perdida.png", None, 2),
