@@ -224,7 +224,9 @@ def test_a_failed_run_tells_support_why_without_patient_data(
 
     assert not outcome.success and outcome.request_status == "failed"
     request = platform.request(request_id)
-    assert "deliver_backup" in request.status_detail
+    # The clinic reads what failed in its words; the step's name goes to support.
+    assert request.status_detail.startswith("No se pudo generar el correo con el enlace")
+    assert "deliver_backup" not in request.status_detail
     sent = [r.payload for r in sendgrid_endpoint.recorded if r.status == 202]
     to_support = [p for p in sent if p["personalizations"][0]["to"][0]["email"] != requester]
     to_requester = [p for p in sent if p["personalizations"][0]["to"][0]["email"] == requester]
