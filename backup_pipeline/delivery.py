@@ -6,6 +6,7 @@ Used by the backup job's last step and by a re-sent link alike, so both behave t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,9 +45,10 @@ class Delivered:
 
 
 def emailed_archive(
-    store: ObjectStore, request: BackupRequest | None, key: str
-) -> ArchiveResult | None:
-    """The archive whose link and SHA-256 the requester already got, if it is still there whole.
+    engine: Engine, store: ObjectStore, request: BackupRequest | None, key: str
+) -> list[ArchiveResult] | None:
+    """The archive (every part) whose links and SHA-256 the requester already got, if each part
+    is still there whole.
 
     A run killed after the email but before the request was marked delivered is re-run; a new
     zip (new time stamps) would not match the checksum in that email, and no second email goes.
@@ -59,6 +61,27 @@ def emailed_archive(
         or not request.archive_sha256
     ):
         return None
+    with engine.connect() as conn:
+        recorded = db.parts_of(conn, request.id)
+    kept = []
+    for part in recorded:
+        found = _read_whole(store, part.archive_key)
+        if found is None or found != (part.size_bytes, part.sha256):
+            return None
+        kept.append(
+            ArchiveResult(
+                key=part.archive_key,
+                size=part.size_bytes,
+                sha256=part.sha256,
+                entries=0,
+                files_copied=0,
+                file_bytes=0,
+            )
+        )
+    return kept or None
+
+
+def _read_whole(store: ObjectStore, key: str) -> tuple[int, str] | None:
     digest = hashlib.sha256()
     size = 0
     try:
@@ -68,11 +91,7 @@ def emailed_archive(
                 size += len(chunk)
     except ObjectNotFound:
         return None
-    if size != request.archive_size_bytes or digest.hexdigest() != request.archive_sha256:
-        return None
-    return ArchiveResult(
-        key=key, size=size, sha256=digest.hexdigest(), entries=0, files_copied=0, file_bytes=0
-    )
+    return size, digest.hexdigest()
 
 
 def deliver(
@@ -85,13 +104,13 @@ def deliver(
     archive: AssembledArchive,
     link_ttl: timedelta,
 ) -> Delivered:
-    """Record the archive, email its link unless the requester already has one, mark delivered.
+    """Record the archive, email its links unless the requester already has them, mark it
+    delivered.
 
     A transient mail error raises MailError (the caller retries); a permanent one raises
     DeliveryRefused. The email is recorded right after it is sent, so a retry never sends twice.
     """
     request, subscription, requester = _request_parties(engine, request_id)
-    result = archive.result
     already_emailed = request.email_sent_at is not None
     if already_emailed:
         # The requester already has a link and was told when it stops working: keep that.
@@ -101,18 +120,18 @@ def deliver(
     with engine.begin() as conn:
         # Before the email: a request that then fails still names its archive, which
         # housekeeping deletes when the link would have expired.
-        _record_archive(conn, request_id, result, expires_at)
+        _record_archive(conn, request_id, archive.parts, expires_at)
     if not already_emailed:
-        link = store.signed_url(result.key, link_ttl, archive.download_name)
-        _send_link(
+        _send_links(
             engine,
+            store,
             mailer,
             request_id=request_id,
             requester=requester,
             subscription=subscription,
-            link=link,
+            parts=archive.parts,
+            link_ttl=link_ttl,
             expires_at=expires_at,
-            result=result,
             contents=archive.contents,
         )
     with engine.begin() as conn:
@@ -129,21 +148,22 @@ def resend_link(
     link_ttl: timedelta,
     actor: Actor,
 ) -> datetime:
-    """A fresh signed link and email for a delivered request whose archive still exists.
+    """Fresh signed links and an email for a delivered request whose archive still exists.
 
     Uses no quota: the request's status and counts are unchanged; the audit trail records who
     re-sent it and why. Returns the new expiry (UTC).
     """
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)
+        recorded = db.parts_of(conn, request_id)
     if request is None:
         raise LinkUnavailable(f"backup request {request_id} does not exist")
-    if request.status != RequestStatus.DELIVERED or not request.archive_key:
+    if request.status != RequestStatus.DELIVERED or not recorded:
         raise LinkUnavailable(
             f"request {request_id} is {request.status}: only a delivered request whose archive "
             "still exists can get a new link (an expired one needs a new backup request)"
         )
-    if not store.exists(request.archive_key):
+    if not all(store.exists(part.archive_key) for part in recorded):
         raise LinkUnavailable(f"the archive of request {request_id} no longer exists")
     _, subscription, requester = _request_parties(engine, request_id)
     refusal = authorization_refusal(requester, request.subscription_id, subscription.status)
@@ -152,25 +172,28 @@ def resend_link(
             f"request {request_id}: its requester is no longer authorised "
             f"({refusal.reason_code}); no new link is sent"
         )
+    parts = [
+        ArchiveResult(
+            key=part.archive_key,
+            size=part.size_bytes,
+            sha256=part.sha256,
+            entries=0,
+            files_copied=0,
+            file_bytes=0,
+        )
+        for part in recorded
+    ]
     expires_at = db.utcnow() + link_ttl
-    link = store.signed_url(request.archive_key, link_ttl, download_name(request.archive_key))
-    result = ArchiveResult(
-        key=request.archive_key,
-        size=request.archive_size_bytes or 0,
-        sha256=request.archive_sha256 or "",
-        entries=0,
-        files_copied=0,
-        file_bytes=0,
-    )
-    _send_link(
+    _send_links(
         engine,
+        store,
         mailer,
         request_id=request_id,
         requester=requester,
         subscription=subscription,
-        link=link,
+        parts=parts,
+        link_ttl=link_ttl,
         expires_at=expires_at,
-        result=result,
         contents=[],
         resent_by=actor,
     )
@@ -191,48 +214,69 @@ def _request_parties(
     return request, subscription, requester
 
 
-def _send_link(
+def _send_links(
     engine: Engine,
+    store: ObjectStore,
     mailer: MailerResource,
     *,
     request_id: int,
     requester: Requester,
     subscription: Subscription,
-    link: str,
+    parts: Sequence[ArchiveResult],
+    link_ttl: timedelta,
     expires_at: datetime,
-    result: ArchiveResult,
     contents: list[tuple[str, int]],
     resent_by: Actor | None = None,
 ) -> None:
+    links = [
+        mail.PartLink(
+            link=store.signed_url(part.key, link_ttl, download_name(part.key)),
+            file_name=download_name(part.key),
+            size_bytes=part.size,
+            sha256=part.sha256,
+        )
+        for part in parts
+    ]
     email = link_email(
         mailer,
         requester=requester,
         subscription=subscription,
         request_id=request_id,
-        link=link,
+        link=links[0].link,
         expires_at=expires_at,
-        size_bytes=result.size,
-        sha256=result.sha256,
+        size_bytes=sum(part.size for part in parts),
+        sha256=parts[0].sha256,
         contents=contents,
+        parts=links,
     )
     message_id = send_or_refuse(mailer, email)
     with engine.begin() as conn:
-        _record_archive(conn, request_id, result, expires_at)
+        _record_archive(conn, request_id, parts, expires_at)
         db.record_email_sent(conn, request_id, sent_at=db.utcnow(), message_id=message_id)
         if resent_by is not None:
             db.record_link_resent(conn, request_id, actor=resent_by, link_expires_at=expires_at)
 
 
 def _record_archive(
-    conn: Connection, request_id: int, result: ArchiveResult, expires_at: datetime
+    conn: Connection, request_id: int, parts: Sequence[ArchiveResult], expires_at: datetime
 ) -> None:
+    """backup_requests names the first part (its key and checksum) and the archive's total
+    size; backup_archive_parts every part."""
     db.record_archive(
         conn,
         request_id,
-        archive_key=result.key,
-        size=result.size,
-        sha256=result.sha256,
+        archive_key=parts[0].key,
+        size=sum(part.size for part in parts),
+        sha256=parts[0].sha256,
         link_expires_at=expires_at,
+    )
+    db.record_parts(
+        conn,
+        request_id,
+        [
+            db.ArchivePart(number, len(parts), part.key, part.size, part.sha256)
+            for number, part in enumerate(parts, start=1)
+        ],
     )
 
 
@@ -247,8 +291,9 @@ def link_email(
     size_bytes: int,
     sha256: str,
     contents: list[tuple[str, int]],
+    parts: Sequence[mail.PartLink] = (),
 ) -> OutgoingEmail:
-    """The email with the download link, for a delivery and for a re-sent link alike."""
+    """The email with the download link(s), for a delivery and for a re-sent link alike."""
     zone = clinic_zone(subscription.timezone)
     return mail.delivered_email(
         to=requester.email,  # the requester's address now, not when the request was made
@@ -262,6 +307,7 @@ def link_email(
         support_email=mailer.support_email,
         from_email=mailer.from_email,
         request_id=request_id,
+        parts=parts,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -71,7 +72,7 @@ def fail_if_revoked(
     request_id: int,
     run_id: str,
     checked_at: str,
-    archive_key: str | None = None,
+    archive_keys: Sequence[str] = (),
 ) -> None:
     """Re-check the requester's authorisation while the backup runs (PRODUCT.md, step 3).
 
@@ -98,7 +99,9 @@ def fail_if_revoked(
             run_id=run_id,
             detail=f"authorisation revoked ({refusal.reason_code}), checked {checked_at}",
         )
-    for key in {k for k in (archive_key, request.archive_key) if k}:
+    with engine.connect() as conn:
+        recorded = [part.archive_key for part in db.parts_of(conn, request_id)]
+    for key in {*archive_keys, *recorded}:
         archives.delete(key)
     if failed_now:  # told once, however often a refused run is re-executed
         _send_all(

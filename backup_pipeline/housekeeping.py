@@ -62,15 +62,19 @@ def expire_archives(engine: Engine, store: ObjectStore, now: datetime, limit: in
         due = db.archives_to_expire(conn, now, limit)
     expired = 0
     failed: list[int] = []
-    for request_id, archive_key, status in due:
+    for request_id, _archive_key, status in due:
         try:
-            if archive_key:
-                store.delete(archive_key)
+            # Every part of the archive: backup_requests names only the first.
+            with engine.connect() as conn:
+                keys = [part.archive_key for part in db.parts_of(conn, request_id)]
+            for key in keys:
+                store.delete(key)
             with engine.begin() as conn:
                 if status == RequestStatus.DELIVERED:
                     expired += db.mark_expired(conn, request_id)
                 else:
                     db.forget_failed_archive(conn, request_id)
+                    db.forget_parts(conn, request_id)
         except Exception as exc:
             # Only the class: a storage error's text can quote the key, which names the clinic.
             log.warning("could not expire request %s: %s", request_id, type(exc).__name__)

@@ -163,6 +163,7 @@ def assemble_backup(
     platform_db: PlatformDatabaseResource,
     files: ObjectStoreResource,
     archives: ObjectStoreResource,
+    policy: BackupPolicyResource,
 ) -> AssembledArchive:
     with platform_db.get_engine().connect() as conn:
         subscription = db.get_subscription(conn, target.subscription_id)
@@ -172,7 +173,7 @@ def assemble_backup(
     local_day = to_clinic_time(target.requested_at, target.timezone).date()
     key = archive_key(target.subscription_id, target.request_id, subscription.name, local_day)
     archives_store = archives.get_store()
-    emailed = emailed_archive(archives_store, request, key)
+    emailed = emailed_archive(platform_db.get_engine(), archives_store, request, key)
     if emailed is not None:
         context.log.info(
             f"request {target.request_id}: its link was emailed and the archive is intact; "
@@ -189,19 +190,21 @@ def assemble_backup(
             generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
             exports=exports,
             plan=plan,
+            part_size=policy.part_size_bytes,
         )
-    result = assembled.result
+    parts = assembled.parts
     context.add_output_metadata(
         {
-            "archive_key": result.key,
-            "archive_bytes": result.size,
-            "archive_sha256": result.sha256,
+            "archive_key": assembled.result.key,
+            "archive_bytes": assembled.size,
+            "archive_sha256": assembled.result.sha256,
+            "archive_parts": len(parts),
             "kept_emailed_archive": assembled.kept_emailed,
-            "zip_entries": result.entries,
-            "files_copied": result.files_copied,
-            "file_bytes": result.file_bytes,
-            "missing_files": len(result.missing),
-            "checksum_mismatches": result.checksum_mismatches,
+            "zip_entries": sum(part.entries for part in parts),
+            "files_copied": sum(part.files_copied for part in parts),
+            "file_bytes": sum(part.file_bytes for part in parts),
+            "missing_files": sum(len(part.missing) for part in parts),
+            "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
         }
     )
     return assembled
@@ -227,7 +230,7 @@ def deliver_backup(
             request_id=target.request_id,
             run_id=context.run_id,
             checked_at="before its link was sent",
-            archive_key=archive.result.key,
+            archive_keys=[part.key for part in archive.parts],
         )
     )
     delivered = _permanent(

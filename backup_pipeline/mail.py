@@ -212,11 +212,26 @@ def delivered_email(
     support_email: str,
     from_email: str,
     request_id: int,
+    parts: Sequence[PartLink] = (),
 ) -> OutgoingEmail:
     """The backup is ready: the link, until when it works (clinic's local time), size, checksum.
+    A very large account's archive comes in `parts` (more than one): each with its link, size
+    and checksum; `link`, `size_bytes` and `sha256` are then the first part's and the total's.
 
     Formal register ("usted") throughout, as LEEME.txt and every status detail.
     """
+    if len(parts) > 1:
+        return _delivered_in_parts(
+            to=to,
+            clinic_name=clinic_name,
+            expires_at_local=expires_at_local,
+            timezone_label=timezone_label,
+            contents=contents,
+            support_email=support_email,
+            from_email=from_email,
+            request_id=request_id,
+            parts=parts,
+        )
     if not link.startswith(("https://", "http://", "file:///")):
         # The link goes into an href: anything but http(s), or file:// for the embedded local
         # default's archives folder (javascript:, data:) is a bug upstream.
@@ -284,6 +299,104 @@ def delivered_email(
     return _email(
         to=to,
         subject=f"Su respaldo de información de {clinic} está listo",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=support_email,
+        key=f"backup-{request_id}-delivered",
+    )
+
+
+@dataclass(frozen=True)
+class PartLink:
+    """One zip of an archive delivered in parts: its download link, name, size and checksum."""
+
+    link: str
+    file_name: str
+    size_bytes: int
+    sha256: str
+
+
+def _delivered_in_parts(
+    *,
+    to: str,
+    clinic_name: str,
+    expires_at_local: datetime,
+    timezone_label: str,
+    contents: list[tuple[str, int]],
+    support_email: str,
+    from_email: str,
+    request_id: int,
+    parts: Sequence[PartLink],
+) -> OutgoingEmail:
+    for part in parts:
+        if not part.link.startswith(("https://", "http://", "file:///")):
+            raise ValueError("the download link must be an http(s) or file:/// URL")
+        if not _SHA256.fullmatch(part.sha256.strip().lower()):
+            raise ValueError("sha256 must be 64 hexadecimal characters")
+    clinic = _one_line(clinic_name) or "su clínica"
+    zone = zone_name(_one_line(timezone_label), expires_at_local)
+    until = f"{spanish_datetime(expires_at_local)}, {zone}"
+    count = spanish_number(len(parts))
+    total = spanish_size(sum(part.size_bytes for part in parts))
+    blocks: list[Block] = [
+        _p("Hola:"),
+        _p(
+            "El respaldo de información de ",
+            Strong(clinic),
+            f" que solicitó ya está listo. Como es muy grande ({total}), llega en {count} "
+            "archivos .zip (partes). Descargue todas las partes con estos enlaces:",
+        ),
+    ]
+    for number, part in enumerate(parts, start=1):
+        blocks.append(Button(href=part.link, label=f"Descargar la parte {number} de {len(parts)}"))
+    blocks += [
+        _p(
+            "Los enlaces funcionan hasta el ",
+            Strong(until),
+            ". Después de esa fecha dejan de funcionar y no se pueden volver a usar, así que le "
+            "recomendamos descargar los archivos lo antes posible y guardarlos en un lugar seguro.",
+        ),
+        _p(
+            "Cada parte es un .zip completo, con su propio LEEME.txt. Descomprima todas las "
+            "partes en la misma carpeta: sus carpetas se juntan en una sola. Las hojas de cálculo "
+            "están en la parte 1."
+        ),
+        Heading("Qué contiene"),
+    ]
+    if contents:
+        blocks.append(Bullets(tuple((f"{label}: {spanish_number(n)}",) for label, n in contents)))
+    blocks += [
+        Heading("Cómo comprobar que cada archivo llegó completo (opcional)"),
+        _p("Esta es la huella digital (SHA-256) de cada parte:"),
+    ]
+    for part in parts:
+        blocks.append(_p(Code(part.file_name), f" ({spanish_size(part.size_bytes)}):"))
+        blocks.append(Preformatted(part.sha256.strip().lower()))
+    blocks += [
+        _p(
+            "En Windows, abra el Símbolo del sistema en la carpeta donde los descargó y escriba: ",
+            Code("certutil -hashfile archivo.zip SHA256"),
+        ),
+        _p("En macOS o Linux, abra la Terminal y escriba: ", Code("shasum -a 256 archivo.zip")),
+        _p(
+            "Cambie archivo.zip por el nombre de cada parte. Si el resultado es igual a su "
+            "huella, esa parte está completa."
+        ),
+        Heading("Cuide esta información"),
+        _p(
+            "El respaldo contiene datos personales y de salud de sus pacientes. Guárdelo en un "
+            "lugar seguro y no lo comparta con personas no autorizadas."
+        ),
+        _p(
+            "¿Necesita ayuda? Escríbanos a ",
+            _mailto(support_email),
+            f" o responda a este correo, e indique el número de solicitud {request_id}.",
+        ),
+        _SIGNATURE,
+    ]
+    return _email(
+        to=to,
+        subject=f"Su respaldo de información de {clinic} está listo ({count} partes)",
         blocks=blocks,
         from_email=from_email,
         reply_to=support_email,

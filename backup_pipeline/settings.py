@@ -56,6 +56,7 @@ class Settings:
     staging_batch: int = 10_000
     late_alert_batch: int = 200
     partition_delete_batch: int = 10_000
+    part_size_bytes: int = 4_000_000_000  # archive.parts.DEFAULT_PART_SIZE: fits FAT32
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -92,4 +93,5 @@ class Settings:
             staging_batch=int(env.get("BACKUP_STAGING_BATCH", "10000")),
             late_alert_batch=int(env.get("BACKUP_LATE_ALERT_BATCH", "200")),
             partition_delete_batch=int(env.get("BACKUP_PARTITION_DELETE_BATCH", "10000")),
+            part_size_bytes=int(env.get("BACKUP_PART_SIZE", "4000000000")),
         )

@@ -170,7 +170,9 @@ def expire_now(
             "to expire"
         )
     # The archive goes first: a request marked expired is never looked at again.
-    deleted = archives.delete(request.archive_key) if request.archive_key else False
+    with engine.connect() as conn:
+        keys = [part.archive_key for part in db.parts_of(conn, request_id)]
+    deleted = any([archives.delete(key) for key in keys])  # every part, not just the first
     with engine.begin() as conn:
         db.mark_expired(conn, request_id, actor=actor)
     return deleted

@@ -310,4 +310,23 @@ Index(
     backup_request_events.c.id,
 )
 
-OUR_TABLES = (backup_quota_windows, backup_alerts, backup_request_reviews, backup_request_events)
+backup_archive_parts = Table(
+    "backup_archive_parts",
+    metadata,
+    # Every zip of a request's archive. backup_requests holds the first part's key and checksum
+    # and the total size; an archive of one part has one row here too.
+    Column("request_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("part", Integer, primary_key=True, autoincrement=False),  # 1-based
+    Column("parts", Integer, nullable=False),
+    Column("archive_key", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", Text, nullable=False),
+)
+
+OUR_TABLES = (
+    backup_quota_windows,
+    backup_alerts,
+    backup_request_reviews,
+    backup_request_events,
+    backup_archive_parts,
+)

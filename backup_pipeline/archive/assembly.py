@@ -3,8 +3,9 @@ files, LEEME.txt with the counts, and the list of contents the email shows."""
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,30 +13,44 @@ from pathlib import Path
 from backup_pipeline.archive.entries import ArchiveResult, StagedEntry
 from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
 from backup_pipeline.archive.missing import render_missing_files
-from backup_pipeline.archive.names import download_name
+from backup_pipeline.archive.names import download_name, part_key
+from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, split_into_parts
 from backup_pipeline.archive.plan import FilePlan, read_plan
 from backup_pipeline.archive.zipper import FileTally, assemble_archive
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.spanish import spanish_count, spanish_number
 from backup_pipeline.storage import ObjectStore
 
 FILES_LABEL = "Archivos adjuntos y comprobantes copiados"
 MISSING_LABEL = "Archivos que no se pudieron incluir"
+# LEEME.txt, SHA256SUMS and a possible archivos_no_incluidos.xlsx, in part 1 beside the workbooks.
+FIXED_ENTRIES_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class AssembledArchive:
-    result: ArchiveResult
-    download_name: str
+    parts: tuple[ArchiveResult, ...]  # one zip, or a very large account's numbered parts
     contents: list[tuple[str, int]]  # (Spanish label, count) for the email
     kept_emailed: bool = False  # the archive already emailed, kept instead of a new one
 
+    @property
+    def result(self) -> ArchiveResult:
+        """The first (or only) part: the one backup_requests names."""
+        return self.parts[0]
 
-def kept_archive(result: ArchiveResult) -> AssembledArchive:
-    """The archive whose link the requester already holds, delivered again as it is."""
-    return AssembledArchive(
-        result=result, download_name=download_name(result.key), contents=[], kept_emailed=True
-    )
+    @property
+    def download_name(self) -> str:
+        return download_name(self.result.key)
+
+    @property
+    def size(self) -> int:
+        return sum(part.size for part in self.parts)
+
+
+def kept_archive(parts: Sequence[ArchiveResult]) -> AssembledArchive:
+    """The archive whose links the requester already holds, delivered again as it is."""
+    return AssembledArchive(parts=tuple(parts), contents=[], kept_emailed=True)
 
 
 def build_archive(
@@ -48,46 +63,79 @@ def build_archive(
     generated_at_local: datetime,
     exports: Sequence[ExportResult],
     plan: FilePlan,
+    part_size: int = DEFAULT_PART_SIZE,
 ) -> AssembledArchive:
-    """Stream the zip to `key` in the archives store; see archive.zipper for how."""
+    """Stream the zip to `key` in the archives store (see archive.zipper for how); an archive
+    larger than `part_size` becomes numbered parts, each a complete zip (archive.parts)."""
     exports = _in_declared_order(exports)
     rows_by_dataset = {e.dataset: e.rows for e in exports}
+    staged = _staged_entries(exports)
+    spans = split_into_parts(
+        read_plan(archives, plan),
+        part_size=part_size,
+        first_part_bytes=sum(entry.size for entry in staged) + FIXED_ENTRIES_BYTES,
+    )
+    summaries = [_part_summary(span, len(spans)) for span in spans] if len(spans) > 1 else []
 
-    def leeme(tally: FileTally) -> str:
-        return leeme_text(
-            LeemeFacts(
-                clinic_name=clinic_name,
-                generated_at_local=generated_at_local,
-                timezone=timezone,
-                workbooks=[(e.archive_path, e.description, e.rows) for e in exports],
-                files_copied=tally.files_copied,
-                file_bytes=tally.file_bytes,
-                missing_count=tally.missing_count,
-                invoices_issued=rows_by_dataset.get("invoices_issued", 0),
-                invoices_received=rows_by_dataset.get("invoices_received", 0),
-                long_text_files=sum(e.long_text_files for e in exports),
+    def leeme_for(span: PartSpan) -> Callable[[FileTally], str]:
+        def leeme(tally: FileTally) -> str:
+            return leeme_text(
+                LeemeFacts(
+                    clinic_name=clinic_name,
+                    generated_at_local=generated_at_local,
+                    timezone=timezone,
+                    workbooks=[(e.archive_path, e.description, e.rows) for e in exports]
+                    if span.number == 1
+                    else [],
+                    files_copied=tally.files_copied,
+                    file_bytes=tally.file_bytes,
+                    missing_count=tally.missing_count,
+                    invoices_issued=rows_by_dataset.get("invoices_issued", 0),
+                    invoices_received=rows_by_dataset.get("invoices_received", 0),
+                    long_text_files=sum(e.long_text_files for e in exports),
+                    part=span.number,
+                    parts=len(spans),
+                    part_summaries=summaries,
+                )
             )
-        )
 
-    with tempfile.TemporaryDirectory(prefix="bp-assemble-") as tmp:
-        result = assemble_archive(
-            archives=archives,
-            files=files,
-            final_key=key,
-            staged=_staged_entries(exports),
-            planned=read_plan(archives, plan),
-            render_missing=lambda missing, workdir: render_missing_files(
-                missing, workdir, timezone
-            ),
-            leeme=leeme,
-            workdir=Path(tmp),
-            modified_at=generated_at_local.replace(tzinfo=None),
-        )
+        return leeme
+
+    results = []
+    for span in spans:
+        with tempfile.TemporaryDirectory(prefix="bp-assemble-") as tmp:
+            results.append(
+                assemble_archive(
+                    archives=archives,
+                    files=files,
+                    final_key=part_key(key, span.number, len(spans)),
+                    staged=staged if span.number == 1 else [],
+                    planned=itertools.islice(read_plan(archives, plan), span.start, span.stop),
+                    render_missing=lambda missing, workdir: render_missing_files(
+                        missing, workdir, timezone
+                    ),
+                    leeme=leeme_for(span),
+                    workdir=Path(tmp),
+                    modified_at=generated_at_local.replace(tzinfo=None),
+                )
+            )
+    copied = sum(r.files_copied for r in results)
+    missing = sum(len(r.missing) for r in results)
     contents = [(_content_label(e), e.rows) for e in exports]
-    contents.append((FILES_LABEL, result.files_copied))
-    if result.missing:
-        contents.append((MISSING_LABEL, len(result.missing)))
-    return AssembledArchive(result=result, download_name=download_name(key), contents=contents)
+    contents.append((FILES_LABEL, copied))
+    if missing:
+        contents.append((MISSING_LABEL, missing))
+    return AssembledArchive(parts=tuple(results), contents=contents)
+
+
+def _part_summary(span: PartSpan, parts: int) -> str:
+    files = spanish_count(span.files, "archivo", "archivos")
+    what = (
+        f"las hojas de cálculo y los reportes, y {files} adjuntos y de facturación"
+        if span.number == 1
+        else f"{files} adjuntos y de facturación"
+    )
+    return f"Parte {spanish_number(span.number)} de {spanish_number(parts)}: {what}."
 
 
 def _in_declared_order(exports: Sequence[ExportResult]) -> list[ExportResult]:

@@ -45,6 +45,11 @@ class LeemeFacts:
     invoices_issued: int = 0
     invoices_received: int = 0
     long_text_files: int = 0  # cell values too long for Excel, written whole to text files
+    # A very large account comes in parts, each a complete zip: which one this is, and one
+    # Spanish line per part saying what it holds.
+    part: int = 1
+    parts: int = 1
+    part_summaries: Sequence[str] = ()
 
 
 def leeme_text(facts: LeemeFacts) -> str:
@@ -59,6 +64,8 @@ def leeme_text(facts: LeemeFacts) -> str:
     ]
     if facts.missing_count:
         sections.insert(4, _missing(facts))
+    if facts.parts > 1:
+        sections.insert(1, _parts(facts))
     text = "\n\n".join(section.strip("\n") for section in sections) + "\n"
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
@@ -78,6 +85,21 @@ Para usarlo, descomprímalo completo en una carpeta de su computadora. Los archi
 se abren con Microsoft Excel o LibreOffice Calc; los XML de las facturas son los que
 entrega el SAT y los puede recibir su contador o cualquier otro sistema de facturación.
 """
+
+
+def _parts(facts: LeemeFacts) -> str:
+    lines = [
+        "RESPALDO EN VARIAS PARTES",
+        "-------------------------",
+        f"Su respaldo es muy grande, así que se entregó en {spanish_number(facts.parts)} archivos "
+        f".zip. Esta es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)}.",
+        "Cada parte es un .zip completo, con su propio LEEME.txt y su propio SHA256SUMS (que",
+        "comprueba solo los archivos de esa parte). Descargue todas las partes y descomprímalas",
+        "en la misma carpeta: las carpetas de las distintas partes se juntan en una sola.",
+        "",
+    ]
+    lines += [f"  {summary}" for summary in facts.part_summaries]
+    return "\n".join(lines)
 
 
 def _confidentiality() -> str:

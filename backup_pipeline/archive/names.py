@@ -167,6 +167,15 @@ def archive_key(subscription_id: int, request_id: int, clinic_name: str, local_d
     return f"respaldos/{subscription_id}/{request_id}/{archive_file_name(clinic_name, local_day)}"
 
 
+def part_key(key: str, part: int, parts: int) -> str:
+    """The key of part `part` of `parts`: the archive's own key when there is one part, else
+    respaldo_<slug>_<date>_parte-<i>-de-<n>.zip beside it."""
+    if parts == 1:
+        return key
+    stem = key.removesuffix(".zip")
+    return f"{stem}_parte-{part}-de-{parts}.zip"
+
+
 def download_name(archive_key: str) -> str:
     """The file name a browser saves the archive under: the key's last segment."""
     return archive_key.rsplit("/", 1)[-1]

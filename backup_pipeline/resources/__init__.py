@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from backup_pipeline.archive.parts import DEFAULT_PART_SIZE
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
@@ -24,6 +25,8 @@ class BackupPolicyResource(dg.ConfigurableResource):
     staging_batch: int = 10_000
     late_alert_batch: int = 200
     partition_delete_batch: int = 10_000
+    # An archive larger than this is delivered as numbered parts, each a complete zip.
+    part_size_bytes: int = DEFAULT_PART_SIZE
 
     @property
     def link_ttl(self) -> timedelta:
@@ -72,5 +75,6 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             staging_batch=settings.staging_batch,
             late_alert_batch=settings.late_alert_batch,
             partition_delete_batch=settings.partition_delete_batch,
+            part_size_bytes=settings.part_size_bytes,
         ),
     }

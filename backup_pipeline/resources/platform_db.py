@@ -377,6 +377,56 @@ def record_link_resent(
     )
 
 
+# --- An archive's parts ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchivePart:
+    part: int  # 1-based
+    parts: int
+    archive_key: str
+    size_bytes: int
+    sha256: str
+
+
+def record_parts(conn: Connection, request_id: int, parts: Sequence[ArchivePart]) -> None:
+    """The zips of the request's archive (one, or a very large account's parts), replacing any
+    earlier run's."""
+    p = t.backup_archive_parts.c
+    conn.execute(delete(t.backup_archive_parts).where(p.request_id == request_id))
+    if parts:
+        conn.execute(
+            insert(t.backup_archive_parts),
+            [{"request_id": request_id, **part.__dict__} for part in parts],
+        )
+
+
+def parts_of(conn: Connection, request_id: int) -> list[ArchivePart]:
+    """The request's archive, part by part; for an archive recorded before parts existed (or by
+    hand), its one key from backup_requests."""
+    p = t.backup_archive_parts.c
+    rows = conn.execute(
+        select(p.part, p.parts, p.archive_key, p.size_bytes, p.sha256)
+        .where(p.request_id == request_id)
+        .order_by(p.part)
+    ).all()
+    if rows:
+        return [ArchivePart(*row) for row in rows]
+    request = get_request(conn, request_id)
+    if request is None or not request.archive_key:
+        return []
+    return [
+        ArchivePart(
+            1, 1, request.archive_key, request.archive_size_bytes or 0, request.archive_sha256 or ""
+        )
+    ]
+
+
+def forget_parts(conn: Connection, request_id: int) -> None:
+    p = t.backup_archive_parts.c
+    conn.execute(delete(t.backup_archive_parts).where(p.request_id == request_id))
+
+
 def _review_of(request_id: int) -> Any:
     return t.backup_request_reviews.c.request_id == request_id
 
