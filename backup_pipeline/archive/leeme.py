@@ -93,9 +93,9 @@ def _parts(facts: LeemeFacts) -> str:
         "-------------------------",
         f"Su respaldo es muy grande, así que se entregó en {spanish_number(facts.parts)} archivos "
         f".zip. Esta es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)}.",
-        "Cada parte es un .zip completo, con su propio LEEME.txt y su propio SHA256SUMS (que",
-        "comprueba solo los archivos de esa parte). Descargue todas las partes y descomprímalas",
-        "en la misma carpeta: las carpetas de las distintas partes se juntan en una sola.",
+        "Cada parte es un .zip completo, con su propio LEEME.txt y su propio SHA256SUMS, que",
+        "sirve para comprobar solo los archivos de esa parte. Descargue todas las partes y",
+        "descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una sola.",
         "",
     ]
     lines += [f"  {summary}" for summary in facts.part_summaries]

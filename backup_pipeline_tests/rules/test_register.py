@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from backup_pipeline import cfdi, checks, mail, quota
+from backup_pipeline import cfdi, checks, failures, mail, quota, support_actions
 from backup_pipeline.archive import assembly, zipper
 from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
 from backup_pipeline.archive.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
@@ -75,8 +76,21 @@ def _emails() -> Iterator[tuple[str, str]]:
         sha256="0" * 64,
         contents=[("Pacientes", 1234)],
     )
+    in_parts = mail.delivered_email(
+        **common,
+        link="https://example.test/42-1.zip",
+        expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
+        timezone_label="America/Cancun",
+        size_bytes=8_000_000_000,
+        sha256="0" * 64,
+        contents=[("Pacientes", 1234)],
+        parts=[
+            mail.PartLink(f"https://example.test/42-{i}.zip", f"r_parte-{i}-de-2.zip", 10, "1" * 64)
+            for i in (1, 2)
+        ],
+    )
     failed = mail.failed_email_to_requester(**common)
-    for email in (delivered, failed):
+    for email in (delivered, in_parts, failed):
         yield f"{email.key} subject", email.subject
         yield f"{email.key} text", email.text
         yield f"{email.key} html", email.html
@@ -96,6 +110,8 @@ def _leeme() -> Iterator[tuple[str, str]]:
         long_text_files=1,
     )
     yield "LEEME.txt", leeme_text(facts)
+    in_parts = replace(facts, part=2, parts=3, part_summaries=["Parte 1 de 3: ...", "Parte 2"])
+    yield "LEEME.txt of a part", leeme_text(in_parts)
 
 
 def _status_details() -> Iterator[tuple[str, str]]:
@@ -127,6 +143,13 @@ def _status_details() -> Iterator[tuple[str, str]]:
         decision = checks.review_request(request, **arguments)
         assert decision.status_detail, name
         yield f"status detail: {name}", decision.status_detail
+        if decision.reason_code != checks.BACKUP_IN_PROGRESS and name != "quota":
+            yield f"status detail, revoked: {name}", checks.revoked_detail(decision)
+    steps = [None, "deliver_backup", "plan_archive_files", *(f"export_{d.name}" for d in DATASETS)]
+    for step in steps:
+        yield f"status detail: failed at {step}", failures.failure_reason(step, "OSError")
+    yield "status detail: cancelled", failures.failure_reason(None, "RunCanceled")
+    yield "status detail: refused by support", support_actions.REFUSED_BY_SUPPORT
 
 
 def _workbook_texts() -> Iterator[tuple[str, str]]:
