@@ -68,17 +68,20 @@ def emailed_archive(
         found = _read_whole(store, part.archive_key)
         if found is None or found != (part.size_bytes, part.sha256):
             return None
-        kept.append(
-            ArchiveResult(
-                key=part.archive_key,
-                size=part.size_bytes,
-                sha256=part.sha256,
-                entries=0,
-                files_copied=0,
-                file_bytes=0,
-            )
-        )
+        kept.append(_recorded(part))
     return kept or None
+
+
+def _recorded(part: db.ArchivePart) -> ArchiveResult:
+    """A part as recorded: key, size and checksum (nothing downstream needs the counts)."""
+    return ArchiveResult(
+        key=part.archive_key,
+        size=part.size_bytes,
+        sha256=part.sha256,
+        entries=0,
+        files_copied=0,
+        file_bytes=0,
+    )
 
 
 def _read_whole(store: ObjectStore, key: str) -> tuple[int, str] | None:
@@ -172,17 +175,7 @@ def resend_link(
             f"request {request_id}: its requester is no longer authorised "
             f"({refusal.reason_code}); no new link is sent"
         )
-    parts = [
-        ArchiveResult(
-            key=part.archive_key,
-            size=part.size_bytes,
-            sha256=part.sha256,
-            entries=0,
-            files_copied=0,
-            file_bytes=0,
-        )
-        for part in recorded
-    ]
+    parts = [_recorded(part) for part in recorded]
     expires_at = db.utcnow() + link_ttl
     _send_links(
         engine,

@@ -275,15 +275,35 @@ def delivered_email(
         Heading("Cómo comprobar que el archivo llegó completo (opcional)"),
         _p("Esta es la huella digital (SHA-256) del archivo:"),
         Preformatted(sha256),
+        *_how_to_check(
+            "Cambie archivo.zip por el nombre del archivo descargado. Si el resultado es igual a "
+            "la huella de arriba, el archivo está completo."
+        ),
+        *_care_and_help(support_email, request_id),
+    ]
+    return _email(
+        to=to,
+        subject=f"Su respaldo de información de {clinic} está listo",
+        blocks=blocks,
+        from_email=from_email,
+        reply_to=support_email,
+        key=f"backup-{request_id}-delivered",
+    )
+
+
+def _how_to_check(closing: str) -> list[Block]:
+    return [
         _p(
             "En Windows, abra el Símbolo del sistema en la carpeta donde lo descargó y escriba: ",
             Code("certutil -hashfile archivo.zip SHA256"),
         ),
         _p("En macOS o Linux, abra la Terminal y escriba: ", Code("shasum -a 256 archivo.zip")),
-        _p(
-            "Cambie archivo.zip por el nombre del archivo descargado. Si el resultado es igual a "
-            "la huella de arriba, el archivo está completo."
-        ),
+        _p(closing),
+    ]
+
+
+def _care_and_help(support_email: str, request_id: int) -> list[Block]:
+    return [
         Heading("Cuide esta información"),
         _p(
             "El respaldo contiene datos personales y de salud de sus pacientes. Guárdelo en un "
@@ -296,14 +316,6 @@ def delivered_email(
         ),
         _SIGNATURE,
     ]
-    return _email(
-        to=to,
-        subject=f"Su respaldo de información de {clinic} está listo",
-        blocks=blocks,
-        from_email=from_email,
-        reply_to=support_email,
-        key=f"backup-{request_id}-delivered",
-    )
 
 
 @dataclass(frozen=True)
@@ -373,26 +385,11 @@ def _delivered_in_parts(
         blocks.append(_p(Code(part.file_name), f" ({spanish_size(part.size_bytes)}):"))
         blocks.append(Preformatted(part.sha256.strip().lower()))
     blocks += [
-        _p(
-            "En Windows, abra el Símbolo del sistema en la carpeta donde los descargó y escriba: ",
-            Code("certutil -hashfile archivo.zip SHA256"),
-        ),
-        _p("En macOS o Linux, abra la Terminal y escriba: ", Code("shasum -a 256 archivo.zip")),
-        _p(
+        *_how_to_check(
             "Cambie archivo.zip por el nombre de cada parte. Si el resultado es igual a su "
             "huella, esa parte está completa."
         ),
-        Heading("Cuide esta información"),
-        _p(
-            "El respaldo contiene datos personales y de salud de sus pacientes. Guárdelo en un "
-            "lugar seguro y no lo comparta con personas no autorizadas."
-        ),
-        _p(
-            "¿Necesita ayuda? Escríbanos a ",
-            _mailto(support_email),
-            f" o responda a este correo, e indique el número de solicitud {request_id}.",
-        ),
-        _SIGNATURE,
+        *_care_and_help(support_email, request_id),
     ]
     return _email(
         to=to,
