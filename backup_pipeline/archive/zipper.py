@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import struct
 import tempfile
 import time
 import zipfile
@@ -26,7 +27,6 @@ from backup_pipeline.archive.leeme import (
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
-from backup_pipeline.storage.folder import FolderStore
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,14 @@ CHUNK = 1024 * 1024
 # stay in memory, larger ones spill to a temporary file in workdir.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 READ_ATTEMPTS = 3
-# Files read ahead of the one zip writer, each by its own thread into its own spool: downloads
-# overlap each other and the zipping (per-object latency dominates small files on GCS), while
-# memory stays bounded by about (PREFETCH_FILES + 1) * SPOOL_IN_MEMORY. A local folder answers
-# from the page cache at once: there the threads only compete with the writer for the cores
-# (about 30% slower in bench/RESULTS.md), so its files are read one at a time.
-PREFETCH_FILES = 4
+# Files are read ahead of the one zip writer, each by its own thread into its own spool, as many
+# at once as the store wants in flight (ObjectStore.reads_in_flight: dozens on GCS, where each
+# request waits tens of milliseconds for its first byte; one from a local folder, whose page cache
+# answers at once and where threads only compete with the writer for the cores). The spools in
+# flight keep at most this much in memory together; a file over its share spills to workdir.
+PREFETCH_MEMORY = 32 * 1024 * 1024
+# Central directory records and SHA256SUMS lines wait in a spool this large before workdir.
+BOOKKEEPING_IN_MEMORY = 1024 * 1024
 
 REASON_NOT_FOUND = "El archivo no existe en el almacenamiento"
 REASON_UNREADABLE = "No se pudo leer el archivo"
@@ -98,13 +100,13 @@ def assemble_archive(
     copied = copied_bytes = mismatches = 0
     with archives.open_write(final_key, "application/zip") as raw:
         sink = _HashingSink(raw)
-        writer = _EntryWriter(sink, stamp)
+        writer = _EntryWriter(sink, stamp, workdir)
 
         try:
             for entry in staged:
                 _add_staged(writer, archives, entry)
 
-            depth = prefetch if prefetch is not None else _read_ahead(files)
+            depth = prefetch if prefetch is not None else max(files.reads_in_flight, 1)
             fetched_files = _prefetched(
                 files, planned, workdir, read_attempts, retry_wait_seconds, depth
             )
@@ -137,7 +139,7 @@ def assemble_archive(
                 files_copied=copied, file_bytes=copied_bytes, missing_count=len(missing)
             )
             writer.add_bytes(LEEME_PATH, leeme(tally).encode(LEEME_ENCODING))
-            writer.add_bytes(SHA256SUMS_PATH, sha256sums_text(writer.sums).encode("utf-8"))
+            writer.add_sha256sums(SHA256SUMS_PATH)
             entries = writer.close()
         except BaseException:
             # The store discards the object; the half-written zip must not be finished later.
@@ -189,14 +191,23 @@ class _HashingSink:
 
 
 class _EntryWriter:
-    """Adds entries to the zip and remembers each one's sha256 for SHA256SUMS."""
+    """Adds entries to the zip and lists each one's sha256 for SHA256SUMS.
 
-    def __init__(self, sink: _HashingSink, stamp: tuple[int, ...]) -> None:
+    Nothing per entry stays in memory but 16 bytes of its path's hash (to refuse a repeated path):
+    the central directory records and the SHA256SUMS lines go to spools as each entry is written,
+    so that 500,000 files cost what 5,000 do.
+    """
+
+    def __init__(self, sink: _HashingSink, stamp: tuple[int, ...], workdir: Path) -> None:
         self._sink = sink
-        self._zf = zipfile.ZipFile(sink, mode="w", allowZip64=True)  # type: ignore[arg-type]
+        self._sums: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed in close)
+            max_size=BOOKKEEPING_IN_MEMORY, dir=workdir
+        )
+        self._zf = _StreamingZip(sink, workdir)
         self._stamp = stamp
-        self._paths: set[str] = set()
-        self.sums: list[tuple[str, str]] = []
+        self._path_hashes: set[bytes] = set()
+        self.entries = 0
+        self.last_sha256 = ""
 
     def add_stream(self, path: str, src: IO[bytes], expected_sha256: str | None = None) -> int:
         """Copy src into a new entry; returns its size. expected_sha256 guards a spool's
@@ -208,21 +219,36 @@ class _EntryWriter:
                 digest.update(chunk)
                 size += len(chunk)
                 entry.write(chunk)
+        self._zf.entry_written()
         hexdigest = digest.hexdigest()
         if expected_sha256 is not None and hexdigest != expected_sha256:
-            raise ArchiveIntegrityError(f"entry #{len(self.sums)} changed in the local spool")
-        self.sums.append((path, hexdigest))
+            raise ArchiveIntegrityError(f"entry #{self.entries} changed in the local spool")
+        self._listed(path, hexdigest)
         return size
 
     def add_bytes(self, path: str, data: bytes) -> None:
         with self._zf.open(self._info(path), mode="w", force_zip64=True) as entry:
             entry.write(data)
-        self.sums.append((path, hashlib.sha256(data).hexdigest()))
+        self._zf.entry_written()
+        self._listed(path, hashlib.sha256(data).hexdigest())
+
+    def add_sha256sums(self, path: str) -> None:
+        """The last entry: every entry so far, one '<hex>  <path>' line each, in zip order."""
+        self._sums.seek(0)
+        with self._zf.open(self._info(path), mode="w", force_zip64=True) as entry:
+            while chunk := self._sums.read(CHUNK):
+                entry.write(chunk)
+        self._zf.entry_written()
+        self.entries += 1
 
     def close(self) -> int:
         """Write the central directory; returns the number of entries."""
-        self._zf.close()
-        return len(self._zf.infolist())
+        try:
+            self._zf.close()
+        finally:
+            self._sums.close()
+            self._zf.discard_central_directory()
+        return self.entries
 
     def abandon(self) -> None:
         """Close the zip into a sink that drops everything: otherwise ZipFile.__del__ would
@@ -230,18 +256,128 @@ class _EntryWriter:
         self._sink.abandon()
         with contextlib.suppress(Exception):
             self._zf.close()
+        self._sums.close()
+        self._zf.discard_central_directory()
+
+    def _listed(self, path: str, hexdigest: str) -> None:
+        self._sums.write(sha256sums_text([(path, hexdigest)]).encode("utf-8"))
+        self.entries += 1
+        self.last_sha256 = hexdigest
 
     def _info(self, path: str) -> zipfile.ZipInfo:
         # Our paths only: a duplicate or an escaping path is a bug upstream, not user data.
         if not is_contained(path) or path.endswith("/"):
-            raise ValueError(f"entry #{len(self.sums)} has an unsafe archive path")
-        if path in self._paths:
-            raise ValueError(f"entry #{len(self.sums)} repeats an archive path")
-        self._paths.add(path)
+            raise ValueError(f"entry #{self.entries} has an unsafe archive path")
+        path_hash = hashlib.blake2b(path.encode("utf-8"), digest_size=16).digest()
+        if path_hash in self._path_hashes:
+            raise ValueError(f"entry #{self.entries} repeats an archive path")
+        self._path_hashes.add(path_hash)
         info = zipfile.ZipInfo(path, date_time=self._stamp)  # type: ignore[arg-type]
         info.compress_type = compression_for(path)
         info.external_attr = 0o644 << 16  # rw-r--r-- when extracted on macOS and Linux
         return info
+
+
+class _StreamingZip(zipfile.ZipFile):
+    """zipfile's writer (local headers, deflate, zip64 data descriptors), minus its memory of
+    every entry: each written entry's ZipInfo (about 600 bytes) leaves `filelist` at once as its
+    central directory record, the same bytes zipfile's close() would write, in a spool; close()
+    streams that spool and the end records.
+
+    The records are built as CPython 3.11's ZipFile._write_end_record builds them, for the
+    entries this writer makes (no extra field, no comment, stored or deflated);
+    backup_pipeline_tests/job/test_zipper.py checks the zip byte for byte against zipfile's.
+    """
+
+    def __init__(self, sink: _HashingSink, workdir: Path) -> None:
+        super().__init__(sink, mode="w", allowZip64=True)  # type: ignore[arg-type]
+        self._central: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=BOOKKEEPING_IN_MEMORY, dir=workdir
+        )
+        self._count = 0
+
+    def entry_written(self) -> None:
+        info = self.filelist.pop()
+        del self.NameToInfo[info.filename]
+        self._central.write(_central_record(info))
+        self._count += 1
+
+    def discard_central_directory(self) -> None:
+        self._central.close()
+
+    def _write_end_record(self) -> None:  # called by close()
+        self._central.seek(0)
+        while chunk := self._central.read(CHUNK):
+            self.fp.write(chunk)  # type: ignore[union-attr]
+        end = self.fp.tell()  # type: ignore[union-attr]
+        self.fp.write(_end_records(self._count, self.start_dir, end))  # type: ignore[union-attr]
+        self.fp.flush()  # type: ignore[union-attr]
+
+
+_ZIP64_VERSION = 45
+_CENTRAL_DIR = struct.Struct(zipfile.structCentralDir)
+_END_ARCHIVE64 = struct.Struct(zipfile.structEndArchive64)
+_END_ARCHIVE64_LOCATOR = struct.Struct(zipfile.structEndArchive64Locator)
+_END_ARCHIVE = struct.Struct(zipfile.structEndArchive)
+
+
+def _central_record(info: zipfile.ZipInfo) -> bytes:
+    """The central directory record zipfile would write for `info` (see _StreamingZip)."""
+    if info.extra or info.comment:
+        raise ValueError("the zip's entries carry no extra field or comment")
+    dt = info.date_time
+    dosdate = (dt[0] - 1980) << 9 | dt[1] << 5 | dt[2]
+    dostime = dt[3] << 11 | dt[4] << 5 | (dt[5] // 2)
+    zip64: list[int] = []
+    file_size, compress_size, header_offset = info.file_size, info.compress_size, info.header_offset
+    if file_size > zipfile.ZIP64_LIMIT or compress_size > zipfile.ZIP64_LIMIT:
+        zip64 += [file_size, compress_size]
+        file_size = compress_size = 0xFFFFFFFF
+    if header_offset > zipfile.ZIP64_LIMIT:
+        zip64.append(header_offset)
+        header_offset = 0xFFFFFFFF
+    extra = struct.pack(f"<HH{len(zip64)}Q", 1, 8 * len(zip64), *zip64) if zip64 else b""
+    min_version = _ZIP64_VERSION if zip64 else 0
+    filename, flag_bits = info._encodeFilenameFlags()  # type: ignore[attr-defined]
+    record = _CENTRAL_DIR.pack(
+        zipfile.stringCentralDir,
+        max(min_version, info.create_version),
+        info.create_system,
+        max(min_version, info.extract_version),
+        info.reserved,
+        flag_bits,
+        info.compress_type,
+        dostime,
+        dosdate,
+        info.CRC,
+        compress_size,
+        file_size,
+        len(filename),
+        len(extra),
+        0,
+        0,
+        info.internal_attr,
+        info.external_attr,
+        header_offset,
+    )
+    return record + filename + extra
+
+
+def _end_records(count: int, start: int, end: int) -> bytes:
+    """The end of central directory record, after zip64's when the zip needs them."""
+    size = end - start
+    records = b""
+    if (
+        count > zipfile.ZIP_FILECOUNT_LIMIT
+        or start > zipfile.ZIP64_LIMIT
+        or size > zipfile.ZIP64_LIMIT
+    ):
+        records += _END_ARCHIVE64.pack(
+            zipfile.stringEndArchive64, 44, 45, 45, 0, 0, count, count, size, start
+        )
+        records += _END_ARCHIVE64_LOCATOR.pack(zipfile.stringEndArchive64Locator, 0, end, 1)
+        count, size, start = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(start, 0xFFFFFFFF)
+    return records + _END_ARCHIVE.pack(zipfile.stringEndArchive, 0, 0, count, count, size, start, 0)
 
 
 def _add_staged(writer: _EntryWriter, archives: ObjectStore, entry: StagedEntry) -> None:
@@ -249,7 +385,7 @@ def _add_staged(writer: _EntryWriter, archives: ObjectStore, entry: StagedEntry)
     # retries) instead of leaving a workbook out.
     with archives.open_read(entry.staging_key) as src:
         size = writer.add_stream(entry.archive_path, src)
-    digest = writer.sums[-1][1]
+    digest = writer.last_sha256
     if size != entry.size or digest != entry.sha256:
         raise ArchiveIntegrityError(
             f"staged object {entry.staging_key} differs from its manifest "
@@ -264,14 +400,6 @@ class _Fetched:
     sha256: str
 
 
-class _SourceReadError(Exception):
-    """Reading the platform's object failed (as opposed to writing our local spool)."""
-
-
-def _read_ahead(files: ObjectStore) -> int:
-    return 1 if isinstance(files, FolderStore) else PREFETCH_FILES
-
-
 def _prefetched(
     files: ObjectStore,
     planned: Iterable[PlannedFile],
@@ -283,13 +411,15 @@ def _prefetched(
     """Each planned file with its fetch, in plan order, fetched by up to `depth` threads ahead."""
     if depth <= 1:
         for plan in planned:
-            yield plan, _fetch(files, plan, workdir, attempts, wait_seconds)
+            yield plan, _fetch(files, plan, workdir, attempts, wait_seconds, SPOOL_IN_MEMORY)
         return
+    in_memory = max(64 * 1024, min(SPOOL_IN_MEMORY, PREFETCH_MEMORY // (depth + 1)))
     window: deque[tuple[PlannedFile, Future[_Fetched | MissingFile]]] = deque()
     pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="zip-fetch")
     try:
         for plan in planned:
-            window.append((plan, pool.submit(_fetch, files, plan, workdir, attempts, wait_seconds)))
+            fetch = pool.submit(_fetch, files, plan, workdir, attempts, wait_seconds, in_memory)
+            window.append((plan, fetch))
             if len(window) > depth:
                 head, future = window.popleft()
                 yield head, future.result()
@@ -310,39 +440,49 @@ def _prefetched(
 
 
 def _fetch(
-    files: ObjectStore, plan: PlannedFile, workdir: Path, attempts: int, wait_seconds: float
+    files: ObjectStore,
+    plan: PlannedFile,
+    workdir: Path,
+    attempts: int,
+    wait_seconds: float,
+    in_memory: int,
 ) -> _Fetched | MissingFile:
     """The whole object in a local spool, or why it could not be read.
 
     A zip entry cannot be taken back once its bytes are in a streaming zip, so a read that
     fails halfway must fail before the entry exists: each file is read whole first (memory
-    up to SPOOL_IN_MEMORY, then workdir), and a failed read starts over from the beginning.
+    up to `in_memory`, then workdir), and a failed read starts over from the beginning.
     """
     for attempt in range(1, attempts + 1):
         # Handed to the caller on success, closed here otherwise.
         spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_IN_MEMORY, dir=workdir
+            max_size=in_memory, dir=workdir
         )
+        out = _HashingSpool(spool)
         try:
-            digest = hashlib.sha256()
-            size = 0
-            for chunk in _read_chunks(files, plan.source_key):
-                digest.update(chunk)
-                size += len(chunk)
-                spool.write(chunk)  # a local disk error here is ours: it raises
-            return _Fetched(spool=spool, size=size, sha256=digest.hexdigest())
+            try:
+                size = files.read_into(plan.source_key, out)  # type: ignore[arg-type]
+            except ValueError as exc:
+                # A key no store can hold ('..', a backslash): no object can be there. One bad
+                # row must leave that file out, as the invoice reports do, not fail every backup.
+                raise ObjectNotFound("the platform's key cannot name an object") from exc
+            if size != out.size:
+                raise ArchiveIntegrityError("the store reported another size than it wrote")
+            return _Fetched(spool=spool, size=out.size, sha256=out.hexdigest())
         except ObjectNotFound:
             spool.close()
             return _missing(plan, REASON_NOT_FOUND)
-        except _SourceReadError as exc:
+        except OSError as exc:
             spool.close()
+            if out.write_error is not None:
+                raise  # our local disk, not the platform's object
             log.warning(
                 "%s %s: read attempt %d of %d failed: %s",
                 plan.kind,
                 plan.record_id,
                 attempt,
                 attempts,
-                type(exc.__cause__).__name__,
+                type(exc).__name__,
             )
             if attempt < attempts:
                 time.sleep(wait_seconds * attempt)
@@ -352,28 +492,50 @@ def _fetch(
     return _missing(plan, REASON_UNREADABLE)
 
 
-def _read_chunks(files: ObjectStore, key: str) -> Iterator[bytes]:
-    try:
-        src = files.open_read(key)
-    except ObjectNotFound:
-        raise
-    except ValueError as exc:
-        # A key no store can hold ('..', a backslash): no object can be there. One bad row must
-        # leave that file out, as the invoice reports do, not fail every backup of the clinic.
-        raise ObjectNotFound("the platform's key cannot name an object in this store") from exc
-    except OSError as exc:
-        raise _SourceReadError from exc
-    with src:
-        while True:
-            try:
-                chunk = src.read(CHUNK)
-            except ObjectNotFound:
-                raise
-            except OSError as exc:
-                raise _SourceReadError from exc
-            if not chunk:
-                return
-            yield chunk
+class _HashingSpool(io.RawIOBase):
+    """The spool as a store writes an object into it: hashed on the way in. A download the
+    store starts over from the top seeks back to 0, and the hash starts over too."""
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        super().__init__()
+        self._spool = spool
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.write_error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            self._spool.write(data)
+        except OSError as exc:
+            self.write_error = exc
+            raise
+        self._digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if (offset, whence) != (0, io.SEEK_SET):
+            raise io.UnsupportedOperation("a spool is only ever written again from the start")
+        self._spool.seek(0)
+        self._spool.truncate()
+        self._digest = hashlib.sha256()
+        self.size = 0
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.size
+
+    def tell(self) -> int:
+        return self.size
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def _missing(plan: PlannedFile, reason: str) -> MissingFile:

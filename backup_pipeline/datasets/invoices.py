@@ -21,10 +21,6 @@ from backup_pipeline.tables import cfdi_documents, patients
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
 
-# Reading XML is I/O bound (GCS round trips); a few threads per chunk hide the latency
-# without letting one clinic's backup open hundreds of connections.
-READ_WORKERS = 8
-
 
 def _columns(with_pdf: bool) -> tuple[Column, ...]:
     columns = (
@@ -100,12 +96,17 @@ class InvoiceDataset:
             yield_per=ctx.chunksize  # implies stream_results: a server-side cursor on PostgreSQL
         )
         keys = [column.key for column in columns]
+        # Reading an XML is a request to the store: as many in flight as the store wants (dozens
+        # on GCS, where each waits tens of milliseconds; one from a local folder, where parsing
+        # is the work and threads would only contend for the interpreter).
+        workers = max(ctx.files.reads_in_flight, 1)
         with (
-            ThreadPoolExecutor(READ_WORKERS, thread_name_prefix=f"read-{self.name}") as pool,
+            ThreadPoolExecutor(workers, thread_name_prefix=f"read-{self.name}") as pool,
             ctx.connection.execute(query) as result,
         ):
+            mapper = pool.map if workers > 1 else map
             for rows in result.partitions():
-                records = pool.map(lambda row: read_cfdi(ctx.files, row.xml_storage_key), rows)
+                records = mapper(lambda row: read_cfdi(ctx.files, row.xml_storage_key), rows)
                 report = [
                     report_row(row, record, names.get(row.id, (None, None)))
                     for row, record in zip(rows, records, strict=True)
@@ -174,12 +175,10 @@ def read_cfdi(files: ObjectStore, key: str) -> cfdi.CfdiRecord | None:
     op fails and is retried instead of reporting a transient outage as a missing invoice.
     """
     try:
-        stream = files.open_read(key)
+        # One request; one byte over the cap is enough for parse_cfdi to refuse a larger file.
+        data = files.read_head(key, cfdi.MAX_CFDI_BYTES + 1)
     except (ObjectNotFound, ValueError):  # ValueError: a key no store can hold ('..', '/x')
         return None
-    with stream:
-        # One byte over the cap is enough for parse_cfdi to refuse it without reading it all.
-        data = stream.read(cfdi.MAX_CFDI_BYTES + 1)
     return cfdi.parse_cfdi(data)
 
 

@@ -18,6 +18,8 @@ from backup_pipeline.settings import MAX_LINK_TTL
 # may end with the suffix, so a half-written file is never taken for an object.
 PARTIAL_SUFFIX = ".bp-partial"
 
+_COPY_CHUNK = 1024 * 1024
+
 _KEY_RULES = (
     "an object key is a '/'-separated relative path: not absolute, no empty, '.' or '..' "
     "segments, no backslash or NUL"
@@ -47,6 +49,10 @@ class ObjectStore(abc.ABC):
     """Keys are '/'-separated paths relative to the store's root (URL plus optional prefix)."""
 
     url: str
+    # How many reads of this store a reader keeps in flight. A local folder answers from the page
+    # cache at once (threads only compete for the cores); a remote store spends tens of
+    # milliseconds per request before the first byte, which only requests in flight together hide.
+    reads_in_flight: int = 1
 
     @abc.abstractmethod
     def open_read(self, key: str) -> BinaryIO:
@@ -98,6 +104,23 @@ class ObjectStore(abc.ABC):
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as src:
             return src.read()
+
+    def read_into(self, key: str, out: BinaryIO) -> int:
+        """Write the whole object to out, in one request where the store can; returns its size.
+
+        Errors as open_read's. A failed read may have written part of the object to out."""
+        size = 0
+        with self.open_read(key) as src:
+            while chunk := src.read(_COPY_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        return size
+
+    def read_head(self, key: str, max_bytes: int) -> bytes:
+        """At most the first max_bytes of the object, in one request where the store can.
+        Errors as open_read's."""
+        with self.open_read(key) as src:
+            return src.read(max_bytes)
 
 
 def check_key(key: str) -> str:

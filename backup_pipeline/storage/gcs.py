@@ -15,11 +15,17 @@ from typing import Any, BinaryIO, cast
 import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport.requests
+import requests.adapters
 import urllib3.exceptions
-from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
+from google.api_core.exceptions import (
+    GoogleAPICallError,
+    NotFound,
+    RequestRangeNotSatisfiable,
+    RetryError,
+)
 from google.auth.credentials import AnonymousCredentials, TokenState
 from google.cloud import storage
-from google.cloud.storage.exceptions import InvalidResponse
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.fileio import BlobReader, BlobWriter
 
 from backup_pipeline.storage.base import (
@@ -40,6 +46,9 @@ logger = logging.getLogger(__name__)
 # Reads and writes move this much at a time, so a stream holds at most about one chunk in memory.
 # Resumable uploads need a multiple of 256 KiB.
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# Each request to GCS spends tens of milliseconds before its first byte: readers of many small
+# objects keep this many in flight (bench/RESULTS.md: 128 hide most of 40 ms per request).
+READS_IN_FLIGHT = 128
 
 
 class GcsStore(ObjectStore):
@@ -51,6 +60,8 @@ class GcsStore(ObjectStore):
     go at explicit offsets, so resending one is safe) and the IAM signBlob call. A delete retried
     after a lost reply sees 404 and reports False. The upload-cancel DELETE is not retried.
     """
+
+    reads_in_flight = READS_IN_FLIGHT
 
     def __init__(
         self,
@@ -71,6 +82,7 @@ class GcsStore(ObjectStore):
         # so a missing one (None, not google's own lookup) must not stop us. signer_email names
         # the service account that signs URLs when the credentials hold no key (workload identity).
         self.client = client or storage.Client(project=project)
+        _pool_connections(self.client, READS_IN_FLIGHT + 8)
         self.bucket = self.client.bucket(bucket)  # no lookup call: we may lack storage.buckets.get
         self.signer_email = signer_email
         self.chunk_size = chunk_size
@@ -91,6 +103,30 @@ class GcsStore(ObjectStore):
         # Without transcoding (no Content-Encoding) GCS serves exactly `size` bytes.
         size = None if blob.content_encoding else blob.size
         return cast(BinaryIO, _GcsReader(reader, self.url, size))
+
+    def read_into(self, key: str, out: BinaryIO) -> int:
+        """One streaming GET of the object's bytes, without get_blob's metadata request first.
+        The client resumes a broken download from where it stopped, pinned to the generation
+        its first response named, and checks the whole object's CRC32C."""
+        blob = self.bucket.blob(self._name(key))
+        counted = _CountingWriter(out)
+        with _read_errors(self.url):
+            blob.download_to_file(counted)
+        return counted.size
+
+    def read_head(self, key: str, max_bytes: int) -> bytes:
+        """One ranged GET of the first max_bytes (a smaller object comes whole)."""
+        if max_bytes <= 0:
+            return b""
+        blob = self.bucket.blob(self._name(key))
+        with _read_errors(self.url):
+            try:
+                # No checksum: GCS's is the whole object's, a range cannot be checked against it.
+                data = blob.download_as_bytes(start=0, end=max_bytes - 1, checksum=None)
+            except RequestRangeNotSatisfiable:
+                return b""  # the range starts at 0: only an empty object has no such byte
+        # A transcoded (gzip) object comes whole whatever the range.
+        return data[:max_bytes]
 
     def open_write(
         self, key: str, content_type: str | None = None
@@ -176,6 +212,46 @@ class GcsStore(ObjectStore):
         return {"service_account_email": email, "access_token": credentials.token}
 
 
+def _pool_connections(client: storage.Client, size: int) -> None:
+    """Let `size` requests share the client's session at once: requests keeps 10 connections per
+    host, and the 11th thread's connection would be opened and thrown away on every request."""
+    session = client._http
+    if hasattr(session, "mount"):
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+
+
+class _CountingWriter(io.RawIOBase):
+    """out as the client writes to it, counting bytes; a download GCS restarts from the top
+    (a transcoded object) seeks back to 0, which starts the count over too."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__()
+        self._out = out
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return self._out.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = self._out.seek(offset, whence)
+        self.size = position
+        self._out.truncate()
+        return position
+
+    def tell(self) -> int:
+        return self.size
+
+
 # google-cloud-storage's own retry predicate retries these; once its deadline has passed they
 # mean "not now", and a caller may try the whole read again later.
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -200,6 +276,8 @@ def _read_errors(url: str) -> Iterator[None]:
         if status in _TRANSIENT_STATUS:
             raise StoreUnavailable(f"reading from {url} failed: HTTP {status}") from None
         raise StoreRefused(f"{url} refused a read: HTTP {status}") from None
+    except DataCorruption:
+        raise StoreUnavailable(f"a read from {url} failed its checksum") from None
     except (
         RetryError,
         urllib3.exceptions.HTTPError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import threading
@@ -159,6 +160,23 @@ def test_missing_object_raises_object_not_found(store: ObjectStore) -> None:
         store.get_bytes("folder")  # only a prefix of another key
     with pytest.raises(FileNotFoundError):  # callers may catch the built-in too
         store.open_read("folder/missing")
+
+
+def test_read_into_copies_the_whole_object_and_read_head_its_start(store: ObjectStore) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    store.put_bytes("a/grande.bin", data)
+    store.put_bytes("a/vacio.bin", b"")
+    out = io.BytesIO()
+    assert store.read_into("a/grande.bin", out) == len(data)
+    assert out.getvalue() == data
+    assert store.read_head("a/grande.bin", 1000) == data[:1000]
+    assert store.read_head("a/vacio.bin", 1000) == b""
+    empty = io.BytesIO()
+    assert store.read_into("a/vacio.bin", empty) == 0 and empty.getvalue() == b""
+    with pytest.raises(ObjectNotFound):
+        store.read_into("a/no-existe.bin", io.BytesIO())
+    with pytest.raises(ObjectNotFound):
+        store.read_head("a/no-existe.bin", 10)
 
 
 def test_an_error_inside_open_write_leaves_no_object(store: ObjectStore) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -18,7 +19,9 @@ from openpyxl import load_workbook
 from sqlalchemy import Engine, create_engine, select, text
 
 from backup_pipeline import tables
+from backup_pipeline.archive.entries import KIND_CFDI_XML
 from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
+from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
 from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.datasets import consultations
@@ -182,6 +185,30 @@ def test_backup_through_gcs_faults_copies_every_file_exactly_as_a_fault_free_run
     keys = sorted(info.key for info in gcs_platform.archives.list("respaldos/"))
     assert keys == sorted([clean.request.archive_key, faulty.request.archive_key])
     assert len(list(gcs_platform.outbox.glob("*.eml"))) == 2
+
+
+def test_each_platform_file_is_one_request_per_reader(
+    gcs_platform: Platform, gcs_clinic: Clinic, gcs_fault_proxy: FaultProxy
+):
+    # On GCS each request waits tens of milliseconds before its first byte: the zip reads
+    # each planned file with one GET (no metadata request, no read past the end), and the
+    # invoice reports each CFDI XML with one more. Counted at the proxy, faults off.
+    gcs_fault_proxy.requests.clear()
+    run = _back_up(gcs_platform, gcs_clinic, gcs_fault_proxy, FaultPlan.off())
+    assert run.outcome.success and run.request.status == "delivered"
+
+    with gcs_platform.engine.connect() as conn:
+        planned = list(plan_files(conn, gcs_clinic.subscription_id))
+    expected: Counter[str] = Counter(quote(f"platform/{p.source_key}", safe="") for p in planned)
+    expected.update(
+        quote(f"platform/{p.source_key}", safe="") for p in planned if p.kind == KIND_CFDI_XML
+    )
+    per_object: Counter[str] = Counter()
+    for method, path in gcs_fault_proxy.requests_naming("/o/platform%2F"):
+        assert method == "GET"
+        per_object[urlsplit(path).path.split("/o/", 1)[1]] += 1
+    assert len(planned) > 2 * PATIENTS  # attachments, XML and PDF
+    assert per_object == expected  # 1.0 request per object and reader
 
 
 def test_a_file_deleted_while_it_is_read_is_reported_missing_and_the_backup_delivered(

@@ -546,3 +546,100 @@ def test_a_local_folder_is_read_one_file_at_a_time_by_default(tmp_path):
     result = _assemble(archives, files, [], planned, tmp_path)
     assert files.most_at_once == 1
     assert result.files_copied == 4
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream, as the store's upload is: zipfile writes data descriptors to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.data += data
+        return len(data)
+
+
+def _as_zipfile_writes_it(entries: list[tuple[str, bytes]]) -> bytes:
+    """The same entries through zipfile alone, as the zipper wrote them before it kept its
+    central directory in a spool."""
+    out = _Unseekable()
+    with zipfile.ZipFile(out, mode="w", allowZip64=True) as zf:
+        for path, data in entries:
+            info = zipfile.ZipInfo(path, date_time=STAMP.timetuple()[:6])
+            info.compress_type = zipper.compression_for(path)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, mode="w", force_zip64=True) as entry:
+                entry.write(data)
+    return bytes(out.data)
+
+
+def _entries(zip_bytes: bytes) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
+        return [(name, zf.read(name)) for name in zf.namelist()]
+
+
+def test_the_zip_is_byte_for_byte_what_zipfile_writes(stores, tmp_path):
+    archives, files = stores
+    staged = [_stage(archives, "pacientes.xlsx", b"PK workbook" * 1000)]
+    planned = [
+        _planned(files, "adjuntos/Peña Ana (10)/radiografía.png", PHOTO, 1),
+        _planned(files, "adjuntos/Peña Ana (10)/notas.txt", b"texto " * 5000, 2),
+        _planned(files, "adjuntos/Peña Ana (10)/vacío.txt", b"", 3),
+        _planned(files, "adjuntos/Peña Ana (10)/perdida.png", None, 4),
+    ]
+    _assemble(archives, files, staged, planned, tmp_path)
+    data = _object_path(archives).read_bytes()
+    assert data == _as_zipfile_writes_it(_entries(data))
+
+
+@pytest.mark.slow
+def test_a_zip_of_more_than_65535_entries_ends_as_zipfile_ends_it(tmp_path):
+    # Over 65,535 entries the end of the zip needs zip64's records.
+    entries = [(f"adjuntos/A (1)/{n}.txt", b"%d" % n) for n in range(70_000)]
+    sink = zipper._HashingSink(_Unseekable())
+    writer = zipper._EntryWriter(sink, STAMP.timetuple()[:6], tmp_path)
+    for path, data in entries:
+        writer.add_bytes(path, data)
+    assert writer.close() == len(entries)
+    data = bytes(sink._out.data)
+    assert data == _as_zipfile_writes_it(entries)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert len(zf.infolist()) == len(entries)
+    assert list(tmp_path.iterdir()) == []  # the spools are gone
+
+
+def _no_report(missing: list[MissingFile], workdir: Path) -> None:
+    return None
+
+
+class _ManyInFlight(FolderStore):
+    """A folder read as a remote store is: many reads in flight, the earlier ones slower."""
+
+    reads_in_flight = 16
+
+    def read_into(self, key: str, out) -> int:
+        time.sleep(0.002 * (hash(key) % 5))
+        return super().read_into(key, out)
+
+
+def test_the_archive_is_the_same_whether_files_are_read_ahead_or_one_at_a_time(tmp_path):
+    archives = _folder(tmp_path / "archives")
+    files = _ManyInFlight(tmp_path / "files")
+    planned = [
+        _planned(files, f"adjuntos/A (1)/{n}.{'png' if n % 3 else 'txt'}", os.urandom(n * 97), n)
+        for n in range(1, 80)
+    ]
+    planned.insert(10, _planned(files, "adjuntos/A (1)/perdido.txt", None, 999))
+    zips = []
+    for prefetch in (None, 1):  # the store's 16 in flight, then one at a time
+        result = _assemble(
+            archives, files, [], planned, tmp_path, prefetch=prefetch, render_missing=_no_report
+        )
+        zips.append(_object_path(archives).read_bytes())
+        assert [m.record_id for m in result.missing] == [999]
+        assert verify_zip(_object_path(archives)).ok
+    assert zips[0] == zips[1]  # same entries, same order, same SHA256SUMS, same bytes

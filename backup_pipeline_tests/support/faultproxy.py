@@ -102,6 +102,7 @@ class FaultProxy:
         self._just_failed: set[tuple[str, ...]] = set()
         self.injected: Counter[tuple[str, str]] = Counter()  # (category, kind) -> count
         self.seen: Counter[str] = Counter()  # category -> requests
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._refusals: list[tuple[str, int]] = []  # (path fragment, status) for reads
         self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -140,6 +141,11 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def requests_naming(self, fragment: str) -> list[tuple[str, str]]:
+        """The requests whose URL path (URL-encoded, as the client sent it) contains fragment."""
+        with self._lock:
+            return [(m, p) for m, p in self.requests if fragment in urlsplit(p).path]
 
     def injected_kinds(self, category: str) -> set[str]:
         return {kind for (cat, kind), n in self.injected.items() if cat == category and n}
@@ -211,6 +217,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self._answer(501, b'{"error": {"message": "chunked request bodies unsupported"}}')
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with proxy._lock:
+                proxy.requests.append((self.command, self.path))
             category = _category(self.command, self.path)
             identity = (
                 self.command,
