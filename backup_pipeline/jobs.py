@@ -199,6 +199,9 @@ def assemble_backup(
             "archive_bytes": assembled.size,
             "archive_sha256": assembled.result.sha256,
             "archive_parts": len(parts),
+            # Parts are split by the platform's recorded sizes: over the part size means many
+            # sizes were unrecorded (archive.parts).
+            "largest_part_bytes": max(part.size for part in parts),
             "kept_emailed_archive": assembled.kept_emailed,
             "zip_entries": sum(part.entries for part in parts),
             "files_copied": sum(part.files_copied for part in parts),

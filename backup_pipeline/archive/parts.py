@@ -11,10 +11,12 @@ from backup_pipeline.archive.entries import KIND_ATTACHMENT, PlannedFile
 
 # FAT32 holds files up to 4 GiB - 1 byte; 4 GB (decimal) leaves room for the zip's own headers.
 DEFAULT_PART_SIZE = 4_000_000_000
-# A planned file whose size the platform did not record is counted as this much: attachments
-# are photos and PDFs of a few MB at most, CFDI files a few hundred KB.
-UNKNOWN_ATTACHMENT_SIZE = 4 * 1024 * 1024
-UNKNOWN_CFDI_SIZE = 256 * 1024
+# A planned file whose size the platform did not record counts as this much: a typical scanned
+# page or phone photo, and a CFDI. Only an estimate (asking the store for every such size would
+# cost a request per file): an account whose sizes are mostly unrecorded may get parts somewhat
+# over or under the part size, never a lost file.
+UNKNOWN_ATTACHMENT_SIZE = 256 * 1024
+UNKNOWN_CFDI_SIZE = 64 * 1024
 # What each entry adds to the zip besides its bytes (local header, central directory record,
 # zip64 extras, its name), rounded up.
 ENTRY_OVERHEAD = 512
