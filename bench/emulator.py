@@ -39,6 +39,10 @@ def main() -> None:
     # GCS serves requests side by side; the emulator's HTTPServer one at a time. This process
     # only runs the emulator, so its http.server may be the threading one.
     http_server.ThreadingHTTPServer.daemon_threads = True
+    # Its handler closes the connection after each answer, and http.server's listen backlog is
+    # 5: a client with dozens of reads in flight would have its connects dropped and retried a
+    # second later (SYN retransmits), which says nothing about GCS.
+    http_server.ThreadingHTTPServer.request_queue_size = 1024
     http_server.HTTPServer = http_server.ThreadingHTTPServer  # type: ignore[misc]
     server = create_server("127.0.0.1", port, in_memory=True)
     stop = threading.Event()

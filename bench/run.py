@@ -55,10 +55,22 @@ def machine() -> dict[str, Any]:
                 break
     return {
         "cores": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu": model,
         "python": platform.python_version(),
     }
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity, cut to a cgroup v2 CPU quota (a
+    Kubernetes pod's limit) when there is one; not the host's count."""
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    return cpus
 
 
 def clinic_dir(profile: str, patients: int | None) -> Path:
@@ -116,6 +128,7 @@ class TreeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
+        self.peak_pss = 0  # proportional set size: pages shared by forked processes counted once
         self.peak_processes = 0
         self.timeline: list[tuple[float, int]] = []  # (epoch seconds, tree RSS) every sample
         self._stop_event = threading.Event()
@@ -130,12 +143,15 @@ class TreeSampler(threading.Thread):
                 processes = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            total = 0
+            total = pss = 0
             for process in processes:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    total += process.memory_info().rss
+                    info = process.memory_full_info()
+                    total += info.rss
+                    pss += getattr(info, "pss", info.rss)
             if total > self.peak:
                 self.peak, self.peak_processes = total, len(processes)
+            self.peak_pss = max(self.peak_pss, pss)
             self.timeline.append((time.time(), total))
             self._stop_event.wait(SAMPLE_SECONDS)
 
@@ -183,7 +199,9 @@ def run_worker(kind: str, env: dict[str, str], clinic: Path, extra: list[str]) -
         process_wall_s=round(wall, 2),
         cpu_s=round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
         peak_rss_mb=round(sampler.peak / MiB, 1),
+        peak_pss_mb=round(sampler.peak_pss / MiB, 1),
         peak_processes=sampler.peak_processes,
+        load_average=[round(x, 2) for x in os.getloadavg()],
     )
     windows = data.get("step_windows", {})
     if windows:
@@ -199,7 +217,16 @@ def run_worker(kind: str, env: dict[str, str], clinic: Path, extra: list[str]) -
 
 
 def _headline(data: dict[str, Any]) -> dict[str, Any]:
-    keys = ("exit_code", "work_s", "process_wall_s", "cpu_s", "peak_rss_mb", "mb_per_s")
+    keys = (
+        "exit_code",
+        "work_s",
+        "process_wall_s",
+        "cpu_s",
+        "peak_rss_mb",
+        "peak_pss_mb",
+        "mb_per_s",
+        "bytes_per_file",
+    )
     return {k: data[k] for k in keys if k in data}
 
 
@@ -279,11 +306,16 @@ def bench_clinic(args: argparse.Namespace) -> None:
         }
         with contextlib.ExitStack() as stack:
             env = dict(base_env, BENCH_BACKEND=backend)
-            if backend == "file":
+            if backend in ("file", "latency"):
                 archives = folder / "archives"
                 shutil.rmtree(archives, ignore_errors=True)
                 env["BACKUP_FILES_URL"] = (folder / "files").as_uri()
                 env["BACKUP_ARCHIVES_URL"] = archives.as_uri()
+                if backend == "latency":
+                    # The seeded folder as a remote store: every request of the files store
+                    # waits this long first (bench/jobdef.py LatencyStore).
+                    env["BENCH_FILES_LATENCY_MS"] = str(args.latency_ms)
+                    record["files_latency_ms"] = args.latency_ms
             else:
                 base_url, _pid = stack.enter_context(gcs_emulator())
                 record["upload_to_emulator_s"] = round(upload_files(base_url, folder / "files"), 1)
@@ -309,10 +341,14 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         job = runs.get(name)
         if not job or "work_s" not in job:
             continue
+        exports = [v for k, v in job.get("steps_s", {}).items() if k.startswith("export_")]
         summary[name] = {
             "work_s": job["work_s"],
             "cpu_s": job["cpu_s"],
             "peak_rss_mb": job["peak_rss_mb"],
+            "peak_pss_mb": job.get("peak_pss_mb"),
+            # The critical path's floor: the backup cannot end before its slowest workbook.
+            "slowest_export_s": max(exports, default=None),
             "files_mb_per_s": job.get("files_mb_per_s"),
             "naive_over_job": round(naive / job["work_s"], 2) if naive else None,
         }
@@ -426,13 +462,19 @@ def _store(url: str):
     return bench_store(url)
 
 
+def _files_store():
+    from bench.jobdef import bench_store, files_latency_ms
+
+    return bench_store(os.environ["BACKUP_FILES_URL"], files_latency_ms())
+
+
 def worker_naive(args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy import create_engine
 
     from bench.naive import naive_backup
 
     meta = json.loads((Path(args.clinic) / "seed.json").read_text())
-    files = _store(os.environ["BACKUP_FILES_URL"])
+    files = _files_store()
     archives = _store(os.environ["BACKUP_ARCHIVES_URL"])
     engine = create_engine(os.environ["BACKUP_PLATFORM_DB_URL"])
     baseline = _own_tree_rss_mb()
@@ -471,7 +513,7 @@ def worker_raw(args: argparse.Namespace) -> dict[str, Any]:
     from backup_pipeline.storage import ObjectNotFound
 
     plan = _plan(args)
-    files = _store(os.environ["BACKUP_FILES_URL"])
+    files = _files_store()
     archives = _store(os.environ["BACKUP_ARCHIVES_URL"])
     copied = copied_bytes = 0
     started = time.perf_counter()
@@ -505,7 +547,7 @@ def worker_zip(args: argparse.Namespace, prefetch: int | None = None) -> dict[st
     options = {} if prefetch is None else {"prefetch": prefetch}
 
     plan = _plan(args)
-    files = _store(os.environ["BACKUP_FILES_URL"])
+    files = _files_store()
     archives = _store(os.environ["BACKUP_ARCHIVES_URL"])
     with tempfile.TemporaryDirectory(prefix="bench-zip-") as tmp:
         started = time.perf_counter()
@@ -531,6 +573,106 @@ def worker_zip(args: argparse.Namespace, prefetch: int | None = None) -> dict[st
     }
 
 
+def worker_zip_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """The zipper on `args.files` tiny files, made up on the fly (no plan or files in memory):
+    what the zip's per-entry bookkeeping costs, as peak RSS."""
+    import io as io_
+
+    from backup_pipeline.archive.entries import PlannedFile
+    from backup_pipeline.archive.zipper import assemble_archive
+    from backup_pipeline.storage import ObjectStore
+    from backup_pipeline.storage.folder import FolderStore
+
+    class TinyFiles(ObjectStore):
+        url = "memory://tiny"
+        reads_in_flight = 1
+
+        def open_read(self, key: str):
+            return io_.BytesIO(f"archivo {key}\n".encode())
+
+        def open_write(self, key, content_type=None):
+            raise NotImplementedError
+
+        def exists(self, key: str) -> bool:
+            return True
+
+        def list(self, prefix: str = ""):
+            return iter(())
+
+        def delete(self, key: str) -> bool:
+            return False
+
+        def signed_url(self, key, expires_in, download_name):
+            raise NotImplementedError
+
+        def check_reachable(self) -> None:
+            return None
+
+    def planned():
+        for n in range(args.files):
+            patient = n // 20
+            yield PlannedFile(
+                archive_path=f"adjuntos/Hernández López María {patient} ({patient})/foto_{n:07d}.jpg",
+                source_key=f"subscriptions/1/attachments/{n:07d}",
+                kind="adjunto",
+                record_id=n,
+                patient_id=patient,
+            )
+
+    with tempfile.TemporaryDirectory(prefix="bench-zipmem-") as tmp:
+        archives = FolderStore(Path(tmp) / "archives")
+        workdir = Path(tmp) / "work"
+        workdir.mkdir()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.perf_counter()
+        result = assemble_archive(
+            archives=archives,
+            files=TinyFiles(),
+            final_key="zipmem.zip",
+            staged=[],
+            planned=planned(),
+            render_missing=lambda missing, workdir: None,
+            leeme=lambda tally: "bench",
+            workdir=workdir,
+            prefetch=1,
+        )
+        work = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "work_s": round(work, 2),
+        "files": result.files_copied,
+        "archive_bytes": result.size,
+        "maxrss_before_mb": round(before / 1024, 1),
+        "maxrss_mb": round(after / 1024, 1),
+    }
+
+
+def bench_zip_memory(args: argparse.Namespace) -> None:
+    """Peak memory of zipping two counts of tiny files: the bookkeeping per archived file."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    counts = [int(n) for n in args.zip_memory.split(",")]
+    runs = {}
+    for count in counts:
+        runs[count] = run_worker("zip_memory", env, OUT, ["--files", str(count)])
+    low, high = runs[counts[0]], runs[counts[-1]]
+    files = high["files"] - low["files"]
+    record = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "zip_memory": {
+            "runs": runs,
+            "bytes_per_file_rss_sampled": round(
+                (high["peak_rss_mb"] - low["peak_rss_mb"]) * MiB / files
+            ),
+            "bytes_per_file_maxrss": round((high["maxrss_mb"] - low["maxrss_mb"]) * MiB / files),
+        },
+    }
+    print(json.dumps(record["zip_memory"], indent=2), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
 def worker_render(args: argparse.Namespace) -> dict[str, Any]:
     """Same rows, two writers: render_workbook against DataFrame.to_excel with openpyxl."""
     import pandas as pd
@@ -542,7 +684,7 @@ def worker_render(args: argparse.Namespace) -> dict[str, Any]:
     from bench.naive import to_excel
 
     meta = json.loads((Path(args.clinic) / "seed.json").read_text())
-    files = _store(os.environ["BACKUP_FILES_URL"])
+    files = _files_store()
     engine = create_engine(os.environ["BACKUP_PLATFORM_DB_URL"])
     datasets: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp, engine.connect() as conn:
@@ -704,7 +846,7 @@ def report() -> None:
     for record in records:
         if "sensor" in record:
             sensors[record["sensor"]["db"]] = record
-        else:
+        elif "clinic" in record:
             clinic = record["clinic"]
             name = clinic["profile"] + (
                 f" ({clinic['patients']} patients)" if clinic["patients"] else ""
@@ -781,12 +923,26 @@ def main() -> None:
         default="job_in_process,job_multiprocess,naive,raw,zip,render",
         help="which measurements, in order",
     )
-    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=usable_cpus(),
+        help="job_multiprocess: steps at once (default: the CPUs this process may use)",
+    )
     parser.add_argument("--seed-only", action="store_true")
     parser.add_argument("--sensor", action="store_true", help="benchmark the request sensor")
     parser.add_argument("--sensor-postgres", help="also on this PostgreSQL URL (recreated)")
     parser.add_argument("--pending", type=int, default=10_000)
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--latency-ms", type=float, default=40, help="the latency backend's wait per request"
+    )
+    parser.add_argument(
+        "--zip-memory",
+        metavar="N1,N2",
+        help="zip N1 then N2 tiny files; report the peak memory per archived file",
+    )
+    parser.add_argument("--files", type=int, help=argparse.SUPPRESS)
     # Worker arguments (internal).
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--clinic", help=argparse.SUPPRESS)
@@ -805,8 +961,11 @@ def main() -> None:
             "zip": lambda: worker_zip(args),
             "zip_serial": lambda: worker_zip(args, prefetch=1),
             "render": lambda: worker_render(args),
+            "zip_memory": lambda: worker_zip_memory(args),
             "sensor": lambda: worker_sensor(args),
         }
+        if args.worker.startswith("zip_depth_"):  # zip_depth_N: N files read ahead
+            workers[args.worker] = lambda: worker_zip(args, prefetch=int(args.worker[10:]))
         data = workers[args.worker]()
         Path(args.result).write_text(json.dumps(data, default=str))
         return
@@ -815,6 +974,9 @@ def main() -> None:
         return
     if args.sensor:
         bench_sensor(args)
+        return
+    if args.zip_memory:
+        bench_zip_memory(args)
         return
     bench_clinic(args)
 
