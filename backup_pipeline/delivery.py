@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine
 from backup_pipeline import mail
 from backup_pipeline.archive.assembly import AssembledArchive
 from backup_pipeline.archive.entries import ArchiveResult
-from backup_pipeline.archive.names import download_name
+from backup_pipeline.archive.names import download_name, part_key
 from backup_pipeline.checks import authorization_refusal
 from backup_pipeline.request_state import (
     Actor,
@@ -54,15 +54,12 @@ def emailed_archive(
     zip (new time stamps) would not match the checksum in that email, and no second email goes.
     Only key, size and sha256 are filled in: nothing downstream needs the counts.
     """
-    if (
-        request is None
-        or request.email_sent_at is None
-        or request.archive_key != key
-        or not request.archive_sha256
-    ):
+    if request is None or request.email_sent_at is None or not request.archive_sha256:
         return None
     with engine.connect() as conn:
         recorded = db.parts_of(conn, request.id)
+    if not recorded or recorded[0].archive_key != part_key(key, 1, len(recorded)):
+        return None  # emailed under another name (the clinic was renamed): a new one is due
     kept = []
     for part in recorded:
         found = _read_whole(store, part.archive_key)
@@ -114,12 +111,22 @@ def deliver(
     DeliveryRefused. The email is recorded right after it is sent, so a retry never sends twice.
     """
     request, subscription, requester = _request_parties(engine, request_id)
-    already_emailed = request.email_sent_at is not None
+    with engine.connect() as conn:
+        recorded = db.parts_of(conn, request_id)
+    # Only the very archive the requester was sent (same parts, same checksums) skips the email:
+    # a retry after the email keeps it; a rebuilt archive (the emailed one was lost or deleted)
+    # gets an email of its own, whose checksums match what is there.
+    already_emailed = request.email_sent_at is not None and [
+        (part.archive_key, part.sha256) for part in recorded
+    ] == [(part.key, part.sha256) for part in archive.parts]
     if already_emailed:
         # The requester already has a link and was told when it stops working: keep that.
         expires_at = request.link_expires_at or db.utcnow() + link_ttl
     else:
         expires_at = db.utcnow() + link_ttl
+    previous = {part.archive_key for part in recorded}
+    for stale in previous - {part.key for part in archive.parts}:
+        store.delete(stale)  # an earlier run's parts under other names: nothing would expire them
     with engine.begin() as conn:
         # Before the email: a request that then fails still names its archive, which
         # housekeeping deletes when the link would have expired.

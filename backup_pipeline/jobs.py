@@ -31,7 +31,7 @@ from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.run_start import RunRefused, begin_run
 from backup_pipeline.spanish import to_clinic_time
 from backup_pipeline.storage import StoreRefused
-from backup_pipeline.target import BackupTarget
+from backup_pipeline.target import REQUEST_TAG, BackupTarget
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
 
@@ -279,7 +279,13 @@ def build_backup_job(retry_policy: dg.RetryPolicy) -> dg.JobDefinition:
     """The backup job with the deployment's retry policy on every op."""
     return backup_graph.to_job(
         name=BACKUP_JOB_NAME,
-        partitions_def=backup_partitions,
+        # Every run of a partition names its request, however it is launched (the sensor, the
+        # UI's partition launcher, a backfill): the run queue admits one run per request.
+        config=dg.PartitionedConfig(
+            partitions_def=backup_partitions,
+            run_config_for_partition_key_fn=lambda _key: {},
+            tags_for_partition_key_fn=lambda key: {REQUEST_TAG: key},
+        ),
         op_retry_policy=retry_policy,
         tags={"team": "backups"},
         # In one process: a process per op (the multiprocess executor) imports Dagster and pandas

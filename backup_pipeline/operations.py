@@ -195,8 +195,13 @@ def process_pending(limit: int | None = None, settings: Settings | None = None) 
     intake = review_pending(
         resources["platform_db"].get_engine(), limit=limit or settings.sensor_batch
     )
-    # As the sensor does: accepted earlier but never started, and re-runs support asked for.
-    reissued = accepted_but_not_started(resources["platform_db"].get_engine())
+    # As the sensor does: accepted earlier but never started, and re-runs support asked for;
+    # but where a daemon serves the queue, its sensor launches those (under their run keys).
+    reissued = (
+        []
+        if queue_is_served(instance)
+        else accepted_but_not_started(resources["platform_db"].get_engine())
+    )
     outcome = ProcessOutcome(rejected=dict(intake.rejected))
     for accepted in intake.accepted + [a for a in reissued if a not in intake.accepted]:
         outcome.runs.append(

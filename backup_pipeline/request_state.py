@@ -33,9 +33,11 @@ FINISHED_STATUSES: frozenset[RequestStatus] = frozenset(
 WAITING_STATUSES: frozenset[RequestStatus] = frozenset(
     {RequestStatus.PENDING, RequestStatus.RUNNING, RequestStatus.FAILED}
 )
-# A run may (re)start from these; a delivered, expired or rejected request is done with.
+# A run may (re)start from these: pending, or running when a killed run is repaired. A failed
+# request goes back to pending through support's re-run (quota re-checked) first; a delivered,
+# expired or rejected one is done with.
 RUNNABLE_STATUSES: frozenset[RequestStatus] = frozenset(
-    {RequestStatus.PENDING, RequestStatus.RUNNING, RequestStatus.FAILED}
+    {RequestStatus.PENDING, RequestStatus.RUNNING}
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from backup_pipeline.failures import fail_if_revoked
-from backup_pipeline.request_state import RUNNABLE_STATUSES
+from backup_pipeline.request_state import RUNNABLE_STATUSES, RequestStatus
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.spanish import clinic_zone
@@ -29,6 +29,11 @@ def begin_run(
     if subscription is None:
         raise RunRefused(
             f"subscription {request.subscription_id} of request {request_id} does not exist"
+        )
+    if request.status == RequestStatus.FAILED:
+        raise RunRefused(
+            f"request {request_id} failed; re-run it with rerun_request_job (or "
+            "`backup-pipeline run`), which re-checks the quota, rather than re-executing a run"
         )
     if request.status not in RUNNABLE_STATUSES:
         raise RunRefused(

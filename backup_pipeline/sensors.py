@@ -4,12 +4,14 @@
 # annotations as real classes.
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import migrations
 from backup_pipeline.failures import error_class_of, fail_request
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
+from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
@@ -44,16 +46,24 @@ def evaluate_pending_requests(platform_db: PlatformDatabaseResource, limit: int)
 
 
 def _schema_behind(
-    context: dg.RunStatusSensorContext, platform_db: PlatformDatabaseResource
+    context: dg.RunStatusSensorContext, platform_db: PlatformDatabaseResource, request_id: int
 ) -> bool:
     """A run failed because our tables are behind: the request is left as it is (not failed,
-    nobody emailed); it runs once `backup-pipeline migrate` has."""
-    behind = migrations.pending(platform_db.get_engine())
+    nobody emailed) and runs again, under a new run key, once `backup-pipeline migrate` has."""
+    engine = platform_db.get_engine()
+    behind = migrations.pending(engine)
     if behind:
         context.log.warning(
             f"run {context.dagster_run.run_id}: its request is left unchanged; "
             f"{migrations.SchemaBehind(behind)}"
         )
+        run_key = f"backup-request-{request_id}-after-{context.dagster_run.run_id[:8]}"
+        try:
+            with engine.begin() as conn:
+                db.relaunch_after_migration(conn, request_id, run_key=run_key)
+        except SQLAlchemyError:
+            # Our reviews table itself is missing: the request was never reviewed, and will be.
+            context.log.info(f"request {request_id} will be reviewed once migrated")
     return bool(behind)
 
 
@@ -68,7 +78,9 @@ def _fail_request_of_run(
     tags = context.dagster_run.tags
     # The partition names the request too, for a run launched from the UI without our tags.
     request_id = tags.get(REQUEST_TAG) or tags.get("dagster/partition")
-    if request_id is None or not request_id.isdigit() or _schema_behind(context, platform_db):
+    if request_id is None or not request_id.isdigit():
+        return
+    if _schema_behind(context, platform_db, int(request_id)):
         return
     fail_request(
         platform_db.get_engine(),

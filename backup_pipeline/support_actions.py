@@ -112,8 +112,21 @@ def rerun_failed(
                 "running: it makes the clinic's backup"
             )
         history = [PastRequest(row.requested_at, row.status) for row in siblings]
+        # The re-run counts at the request's own date: a backup the clinic received since then
+        # would then share its window with one whose gap the quota never checked.
+        later = [
+            past for past in history if past.counts and past.requested_at > request.requested_at
+        ]
+        if later and not override_quota:
+            raise SupportActionRefused(
+                f"subscription {request.subscription_id} received a backup requested after this "
+                "one; a re-run would count before it and break the 180-day gap (use "
+                "override_quota with its own reason, or ask the clinic to request again)"
+            )
         detail = None
-        if not quota.is_allowed(now, history):
+        if later:
+            detail = f"quota overridden: {_stated(override_reason)}"
+        elif not quota.is_allowed(now, history):
             allowed_from = quota.next_allowed_at(history)
             if not override_quota:
                 raise SupportActionRefused(
@@ -123,7 +136,14 @@ def rerun_failed(
                 )
             detail = f"quota overridden: {_stated(override_reason)}"
         run_key = f"backup-request-{request_id}-rerun-{db.rerun_count(conn, request_id) + 1}"
-        if not db.requeue_for_rerun(conn, request_id, run_key=run_key, actor=actor, detail=detail):
+        if not db.requeue_for_rerun(
+            conn,
+            request_id,
+            run_key=run_key,
+            actor=actor,
+            detail=detail,
+            launch_now=launched_by_sensor,
+        ):
             raise SupportActionRefused(f"request {request_id} changed meanwhile; try again")
     return Rerun(request_id, request.subscription_id, run_key, detail is not None)
 

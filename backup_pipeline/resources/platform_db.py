@@ -26,9 +26,12 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
@@ -51,6 +54,8 @@ from backup_pipeline.request_state import (
 )
 
 IN_CHUNK = 500  # ids per IN (...) list: well under every driver's parameter limit
+# pg_advisory_xact_lock's first key for quota windows ('bak'): apart from other lock users.
+QUOTA_LOCK_NAMESPACE = 0x62616B
 RERUN_REASON = "support_rerun"  # backup_request_reviews.reason_code of a re-run by support
 
 
@@ -345,6 +350,9 @@ def requeue_for_rerun(
         status=RequestStatus.PENDING,
         status_detail=None,
         finished_at=None,
+        # The failed attempt's email (if one went) is not this run's: its archive is gone.
+        email_sent_at=None,
+        email_message_id=None,
     )
     if requeued:
         conn.execute(delete(t.backup_request_reviews).where(_review_of(request_id)))
@@ -358,6 +366,18 @@ def requeue_for_rerun(
             )
         )
     return requeued
+
+
+def relaunch_after_migration(conn: Connection, request_id: int, *, run_key: str) -> None:
+    """A pending request whose run failed only because our tables were behind: the request
+    sensor launches it again, under a new run key (Dagster skips one it has used), as soon as it
+    can (right after `backup-pipeline migrate`)."""
+    rv = t.backup_request_reviews.c
+    conn.execute(
+        update(t.backup_request_reviews)
+        .where(rv.request_id == request_id, rv.decision == "accepted")
+        .values(run_key=run_key, reason_code=RERUN_REASON, reviewed_at=utcnow())
+    )
 
 
 def record_link_resent(
@@ -513,12 +533,38 @@ def refresh_quota_windows_of(
     if not ids:
         return
     now = now or utcnow()
+    if conn.dialect.name == "postgresql":
+        # Two transactions changing one subscription's requests at once (a delivery and the
+        # sensor's review) wait here for each other, so the second reads what the first
+        # committed and neither writes a stale window. In id order: no deadlock.
+        # One statement for the batch: the sensor reviews hundreds of subscriptions a tick.
+        conn.execute(
+            text(
+                "SELECT count(pg_advisory_xact_lock(:namespace, k)) FROM "
+                "(SELECT DISTINCT k FROM unnest(CAST(:keys AS integer[])) AS k ORDER BY k) AS ks"
+            ),
+            {"namespace": QUOTA_LOCK_NAMESPACE, "keys": [sid % 2**31 for sid in ids]},
+        )
     history = request_history(conn, ids)
-    q = t.backup_quota_windows.c
-    for chunk in _chunks(ids):
-        conn.execute(delete(t.backup_quota_windows).where(q.subscription_id.in_(chunk)))
     rows = [_window_row(sid, quota_window(history[sid], now), now) for sid in ids]
-    conn.execute(insert(t.backup_quota_windows), rows)
+    insert_rows = (postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert)(
+        t.backup_quota_windows
+    )
+    conn.execute(
+        insert_rows.on_conflict_do_update(
+            index_elements=[t.backup_quota_windows.c.subscription_id],
+            set_={
+                name: insert_rows.excluded[name]
+                for name in (
+                    "last_counted_backup_at",
+                    "next_allowed_at",
+                    "backups_last_360_days",
+                    "updated_at",
+                )
+            },
+        ),
+        rows,
+    )
 
 
 def _window_row(subscription_id: int, window: QuotaWindow, now: datetime) -> dict[str, Any]:
@@ -773,12 +819,10 @@ def replace_quota_windows(
         in_range.append(q.subscription_id > after)
     if through is not None:
         in_range.append(q.subscription_id <= through)
+    # The count of the last 360 days moves as time passes by itself; the dates do not, so only
+    # they tell a window that a change failed to update.
     before = {
-        row.subscription_id: (
-            row.last_counted_backup_at,
-            row.next_allowed_at,
-            row.backups_last_360_days,
-        )
+        row.subscription_id: (row.last_counted_backup_at, row.next_allowed_at)
         for row in conn.execute(select(t.backup_quota_windows).where(and_(true(), *in_range)))
     }
     conn.execute(delete(t.backup_quota_windows).where(and_(true(), *in_range)))
@@ -788,8 +832,7 @@ def replace_quota_windows(
     corrected = sum(
         1
         for sid, window in windows.items()
-        if before.get(sid)
-        != (window.last_counted_backup_at, window.next_allowed_at, window.backups_last_360_days)
+        if before.get(sid) != (window.last_counted_backup_at, window.next_allowed_at)
     )
     corrected += sum(1 for sid in before if sid not in windows)  # a row with no request left
     return len(rows), corrected

@@ -3,6 +3,8 @@ code location, the audit trail of every change, and quota windows current after 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +19,7 @@ from backup_pipeline import jobs
 from backup_pipeline import tables as t
 from backup_pipeline.datasets import export
 from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
-from backup_pipeline.intake import review_pending
+from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
@@ -264,3 +266,87 @@ def test_a_requester_revoked_while_the_backup_runs_gets_no_link(platform, clinic
     assert "no longer authorised" in sent[0].subject
     assert events(platform, request_id)[-1] == ("failed", "run")
     assert counted(platform, clinic) == history  # it does not count
+
+
+# --- What a second look found ---------------------------------------------------------------
+
+
+def test_a_rerun_the_cli_runs_itself_is_not_launched_again_by_the_sensor(platform, clinic):
+    failed_id = platform.add_request(
+        900, status="failed", requested_at=db.utcnow() - timedelta(days=400), by=clinic.owner_id
+    )
+    rerun_failed(
+        platform.engine,
+        request_id=failed_id,
+        reason="by hand",
+        # The seeded clinic's history is not this test's subject.
+        override_quota=True,
+        override_reason="test",
+        launched_by_sensor=False,
+    )
+    assert platform.status(failed_id) == "pending"
+    assert accepted_but_not_started(platform.engine) == []  # the CLI runs it, not the sensor too
+
+
+def test_re_executing_a_failed_requests_run_is_refused_without_touching_it(platform, clinic):
+    failed_id = platform.add_request(
+        900, status="failed", requested_at=db.utcnow() - timedelta(days=400), by=clinic.owner_id
+    )
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("backup_requests", [str(failed_id)])
+        result = (
+            code_location(platform.settings)
+            .resolve_job_def("backup_job")
+            .execute_in_process(
+                instance=instance,
+                partition_key=str(failed_id),
+                resources=platform.resources(),
+                raise_on_error=False,
+            )
+        )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "rerun_request_job" in failure.event_specific_data.error.message
+    assert platform.status(failed_id) == "failed" and platform.sent() == []
+    assert events(platform, failed_id) == []  # no quota-free way around support's re-run
+
+
+def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clinic):
+    """A delivery and the sensor's review of a double click, in two open transactions: on
+    PostgreSQL the second waits for the first instead of failing on the window's row."""
+    now = db.utcnow()
+    running = platform.add_request(
+        100, status="running", requested_at=now - timedelta(days=1), by=clinic.owner_id
+    )
+    double = platform.add_request(101, status="pending", requested_at=now, by=clinic.owner_id)
+    with platform.engine.begin() as conn:
+        db.refresh_quota_windows_of(conn, [clinic.subscription_id])
+    first = platform.engine.connect()
+    first.begin()
+    assert db.mark_delivered(first, running, "r1")
+    errors: list[BaseException] = []
+
+    def review() -> None:
+        try:
+            with platform.engine.begin() as conn:
+                db.record_reviews(
+                    conn,
+                    [db.Review(double, clinic.subscription_id, False, "in_progress", "x", None)],
+                    db.utcnow(),
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    if platform.engine.dialect.name == "sqlite":
+        first.commit()  # SQLite has one writer at a time: the review simply comes after
+        review()
+    else:
+        second = threading.Thread(target=review)
+        second.start()
+        time.sleep(1)
+        first.commit()
+        second.join(timeout=60)
+    first.close()
+    assert errors == []
+    assert platform.status(double) == "rejected"
+    window_is_current(platform, clinic.subscription_id)
