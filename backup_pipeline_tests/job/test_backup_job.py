@@ -6,6 +6,7 @@ import email
 import email.policy
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import zipfile
@@ -43,8 +44,11 @@ def clinic(platform: Platform) -> Clinic:
     return seeded
 
 
-def test_dagster_loads_the_code_location_as_declared_in_pyproject():
-    # As `dagster dev` and the code server load it: the module's lazy `defs`, from the environment.
+def test_dagster_loads_the_code_location_as_declared_in_pyproject(tmp_path: Path):
+    # As `dagster dev` and the code server load it: the module's lazy `defs`, from the environment
+    # (with an instance of its own: the Makefile's DAGSTER_HOME may not exist on a fresh clone).
+    home = tmp_path / "dagster_home"
+    home.mkdir()
     done = subprocess.run(
         [
             sys.executable,
@@ -58,6 +62,7 @@ def test_dagster_loads_the_code_location_as_declared_in_pyproject():
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Validation successful" in done.stdout + done.stderr
