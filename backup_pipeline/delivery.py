@@ -184,6 +184,11 @@ def resend_link(
         )
     parts = [_recorded(part) for part in recorded]
     expires_at = db.utcnow() + link_ttl
+    with engine.begin() as conn:
+        # The new expiry first, and only while still delivered: housekeeping, which re-checks
+        # both right before it deletes, then leaves this archive alone.
+        if not db.extend_link(conn, request_id, link_expires_at=expires_at):
+            raise LinkUnavailable(f"request {request_id} expired meanwhile; no new link is sent")
     _send_links(
         engine,
         store,

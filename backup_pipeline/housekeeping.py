@@ -64,8 +64,11 @@ def expire_archives(engine: Engine, store: ObjectStore, now: datetime, limit: in
     failed: list[int] = []
     for request_id, _archive_key, status in due:
         try:
-            # Every part of the archive: backup_requests names only the first.
+            # Every part of the archive: backup_requests names only the first. A link re-sent
+            # since the batch was read moved its expiry: then the archive stays.
             with engine.connect() as conn:
+                if not db.still_due_for_expiry(conn, request_id, now):
+                    continue
                 keys = [part.archive_key for part in db.parts_of(conn, request_id)]
             for key in keys:
                 store.delete(key)

@@ -246,6 +246,25 @@ def record_archive(
     )
 
 
+def extend_link(conn: Connection, request_id: int, *, link_expires_at: datetime) -> bool:
+    """A delivered request's link lives until `link_expires_at`; False if it is not delivered."""
+    return _update_request(
+        conn,
+        request_id,
+        frozenset({RequestStatus.DELIVERED}),
+        link_expires_at=link_expires_at,
+    )
+
+
+def still_due_for_expiry(conn: Connection, request_id: int, now: datetime) -> bool:
+    """Right before its archive is deleted: the link has not been extended meanwhile."""
+    r = t.backup_requests.c
+    expires_at = conn.execute(
+        select(r.link_expires_at).where(r.id == request_id)
+    ).scalar_one_or_none()
+    return expires_at is not None and expires_at <= now
+
+
 def mark_delivered(conn: Connection, request_id: int, run_id: str) -> bool:
     return _transition(
         conn,

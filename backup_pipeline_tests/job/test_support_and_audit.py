@@ -350,3 +350,21 @@ def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clini
     assert errors == []
     assert platform.status(double) == "rejected"
     window_is_current(platform, clinic.subscription_id)
+
+
+def test_a_link_re_sent_while_expiry_runs_keeps_its_archive(platform, clinic, monkeypatch):
+    key = platform.add_delivered_request(
+        77, link_expires_at=db.utcnow() - timedelta(minutes=1), by=clinic.owner_id
+    )
+    selected = db.archives_to_expire
+
+    def select_then_resend(conn, now, limit):
+        due = selected(conn, now, limit)
+        # Support re-sends the link between the batch's read and the deletion.
+        with platform.engine.begin() as other:
+            assert db.extend_link(other, 77, link_expires_at=now + timedelta(days=3))
+        return due
+
+    monkeypatch.setattr(db, "archives_to_expire", select_then_resend)
+    assert expire_archives(platform.engine, platform.archives, db.utcnow()) == 0
+    assert platform.archives.exists(key) and platform.status(77) == "delivered"
