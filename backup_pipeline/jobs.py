@@ -71,10 +71,11 @@ def start_backup(
 ) -> BackupTarget:
     request_id = _request_id(context)
     engine = platform_db.get_engine()
-    behind = migrations.pending(engine)
-    if behind:
+    try:
+        migrations.require_current(engine)
+    except migrations.SchemaBehind as exc:
         # The failure sensor leaves the request as it is while this holds.
-        raise dg.Failure(str(migrations.SchemaBehind(behind)), allow_retries=False)
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     target = _permanent(
         lambda: begin_run(
             engine, mailer, archives.get_store(), request_id=request_id, run_id=context.run_id

@@ -68,12 +68,12 @@ def _skip_while_behind(
 ) -> dg.Output[int] | None:
     """Our tables are behind this code (deployed before `backup-pipeline migrate`): do nothing,
     and say so in the log and the run's metadata instead of failing on a missing table."""
-    behind = migrations.pending(platform_db.get_engine())
-    if not behind:
-        return None
-    message = str(migrations.SchemaBehind(behind))
-    context.log.warning(message)
-    return dg.Output(0, metadata={"skipped": message})
+    try:
+        migrations.require_current(platform_db.get_engine())
+    except migrations.SchemaBehind as behind:
+        context.log.warning(str(behind))
+        return dg.Output(0, metadata={"skipped": str(behind)})
+    return None
 
 
 @dg.op(

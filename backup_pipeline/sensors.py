@@ -51,11 +51,11 @@ def _schema_behind(
     """A run failed because our tables are behind: the request is left as it is (not failed,
     nobody emailed) and runs again, under a new run key, once `backup-pipeline migrate` has."""
     engine = platform_db.get_engine()
-    behind = migrations.pending(engine)
-    if behind:
+    try:
+        migrations.require_current(engine)
+    except migrations.SchemaBehind as behind:
         context.log.warning(
-            f"run {context.dagster_run.run_id}: its request is left unchanged; "
-            f"{migrations.SchemaBehind(behind)}"
+            f"run {context.dagster_run.run_id}: its request is left unchanged; {behind}"
         )
         run_key = f"backup-request-{request_id}-after-{context.dagster_run.run_id[:8]}"
         try:
@@ -64,7 +64,8 @@ def _schema_behind(
         except SQLAlchemyError:
             # Our reviews table itself is missing: the request was never reviewed, and will be.
             context.log.info(f"request {request_id} will be reviewed once migrated")
-    return bool(behind)
+        return True
+    return False
 
 
 def _fail_request_of_run(
@@ -118,12 +119,12 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         platform_db: PlatformDatabaseResource,
         policy: BackupPolicyResource,
     ) -> dg.SensorResult:
-        behind = migrations.pending(platform_db.get_engine())
-        if behind:
+        try:
+            migrations.require_current(platform_db.get_engine())
+        except migrations.SchemaBehind as behind:
             # Deployed before `backup-pipeline migrate` ran: touch no request until it has.
-            message = str(migrations.SchemaBehind(behind))
-            context.log.warning(message)
-            return dg.SensorResult(skip_reason=message)
+            context.log.warning(str(behind))
+            return dg.SensorResult(skip_reason=str(behind))
         return evaluate_pending_requests(platform_db, policy.sensor_batch)
 
     @dg.run_failure_sensor(

@@ -196,9 +196,7 @@ def _transition(
     is not in one of `only_if_status`."""
     if not _update_request(conn, request_id, only_if_status, **values):
         return False
-    subscription_id = conn.execute(
-        select(t.backup_requests.c.subscription_id).where(t.backup_requests.c.id == request_id)
-    ).scalar_one()
+    subscription_id = _subscription_of(conn, request_id)
     append_event(conn, request_id, subscription_id, event, actor, detail)
     refresh_quota_windows_of(conn, [subscription_id])
     return True
@@ -403,13 +401,10 @@ def record_link_resent(
     conn: Connection, request_id: int, *, actor: Actor, link_expires_at: datetime
 ) -> None:
     """A new link went out for a delivered request: no change of state, one more audit event."""
-    subscription_id = conn.execute(
-        select(t.backup_requests.c.subscription_id).where(t.backup_requests.c.id == request_id)
-    ).scalar_one()
     append_event(
         conn,
         request_id,
-        subscription_id,
+        _subscription_of(conn, request_id),
         RequestEvent.LINK_RESENT,
         actor,
         f"link expires {link_expires_at:%Y-%m-%d %H:%M} UTC",
@@ -464,6 +459,11 @@ def parts_of(conn: Connection, request_id: int) -> list[ArchivePart]:
 def forget_parts(conn: Connection, request_id: int) -> None:
     p = t.backup_archive_parts.c
     conn.execute(delete(t.backup_archive_parts).where(p.request_id == request_id))
+
+
+def _subscription_of(conn: Connection, request_id: int) -> int:
+    r = t.backup_requests.c
+    return conn.execute(select(r.subscription_id).where(r.id == request_id)).scalar_one()
 
 
 def _review_of(request_id: int) -> Any:
