@@ -30,6 +30,25 @@ def error_class_of(error: Any) -> str | None:
     return error.cls_name if error is not None else None
 
 
+def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
+    """(step, error class) of a failed run from its step failure events (Dagster's): the first
+    failure's step, or export_<dataset> for a workbook that failed inside assemble_backup (it
+    names its dataset and error in the failure's metadata, jobs._export_and_zip)."""
+    for event in step_failures:
+        data = event.event_specific_data
+        error = data.error if data else None
+        user = getattr(data, "user_failure_data", None)
+        metadata = user.metadata if user is not None else {}
+        if "dataset" in metadata:
+            cause = metadata.get("error")
+            return (
+                f"export_{metadata['dataset'].value}",
+                cause.value if cause is not None else error_class_of(error),
+            )
+        return event.step_key, error_class_of(error)
+    return None, None
+
+
 # What each step was making, as the clinic would say it: the step names are ours, not theirs.
 _STEP_SUBJECTS = {
     "export_patients": "de sus pacientes",

@@ -8,7 +8,8 @@ target of ids, staged keys, counts and checksums, never data.
 # No `from __future__ import annotations` here: Dagster reads the ops' context annotations as
 # real types and refuses them as strings.
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import dagster as dg
@@ -21,6 +22,7 @@ from backup_pipeline.archive.plan import FilePlan, stage_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import ExportResult, export_dataset
+from backup_pipeline.datasets.parallel import DatasetExportFailed, WorkbookExports, worker_count
 from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
 from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
 from backup_pipeline.resources import BackupPolicyResource
@@ -30,7 +32,7 @@ from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.run_start import RunRefused, begin_run
 from backup_pipeline.spanish import to_clinic_time
-from backup_pipeline.storage import StoreRefused
+from backup_pipeline.storage import ObjectStore, StoreRefused
 from backup_pipeline.target import REQUEST_TAG, BackupTarget
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
@@ -87,47 +89,6 @@ def start_backup(
     return target
 
 
-def build_export_op(dataset: Dataset) -> dg.OpDefinition:
-    """One op per dataset, so each workbook is its own step in the UI."""
-
-    @dg.op(
-        name=f"export_{dataset.name}",
-        description=f"Writes {dataset.archive_path}: {dataset.description}",
-        tags={"kind": "excel"},
-    )
-    def export(
-        context: OpExecutionContext,
-        target: BackupTarget,
-        platform_db: PlatformDatabaseResource,
-        files: ObjectStoreResource,
-        archives: ObjectStoreResource,
-    ) -> ExportResult:
-        with platform_db.get_engine().connect() as conn:
-            result = export_dataset(
-                dataset,
-                connection=conn,
-                subscription_id=target.subscription_id,
-                timezone=target.timezone,
-                files=files.get_store(),
-                archives=archives.get_store(),
-                staging_prefix=target.staging_prefix,
-            )
-        context.add_output_metadata(
-            {
-                "rows": result.rows,
-                "sheets": result.sheets,
-                "workbook_bytes": result.entries[0].size,
-                "long_text_files": result.long_text_files,
-            }
-        )
-        return result
-
-    return export
-
-
-EXPORT_OPS = [build_export_op(dataset) for dataset in DATASETS]
-
-
 @dg.op(description="Lists every attachment and CFDI file with its safe path in the archive.")
 def plan_archive_files(
     context: OpExecutionContext,
@@ -153,20 +114,44 @@ def plan_archive_files(
     return plan
 
 
+def export_output(dataset: Dataset) -> str:
+    """The output of assemble_backup that reports one dataset's workbook."""
+    return f"export_{dataset.name}"
+
+
+ARCHIVE_OUTPUT = "archive"
+
+
 @dg.op(
-    description="Streams the zip into the archives store: workbooks, files, LEEME.txt, SHA256SUMS."
+    description=(
+        "Renders every workbook (one output each, in worker processes) while it streams the "
+        "files into the zip in the archives store, then adds the workbooks, LEEME.txt and "
+        "SHA256SUMS."
+    ),
+    out={
+        **{
+            export_output(dataset): dg.Out(
+                ExportResult,
+                description=f"{dataset.archive_path}: {dataset.description}",
+                is_required=False,
+            )
+            for dataset in DATASETS
+        },
+        ARCHIVE_OUTPUT: dg.Out(AssembledArchive),
+    },
+    tags={"kind": "excel"},
 )
 def assemble_backup(
     context: OpExecutionContext,
     target: BackupTarget,
-    exports: list[ExportResult],
     plan: FilePlan,
     platform_db: PlatformDatabaseResource,
     files: ObjectStoreResource,
     archives: ObjectStoreResource,
     policy: BackupPolicyResource,
-) -> AssembledArchive:
-    with platform_db.get_engine().connect() as conn:
+) -> Iterator[dg.Output]:
+    engine = platform_db.get_engine()
+    with engine.connect() as conn:
         subscription = db.get_subscription(conn, target.subscription_id)
         request = db.get_request(conn, target.request_id)
     if subscription is None:
@@ -174,7 +159,7 @@ def assemble_backup(
     local_day = to_clinic_time(target.requested_at, target.timezone).date()
     key = archive_key(target.subscription_id, target.request_id, subscription.name, local_day)
     archives_store = archives.get_store()
-    emailed = emailed_archive(platform_db.get_engine(), archives_store, request, key)
+    emailed = emailed_archive(engine, archives_store, request, key)
     if emailed is not None:
         context.log.info(
             f"request {target.request_id}: its link was emailed and the archive is intact; "
@@ -182,36 +167,119 @@ def assemble_backup(
         )
         assembled = kept_archive(emailed)
     else:
-        assembled = build_archive(
-            archives=archives_store,
-            files=files.get_store(),
-            key=key,
-            clinic_name=subscription.name,
-            timezone=target.timezone,
-            generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
-            exports=exports,
-            plan=plan,
-            part_size=policy.part_size_bytes,
+        assembled = yield from _export_and_zip(
+            context, target, plan, subscription.name, key, platform_db, files, archives, policy
         )
+    yield dg.Output(assembled, ARCHIVE_OUTPUT, metadata=_archive_metadata(assembled))
+
+
+def _export_and_zip(
+    context: OpExecutionContext,
+    target: BackupTarget,
+    plan: FilePlan,
+    clinic_name: str,
+    key: str,
+    platform_db: PlatformDatabaseResource,
+    files: ObjectStoreResource,
+    archives: ObjectStoreResource,
+    policy: BackupPolicyResource,
+) -> Generator[dg.Output, None, AssembledArchive]:
+    """The workbooks render in worker processes while a thread zips the files; each workbook is
+    reported as its own output when it is staged."""
+    engine = platform_db.get_engine()
+    files_store, archives_store = files.get_store(), archives.get_store()
+    # Set in each worker before its first export: its own connections (see datasets.parallel).
+    worker_stores: dict[str, ObjectStore] = {}
+
+    def worker_setup() -> None:
+        engine.dispose(close=False)  # the run's pooled connections are not the worker's
+        worker_stores["files"] = files.open_new_store()
+        worker_stores["archives"] = archives.open_new_store()
+
+    def export_one(dataset: Dataset) -> ExportResult:
+        with engine.connect() as conn:
+            return export_dataset(
+                dataset,
+                connection=conn,
+                subscription_id=target.subscription_id,
+                timezone=target.timezone,
+                files=worker_stores.get("files", files_store),
+                archives=worker_stores.get("archives", archives_store),
+                staging_prefix=target.staging_prefix,
+                # The request's time: a re-run renders the same rows into the same bytes.
+                created=target.requested_at,
+            )
+
+    workers = worker_count(policy.export_workers)
+    if workers:
+        engine.dispose()  # no pooled connection crosses the fork
+    zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
+    with WorkbookExports(
+        DATASETS, workers=workers, export_one=export_one, worker_setup=worker_setup
+    ) as exports:
+        context.log.info(f"rendering {len(DATASETS)} workbooks with {exports.workers} workers")
+
+        def zip_all() -> AssembledArchive:
+            return build_archive(
+                archives=archives_store,
+                files=files_store,
+                key=key,
+                clinic_name=clinic_name,
+                timezone=target.timezone,
+                generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
+                exports=exports.all_results,
+                plan=plan,
+                part_size=policy.part_size_bytes,
+            )
+
+        # In this process with no workers: the workbooks first, then the zip, one at a time.
+        archive = zipping.submit(zip_all) if workers else None
+        try:
+            for rendered in exports.completed():
+                result = rendered.result
+                yield dg.Output(
+                    result,
+                    export_output(rendered.dataset),
+                    metadata={
+                        "rows": result.rows,
+                        "sheets": result.sheets,
+                        "workbook_bytes": result.entries[0].size,
+                        "long_text_files": result.long_text_files,
+                        "seconds": round(rendered.seconds, 3),
+                    },
+                )
+                if archive is not None and archive.done():
+                    archive.result()  # the zip failed: stop rendering
+            return archive.result() if archive is not None else zip_all()
+        except DatasetExportFailed as exc:
+            raise dg.Failure(
+                str(exc), metadata={"dataset": exc.dataset, "error": exc.cause_class}
+            ) from exc
+        finally:
+            # Workers still rendering are stopped; the zip, waiting for their workbooks, then
+            # gives up and discards what it wrote before this step ends.
+            exports.stop()
+            zipping.shutdown(wait=True)
+
+
+def _archive_metadata(assembled: AssembledArchive) -> dict[str, object]:
     parts = assembled.parts
-    context.add_output_metadata(
-        {
-            "archive_key": assembled.result.key,
-            "archive_bytes": assembled.size,
-            "archive_sha256": assembled.result.sha256,
-            "archive_parts": len(parts),
-            # Parts are split by the platform's recorded sizes: over the part size means many
-            # sizes were unrecorded (archive.parts).
-            "largest_part_bytes": max(part.size for part in parts),
-            "kept_emailed_archive": assembled.kept_emailed,
-            "zip_entries": sum(part.entries for part in parts),
-            "files_copied": sum(part.files_copied for part in parts),
-            "file_bytes": sum(part.file_bytes for part in parts),
-            "missing_files": sum(len(part.missing) for part in parts),
-            "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
-        }
-    )
-    return assembled
+    return {
+        "archive_key": assembled.result.key,
+        "archive_bytes": assembled.size,
+        "archive_sha256": assembled.result.sha256,
+        "archive_parts": len(parts),
+        # Parts are split by the platform's recorded sizes and part 1 keeps room for the
+        # workbooks: over the part size means many sizes were unrecorded, or the workbooks
+        # outgrew their room (archive.assembly.workbook_reserve).
+        "largest_part_bytes": max(part.size for part in parts),
+        "kept_emailed_archive": assembled.kept_emailed,
+        "zip_entries": sum(part.entries for part in parts),
+        "files_copied": sum(part.files_copied for part in parts),
+        "file_bytes": sum(part.file_bytes for part in parts),
+        "missing_files": sum(len(part.missing) for part in parts),
+        "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
+    }
 
 
 @dg.op(description="Signs the link, emails the requester once, and marks the request delivered.")
@@ -270,10 +338,9 @@ def deliver_backup(
 )
 def backup_graph() -> None:
     target = start_backup()
-    exports = [export(target) for export in EXPORT_OPS]
     plan = plan_archive_files(target)
-    archive = assemble_backup(target, exports, plan)
-    deliver_backup(target, archive)
+    outputs = assemble_backup(target, plan)
+    deliver_backup(target, getattr(outputs, ARCHIVE_OUTPUT))
 
 
 def build_backup_job(retry_policy: dg.RetryPolicy) -> dg.JobDefinition:
@@ -290,7 +357,8 @@ def build_backup_job(retry_policy: dg.RetryPolicy) -> dg.JobDefinition:
         op_retry_policy=retry_policy,
         tags={"team": "backups"},
         # In one process: a process per op (the multiprocess executor) imports Dagster and pandas
-        # again for each of the 11 steps, which cost 2-5 s and ~250 MB apiece and made the backup
-        # slower and three times as large in memory up to the large profile (bench/RESULTS.md).
+        # again for each step, which cost 2-5 s and ~250 MB apiece and made the backup slower and
+        # three times as large in memory up to the large profile (bench/RESULTS.md). Both cores
+        # are used inside assemble_backup instead (datasets.parallel).
         executor_def=dg.in_process_executor,
     )

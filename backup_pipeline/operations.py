@@ -18,7 +18,7 @@ from backup_pipeline import migrations, support_actions
 from backup_pipeline.archive.names import download_name
 from backup_pipeline.definitions import build_definitions
 from backup_pipeline.delivery import LinkUnavailable
-from backup_pipeline.failures import error_class_of, fail_request
+from backup_pipeline.failures import fail_request, failed_step
 from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.jobs import BACKUP_JOB_NAME, backup_partitions
 from backup_pipeline.request_state import RequestStatus
@@ -110,16 +110,14 @@ def execute_request(
     engine = resources["platform_db"].get_engine()
     if not result.success:
         # No daemon watches an in-process run: do what the run-failure sensor would.
-        failures = result.get_step_failure_events()
-        step = failures[0].step_key if failures else None
-        error = failures[0].event_specific_data.error if failures else None
+        step, error_class = failed_step(result.get_step_failure_events())
         fail_request(
             engine,
             resources["mailer"],
             request_id=request_id,
             run_id=result.run_id,
             step=step,
-            error_class=error_class_of(error),
+            error_class=error_class,
             archives=resources["archives"].get_store(),
         )
     with engine.connect() as conn:

@@ -7,7 +7,7 @@ import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import migrations
-from backup_pipeline.failures import error_class_of, fail_request
+from backup_pipeline.failures import fail_request, failed_step
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
@@ -94,13 +94,6 @@ def _fail_request_of_run(
     )
 
 
-def _failed_step(context: dg.RunFailureSensorContext) -> tuple[str | None, str | None]:
-    for event in context.get_step_failure_events():
-        error = event.event_specific_data.error if event.event_specific_data else None
-        return event.step_key, error_class_of(error)
-    return None, None
-
-
 def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[dg.SensorDefinition]:
     """The request sensor (every `interval_seconds`) and the two that fail a request whose run
     failed or was cancelled."""
@@ -141,7 +134,7 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        step, error_class = _failed_step(context)
+        step, error_class = failed_step(context.get_step_failure_events())
         _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
 
     @dg.run_status_sensor(

@@ -57,6 +57,9 @@ class Settings:
     late_alert_batch: int = 200
     partition_delete_batch: int = 10_000
     part_size_bytes: int = 4_000_000_000  # archive.parts.DEFAULT_PART_SIZE: fits FAT32
+    # Worker processes rendering workbooks beside the zip; None: the CPUs the run may use
+    # (datasets.parallel.usable_cpus), 0: one after another in the run's own process.
+    export_workers: int | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -94,4 +97,14 @@ class Settings:
             late_alert_batch=int(env.get("BACKUP_LATE_ALERT_BATCH", "200")),
             partition_delete_batch=int(env.get("BACKUP_PARTITION_DELETE_BATCH", "10000")),
             part_size_bytes=int(env.get("BACKUP_PART_SIZE", "4000000000")),
+            export_workers=_export_workers(env.get("BACKUP_EXPORT_WORKERS", "auto")),
         )
+
+
+def _export_workers(value: str) -> int | None:
+    if value.strip().lower() in ("", "auto"):
+        return None
+    workers = int(value)
+    if workers < 0:
+        raise ValueError(f"BACKUP_EXPORT_WORKERS must be 'auto' or 0 or more, got {value!r}")
+    return workers

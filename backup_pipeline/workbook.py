@@ -108,11 +108,14 @@ def render_workbook(
     archive_path: str,
     overflow_dir: Path,
     max_rows_per_sheet: int = MAX_DATA_ROWS,
+    created: datetime | None = None,
 ) -> RenderedWorkbook:
     """Write the extraction's rows (then its extra sheets) to `path`, one chunk at a time.
 
     `archive_path` is where the workbook goes in the archive; long texts are written under
-    `overflow_dir` and returned with their own archive paths (under textos_largos/).
+    `overflow_dir` and returned with their own archive paths (under textos_largos/). `created`
+    (naive UTC) is the workbook's creation date in its properties: the same rows and date give
+    the same bytes, wherever and whenever they are rendered.
     """
     if not 1 <= max_rows_per_sheet <= MAX_DATA_ROWS:
         raise ValueError(f"max_rows_per_sheet must be between 1 and {MAX_DATA_ROWS}")
@@ -128,6 +131,8 @@ def render_workbook(
             "use_zip64": True,
         },
     )
+    if created is not None:
+        book.set_properties({"created": created})
     writer = _WorkbookWriter(
         book,
         zone=zone,

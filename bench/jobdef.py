@@ -138,13 +138,8 @@ def bench_store(url: str, latency_ms: float = 0) -> ObjectStore:
 class BenchObjectStoreResource(ObjectStoreResource):
     latency_ms: float = 0
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._store = bench_store(self.url, self.latency_ms)
-
-    def get_store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = bench_store(self.url, self.latency_ms)
-        return self._store
+    def _open(self) -> ObjectStore:
+        return bench_store(self.url, self.latency_ms)
 
 
 def bench_resources() -> dict[str, dg.ConfigurableResource]:

@@ -34,6 +34,8 @@ from typing import Any
 
 import psutil
 
+from backup_pipeline.datasets.parallel import usable_cpus
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 RESULTS = OUT / "results.jsonl"
@@ -60,17 +62,6 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "python": platform.python_version(),
     }
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity, cut to a cgroup v2 CPU quota (a
-    Kubernetes pod's limit) when there is one; not the host's count."""
-    cpus = len(os.sched_getaffinity(0))
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
-    return cpus
 
 
 def clinic_dir(profile: str, patients: int | None) -> Path:
@@ -341,13 +332,14 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         job = runs.get(name)
         if not job or "work_s" not in job:
             continue
-        exports = [v for k, v in job.get("steps_s", {}).items() if k.startswith("export_")]
+        exports = [w["seconds"] for w in job.get("workbooks", {}).values() if w.get("seconds")]
         summary[name] = {
             "work_s": job["work_s"],
             "cpu_s": job["cpu_s"],
             "peak_rss_mb": job["peak_rss_mb"],
             "peak_pss_mb": job.get("peak_pss_mb"),
-            # The critical path's floor: the backup cannot end before its slowest workbook.
+            # The critical path's floor: the backup cannot end before its slowest workbook
+            # (extraction, rendering and staging, as its worker timed them).
             "slowest_export_s": max(exports, default=None),
             "files_mb_per_s": job.get("files_mb_per_s"),
             "naive_over_job": round(naive / job["work_s"], 2) if naive else None,
@@ -422,21 +414,27 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         metadata: dict[str, dict[str, Any]] = {}
         for record in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
             event = record.dagster_event
-            values = event.event_specific_data.metadata if event else {}
-            metadata[event.step_key] = {k: getattr(v, "value", v) for k, v in values.items()}
+            if event is None:
+                continue
+            data = event.event_specific_data
+            # By output: assemble_backup reports each workbook (export_<dataset>) and the archive.
+            output = data.step_output_handle.output_name
+            name = event.step_key if output == "result" else output
+            metadata[name] = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
     with engine.connect() as conn:
         row = db.get_request(conn, request_id)
     engine.dispose()
     workbooks = {}
-    for step, seconds in steps.items():
-        if step.startswith("export_"):
-            rows = metadata.get(step, {}).get("rows", 0)
-            workbooks[step.removeprefix("export_")] = {
+    for output, values in metadata.items():
+        if output.startswith("export_"):
+            # Extraction, rendering and staging of that workbook, in its worker.
+            rows, seconds = values.get("rows", 0), values.get("seconds")
+            workbooks[output.removeprefix("export_")] = {
                 "rows": rows,
                 "seconds": seconds,
                 "rows_per_s": round(rows / seconds) if seconds else None,
             }
-    assemble = metadata.get("assemble_backup", {})
+    assemble = metadata.get("archive", metadata.get("assemble_backup", {}))
     file_bytes = assemble.get("file_bytes", 0)
     assemble_s = steps.get("assemble_backup")
     report = {

@@ -1,5 +1,5 @@
-"""One clinic's archive from what the run staged: the workbooks in the declared order, the planned
-files, LEEME.txt with the counts, and the list of contents the email shows."""
+"""One clinic's archive from what the run staged: the planned files, the workbooks in the declared
+order, LEEME.txt with the counts, and the list of contents the email shows."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ FILES_LABEL = "Archivos adjuntos y comprobantes copiados"
 MISSING_LABEL = "Archivos que no se pudieron incluir"
 # LEEME.txt, SHA256SUMS and a possible archivos_no_incluidos.xlsx, in part 1 beside the workbooks.
 FIXED_ENTRIES_BYTES = 1024 * 1024
+# The most part 1 keeps for workbooks (see workbook_reserve): a large clinic's are ~50 MB.
+WORKBOOK_RESERVE_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,30 +63,40 @@ def build_archive(
     clinic_name: str,
     timezone: str,
     generated_at_local: datetime,
-    exports: Sequence[ExportResult],
+    exports: Sequence[ExportResult] | Callable[[], Sequence[ExportResult]],
     plan: FilePlan,
     part_size: int = DEFAULT_PART_SIZE,
 ) -> AssembledArchive:
     """Stream the zip to `key` in the archives store (see archive.zipper for how); an archive
-    larger than `part_size` becomes numbered parts, each a complete zip (archive.parts)."""
-    exports = _in_declared_order(exports)
-    rows_by_dataset = {e.dataset: e.rows for e in exports}
-    staged = _staged_entries(exports)
+    larger than `part_size` becomes numbered parts, each a complete zip (archive.parts).
+
+    `exports` may be a callable that waits for workbooks still being rendered: it is called
+    once part 1's files are in, so that the files are zipped while the workbooks render. Part 1
+    keeps room for the workbooks (workbook_reserve) since their size is not known yet.
+    """
     spans = split_into_parts(
         read_plan(archives, plan),
         part_size=part_size,
-        first_part_bytes=sum(entry.size for entry in staged) + FIXED_ENTRIES_BYTES,
+        first_part_bytes=workbook_reserve(part_size) + FIXED_ENTRIES_BYTES,
     )
     summaries = [_part_summary(span, len(spans)) for span in spans] if len(spans) > 1 else []
+    resolved: list[ExportResult] = []
+
+    def workbooks() -> list[ExportResult]:
+        if not resolved:
+            resolved.extend(_in_declared_order(exports() if callable(exports) else exports))
+        return resolved
 
     def leeme_for(span: PartSpan) -> Callable[[FileTally], str]:
         def leeme(tally: FileTally) -> str:
+            done = workbooks()
+            rows_by_dataset = {e.dataset: e.rows for e in done}
             return leeme_text(
                 LeemeFacts(
                     clinic_name=clinic_name,
                     generated_at_local=generated_at_local,
                     timezone=timezone,
-                    workbooks=[(e.archive_path, e.description, e.rows) for e in exports]
+                    workbooks=[(e.archive_path, e.description, e.rows) for e in done]
                     if span.number == 1
                     else [],
                     files_copied=tally.files_copied,
@@ -92,7 +104,7 @@ def build_archive(
                     missing_count=tally.missing_count,
                     invoices_issued=rows_by_dataset.get("invoices_issued", 0),
                     invoices_received=rows_by_dataset.get("invoices_received", 0),
-                    long_text_files=sum(e.long_text_files for e in exports),
+                    long_text_files=sum(e.long_text_files for e in done),
                     part=span.number,
                     parts=len(spans),
                     part_summaries=summaries,
@@ -109,7 +121,7 @@ def build_archive(
                     archives=archives,
                     files=files,
                     final_key=part_key(key, span.number, len(spans)),
-                    staged=staged if span.number == 1 else [],
+                    staged=(lambda: _staged_entries(workbooks())) if span.number == 1 else [],
                     planned=itertools.islice(read_plan(archives, plan), span.start, span.stop),
                     render_missing=lambda missing, workdir: render_missing_files(
                         missing, workdir, timezone
@@ -121,11 +133,19 @@ def build_archive(
             )
     copied = sum(r.files_copied for r in results)
     missing = sum(len(r.missing) for r in results)
-    contents = [(_content_label(e), e.rows) for e in exports]
+    contents = [(_content_label(e), e.rows) for e in workbooks()]
     contents.append((FILES_LABEL, copied))
     if missing:
         contents.append((MISSING_LABEL, missing))
     return AssembledArchive(parts=tuple(results), contents=contents)
+
+
+def workbook_reserve(part_size: int) -> int:
+    """Room part 1 keeps for the workbooks, which are still rendering when its files are split:
+    a tenth of a part, at most WORKBOOK_RESERVE_MAX. Workbooks larger than that (millions of
+    rows) make part 1 larger than the part size by the difference; the run reports its largest
+    part."""
+    return min(part_size // 10, WORKBOOK_RESERVE_MAX)
 
 
 def _part_summary(span: PartSpan, parts: int) -> str:

@@ -77,7 +77,7 @@ def assemble_archive(
     archives: ObjectStore,
     files: ObjectStore,
     final_key: str,
-    staged: Sequence[StagedEntry],
+    staged: Sequence[StagedEntry] | Callable[[], Sequence[StagedEntry]],
     planned: Iterable[PlannedFile],
     render_missing: Callable[[list[MissingFile], Path], Path | None],
     leeme: Callable[[FileTally], str],
@@ -87,9 +87,10 @@ def assemble_archive(
     retry_wait_seconds: float = 2.0,
     prefetch: int | None = None,
 ) -> ArchiveResult:
-    """Write the zip to archives at final_key: staged entries (workbooks) in their order, the
-    planned files, archivos_no_incluidos.xlsx when some could not be copied, LEEME.txt, and
-    SHA256SUMS last.
+    """Write the zip to archives at final_key: the planned files, then the staged entries
+    (workbooks) in their order, archivos_no_incluidos.xlsx when some could not be copied,
+    LEEME.txt, and SHA256SUMS last. `staged` may be a callable, called once the files are in:
+    it may wait for workbooks still being rendered.
 
     A planned file that is gone or unreadable is left out and returned in `missing`; any other
     error raises and, by the store's contract, leaves nothing at final_key. modified_at is the
@@ -103,9 +104,6 @@ def assemble_archive(
         writer = _EntryWriter(sink, stamp, workdir)
 
         try:
-            for entry in staged:
-                _add_staged(writer, archives, entry)
-
             depth = prefetch if prefetch is not None else max(files.reads_in_flight, 1)
             fetched_files = _prefetched(
                 files, planned, workdir, read_attempts, retry_wait_seconds, depth
@@ -128,6 +126,10 @@ def assemble_archive(
                             plan.kind,
                             plan.record_id,
                         )
+
+            # Last, so that the files go in while the workbooks are still being rendered.
+            for entry in staged() if callable(staged) else staged:
+                _add_staged(writer, archives, entry)
 
             if missing:
                 report = render_missing(missing, workdir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection
@@ -41,8 +42,10 @@ def export_dataset(
     files: ObjectStore,
     archives: ObjectStore,
     staging_prefix: str,
+    created: datetime | None = None,
 ) -> ExportResult:
-    """Render `dataset` for one subscription and stage it under `staging_prefix`."""
+    """Render `dataset` for one subscription and stage it under `staging_prefix`; `created`
+    (naive UTC) is the workbook's creation date (workbook.render_workbook)."""
     with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
         workdir = Path(tmp)
         extraction = dataset.extract(
@@ -60,6 +63,7 @@ def export_dataset(
             timezone=timezone,
             archive_path=dataset.archive_path,
             overflow_dir=workdir / "overflow",
+            created=created,
         )
         entries = [stage_file(archives, staging_prefix, dataset.archive_path, rendered.path)]
         entries += [

@@ -27,6 +27,9 @@ class BackupPolicyResource(dg.ConfigurableResource):
     partition_delete_batch: int = 10_000
     # An archive larger than this is delivered as numbered parts, each a complete zip.
     part_size_bytes: int = DEFAULT_PART_SIZE
+    # Worker processes rendering the workbooks beside the zip (datasets.parallel); None: the CPUs
+    # the run may use, 0: one after another in the run's own process.
+    export_workers: int | None = None
 
     @property
     def link_ttl(self) -> timedelta:
@@ -76,5 +79,6 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             late_alert_batch=settings.late_alert_batch,
             partition_delete_batch=settings.partition_delete_batch,
             part_size_bytes=settings.part_size_bytes,
+            export_workers=settings.export_workers,
         ),
     }

@@ -77,5 +77,10 @@ class ObjectStoreResource(dg.ConfigurableResource):
             self._store = self._open()
         return self._store
 
+    def open_new_store(self) -> ObjectStore:
+        """A store of its own, sharing no connection with get_store()'s: for a forked worker
+        process, which must not use its parent's HTTP connections."""
+        return self._open()
+
     def _open(self) -> ObjectStore:
         return open_store(self.url, signer_email=self.signer_email, project=self.project)

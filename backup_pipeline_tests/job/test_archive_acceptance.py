@@ -895,7 +895,7 @@ def test_missing_files_are_listed_counted_and_the_backup_still_delivered(local: 
     leeme = archive.text("LEEME.txt")
     assert f"{expected_missing} archivos no se pudieron copiar" in leeme
     assert MISSING_REPORT in leeme
-    metadata = local.step_output_metadata(backup.outcome.run_id, "assemble_backup")
+    metadata = local.step_output_metadata(backup.outcome.run_id, "assemble_backup", "archive")
     assert metadata["missing_files"] == expected_missing
     (sent,) = local.sent()
     assert f"Archivos que no se pudieron incluir: {expected_missing}" in sent.text

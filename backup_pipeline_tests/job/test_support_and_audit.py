@@ -3,6 +3,7 @@ code location, the audit trail of every change, and quota windows current after 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -223,9 +224,14 @@ def revoked_when(platform: Platform, clinic: Clinic, module: Any, name: str) -> 
     """Revoke the requester's authorisation the first time `module.name` is called in the run."""
     original = getattr(module, name)
     done = []
+    here = os.getpid()
 
     def revoke_then_call(*args: Any, **kwargs: Any) -> Any:
         if not done:
+            if os.getpid() != here:
+                # In a worker process forked by the run (the workbooks): the test's pooled
+                # connections were the parent's, the worker opens its own.
+                platform.engine.dispose(close=False)
             revoke(platform, clinic)
             done.append(True)
         return original(*args, **kwargs)

@@ -177,16 +177,17 @@ def assembled(stores, tmp_path):
     return result, _object_path(archives)
 
 
-def test_entries_come_in_order_workbooks_files_missing_report_leeme_and_sha256sums_last(assembled):
+def test_entries_come_in_order_files_workbooks_missing_report_leeme_and_sha256sums_last(assembled):
+    # The files first: they go in while the workbooks are still being rendered.
     result, path = assembled
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
     assert names == [
-        "pacientes.xlsx",
-        "facturacion/ingresos/comprobantes_emitidos.xlsx",
         "adjuntos/Peña Ñúñez Ana (10)/radiografía.png",
         "adjuntos/Peña Ñúñez Ana (10)/nota.txt",
         "facturacion/ingresos/xml/ABC.xml",
+        "pacientes.xlsx",
+        "facturacion/ingresos/comprobantes_emitidos.xlsx",
         "archivos_no_incluidos.xlsx",
         "LEEME.txt",
         "SHA256SUMS",

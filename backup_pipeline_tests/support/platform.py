@@ -389,11 +389,18 @@ class Platform:
         """Every key under respaldos/ in the archives store."""
         return [info.key for info in self.archives.list("respaldos/")]
 
-    def step_output_metadata(self, run_id: str, step_key: str) -> dict[str, Any]:
-        """The metadata an op attached to its output in this run (as the Dagster UI shows it)."""
+    def step_output_metadata(
+        self, run_id: str, step_key: str, output: str = "result"
+    ) -> dict[str, Any]:
+        """The metadata an op attached to one of its outputs in this run (as the Dagster UI
+        shows it); assemble_backup's are "archive" and one "export_<dataset>" per workbook."""
         for record in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
             event = record.dagster_event
-            if event is not None and event.step_key == step_key:
+            if (
+                event is not None
+                and event.step_key == step_key
+                and event.event_specific_data.step_output_handle.output_name == output
+            ):
                 metadata = event.event_specific_data.metadata
                 return {name: value.value for name, value in metadata.items()}
         raise AssertionError(f"step {step_key} produced no output in run {run_id}")

@@ -1,0 +1,324 @@
+"""The workbooks rendered in worker processes forked from the run, while the run zips the files.
+
+Rendering is Python-bound (XlsxWriter's per-cell work holds the GIL), so threads cannot overlap
+workbooks with each other or with the zip. Processes forked from the run's own process start at
+once and share its imported pages (Dagster, pandas, XlsxWriter, SQLAlchemy: ~250 MB), where the
+multiprocess executor's step processes each rebuilt the job, its resources and its event log
+connection (bench/RESULTS.md). The largest datasets go first, so that the slowest workbook starts
+at once and the small ones fill the other worker.
+
+A worker shares nothing mutable with the run: the run's pooled database connections are closed
+before the fork, the sockets the fork copied are let go of in the worker, and each worker opens
+its own database connections and store clients. A worker dies with the run (Linux's parent-death signal), so a killed run
+leaves no render behind; the next run renders again, as it would after a kill today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import multiprocessing
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backup_pipeline.datasets.base import Dataset
+from backup_pipeline.datasets.export import ExportResult
+
+# Rough relative cost of each dataset's workbook (large synthetic clinic, bench/RESULTS.md):
+# only the order matters, slowest first; an unknown dataset goes first.
+_COST_ORDER = (
+    "consultations",
+    "anamnesis",
+    "dental_treatments",
+    "patients",
+    "vaccinations",
+    "invoices_issued",
+    "invoices_received",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity, cut to a cgroup v2 CPU quota (a
+    Kubernetes pod's limit) when there is one; not the host's count."""
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    return max(cpus, 1)
+
+
+def worker_count(configured: int | None) -> int:
+    """Workers for a run: as configured, else one per usable CPU; 0 off Linux (the workers
+    rely on fork, /proc and the parent-death signal)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    return usable_cpus() if configured is None else configured
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One dataset's export and how long it took (extraction, rendering and staging)."""
+
+    dataset: Dataset
+    result: ExportResult
+    seconds: float
+
+
+ExportOne = Callable[[Dataset], ExportResult]
+
+
+def slowest_first(datasets: Sequence[Dataset]) -> list[Dataset]:
+    rank = {name: index for index, name in enumerate(_COST_ORDER)}
+    return sorted(datasets, key=lambda d: rank.get(d.name, -1))
+
+
+class DatasetExportFailed(Exception):
+    """A dataset's export failed (in a worker or here); names the dataset, never its data."""
+
+    def __init__(self, dataset: str, cause: BaseException) -> None:
+        super().__init__(f"the export of {dataset} failed: {type(cause).__name__}")
+        self.dataset = dataset
+        self.cause_class = type(cause).__name__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Sent back from a worker by pickle: by the names alone (the cause may not pickle).
+        return (_export_failed, (self.dataset, self.cause_class, str(self)))
+
+
+def _export_failed(dataset: str, cause_class: str, message: str) -> DatasetExportFailed:
+    error = DatasetExportFailed.__new__(DatasetExportFailed)
+    Exception.__init__(error, message)
+    error.dataset, error.cause_class = dataset, cause_class
+    return error
+
+
+class WorkbookExports:
+    """Exports `datasets` with `export_one`: in `workers` forked processes, or one after another
+    in this process when `workers` is 0.
+
+    `worker_setup` runs first in each worker (open the worker's own connections). Use as a
+    context manager: leaving it stops every worker still rendering.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[Dataset],
+        *,
+        workers: int,
+        export_one: ExportOne,
+        worker_setup: Callable[[], None],
+    ) -> None:
+        self._datasets = list(datasets)
+        self._order = slowest_first(self._datasets)
+        self._workers = min(max(workers, 0), len(self._datasets))
+        self._export_one = export_one
+        self._setup = worker_setup
+        self._pool: ProcessPoolExecutor | None = None
+        self._ours: list[multiprocessing.process.BaseProcess] = []
+        self._futures: dict[str, Future[tuple[ExportResult, float]]] = {}
+        # Which worker (pid) is exporting each dataset, written by the workers: names the
+        # dataset a worker held when it was killed outright.
+        self._holders = multiprocessing.get_context("fork").RawArray("i", len(self._datasets))
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._ours if p.pid is not None]
+
+    def __enter__(self) -> WorkbookExports:
+        if self._workers:
+            self._start_pool()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _start_pool(self) -> None:
+        before = set(multiprocessing.active_children())
+        # Objects that exist now go to a generation the collector leaves alone, so the children's
+        # collections do not write to (and so copy) the pages they share with the run.
+        gc.freeze()
+        try:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=multiprocessing.get_context("fork"),
+                # With fork these are inherited, not pickled: closures over the run's resources.
+                initializer=_start_worker,
+                initargs=(
+                    self._datasets,
+                    self._export_one,
+                    self._setup,
+                    os.getpid(),
+                    self._holders,
+                ),
+            )
+            # With fork the pool forks all its workers at the first submit, before its own
+            # management thread starts.
+            for dataset in self._order:
+                self._futures[dataset.name] = self._pool.submit(_export_in_worker, dataset.name)
+        finally:
+            gc.unfreeze()
+        self._ours = [p for p in multiprocessing.active_children() if p not in before]
+
+    def completed(self) -> Iterator[Rendered]:
+        """Each dataset's export as it finishes (in this process: in turn, slowest first)."""
+        if not self._workers:
+            for dataset in self._order:
+                result, seconds = _timed_export(self._export_one, dataset)
+                self._futures[dataset.name] = _done((result, seconds))
+                yield Rendered(dataset, result, seconds)
+            return
+        by_future = {future: name for name, future in self._futures.items()}
+        pending = set(by_future)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: self._order_of(by_future[f])):
+                dataset = self._dataset(by_future[future])
+                result, seconds = self._result_of(dataset, future)
+                yield Rendered(dataset, result, seconds)
+
+    def all_results(self) -> list[ExportResult]:
+        """Every export in the datasets' declared order, waiting for those still rendering."""
+        if not self._futures:
+            for _rendered in self.completed():
+                pass
+        return [self._result_of(d, self._futures[d.name])[0] for d in self._datasets]
+
+    def stop(self) -> None:
+        """Stop rendering: workers still running are killed, pending datasets dropped."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in self._ours:
+            if process.is_alive():
+                process.kill()
+        # Joins the pool's own thread, which reaps the workers.
+        pool.shutdown(wait=True)
+        for process in self._ours:
+            process.join(timeout=10)
+        stopped = RuntimeError("the workbooks' rendering was stopped")
+        for future in self._futures.values():
+            # Whoever waits for a workbook (the zip) wakes up, whether or not the pool has
+            # already said so for this future.
+            with contextlib.suppress(InvalidStateError):
+                if not future.done():
+                    future.set_exception(stopped)
+
+    def _result_of(
+        self, dataset: Dataset, future: Future[tuple[ExportResult, float]]
+    ) -> tuple[ExportResult, float]:
+        try:
+            return future.result()
+        except DatasetExportFailed:
+            raise
+        except BaseException as exc:
+            # A worker killed outright (out of memory) breaks the pool, failing every dataset
+            # not yet done: name the one that worker held.
+            raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from exc
+
+    def _held_by_a_dead_worker(self) -> str | None:
+        if self._pool is not None:
+            # Its thread has failed every pending export and is reaping the workers: wait for
+            # it, so that every worker's exit is known.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        # The pool terminates (SIGTERM) its other workers once one has died: the one that died
+        # first died otherwise (killed, crashed).
+        exits = {p.pid: p.exitcode for p in self._ours if p.exitcode not in (None, 0)}
+        held = [
+            (exits[pid] == -signal.SIGTERM, index)
+            for index, pid in enumerate(self._holders)
+            if pid in exits
+        ]
+        return self._datasets[min(held)[1]].name if held else None
+
+    def _dataset(self, name: str) -> Dataset:
+        return next(d for d in self._datasets if d.name == name)
+
+    def _order_of(self, name: str) -> int:
+        return next(i for i, d in enumerate(self._order) if d.name == name)
+
+
+def _done(value: tuple[ExportResult, float]) -> Future[tuple[ExportResult, float]]:
+    future: Future[tuple[ExportResult, float]] = Future()
+    future.set_result(value)
+    return future
+
+
+def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult, float]:
+    started = time.perf_counter()
+    try:
+        result = export_one(dataset)
+    except Exception as exc:
+        raise DatasetExportFailed(dataset.name, exc) from exc
+    return result, time.perf_counter() - started
+
+
+# --- In the worker process --------------------------------------------------------------------
+
+_worker_export: ExportOne | None = None
+_worker_datasets: dict[str, tuple[int, Dataset]] = {}
+_worker_holders: Any = None
+
+
+def _start_worker(
+    datasets: Sequence[Dataset],
+    export_one: ExportOne,
+    setup: Callable[[], None],
+    parent_pid: int,
+    holders: Any,
+) -> None:
+    global _worker_export, _worker_holders
+    # Killed with the run: a render must not outlive the run that wanted it.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the run died before the signal was armed
+        os._exit(1)
+    _release_inherited_sockets()
+    # The run's interrupt handling is not ours: a cancelled run stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup()
+    _worker_export = export_one
+    _worker_holders = holders
+    _worker_datasets.update((d.name, (index, d)) for index, d in enumerate(datasets))
+
+
+def _release_inherited_sockets() -> None:
+    """Let go of every socket the fork copied from the run: its database and HTTP connections,
+    and any server it hosts. A connection the run closes must really close (its peer waits for
+    that end of the stream), and the worker opens its own. Each socket's descriptor is pointed
+    at /dev/null rather than closed, so that its number is not reused while the run's objects
+    that the fork copied still hold it."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            with contextlib.suppress(OSError):
+                if fd != devnull and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _export_in_worker(name: str) -> tuple[ExportResult, float]:
+    if _worker_export is None:
+        raise RuntimeError("the worker was not started by WorkbookExports")
+    index, dataset = _worker_datasets[name]
+    _worker_holders[index] = os.getpid()
+    result = _timed_export(_worker_export, dataset)
+    _worker_holders[index] = 0
+    return result

@@ -1,0 +1,203 @@
+"""WorkbookExports: forked workers that render, fail, die and stop as the run needs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.datasets.parallel import (
+    DatasetExportFailed,
+    WorkbookExports,
+    slowest_first,
+    usable_cpus,
+    worker_count,
+)
+
+
+def _result(name: str) -> ExportResult:
+    return ExportResult(dataset=name, archive_path=f"{name}.xlsx", description="", rows=1)
+
+
+def _names(datasets) -> list[str]:
+    return [d.name for d in datasets]
+
+
+def running(pids: list[int]) -> list[int]:
+    """The processes among `pids` still running (not gone, not a zombie waiting to be reaped)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def test_the_slowest_workbook_starts_first_and_every_one_is_exported_once():
+    assert _names(slowest_first(DATASETS))[0] == "consultations"
+    with WorkbookExports(
+        DATASETS, workers=2, export_one=lambda d: _result(d.name), worker_setup=lambda: None
+    ) as exports:
+        finished = [rendered.dataset.name for rendered in exports.completed()]
+        results = exports.all_results()
+        assert len(exports.worker_pids) == 2
+    assert sorted(finished) == sorted(_names(DATASETS))
+    # In the declared order, whatever order they finished in.
+    assert [r.dataset for r in results] == _names(DATASETS)
+    assert running(exports.worker_pids) == []
+
+
+def test_without_workers_they_are_exported_here_one_after_another():
+    pids: list[int] = []
+
+    def export_one(dataset):
+        pids.append(os.getpid())
+        return _result(dataset.name)
+
+    with WorkbookExports(
+        DATASETS, workers=0, export_one=export_one, worker_setup=lambda: None
+    ) as exports:
+        assert [r.dataset for r in exports.all_results()] == _names(DATASETS)
+    assert pids == [os.getpid()] * len(DATASETS)
+
+
+def test_the_workers_are_sized_from_the_usable_cpus():
+    assert worker_count(None) == usable_cpus() == len(os.sched_getaffinity(0))
+    assert worker_count(0) == 0 and worker_count(3) == 3
+
+
+class _Unpicklable(Exception):
+    def __init__(self, handle: object) -> None:
+        super().__init__("no")
+        self.handle = handle
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle this error")
+
+
+def test_a_failing_workbook_is_named_even_when_its_error_cannot_travel():
+    def export_one(dataset):
+        if dataset.name == "vaccinations":
+            raise _Unpicklable(threading.Lock())
+        return _result(dataset.name)
+
+    with (
+        WorkbookExports(
+            DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None
+        ) as exports,
+        pytest.raises(DatasetExportFailed) as failed,
+    ):
+        list(exports.completed())
+    assert failed.value.dataset == "vaccinations"
+    assert failed.value.cause_class == "_Unpicklable"
+    copy = pickle.loads(pickle.dumps(failed.value))
+    assert (copy.dataset, copy.cause_class, str(copy)) == (
+        "vaccinations",
+        "_Unpicklable",
+        str(failed.value),
+    )
+    assert running(exports.worker_pids) == []
+
+
+def test_a_worker_killed_outright_fails_the_workbook_it_held():
+    def export_one(dataset):
+        if dataset.name == "consultations":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        time.sleep(0.2)
+        return _result(dataset.name)
+
+    with (
+        WorkbookExports(
+            DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None
+        ) as exports,
+        pytest.raises(DatasetExportFailed) as failed,
+    ):
+        exports.all_results()
+    assert failed.value.dataset == "consultations"
+    assert running(exports.worker_pids) == []
+
+
+def test_stopping_kills_workers_still_rendering_and_wakes_whoever_waits(tmp_path: Path):
+    started = tmp_path / "started"
+
+    def export_one(dataset):
+        started.write_text(str(os.getpid()))
+        time.sleep(600)
+        return _result(dataset.name)
+
+    exports = WorkbookExports(DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None)
+    with exports:
+        waiter_error: list[BaseException] = []
+
+        def wait_for_all() -> None:
+            try:
+                exports.all_results()
+            except BaseException as exc:  # the zip's thread waits like this
+                waiter_error.append(exc)
+
+        waiter = threading.Thread(target=wait_for_all)
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker_pid = int(started.read_text())
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert waiter_error and isinstance(waiter_error[0], DatasetExportFailed | RuntimeError)
+    assert worker_pid in exports.worker_pids
+    assert running(exports.worker_pids) == []
+
+
+@dataclass
+class _Server:
+    """A one-shot HTTP-like server in this process: answers, then closes the connection."""
+
+    listener: socket.socket
+
+    def serve_one(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"answer until the connection closes")
+        conn.close()
+
+
+def test_a_connection_this_process_closes_closes_although_workers_were_forked(tmp_path: Path):
+    # A connection accepted before the fork is copied into the workers; unless they let go of
+    # it, closing it here sends no end of stream and its peer waits forever.
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    holding = tmp_path / "holding"
+
+    def export_one(dataset):
+        holding.write_text("yes")
+        time.sleep(3)
+        return _result(dataset.name)
+
+    with WorkbookExports(
+        DATASETS[:1], workers=1, export_one=export_one, worker_setup=lambda: None
+    ) as exports:
+        while not holding.exists():
+            time.sleep(0.05)
+        conn.sendall(b"all of it")
+        conn.close()
+        client.settimeout(2)
+        received = b""
+        while chunk := client.recv(1024):  # times out if the worker still holds the socket
+            received += chunk
+        assert received == b"all of it"
+        exports.all_results()
+    client.close()
+    listener.close()

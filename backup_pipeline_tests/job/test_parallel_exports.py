@@ -1,0 +1,103 @@
+"""The workbooks rendered in worker processes beside the zip: the same archive as one after
+another, a failing workbook named to the clinic, no worker left behind."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import replace
+from datetime import datetime
+
+import dagster as dg
+import pytest
+from openpyxl import load_workbook
+
+from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
+from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
+from backup_pipeline.datasets import DATASETS, dental_treatments
+from backup_pipeline.datasets.base import ExtractContext, Extraction
+from backup_pipeline.jobs import export_output
+from backup_pipeline.operations import execute_request
+from backup_pipeline_tests.support.platform import LOCAL, Clinic, Platform, open_platform
+from backup_pipeline_tests.support.sendgrid import read_outbox
+
+REQUESTED_AT = datetime(2026, 11, 20, 15, 30)
+PATIENTS = 10
+
+
+def _back_up(platform: Platform, clinic: Clinic, workers: int) -> tuple[dict[str, bytes], str]:
+    """Back the clinic up with `workers`; the archive's entries and the run's id."""
+    request_id = platform.file_request(clinic, requested_at=REQUESTED_AT)
+    resources = platform.resources(replace(platform.settings, export_workers=workers))
+    outcome = execute_request(platform.instance, resources, request_id, clinic.subscription_id)
+    assert outcome.success and outcome.request_status == "delivered"
+    data = platform.archives.get_bytes(platform.request(request_id).archive_key)
+    report = verify_zip(io.BytesIO(data))
+    assert report.ok, report.problems
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}, outcome.run_id
+
+
+def test_the_archive_is_the_same_with_worker_processes_as_one_after_another(
+    request: pytest.FixtureRequest,
+):
+    platform = open_platform(request, LOCAL)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=21)
+    serial, _ = _back_up(platform, clinic, workers=0)
+    parallel, run_id = _back_up(platform, clinic, workers=2)
+
+    assert sorted(parallel) == sorted(serial)
+    # Every entry is byte for byte the same, the datasets' workbooks included (their creation
+    # date is the request's). What the assembly writes says when: LEEME.txt its text, the
+    # missing files' workbook its creation date; those are compared by content.
+    dated = {"LEEME.txt", MISSING_REPORT_PATH}
+    differing = {name for name in serial if serial[name] != parallel[name]}
+    assert differing <= {*dated, SHA256SUMS}
+    assert _rows(parallel[MISSING_REPORT_PATH]) == _rows(serial[MISSING_REPORT_PATH])
+
+    def undated(sums: bytes) -> list[bytes]:
+        return [line for line in sums.splitlines() if line.split(b"  ", 1)[1].decode() not in dated]
+
+    assert undated(parallel[SHA256SUMS]) == undated(serial[SHA256SUMS])
+    # Each workbook is its own output of assemble_backup, with its rows and time.
+    for dataset in DATASETS:
+        metadata = platform.step_output_metadata(run_id, "assemble_backup", export_output(dataset))
+        assert metadata["rows"] >= 0 and metadata["seconds"] > 0
+
+
+def _rows(workbook: bytes) -> list[tuple]:
+    book = load_workbook(io.BytesIO(workbook), read_only=True)
+    return [row for sheet in book.worksheets for row in sheet.iter_rows(values_only=True)]
+
+
+class _Broken(Exception):
+    pass
+
+
+def test_a_workbook_failing_in_a_worker_fails_the_request_naming_that_workbook(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    platform = open_platform(request, LOCAL)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=21)
+
+    def broken(ctx: ExtractContext) -> Extraction:
+        raise _Broken("fila 7: Pérez García")  # patient data in the error: must not travel
+
+    # The worker processes are forked from this one: they inherit the broken extraction.
+    monkeypatch.setattr(dental_treatments.DATASET, "extract", broken)
+    request_id = platform.file_request(clinic)
+    resources = platform.resources(replace(platform.settings, export_workers=2))
+    outcome = execute_request(platform.instance, resources, request_id, clinic.subscription_id)
+
+    assert not outcome.success and outcome.request_status == "failed"
+    retries = platform.step_events(
+        outcome.run_id, "assemble_backup", dg.DagsterEventType.STEP_UP_FOR_RETRY
+    )
+    assert retries == platform.settings.op_max_retries
+    row = platform.request(request_id)
+    assert "el respaldo de sus tratamientos odontológicos" in row.status_detail
+    assert "Pérez" not in row.status_detail
+    (alert,) = [m for m in read_outbox(platform.outbox) if m.to == platform.settings.support_email]
+    assert "step=export_dental_treatments error=_Broken" in alert.text
+    assert "Pérez" not in alert.text
+    assert platform.archives_made() == []
