@@ -45,6 +45,9 @@ _COST_ORDER = (
     "invoices_received",
 )
 _PR_SET_PDEATHSIG = 1
+# Without a CPU limit a pod sees every CPU of its node: more workers than this gain little (the
+# slowest workbook alone is a third of the work) and each costs its memory.
+DEFAULT_MAX_WORKERS = 3
 
 
 def usable_cpus() -> int:
@@ -59,11 +62,11 @@ def usable_cpus() -> int:
 
 
 def worker_count(configured: int | None) -> int:
-    """Workers for a run: as configured, else one per usable CPU; 0 off Linux (the workers
-    rely on fork, /proc and the parent-death signal)."""
+    """Workers for a run: as configured, else one per usable CPU up to DEFAULT_MAX_WORKERS;
+    0 off Linux (the workers rely on fork, /proc and the parent-death signal)."""
     if not sys.platform.startswith("linux"):
         return 0
-    return usable_cpus() if configured is None else configured
+    return min(usable_cpus(), DEFAULT_MAX_WORKERS) if configured is None else configured
 
 
 @dataclass(frozen=True)
