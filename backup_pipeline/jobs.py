@@ -8,6 +8,7 @@ target of ids, staged keys, counts and checksums, never data.
 # No `from __future__ import annotations` here: Dagster reads the ops' context annotations as
 # real types and refuses them as strings.
 
+import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -214,6 +215,7 @@ def _export_and_zip(
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
+    unwanted = threading.Event()  # the zip stops between two files once this is set
     with WorkbookExports(
         DATASETS, workers=workers, export_one=export_one, worker_setup=worker_setup
     ) as exports:
@@ -230,12 +232,14 @@ def _export_and_zip(
                 exports=exports.all_results,
                 plan=plan,
                 part_size=policy.part_size_bytes,
+                cancelled=unwanted,
             )
 
         # In this process with no workers: the workbooks first, then the zip, one at a time.
         archive = zipping.submit(zip_all) if workers else None
         try:
-            for rendered in exports.completed():
+            # A failing zip is seen at once, not after the slowest workbook.
+            for rendered in exports.completed(watch=archive):
                 result = rendered.result
                 yield dg.Output(
                     result,
@@ -248,16 +252,16 @@ def _export_and_zip(
                         "seconds": round(rendered.seconds, 3),
                     },
                 )
-                if archive is not None and archive.done():
-                    archive.result()  # the zip failed: stop rendering
             return archive.result() if archive is not None else zip_all()
         except DatasetExportFailed as exc:
             raise dg.Failure(
                 str(exc), metadata={"dataset": exc.dataset, "error": exc.cause_class}
             ) from exc
         finally:
-            # Workers still rendering are stopped; the zip, waiting for their workbooks, then
-            # gives up and discards what it wrote before this step ends.
+            # On the way out with an error (a workbook failed, the run was cancelled): workers
+            # still rendering are killed, and the zip, between two files or waiting for the
+            # workbooks, gives up and discards what it wrote before this step ends.
+            unwanted.set()
             exports.stop()
             zipping.shutdown(wait=True)
 

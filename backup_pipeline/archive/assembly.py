@@ -4,7 +4,9 @@ order, LEEME.txt with the counts, and the list of contents the email shows."""
 from __future__ import annotations
 
 import itertools
+import logging
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +23,8 @@ from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
 from backup_pipeline.spanish import spanish_count, spanish_number
 from backup_pipeline.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 FILES_LABEL = "Archivos adjuntos y comprobantes copiados"
 MISSING_LABEL = "Archivos que no se pudieron incluir"
@@ -66,6 +70,7 @@ def build_archive(
     exports: Sequence[ExportResult] | Callable[[], Sequence[ExportResult]],
     plan: FilePlan,
     part_size: int = DEFAULT_PART_SIZE,
+    cancelled: threading.Event | None = None,
 ) -> AssembledArchive:
     """Stream the zip to `key` in the archives store (see archive.zipper for how); an archive
     larger than `part_size` becomes numbered parts, each a complete zip (archive.parts).
@@ -73,6 +78,7 @@ def build_archive(
     `exports` may be a callable that waits for workbooks still being rendered: it is called
     once part 1's files are in, so that the files are zipped while the workbooks render. Part 1
     keeps room for the workbooks (workbook_reserve) since their size is not known yet.
+    Setting `cancelled` stops the zip between two files.
     """
     spans = split_into_parts(
         read_plan(archives, plan),
@@ -85,6 +91,14 @@ def build_archive(
     def workbooks() -> list[ExportResult]:
         if not resolved:
             resolved.extend(_in_declared_order(exports() if callable(exports) else exports))
+            staged_bytes = sum(entry.size for entry in _staged_entries(resolved))
+            if len(spans) > 1 and staged_bytes > workbook_reserve(part_size):
+                log.warning(
+                    "the workbooks (%d bytes) outgrew the room part 1 kept for them (%d bytes): "
+                    "part 1 is larger than the part size by the difference",
+                    staged_bytes,
+                    workbook_reserve(part_size),
+                )
         return resolved
 
     def leeme_for(span: PartSpan) -> Callable[[FileTally], str]:
@@ -129,6 +143,7 @@ def build_archive(
                     leeme=leeme_for(span),
                     workdir=Path(tmp),
                     modified_at=generated_at_local.replace(tzinfo=None),
+                    cancelled=cancelled,
                 )
             )
     copied = sum(r.files_copied for r in results)

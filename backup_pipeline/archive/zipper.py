@@ -8,6 +8,7 @@ import io
 import logging
 import struct
 import tempfile
+import threading
 import time
 import zipfile
 from collections import deque
@@ -43,6 +44,11 @@ READ_ATTEMPTS = 3
 PREFETCH_MEMORY = 32 * 1024 * 1024
 # Central directory records and SHA256SUMS lines wait in a spool this large before workdir.
 BOOKKEEPING_IN_MEMORY = 1024 * 1024
+
+
+class ArchiveCancelled(Exception):
+    """The run stopped wanting this archive (a workbook failed, the run was cancelled)."""
+
 
 REASON_NOT_FOUND = "El archivo no existe en el almacenamiento"
 REASON_UNREADABLE = "No se pudo leer el archivo"
@@ -86,11 +92,13 @@ def assemble_archive(
     read_attempts: int = READ_ATTEMPTS,
     retry_wait_seconds: float = 2.0,
     prefetch: int | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ArchiveResult:
     """Write the zip to archives at final_key: the planned files, then the staged entries
     (workbooks) in their order, archivos_no_incluidos.xlsx when some could not be copied,
     LEEME.txt, and SHA256SUMS last. `staged` may be a callable, called once the files are in:
-    it may wait for workbooks still being rendered.
+    it may wait for workbooks still being rendered. Setting `cancelled` stops the zip between
+    two files (ArchiveCancelled), leaving nothing at final_key.
 
     A planned file that is gone or unreadable is left out and returned in `missing`; any other
     error raises and, by the store's contract, leaves nothing at final_key. modified_at is the
@@ -110,6 +118,8 @@ def assemble_archive(
             )
             with contextlib.closing(fetched_files):
                 for plan, fetched in fetched_files:
+                    if cancelled is not None and cancelled.is_set():
+                        raise ArchiveCancelled("the archive was no longer wanted")
                     if isinstance(fetched, MissingFile):
                         missing.append(fetched)
                         continue

@@ -24,6 +24,7 @@ import signal
 import stat
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ _COST_ORDER = (
 )
 _PR_SET_PDEATHSIG = 1
 # Without a CPU limit a pod sees every CPU of its node: more workers than this gain little (the
-# slowest workbook alone is a third of the work) and each costs its memory.
-DEFAULT_MAX_WORKERS = 3
+# slowest workbook alone is a third of the work; 3 were slower than 2 on 2 CPUs) and each costs
+# its memory. The run pods request 2 CPUs (deploy/).
+DEFAULT_MAX_WORKERS = 2
 
 
 def usable_cpus() -> int:
@@ -55,9 +57,14 @@ def usable_cpus() -> int:
     Kubernetes pod's limit) when there is one; not the host's count."""
     cpus = len(os.sched_getaffinity(0))
     with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2
         if quota != "max":
             cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    with contextlib.suppress(OSError, ValueError):
+        v1 = Path("/sys/fs/cgroup/cpu")  # cgroup v1: a quota of -1 is no limit
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        if quota_us > 0:
+            cpus = min(cpus, max(1, quota_us // int((v1 / "cpu.cfs_period_us").read_text())))
     return max(cpus, 1)
 
 
@@ -90,13 +97,31 @@ class DatasetExportFailed(Exception):
     """A dataset's export failed (in a worker or here); names the dataset, never its data."""
 
     def __init__(self, dataset: str, cause: BaseException) -> None:
-        super().__init__(f"the export of {dataset} failed: {type(cause).__name__}")
+        # Where it failed, not what the error said: an error's text may quote a row's values.
+        frames = traceback.extract_tb(cause.__traceback__)[-_FRAMES_SHOWN:]
+        where = "; ".join(f"{_short(f.filename)}:{f.lineno} in {f.name}" for f in frames)
+        super().__init__(
+            f"the export of {dataset} failed: {type(cause).__name__}"
+            + (f" (at {where})" if where else "")
+        )
         self.dataset = dataset
         self.cause_class = type(cause).__name__
 
     def __reduce__(self) -> tuple[object, ...]:
         # Sent back from a worker by pickle: by the names alone (the cause may not pickle).
         return (_export_failed, (self.dataset, self.cause_class, str(self)))
+
+
+_FRAMES_SHOWN = 4
+
+
+def _short(filename: str) -> str:
+    """A frame's file from its package on: 'backup_pipeline/workbook.py', 'xlsxwriter/...'."""
+    parts = Path(filename).parts
+    for index in range(len(parts) - 1, -1, -1):
+        if parts[index] == "site-packages" or parts[index].endswith(".venv"):
+            return "/".join(parts[index + 1 :])
+    return "/".join(parts[-2:])
 
 
 def _export_failed(dataset: str, cause_class: str, message: str) -> DatasetExportFailed:
@@ -144,14 +169,21 @@ class WorkbookExports:
 
     def __enter__(self) -> WorkbookExports:
         if self._workers:
-            self._start_pool()
+            before = set(multiprocessing.active_children())
+            try:
+                self._start_pool()
+            except BaseException:
+                # Interrupted after forking: no worker may go on unsupervised.
+                self._ours = [p for p in multiprocessing.active_children() if p not in before]
+                self.stop()
+                raise
+            self._ours = [p for p in multiprocessing.active_children() if p not in before]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def _start_pool(self) -> None:
-        before = set(multiprocessing.active_children())
         # Objects that exist now go to a generation the collector leaves alone, so the children's
         # collections do not write to (and so copy) the pages they share with the run.
         gc.freeze()
@@ -175,10 +207,12 @@ class WorkbookExports:
                 self._futures[dataset.name] = self._pool.submit(_export_in_worker, dataset.name)
         finally:
             gc.unfreeze()
-        self._ours = [p for p in multiprocessing.active_children() if p not in before]
 
-    def completed(self) -> Iterator[Rendered]:
-        """Each dataset's export as it finishes (in this process: in turn, slowest first)."""
+    def completed(self, watch: Future[Any] | None = None) -> Iterator[Rendered]:
+        """Each dataset's export as it finishes (in this process: in turn, slowest first).
+
+        `watch` (the zip) is waited on beside the exports: if it fails, its error is raised at
+        once instead of after the last workbook."""
         if not self._workers:
             for dataset in self._order:
                 result, seconds = _timed_export(self._export_one, dataset)
@@ -186,9 +220,16 @@ class WorkbookExports:
                 yield Rendered(dataset, result, seconds)
             return
         by_future = {future: name for name, future in self._futures.items()}
-        pending = set(by_future)
+        pending: set[Future[Any]] = set(by_future)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, pending = wait(
+                pending | ({watch} if watch is not None else set()), return_when=FIRST_COMPLETED
+            )
+            if watch is not None and watch in done:
+                watch.result()  # raises the zip's error; a finished zip waits for us no more
+                done.discard(watch)
+                watch = None
+            pending.discard(watch)
             for future in sorted(done, key=lambda f: self._order_of(by_future[f])):
                 dataset = self._dataset(by_future[future])
                 result, seconds = self._result_of(dataset, future)
@@ -203,13 +244,12 @@ class WorkbookExports:
 
     def stop(self) -> None:
         """Stop rendering: workers still running are killed, pending datasets dropped."""
-        if self._pool is None:
-            return
         pool, self._pool = self._pool, None
+        if pool is None:
+            self._kill_workers()
+            return
         pool.shutdown(wait=False, cancel_futures=True)
-        for process in self._ours:
-            if process.is_alive():
-                process.kill()
+        self._kill_workers()
         # Joins the pool's own thread, which reaps the workers.
         pool.shutdown(wait=True)
         for process in self._ours:
@@ -232,13 +272,16 @@ class WorkbookExports:
         except BaseException as exc:
             # A worker killed outright (out of memory) breaks the pool, failing every dataset
             # not yet done: name the one that worker held.
-            raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from exc
+            raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from None
 
     def _held_by_a_dead_worker(self) -> str | None:
-        if self._pool is not None:
-            # Its thread has failed every pending export and is reaping the workers: wait for
-            # it, so that every worker's exit is known.
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        pool = self._pool
+        if pool is not None:
+            # Its thread has failed every pending export and is reaping the workers: kill the
+            # survivors (whatever they render is lost anyway) and wait for it, so that every
+            # worker's exit is known.
+            self._kill_workers()
+            pool.shutdown(wait=True, cancel_futures=True)
         # The pool terminates (SIGTERM) its other workers once one has died: the one that died
         # first died otherwise (killed, crashed).
         exits = {p.pid: p.exitcode for p in self._ours if p.exitcode not in (None, 0)}
@@ -248,6 +291,12 @@ class WorkbookExports:
             if pid in exits
         ]
         return self._datasets[min(held)[1]].name if held else None
+
+    def _kill_workers(self) -> None:
+        for process in self._ours:
+            with contextlib.suppress(OSError, ValueError):
+                if process.is_alive():
+                    process.kill()
 
     def _dataset(self, name: str) -> Dataset:
         return next(d for d in self._datasets if d.name == name)
@@ -267,7 +316,9 @@ def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult
     try:
         result = export_one(dataset)
     except Exception as exc:
-        raise DatasetExportFailed(dataset.name, exc) from exc
+        # Not chained: the cause's text (which may quote patient data) would travel with it
+        # into Dagster's event log. Its class and frames are in the message.
+        raise DatasetExportFailed(dataset.name, exc) from None
     return result, time.perf_counter() - started
 
 
@@ -276,6 +327,7 @@ def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult
 _worker_export: ExportOne | None = None
 _worker_datasets: dict[str, tuple[int, Dataset]] = {}
 _worker_holders: Any = None
+_worker_setup: list[Callable[[], None]] = []  # run once, by the first export
 
 
 def _start_worker(
@@ -292,9 +344,11 @@ def _start_worker(
     if os.getppid() != parent_pid:  # the run died before the signal was armed
         os._exit(1)
     _release_inherited_sockets()
-    # The run's interrupt handling is not ours: a cancelled run stops its workers itself.
+    # The run's interrupt handling is not ours (Dagster turns SIGTERM into an exception that
+    # would let the render go on): a worker stops when the run or the pool says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    setup()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_setup.append(setup)
     _worker_export = export_one
     _worker_holders = holders
     _worker_datasets.update((d.name, (index, d)) for index, d in enumerate(datasets))
@@ -311,7 +365,8 @@ def _release_inherited_sockets() -> None:
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             with contextlib.suppress(OSError):
-                if fd != devnull and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                # Not stdin, stdout or stderr, even where they are sockets (journald).
+                if fd > 2 and fd != devnull and stat.S_ISSOCK(os.fstat(fd).st_mode):
                     os.dup2(devnull, fd)
     finally:
         os.close(devnull)
@@ -322,6 +377,14 @@ def _export_in_worker(name: str) -> tuple[ExportResult, float]:
         raise RuntimeError("the worker was not started by WorkbookExports")
     index, dataset = _worker_datasets[name]
     _worker_holders[index] = os.getpid()
+    if _worker_setup:
+        # Here rather than in the pool's initializer, whose failure would break the pool
+        # without saying why: a failed setup fails this dataset with its cause.
+        try:
+            _worker_setup[0]()
+        except Exception as exc:
+            raise DatasetExportFailed(dataset.name, exc) from None
+        _worker_setup.clear()
     result = _timed_export(_worker_export, dataset)
     _worker_holders[index] = 0
     return result

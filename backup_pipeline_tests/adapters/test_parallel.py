@@ -203,3 +203,20 @@ def test_a_connection_this_process_closes_closes_although_workers_were_forked(tm
         exports.all_results()
     client.close()
     listener.close()
+
+
+def test_a_worker_that_cannot_open_its_connections_fails_the_workbook_it_was_given():
+    def setup() -> None:
+        raise ConnectionRefusedError("metadata server unreachable")
+
+    with (
+        WorkbookExports(
+            DATASETS[:1], workers=1, export_one=lambda d: _result(d.name), worker_setup=setup
+        ) as exports,
+        pytest.raises(DatasetExportFailed) as failed,
+    ):
+        exports.all_results()
+    assert failed.value.dataset == DATASETS[0].name
+    assert failed.value.cause_class == "ConnectionRefusedError"
+    assert "metadata server" not in str(failed.value)  # the class and frames, not the text
+    assert running(exports.worker_pids) == []

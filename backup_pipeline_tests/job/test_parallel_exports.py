@@ -4,6 +4,8 @@ another, a failing workbook named to the clinic, no worker left behind."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 import zipfile
 from dataclasses import replace
 from datetime import datetime
@@ -100,4 +102,38 @@ def test_a_workbook_failing_in_a_worker_fails_the_request_naming_that_workbook(
     (alert,) = [m for m in read_outbox(platform.outbox) if m.to == platform.settings.support_email]
     assert "step=export_dental_treatments error=_Broken" in alert.text
     assert "Pérez" not in alert.text
+    # Nor in what the run logged: the error's class and where it was raised, not its text.
+    logged = " ".join(
+        str(record.dagster_event.event_specific_data)
+        for record in platform.instance.all_logs(outcome.run_id)
+        if record.dagster_event is not None
+    )
+    assert "the export of dental_treatments failed: _Broken" in logged
+    assert "Pérez" not in logged
+    assert platform.archives_made() == []
+
+
+def test_a_worker_killed_during_a_run_fails_the_request_naming_its_workbook(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+):
+    platform = open_platform(request, LOCAL)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=21)
+    real_extract = dental_treatments.DATASET.extract
+
+    def killed(ctx: ExtractContext) -> Extraction:
+        if os.getpid() != here:  # in a worker: as the kernel's out-of-memory killer would
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_extract(ctx)
+
+    here = os.getpid()
+    monkeypatch.setattr(dental_treatments.DATASET, "extract", killed)
+    request_id = platform.file_request(clinic)
+    resources = platform.resources(replace(platform.settings, export_workers=2))
+    outcome = execute_request(platform.instance, resources, request_id, clinic.subscription_id)
+
+    assert not outcome.success and outcome.request_status == "failed"
+    row = platform.request(request_id)
+    assert "el respaldo de sus tratamientos odontológicos" in row.status_detail
+    (alert,) = [m for m in read_outbox(platform.outbox) if m.to == platform.settings.support_email]
+    assert "step=export_dental_treatments error=BrokenProcessPool" in alert.text
     assert platform.archives_made() == []
