@@ -437,8 +437,13 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
     assemble = metadata.get("archive", metadata.get("assemble_backup", {}))
     file_bytes = assemble.get("file_bytes", 0)
     assemble_s = steps.get("assemble_backup")
+    from backup_pipeline.datasets.parallel import worker_count
+    from backup_pipeline.settings import Settings
+
     report = {
         "success": result.success,
+        # Worker processes that rendered the workbooks (0: in the run's process, before the zip).
+        "export_workers": worker_count(Settings.from_env().export_workers),
         "request_status": row.status if row else None,
         "work_s": round(work, 2),
         "baseline_rss_mb": baseline,
