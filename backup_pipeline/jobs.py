@@ -23,7 +23,12 @@ from backup_pipeline.archive.plan import FilePlan, stage_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import ExportResult, export_dataset
-from backup_pipeline.datasets.parallel import DatasetExportFailed, WorkbookExports, worker_count
+from backup_pipeline.datasets.parallel import (
+    DatasetExportFailed,
+    WorkbookExports,
+    worker_count,
+    yield_to_the_slowest_workbook,
+)
 from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
 from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
 from backup_pipeline.resources import BackupPolicyResource
@@ -222,6 +227,8 @@ def _export_and_zip(
         context.log.info(f"rendering {len(DATASETS)} workbooks with {exports.workers} workers")
 
         def zip_all() -> AssembledArchive:
+            if workers:
+                yield_to_the_slowest_workbook()  # this thread only
             return build_archive(
                 archives=archives_store,
                 files=files_store,
