@@ -161,6 +161,10 @@ class WorkbookExports:
         # Which worker (pid) is exporting each dataset, written by the workers: names the
         # dataset a worker held when it was killed outright.
         self._holders = multiprocessing.get_context("fork").RawArray("i", len(self._datasets))
+        # The run's thread and the zip's both wait for exports: one of them at a time shuts the
+        # pool down (closing its queues twice fails) and names a dead worker's dataset.
+        self._lock = threading.Lock()
+        self._culprit: list[str | None] = []
 
     @property
     def workers(self) -> int:
@@ -247,14 +251,15 @@ class WorkbookExports:
 
     def stop(self) -> None:
         """Stop rendering: workers still running are killed, pending datasets dropped."""
-        pool, self._pool = self._pool, None
-        if pool is None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            # Killed first: a worker still rendering would keep the pool's thread waiting.
             self._kill_workers()
-            return
-        pool.shutdown(wait=False, cancel_futures=True)
-        self._kill_workers()
-        # Joins the pool's own thread, which reaps the workers.
-        pool.shutdown(wait=True)
+            if pool is None:
+                return
+            # Joins the pool's own thread, which reaps the workers (a first shutdown without
+            # waiting would leave that thread unjoined).
+            pool.shutdown(wait=True, cancel_futures=True)
         for process in self._ours:
             process.join(timeout=10)
         stopped = RuntimeError("the workbooks' rendering was stopped")
@@ -278,6 +283,12 @@ class WorkbookExports:
             raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from None
 
     def _held_by_a_dead_worker(self) -> str | None:
+        with self._lock:
+            if not self._culprit:
+                self._culprit.append(self._find_culprit())
+            return self._culprit[0]
+
+    def _find_culprit(self) -> str | None:
         pool = self._pool
         if pool is not None:
             # Its thread has failed every pending export and is reaping the workers: kill the
