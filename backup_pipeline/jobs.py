@@ -29,6 +29,7 @@ from backup_pipeline.datasets.parallel import (
     worker_count,
     yield_to_the_slowest_workbook,
 )
+from backup_pipeline.datasets.parallel import progress as export_progress
 from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
 from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
 from backup_pipeline.resources import BackupPolicyResource
@@ -214,6 +215,7 @@ def _export_and_zip(
                 staging_prefix=target.staging_prefix,
                 # The request's time: a re-run renders the same rows into the same bytes.
                 created=target.requested_at,
+                progress=export_progress,
             )
 
     workers = worker_count(policy.export_workers)

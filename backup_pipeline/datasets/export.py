@@ -4,9 +4,11 @@ and its long-text files in the archives store."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection
 
@@ -15,6 +17,8 @@ from backup_pipeline.datasets.base import Dataset, ExtractContext
 from backup_pipeline.staging import stage_file
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.workbook import render_workbook
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,11 @@ def export_dataset(
     archives: ObjectStore,
     staging_prefix: str,
     created: datetime | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> ExportResult:
     """Render `dataset` for one subscription and stage it under `staging_prefix`; `created`
-    (naive UTC) is the workbook's creation date (workbook.render_workbook)."""
+    (naive UTC) is the workbook's creation date (workbook.render_workbook), `progress` is
+    called as each chunk of rows arrives."""
     with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
         workdir = Path(tmp)
         extraction = dataset.extract(
@@ -56,6 +62,8 @@ def export_dataset(
                 timezone=timezone,
             )
         )
+        if progress is not None:
+            extraction.chunks = _reporting(extraction.chunks, progress)
         rendered = render_workbook(
             extraction,
             path=workdir / Path(dataset.archive_path).name,
@@ -78,3 +86,9 @@ def export_dataset(
         sheets=len(rendered.sheets),
         entries=entries,
     )
+
+
+def _reporting(chunks: Iterable[T], progress: Callable[[], None]) -> Iterator[T]:
+    for chunk in chunks:
+        progress()
+        yield chunk

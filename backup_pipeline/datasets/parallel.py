@@ -47,6 +47,8 @@ _COST_ORDER = (
     "invoices_received",
 )
 _PR_SET_PDEATHSIG = 1
+# A worker whose export shows no progress (a chunk of rows, a file) for this long is killed.
+DEFAULT_STALL_SECONDS = 15 * 60.0
 # Without a CPU limit a pod sees every CPU of its node: more workers than this gain little (the
 # slowest workbook alone is a third of the work; 3 were slower than 2 on 2 CPUs) and each costs
 # its memory. The run pods request 2 CPUs (deploy/).
@@ -149,8 +151,10 @@ class WorkbookExports:
         workers: int,
         export_one: ExportOne,
         worker_setup: Callable[[], None],
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
     ) -> None:
         self._datasets = list(datasets)
+        self._stall_seconds = stall_seconds
         self._order = slowest_first(self._datasets)
         self._workers = min(max(workers, 0), len(self._datasets))
         self._export_one = export_one
@@ -161,6 +165,9 @@ class WorkbookExports:
         # Which worker (pid) is exporting each dataset, written by the workers: names the
         # dataset a worker held when it was killed outright.
         self._holders = multiprocessing.get_context("fork").RawArray("i", len(self._datasets))
+        # When each dataset's export last showed progress (time.monotonic(), one clock for
+        # every process on Linux): a worker silent for stall_seconds is killed.
+        self._beats = multiprocessing.get_context("fork").RawArray("d", len(self._datasets))
         # The run's thread and the zip's both wait for exports: one of them at a time shuts the
         # pool down (closing its queues twice fails) and names a dead worker's dataset.
         self._lock = threading.Lock()
@@ -206,6 +213,7 @@ class WorkbookExports:
                     self._setup,
                     os.getpid(),
                     self._holders,
+                    self._beats,
                 ),
             )
             # With fork the pool forks all its workers at the first submit, before its own
@@ -230,8 +238,13 @@ class WorkbookExports:
         pending: set[Future[Any]] = set(by_future)
         while pending:
             done, pending = wait(
-                pending | ({watch} if watch is not None else set()), return_when=FIRST_COMPLETED
+                pending | ({watch} if watch is not None else set()),
+                timeout=min(self._stall_seconds / 2, 30.0),
+                return_when=FIRST_COMPLETED,
             )
+            if not done:
+                self._stop_a_stalled_worker()
+                continue
             if watch is not None and watch in done:
                 watch.result()  # raises the zip's error; a finished zip waits for us no more
                 done.discard(watch)
@@ -306,6 +319,22 @@ class WorkbookExports:
         ]
         return self._datasets[min(held)[1]].name if held else None
 
+    def _stop_a_stalled_worker(self) -> None:
+        """A worker whose export showed no progress for stall_seconds (a lock the fork copied
+        held forever, a query that never answers) is killed and its dataset failed, rather than
+        the run waiting until Dagster's run timeout."""
+        now = time.monotonic()
+        for index, pid in enumerate(self._holders):
+            if pid and now - self._beats[index] > self._stall_seconds:
+                name = self._datasets[index].name
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                stalled = TimeoutError(f"no progress for {self._stall_seconds:.0f} s")
+                with self._lock:
+                    if not self._culprit:
+                        self._culprit.append(name)
+                raise DatasetExportFailed(name, stalled)
+
     def _kill_workers(self) -> None:
         for process in self._ours:
             with contextlib.suppress(OSError, ValueError):
@@ -341,6 +370,8 @@ def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult
 _worker_export: ExportOne | None = None
 _worker_datasets: dict[str, tuple[int, Dataset]] = {}
 _worker_holders: Any = None
+_worker_beats: Any = None
+_worker_index = -1  # the dataset this worker exports now
 _worker_setup: list[Callable[[], None]] = []  # run once, by the first export
 _worker_critical = -1  # index of the dataset expected to render longest
 
@@ -362,8 +393,9 @@ def _start_worker(
     setup: Callable[[], None],
     parent_pid: int,
     holders: Any,
+    beats: Any,
 ) -> None:
-    global _worker_export, _worker_holders, _worker_critical
+    global _worker_export, _worker_holders, _worker_critical, _worker_beats
     # Killed with the run: a render must not outlive the run that wanted it.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -377,6 +409,7 @@ def _start_worker(
     _worker_setup.append(setup)
     _worker_export = export_one
     _worker_holders = holders
+    _worker_beats = beats
     _worker_datasets.update((d.name, (index, d)) for index, d in enumerate(datasets))
     slowest = slowest_first(datasets)[0].name
     _worker_critical = next(i for i, d in enumerate(datasets) if d.name == slowest)
@@ -403,9 +436,12 @@ def _release_inherited_sockets() -> None:
 def _export_in_worker(name: str) -> tuple[ExportResult, float]:
     if _worker_export is None:
         raise RuntimeError("the worker was not started by WorkbookExports")
+    global _worker_index
     index, dataset = _worker_datasets[name]
     if index != _worker_critical:
         yield_to_the_slowest_workbook()
+    _worker_index = index
+    _worker_beats[index] = time.monotonic()
     _worker_holders[index] = os.getpid()
     if _worker_setup:
         # Here rather than in the pool's initializer, whose failure would break the pool
@@ -417,4 +453,12 @@ def _export_in_worker(name: str) -> tuple[ExportResult, float]:
         _worker_setup.clear()
     result = _timed_export(_worker_export, dataset)
     _worker_holders[index] = 0
+    _worker_index = -1
     return result
+
+
+def progress() -> None:
+    """Called by an export as it goes (each chunk of rows): in a worker, tells the run that the
+    export is alive; elsewhere nothing."""
+    if _worker_beats is not None and _worker_index >= 0:
+        _worker_beats[_worker_index] = time.monotonic()

@@ -19,6 +19,7 @@ from backup_pipeline.datasets.parallel import (
     DEFAULT_MAX_WORKERS,
     DatasetExportFailed,
     WorkbookExports,
+    progress,
     slowest_first,
     usable_cpus,
     worker_count,
@@ -219,4 +220,28 @@ def test_a_worker_that_cannot_open_its_connections_fails_the_workbook_it_was_giv
     assert failed.value.dataset == DATASETS[0].name
     assert failed.value.cause_class == "ConnectionRefusedError"
     assert "metadata server" not in str(failed.value)  # the class and frames, not the text
+    assert running(exports.worker_pids) == []
+
+
+def test_a_worker_that_shows_no_progress_is_killed_and_its_workbook_failed():
+    def export_one(dataset):
+        if dataset.name == "patients":
+            progress()  # one chunk, then nothing: a lock never released, a query never answered
+            time.sleep(600)
+        for _ in range(3):
+            progress()
+            time.sleep(0.1)
+        return _result(dataset.name)
+
+    started = time.monotonic()
+    with (
+        WorkbookExports(
+            DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None, stall_seconds=2
+        ) as exports,
+        pytest.raises(DatasetExportFailed) as failed,
+    ):
+        list(exports.completed())
+    assert failed.value.dataset == "patients"
+    assert failed.value.cause_class == "TimeoutError"
+    assert time.monotonic() - started < 60
     assert running(exports.worker_pids) == []
