@@ -242,6 +242,7 @@ class WorkbookExports:
                 timeout=min(self._stall_seconds / 2, 30.0),
                 return_when=FIRST_COMPLETED,
             )
+            pending.discard(watch)  # waited on again next time round, unless it is done
             if not done:
                 self._stop_a_stalled_worker()
                 continue
@@ -249,7 +250,6 @@ class WorkbookExports:
                 watch.result()  # raises the zip's error; a finished zip waits for us no more
                 done.discard(watch)
                 watch = None
-            pending.discard(watch)
             for future in sorted(done, key=lambda f: self._order_of(by_future[f])):
                 dataset = self._dataset(by_future[future])
                 result, seconds = self._result_of(dataset, future)
