@@ -9,6 +9,7 @@ target of ids, staged keys, counts and checksums, never data.
 # real types and refuses them as strings.
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,7 +23,12 @@ from backup_pipeline.archive.names import archive_key
 from backup_pipeline.archive.plan import FilePlan, stage_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
-from backup_pipeline.datasets.export import ExportResult, export_dataset
+from backup_pipeline.datasets.export import (
+    ExportResult,
+    export_dataset,
+    record_staged_export,
+    staged_exports,
+)
 from backup_pipeline.datasets.parallel import (
     DatasetExportFailed,
     WorkbookExports,
@@ -204,8 +210,9 @@ def _export_and_zip(
         worker_stores["archives"] = archives.open_new_store()
 
     def export_one(dataset: Dataset) -> ExportResult:
+        started = time.perf_counter()
         with engine.connect() as conn:
-            return export_dataset(
+            result = export_dataset(
                 dataset,
                 connection=conn,
                 subscription_id=target.subscription_id,
@@ -217,16 +224,35 @@ def _export_and_zip(
                 created=target.requested_at,
                 progress=export_progress,
             )
+        # Noted as soon as it is staged, by whoever staged it: a retry of this step keeps it.
+        record_staged_export(
+            worker_stores.get("archives", archives_store),
+            target.staging_prefix,
+            context.run_id,
+            result,
+            time.perf_counter() - started,
+        )
+        return result
 
     workers = worker_count(policy.export_workers)
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
     unwanted = threading.Event()  # the zip stops between two files once this is set
+    # A retry of this step (a storage error in the zip) keeps the workbooks an earlier attempt of
+    # the same run staged; another run renders them again, from the data as it is then.
+    staged_before = staged_exports(archives_store, target.staging_prefix, context.run_id)
     with WorkbookExports(
-        DATASETS, workers=workers, export_one=export_one, worker_setup=worker_setup
+        DATASETS,
+        workers=workers,
+        export_one=export_one,
+        worker_setup=worker_setup,
+        done=staged_before,
     ) as exports:
-        context.log.info(f"rendering {len(DATASETS)} workbooks with {exports.workers} workers")
+        context.log.info(
+            f"rendering {len(DATASETS) - len(staged_before)} workbooks with {exports.workers} "
+            f"workers ({len(staged_before)} staged by an earlier attempt)"
+        )
 
         def zip_all() -> AssembledArchive:
             if workers:
@@ -259,6 +285,7 @@ def _export_and_zip(
                         "workbook_bytes": result.entries[0].size,
                         "long_text_files": result.long_text_files,
                         "seconds": round(rendered.seconds, 3),
+                        "staged_by_an_earlier_attempt": rendered.reused,
                     },
                 )
             return archive.result() if archive is not None else zip_all()

@@ -3,6 +3,7 @@ and its long-text files in the archives store."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from sqlalchemy import Connection
 from backup_pipeline.archive.entries import StagedEntry
 from backup_pipeline.datasets.base import Dataset, ExtractContext
 from backup_pipeline.staging import stage_file
-from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage import ObjectNotFound, ObjectStore
 from backup_pipeline.workbook import render_workbook
 
 T = TypeVar("T")
@@ -86,6 +87,50 @@ def export_dataset(
         sheets=len(rendered.sheets),
         entries=entries,
     )
+
+
+def _manifest_prefix(staging_prefix: str, run_id: str) -> str:
+    return f"{staging_prefix.rstrip('/')}/exports/{run_id}/"
+
+
+def record_staged_export(
+    archives: ObjectStore, staging_prefix: str, run_id: str, result: ExportResult, seconds: float
+) -> None:
+    """Note in staging that this run staged `result` (written once its files are all staged)."""
+    manifest = {
+        "dataset": result.dataset,
+        "archive_path": result.archive_path,
+        "description": result.description,
+        "rows": result.rows,
+        "sheets": result.sheets,
+        "entries": [entry.to_dict() for entry in result.entries],
+        "seconds": seconds,
+    }
+    key = f"{_manifest_prefix(staging_prefix, run_id)}{result.dataset}.json"
+    archives.put_bytes(key, json.dumps(manifest).encode("utf-8"), "application/json")
+
+
+def staged_exports(
+    archives: ObjectStore, staging_prefix: str, run_id: str
+) -> dict[str, tuple[ExportResult, float]]:
+    """What earlier attempts of this run staged, by dataset, with the seconds each took."""
+    found: dict[str, tuple[ExportResult, float]] = {}
+    for info in archives.list(_manifest_prefix(staging_prefix, run_id)):
+        try:
+            data = json.loads(archives.get_bytes(info.key))
+            result = ExportResult(
+                dataset=data["dataset"],
+                archive_path=data["archive_path"],
+                description=data["description"],
+                rows=int(data["rows"]),
+                sheets=int(data["sheets"]),
+                entries=[StagedEntry.from_dict(entry) for entry in data["entries"]],
+            )
+        except (ObjectNotFound, ValueError, KeyError, TypeError):
+            continue  # unreadable: rendered again
+        if result.entries and all(archives.exists(e.staging_key) for e in result.entries):
+            found[result.dataset] = (result, float(data.get("seconds", 0.0)))
+    return found
 
 
 def _reporting(chunks: Iterable[T], progress: Callable[[], None]) -> Iterator[T]:

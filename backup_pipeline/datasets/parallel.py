@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,7 @@ class Rendered:
     dataset: Dataset
     result: ExportResult
     seconds: float
+    reused: bool = False  # staged by an earlier attempt of the same run, not rendered again
 
 
 ExportOne = Callable[[Dataset], ExportResult]
@@ -152,16 +153,21 @@ class WorkbookExports:
         export_one: ExportOne,
         worker_setup: Callable[[], None],
         stall_seconds: float = DEFAULT_STALL_SECONDS,
+        done: Mapping[str, tuple[ExportResult, float]] | None = None,
     ) -> None:
         self._datasets = list(datasets)
         self._stall_seconds = stall_seconds
         self._order = slowest_first(self._datasets)
-        self._workers = min(max(workers, 0), len(self._datasets))
+        self._reused = dict(done or {})
+        self._to_render = [d for d in self._order if d.name not in self._reused]
+        self._workers = min(max(workers, 0), len(self._to_render))
         self._export_one = export_one
         self._setup = worker_setup
         self._pool: ProcessPoolExecutor | None = None
         self._ours: list[multiprocessing.process.BaseProcess] = []
-        self._futures: dict[str, Future[tuple[ExportResult, float]]] = {}
+        self._futures: dict[str, Future[tuple[ExportResult, float]]] = {
+            name: _done(value) for name, value in self._reused.items()
+        }
         # Which worker (pid) is exporting each dataset, written by the workers: names the
         # dataset a worker held when it was killed outright.
         self._holders = multiprocessing.get_context("fork").RawArray("i", len(self._datasets))
@@ -218,7 +224,7 @@ class WorkbookExports:
             )
             # With fork the pool forks all its workers at the first submit, before its own
             # management thread starts.
-            for dataset in self._order:
+            for dataset in self._to_render:
                 self._futures[dataset.name] = self._pool.submit(_export_in_worker, dataset.name)
         finally:
             gc.unfreeze()
@@ -228,13 +234,19 @@ class WorkbookExports:
 
         `watch` (the zip) is waited on beside the exports: if it fails, its error is raised at
         once instead of after the last workbook."""
+        for dataset in self._order:
+            if dataset.name in self._reused:
+                result, seconds = self._reused[dataset.name]
+                yield Rendered(dataset, result, seconds, reused=True)
         if not self._workers:
-            for dataset in self._order:
+            for dataset in self._to_render:
                 result, seconds = _timed_export(self._export_one, dataset)
                 self._futures[dataset.name] = _done((result, seconds))
                 yield Rendered(dataset, result, seconds)
             return
-        by_future = {future: name for name, future in self._futures.items()}
+        by_future = {
+            future: name for name, future in self._futures.items() if name not in self._reused
+        }
         pending: set[Future[Any]] = set(by_future)
         while pending:
             done, pending = wait(
@@ -257,7 +269,7 @@ class WorkbookExports:
 
     def all_results(self) -> list[ExportResult]:
         """Every export in the datasets' declared order, waiting for those still rendering."""
-        if not self._futures:
+        if any(d.name not in self._futures for d in self._datasets):  # none rendered yet
             for _rendered in self.completed():
                 pass
         return [self._result_of(d, self._futures[d.name])[0] for d in self._datasets]

@@ -9,14 +9,16 @@ import signal
 import zipfile
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from openpyxl import load_workbook
 
+from backup_pipeline import jobs
 from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
-from backup_pipeline.datasets import DATASETS, dental_treatments
+from backup_pipeline.datasets import DATASETS, dental_treatments, export
 from backup_pipeline.datasets.base import ExtractContext, Extraction
 from backup_pipeline.jobs import export_output
 from backup_pipeline.operations import execute_request
@@ -137,3 +139,55 @@ def test_a_worker_killed_during_a_run_fails_the_request_naming_its_workbook(
     (alert,) = [m for m in read_outbox(platform.outbox) if m.to == platform.settings.support_email]
     assert "step=export_dental_treatments error=BrokenProcessPool" in alert.text
     assert platform.archives_made() == []
+
+
+def test_a_retried_step_keeps_the_workbooks_an_earlier_attempt_staged(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    platform = open_platform(request, LOCAL)
+    (clinic,) = platform.seed(patients=PATIENTS, seed=21)
+    renders = tmp_path / "renders"  # a line per workbook rendered, from whichever process
+    real_render, real_build = export.render_workbook, jobs.build_archive
+    failed_once: list[bool] = []
+
+    def counted_render(extraction, **kwargs):
+        with renders.open("a") as out:
+            out.write(kwargs["archive_path"] + "\n")
+        return real_render(extraction, **kwargs)
+
+    def build_failing_once(**kwargs):
+        if not failed_once:
+            failed_once.append(True)
+            kwargs["exports"]()  # the workbooks are all staged, then the storage fails
+            raise ConnectionResetError("the archives store dropped the upload")
+        return real_build(**kwargs)
+
+    monkeypatch.setattr(export, "render_workbook", counted_render)
+    monkeypatch.setattr(jobs, "build_archive", build_failing_once)
+    request_id = platform.file_request(clinic)
+    resources = platform.resources(replace(platform.settings, export_workers=2))
+    outcome = execute_request(platform.instance, resources, request_id, clinic.subscription_id)
+
+    assert outcome.success and outcome.request_status == "delivered"
+    retries = platform.step_events(
+        outcome.run_id, "assemble_backup", dg.DagsterEventType.STEP_UP_FOR_RETRY
+    )
+    assert retries == 1
+    rendered = renders.read_text().splitlines()
+    assert sorted(rendered) == sorted(d.archive_path for d in DATASETS)  # each once
+    outputs = [
+        record.dagster_event.event_specific_data
+        for record in platform.instance.all_logs(
+            outcome.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+        )
+        if record.dagster_event is not None
+        and record.dagster_event.event_specific_data.step_output_handle.output_name.startswith(
+            "export_"
+        )
+    ]
+    reused = [o.metadata["staged_by_an_earlier_attempt"].value for o in outputs]
+    # The retry reported every workbook as staged before; the failed attempt, those it had
+    # reported when the zip failed.
+    assert reused.count(True) == len(DATASETS) and reused.count(False) <= len(DATASETS)
+    data = platform.archives.get_bytes(platform.request(request_id).archive_key)
+    assert verify_zip(io.BytesIO(data)).ok
