@@ -52,7 +52,7 @@ def export_dataset(
 ) -> ExportResult:
     """Render `dataset` for one subscription and stage it under `staging_prefix`; `created`
     (naive UTC) is the workbook's creation date (workbook.render_workbook), `progress` is
-    called as each chunk of rows arrives."""
+    called as each chunk of rows arrives and as each file is staged."""
     with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
         workdir = Path(tmp)
         extraction = dataset.extract(
@@ -74,11 +74,14 @@ def export_dataset(
             overflow_dir=workdir / "overflow",
             created=created,
         )
+        alive = progress or (lambda: None)
+        alive()  # the workbook is written; staging may take a while for many long texts
         entries = [stage_file(archives, staging_prefix, dataset.archive_path, rendered.path)]
-        entries += [
-            stage_file(archives, staging_prefix, o.archive_path, o.local_path)
-            for o in rendered.overflow_files
-        ]
+        for overflow in rendered.overflow_files:
+            alive()
+            entries.append(
+                stage_file(archives, staging_prefix, overflow.archive_path, overflow.local_path)
+            )
     return ExportResult(
         dataset=dataset.name,
         archive_path=dataset.archive_path,

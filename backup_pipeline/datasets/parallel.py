@@ -28,6 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ _COST_ORDER = (
     "invoices_received",
 )
 _PR_SET_PDEATHSIG = 1
-# A worker whose export shows no progress (a chunk of rows, a file) for this long is killed.
+# A worker whose export shows no progress (a chunk of rows, a staged file) for this long is
+# killed.
 DEFAULT_STALL_SECONDS = 15 * 60.0
 # Without a CPU limit a pod sees every CPU of its node: more workers than this gain little (the
 # slowest workbook alone is a third of the work; 3 were slower than 2 on 2 CPUs) and each costs
@@ -302,10 +304,12 @@ class WorkbookExports:
             return future.result()
         except DatasetExportFailed:
             raise
-        except BaseException as exc:
+        except BrokenProcessPool as exc:
             # A worker killed outright (out of memory) breaks the pool, failing every dataset
             # not yet done: name the one that worker held.
             raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from None
+        except BaseException as exc:  # cancelled, stopped, a result that could not travel
+            raise DatasetExportFailed(dataset.name, exc) from None
 
     def _held_by_a_dead_worker(self) -> str | None:
         with self._lock:
@@ -316,20 +320,19 @@ class WorkbookExports:
     def _find_culprit(self) -> str | None:
         pool = self._pool
         if pool is not None:
-            # Its thread has failed every pending export and is reaping the workers: kill the
-            # survivors (whatever they render is lost anyway) and wait for it, so that every
-            # worker's exit is known.
-            self._kill_workers()
+            # Its thread has failed every pending export and terminates (SIGTERM) the other
+            # workers, which take that signal's default action: wait for it to reap them, so
+            # that every worker's exit is known.
             pool.shutdown(wait=True, cancel_futures=True)
-        # The pool terminates (SIGTERM) its other workers once one has died: the one that died
-        # first died otherwise (killed, crashed).
+        # The one that died first died otherwise (killed, crashed); a worker that held nothing
+        # when it died names no dataset.
         exits = {p.pid: p.exitcode for p in self._ours if p.exitcode not in (None, 0)}
         held = [
-            (exits[pid] == -signal.SIGTERM, index)
+            index
             for index, pid in enumerate(self._holders)
-            if pid in exits
+            if pid in exits and exits[pid] != -signal.SIGTERM
         ]
-        return self._datasets[min(held)[1]].name if held else None
+        return self._datasets[held[0]].name if held else None
 
     def _stop_a_stalled_worker(self) -> None:
         """A worker whose export showed no progress for stall_seconds (a lock the fork copied
@@ -337,15 +340,16 @@ class WorkbookExports:
         the run waiting until Dagster's run timeout."""
         now = time.monotonic()
         for index, pid in enumerate(self._holders):
-            if pid and now - self._beats[index] > self._stall_seconds:
+            if pid and self._beats[index] and now - self._beats[index] > self._stall_seconds:
                 name = self._datasets[index].name
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                stalled = TimeoutError(f"no progress for {self._stall_seconds:.0f} s")
-                with self._lock:
+                with self._lock:  # named before the kill, which other waiters then learn of
                     if not self._culprit:
                         self._culprit.append(name)
-                raise DatasetExportFailed(name, stalled)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                raise DatasetExportFailed(
+                    name, TimeoutError(f"no progress for {self._stall_seconds:.0f} s")
+                )
 
     def _kill_workers(self) -> None:
         for process in self._ours:
