@@ -42,6 +42,7 @@ ANSWER_TYPE_LABELS = {
 # A yes_no answer is shown as the platform stores it ("Sí", "No", "No aplica").
 TYPED_ANSWERS = ("date", "number")
 NO_SECTION = "Sin sección"
+ANSWER_ROWS = 5  # answers read per row of the other datasets' chunks
 QUESTIONS_SHEET = "Preguntas"
 
 LAST_ANSWER_COLUMN = Column("last_answered_at", "Fecha de la última respuesta", Kind.DATETIME)
@@ -280,7 +281,11 @@ class AnamnesisDataset:
             Column(question.key, header, question.kind)
             for question, header in zip(questions, headers, strict=True)
         )
-        answers = stream_query(answers_query(ctx.subscription_id), ctx)
+        # Answers are narrow rows (five values) that become one row per patient: read them in
+        # larger chunks, each pivoted (and its last patient carried over) at a fixed cost.
+        answers = stream_query(
+            answers_query(ctx.subscription_id), ctx, rows_per_chunk=ctx.chunksize * ANSWER_ROWS
+        )
         return Extraction(
             columns=columns,
             chunks=latest_answers_by_patient(answers, questions),

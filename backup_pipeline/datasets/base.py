@@ -62,7 +62,9 @@ class ExtractContext:
     subscription_id: int
     files: ObjectStore  # the platform's files (CFDI XML is read from here)
     timezone: str
-    chunksize: int = 5_000
+    # Rows per chunk: each chunk is held twice (its DataFrame, then its cells) by a worker
+    # whose every MB counts (bench/RESULTS.md: 5,000 put the large backup over 350 MB PSS).
+    chunksize: int = 2_000
 
 
 @dataclass

@@ -44,14 +44,19 @@ class QueryDataset:
         return chunk
 
 
-def stream_query(statement: Select, ctx: ExtractContext) -> Iterator[pd.DataFrame]:
-    """The statement's rows in DataFrames of at most ctx.chunksize rows.
+def stream_query(
+    statement: Select, ctx: ExtractContext, rows_per_chunk: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The statement's rows in DataFrames of at most ctx.chunksize rows (or rows_per_chunk,
+    for narrow rows).
 
     stream_results makes PostgreSQL use a server-side cursor, so only one chunk is in memory;
     it is set on the statement, not on the shared connection.
     """
     return pd.read_sql(
-        statement.execution_options(stream_results=True), ctx.connection, chunksize=ctx.chunksize
+        statement.execution_options(stream_results=True),
+        ctx.connection,
+        chunksize=rows_per_chunk or ctx.chunksize,
     )
 
 
