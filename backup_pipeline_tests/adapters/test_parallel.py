@@ -136,7 +136,10 @@ def test_stopping_kills_workers_still_rendering_and_wakes_whoever_waits(tmp_path
     started = tmp_path / "started"
 
     def export_one(dataset):
-        started.write_text(str(os.getpid()))
+        # Both workers say so: each writes whole, then renames, so no reader sees half of it.
+        mine = started.with_name(f"started.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
+        os.replace(mine, started)
         time.sleep(600)
         return _result(dataset.name)
 
@@ -153,7 +156,7 @@ def test_stopping_kills_workers_still_rendering_and_wakes_whoever_waits(tmp_path
         waiter = threading.Thread(target=wait_for_all)
         waiter.start()
         deadline = time.monotonic() + 60
-        while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+        while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         worker_pid = int(started.read_text())
     waiter.join(timeout=30)
