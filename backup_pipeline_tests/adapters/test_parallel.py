@@ -24,6 +24,7 @@ from backup_pipeline.datasets.parallel import (
     usable_cpus,
     worker_count,
 )
+from backup_pipeline_tests.support.processes import running
 
 
 def _result(name: str) -> ExportResult:
@@ -32,19 +33,6 @@ def _result(name: str) -> ExportResult:
 
 def _names(datasets) -> list[str]:
     return [d.name for d in datasets]
-
-
-def running(pids: list[int]) -> list[int]:
-    """The processes among `pids` still running (not gone, not a zombie waiting to be reaped)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
 
 
 def test_the_slowest_workbook_starts_first_and_every_one_is_exported_once():

@@ -32,6 +32,7 @@ from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.platform import Platform, build_platform
+from backup_pipeline_tests.support.processes import running_in_group
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENTS = 12
@@ -249,22 +250,6 @@ def test_killed_while_rendering_workbooks(
     _assert_one_archive_and_one_email(platform, request_id)
 
 
-def _running_in_group(pgid: int) -> list[int]:
-    """Processes of the process group still running (a zombie waiting to be reaped is not)."""
-    running = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            running.append(int(entry.name))
-    return running
-
-
 @pytest.mark.slow
 def test_the_run_killed_alone_while_workers_render_leaves_no_worker_behind(
     platform: Platform, request_id: int, monkeypatch: pytest.MonkeyPatch
@@ -272,15 +257,15 @@ def test_the_run_killed_alone_while_workers_render_leaves_no_worker_behind(
     # The workbooks render in worker processes forked by the run; one of them stands still.
     stopped = _run_until(platform, request_id, "rendering", {"BACKUP_EXPORT_WORKERS": "2"})
     group = stopped.process.pid
-    assert len(_running_in_group(group)) >= 3  # the run and its two workers
+    assert len(running_in_group(group)) >= 3  # the run and its two workers
     os.kill(stopped.process.pid, signal.SIGKILL)  # the run only, as an evicted pod's process
     assert stopped.process.wait(timeout=30) == -signal.SIGKILL
 
     # The workers die with the run: no render goes on writing into staging.
     deadline = time.monotonic() + 30
-    while _running_in_group(group) and time.monotonic() < deadline:
+    while running_in_group(group) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _running_in_group(group) == []
+    assert running_in_group(group) == []
     assert platform.request(request_id).status == "running"
     _rerun_as_support(platform, request_id, monkeypatch)
     _assert_one_archive_and_one_email(platform, request_id)
