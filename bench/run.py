@@ -434,7 +434,7 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
                 "seconds": seconds,
                 "rows_per_s": round(rows / seconds) if seconds else None,
             }
-    assemble = metadata.get("archive", metadata.get("assemble_backup", {}))
+    assemble = metadata.get("archive", {})
     file_bytes = assemble.get("file_bytes", 0)
     assemble_s = steps.get("assemble_backup")
     from backup_pipeline.datasets.parallel import worker_count
