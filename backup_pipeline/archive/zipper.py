@@ -28,6 +28,7 @@ from backup_pipeline.archive.leeme import (
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
+from backup_pipeline.storage.base import read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,12 @@ def assemble_archive(
                         continue
                     with fetched.spool:
                         fetched.spool.seek(0)
-                        writer.add_stream(plan.archive_path, fetched.spool, fetched.sha256)
+                        writer.add_stream(
+                            plan.archive_path,
+                            fetched.spool,
+                            fetched.sha256,
+                            check=fetched.on_disk,
+                        )
                     copied += 1
                     copied_bytes += fetched.size
                     if _differs_from_platform(plan, fetched):
@@ -221,19 +227,24 @@ class _EntryWriter:
         self.entries = 0
         self.last_sha256 = ""
 
-    def add_stream(self, path: str, src: IO[bytes], expected_sha256: str | None = None) -> int:
-        """Copy src into a new entry; returns its size. expected_sha256 guards a spool's
-        second read against a local disk fault."""
-        digest = hashlib.sha256()
+    def add_stream(
+        self, path: str, src: IO[bytes], sha256: str | None = None, *, check: bool = True
+    ) -> int:
+        """Copy src into a new entry; returns its size. A known `sha256` (the spool's, taken as
+        it was filled) is checked against a second hash of what is read back, which guards a
+        spool on disk against a local disk fault; with check=False (a spool in memory) it is
+        listed as it is, and the bytes are hashed once instead of twice."""
+        digest = hashlib.sha256() if check or sha256 is None else None
         size = 0
         with self._zf.open(self._info(path), mode="w", force_zip64=True) as entry:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
+            for chunk in read_chunks(src, CHUNK):
+                if digest is not None:
+                    digest.update(chunk)
                 size += len(chunk)
                 entry.write(chunk)
         self._zf.entry_written()
-        hexdigest = digest.hexdigest()
-        if expected_sha256 is not None and hexdigest != expected_sha256:
+        hexdigest = digest.hexdigest() if digest is not None else sha256
+        if sha256 is not None and hexdigest != sha256:
             raise ArchiveIntegrityError(f"entry #{self.entries} changed in the local spool")
         self._listed(path, hexdigest)
         return size
@@ -410,6 +421,7 @@ class _Fetched:
     spool: tempfile.SpooledTemporaryFile[bytes]
     size: int
     sha256: str
+    on_disk: bool  # larger than its share of memory: the spool rolled over to workdir
 
 
 def _prefetched(
@@ -480,7 +492,9 @@ def _fetch(
                 raise ObjectNotFound("the platform's key cannot name an object") from exc
             if size != out.size:
                 raise ArchiveIntegrityError("the store reported another size than it wrote")
-            return _Fetched(spool=spool, size=out.size, sha256=out.hexdigest())
+            return _Fetched(
+                spool=spool, size=out.size, sha256=out.hexdigest(), on_disk=out.size > in_memory
+            )
         except ObjectNotFound:
             spool.close()
             return _missing(plan, REASON_NOT_FOUND)

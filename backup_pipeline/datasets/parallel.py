@@ -35,6 +35,7 @@ from typing import Any
 
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.memory import trim_free_memory
 
 # Rough relative cost of each dataset's workbook (large synthetic clinic, bench/RESULTS.md):
 # only the order matters, slowest first; an unknown dataset goes first.
@@ -467,10 +468,15 @@ def _export_in_worker(name: str) -> tuple[ExportResult, float]:
         except Exception as exc:
             raise DatasetExportFailed(dataset.name, exc) from None
         _worker_setup.clear()
-    result = _timed_export(_worker_export, dataset)
-    _worker_holders[index] = 0
-    _worker_index = -1
-    return result
+    try:
+        return _timed_export(_worker_export, dataset)
+    finally:
+        _worker_holders[index] = 0
+        _worker_index = -1
+        # What this workbook freed goes back to the system before the next one, instead of
+        # staying in this worker's heaps while it renders another or waits for the run.
+        gc.collect()
+        trim_free_memory()
 
 
 def progress() -> None:

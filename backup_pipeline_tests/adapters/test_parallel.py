@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -236,3 +237,29 @@ def test_a_worker_that_shows_no_progress_is_killed_and_its_workbook_failed():
     assert failed.value.cause_class == "TimeoutError"
     assert time.monotonic() - started < 60
     assert running(exports.worker_pids) == []
+
+
+def test_the_allocator_settings_hold_in_a_forked_worker():
+    """hand_back_freed_memory before the fork; a worker trims between two workbooks. On glibc
+    both are real calls (mallopt returns 1 when it takes a setting); elsewhere, no-ops."""
+    import platform
+
+    from backup_pipeline import memory
+
+    taken = memory.hand_back_freed_memory()
+    if platform.libc_ver()[0] == "glibc":
+        assert taken
+    memory.trim_free_memory()  # safe to call at any time, in any process
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_allocate_and_trim) == 1_000_000
+
+
+def _allocate_and_trim() -> int:
+    from backup_pipeline import memory
+
+    blocks = [bytearray(200_000) for _ in range(5)]  # above the mmap threshold
+    size = sum(len(b) for b in blocks)
+    del blocks
+    memory.trim_free_memory()
+    return size

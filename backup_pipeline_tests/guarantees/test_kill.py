@@ -100,13 +100,13 @@ elif stage == "zipping":
 
     at_least = int(os.environ.get("KILL_TEST_ZIP_BYTES", "1"))
 
-    def add_then_stop(self, path, src, expected_sha256=None):
+    def add_then_stop(self, path, src, sha256=None, **options):
         # Some attachments are in the zip (and at least that many bytes written).
         if path.startswith("adjuntos/"):
             attachments.append(path)
             if len(attachments) >= 5 and self._sink.size >= at_least:
                 stand_still(zip_bytes=self._sink.size)
-        return add_stream(self, path, src, expected_sha256)
+        return add_stream(self, path, src, sha256, **options)
 
     zipper._EntryWriter.add_stream = add_then_stop
 elif stage == "uploaded":

@@ -644,3 +644,32 @@ def test_the_archive_is_the_same_whether_files_are_read_ahead_or_one_at_a_time(t
         assert [m.record_id for m in result.missing] == [999]
         assert verify_zip(_object_path(archives)).ok
     assert zips[0] == zips[1]  # same entries, same order, same SHA256SUMS, same bytes
+
+
+def test_a_spool_in_memory_is_listed_by_the_hash_taken_as_it_was_filled(tmp_path):
+    writer = zipper._EntryWriter(zipper._HashingSink(io.BytesIO()), STAMP.timetuple()[:6], tmp_path)
+    known = hashlib.sha256(b"abc").hexdigest()
+    assert writer.add_stream("a.txt", io.BytesIO(b"abc"), known, check=False) == 3
+    assert writer.last_sha256 == known
+    # A spool on disk is read back and hashed again: a local disk fault fails the archive.
+    with pytest.raises(ArchiveIntegrityError):
+        writer.add_stream("b.txt", io.BytesIO(b"abd"), known)
+    writer.abandon()
+
+
+def test_files_in_memory_and_on_disk_are_listed_by_their_own_sha256(stores, tmp_path, monkeypatch):
+    archives, files = stores
+    monkeypatch.setattr(zipper, "SPOOL_IN_MEMORY", 64 * 1024)
+    small, big = b"small file", os.urandom(200 * 1024)
+    planned = [
+        _planned(files, "adjuntos/A (1)/chico.png", small, 1),
+        _planned(files, "adjuntos/A (1)/grande.png", big, 2),
+    ]
+    _assemble(archives, files, [], planned, tmp_path)
+    with zipfile.ZipFile(io.BytesIO(archives.get_bytes(FINAL_KEY))) as zf:
+        sums = dict(
+            reversed(line.split("  ", 1))
+            for line in zf.read("SHA256SUMS").decode("utf-8").splitlines()
+        )
+        for name in ("adjuntos/A (1)/chico.png", "adjuntos/A (1)/grande.png"):
+            assert sums[name] == hashlib.sha256(zf.read(name)).hexdigest()
