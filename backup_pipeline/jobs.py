@@ -38,7 +38,6 @@ from backup_pipeline.datasets.parallel import (
 from backup_pipeline.datasets.parallel import progress as export_progress
 from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
 from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
-from backup_pipeline.memory import hand_back_freed_memory
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
@@ -236,9 +235,6 @@ def _export_and_zip(
         return result
 
     workers = worker_count(policy.export_workers)
-    # Buffers and spools freed by the zip and the renders go back to the system (memory.py); set
-    # before the fork, so that the workers inherit it.
-    hand_back_freed_memory()
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")

@@ -28,11 +28,12 @@ from backup_pipeline.archive.leeme import (
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
-from backup_pipeline.storage.base import read_chunks
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
+# Each chunk reuses the heap memory the last one freed: a chunk this small stays below malloc's
+# mmap threshold, where a 1 MiB one becomes a fresh mapping once large blocks have been freed.
+CHUNK = 64 * 1024
 # A planned file is read whole into a spool before its entry is opened (see _fetch); small ones
 # stay in memory, larger ones spill to a temporary file in workdir.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
@@ -237,7 +238,7 @@ class _EntryWriter:
         digest = hashlib.sha256() if check or sha256 is None else None
         size = 0
         with self._zf.open(self._info(path), mode="w", force_zip64=True) as entry:
-            for chunk in read_chunks(src, CHUNK):
+            while chunk := src.read(CHUNK):
                 if digest is not None:
                     digest.update(chunk)
                 size += len(chunk)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import io
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -19,7 +18,9 @@ from backup_pipeline.settings import MAX_LINK_TTL
 # may end with the suffix, so a half-written file is never taken for an object.
 PARTIAL_SUFFIX = ".bp-partial"
 
-_COPY_CHUNK = 1024 * 1024
+# Below malloc's mmap threshold (memory.py): each chunk reuses heap memory the last one freed,
+# where a chunk above it would be a fresh mapping whose pages the kernel zeroes on first touch.
+_COPY_CHUNK = 64 * 1024
 
 _KEY_RULES = (
     "an object key is a '/'-separated relative path: not absolute, no empty, '.' or '..' "
@@ -112,7 +113,7 @@ class ObjectStore(abc.ABC):
         Errors as open_read's. A failed read may have written part of the object to out."""
         size = 0
         with self.open_read(key) as src:
-            for chunk in read_chunks(src, _COPY_CHUNK):
+            while chunk := src.read(_COPY_CHUNK):
                 out.write(chunk)
                 size += len(chunk)
         return size
@@ -122,25 +123,6 @@ class ObjectStore(abc.ABC):
         Errors as open_read's."""
         with self.open_read(key) as src:
             return src.read(max_bytes)
-
-
-def read_chunks(src: BinaryIO, chunk_size: int) -> Iterator[memoryview | bytes]:
-    """src's bytes, chunk by chunk, read into one buffer that each chunk reuses.
-
-    A chunk is valid until the next is read: its consumer writes, hashes or copies it at once.
-    Gigabytes go through without a fresh chunk-sized allocation for each chunk (which, above
-    malloc's mmap threshold, is a new mapping to fault in: memory.py)."""
-    view = memoryview(bytearray(chunk_size))
-    try:
-        count = src.readinto(view)  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError, io.UnsupportedOperation):
-        # A stream that only reads (a raw stream overriding read alone): fresh chunks.
-        while chunk := src.read(chunk_size):
-            yield chunk
-        return
-    while count:
-        yield view[:count]
-        count = src.readinto(view)  # type: ignore[attr-defined]
 
 
 def check_key(key: str) -> str:

@@ -654,21 +654,3 @@ def test_a_missing_bucket_is_refused_not_empty(gcs_emulator: str) -> None:
     # Whereas reading an object of it only says "not found": hence the check.
     with pytest.raises(ObjectNotFound):
         store.open_read("x.pdf")
-
-
-def test_read_chunks_reuses_one_buffer_and_reads_everything():
-    from backup_pipeline.storage.base import read_chunks
-
-    data = os.urandom(10_000)
-    chunks = [bytes(chunk) for chunk in read_chunks(io.BytesIO(data), 4096)]
-    assert [len(c) for c in chunks] == [4096, 4096, 1808]
-    assert b"".join(chunks) == data
-
-    class ReadOnly:  # a stream without readinto
-        def __init__(self) -> None:
-            self._src = io.BytesIO(data)
-
-        def read(self, size: int) -> bytes:
-            return self._src.read(size)
-
-    assert b"".join(read_chunks(ReadOnly(), 4096)) == data
