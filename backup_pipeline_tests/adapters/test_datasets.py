@@ -21,7 +21,7 @@ from backup_pipeline.datasets import (
     patients,
     vaccinations,
 )
-from backup_pipeline.datasets.anamnesis import Question, latest_answers_by_patient
+from backup_pipeline.datasets.anamnesis import PatientNames, Question, latest_answers_by_patient
 from backup_pipeline.datasets.base import Dataset, ExtractContext
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.workbook import render_workbook
@@ -530,7 +530,6 @@ def test_a_patient_s_answers_split_across_chunks_make_one_row() -> None:
     answers = pd.DataFrame(
         {
             "patient_id": [1, 1, 1, 1, 2, 3, 3, 3],
-            "patient_name": ["A"] * 4 + ["B"] + ["C"] * 3,
             "question_id": [1, 1, 2, 3, 1, 1, 2, 3],
             "answer": ["viejo", "nuevo", "x", "y", "b", "c1", "c2", "c3"],
             "answered_at": [T0] * 8,
@@ -538,8 +537,13 @@ def test_a_patient_s_answers_split_across_chunks_make_one_row() -> None:
     )
     for size in (1, 2, 3, 8):
         chunks = (answers.iloc[i : i + size] for i in range(0, len(answers), size))
-        wide = pd.concat(list(latest_answers_by_patient(chunks, questions)), ignore_index=True)
+        # Patient 0 has no answers, patient 2 no name row (deleted meanwhile).
+        names = PatientNames([(0, "Z"), (1, "A"), (3, "C"), (4, "D")])
+        wide = pd.concat(
+            list(latest_answers_by_patient(chunks, questions, names)), ignore_index=True
+        )
         assert wide["patient_id"].tolist() == [1, 2, 3], size
+        assert wide["patient_name"].tolist() == ["A", None, "C"], size
         assert wide[["q1", "q2", "q3"]].fillna("").values.tolist() == [
             ["nuevo", "x", "y"],
             ["b", "", ""],
