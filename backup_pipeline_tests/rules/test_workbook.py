@@ -315,6 +315,21 @@ def test_extra_sheets_follow_the_data_with_the_same_rules(tmp_path: Path) -> Non
     assert rendered.rows == 3  # the dataset's own rows only
 
 
+def test_a_sheet_filled_exactly_opens_the_next_only_for_another_row(tmp_path: Path) -> None:
+    columns = (Column("n", "Número", Kind.INTEGER),)
+    # 3 + 2 rows fill the first sheet at a chunk's end; 5 more fill the second at the table's end.
+    chunks = [pd.DataFrame({"n": range(i, j)}) for i, j in ((0, 3), (3, 5), (5, 10))]
+    rendered = render(tmp_path, columns, *chunks, max_rows_per_sheet=5)
+
+    book = load_workbook(rendered.path)
+    assert rendered.sheets == book.sheetnames == ["Consultas", "Consultas (2)"]
+    assert rendered.rows == 10
+    assert [[r[0] for r in data_rows(sheet)] for sheet in book.worksheets] == [
+        [0, 1, 2, 3, 4],
+        [5, 6, 7, 8, 9],
+    ]
+
+
 def test_a_dataset_without_rows_gives_headers_only(tmp_path: Path) -> None:
     empty = pd.DataFrame({"a": [], "b": []})
     for frames in ((), (empty,)):
