@@ -21,5 +21,6 @@ def trim_free_memory() -> bool:
     trim = getattr(libc, "malloc_trim", None)
     if trim is None:
         return False
+    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True

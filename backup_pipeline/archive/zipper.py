@@ -494,7 +494,7 @@ def _fetch(
             if size != out.size:
                 raise ArchiveIntegrityError("the store reported another size than it wrote")
             return _Fetched(
-                spool=spool, size=out.size, sha256=out.hexdigest(), on_disk=out.size > in_memory
+                spool=spool, size=out.size, sha256=out.hexdigest(), on_disk=out.most > in_memory
             )
         except ObjectNotFound:
             spool.close()
@@ -528,6 +528,7 @@ class _HashingSpool(io.RawIOBase):
         self._spool = spool
         self._digest = hashlib.sha256()
         self.size = 0
+        self.most = 0  # the most it ever held
         self.write_error: OSError | None = None
 
     def writable(self) -> bool:
@@ -541,6 +542,9 @@ class _HashingSpool(io.RawIOBase):
             raise
         self._digest.update(data)
         self.size += len(data)
+        # SpooledTemporaryFile moves to disk once it holds more than its max_size, and stays
+        # there even when a download that starts over truncates it.
+        self.most = max(self.most, self.size)
         return len(data)
 
     def seekable(self) -> bool:

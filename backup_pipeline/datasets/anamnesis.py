@@ -318,17 +318,30 @@ class AnamnesisDataset:
         answers = stream_query(
             answers_query(ctx.subscription_id), ctx, rows_per_chunk=ctx.chunksize * ANSWER_ROWS
         )
-        names = ctx.connection.execute(
-            names_query(ctx.subscription_id).execution_options(
-                stream_results=True, yield_per=ctx.chunksize
-            )
-        )
         return Extraction(
             columns=columns,
-            chunks=latest_answers_by_patient(answers, questions, PatientNames(names)),
+            chunks=_named_rows(ctx, answers, questions),
             extra_sheets=[Sheet(QUESTIONS_SHEET, QUESTION_COLUMNS, questions_frame(questions))],
             record=RecordName("paciente", "patient_id"),
         )
+
+
+def _named_rows(
+    ctx: ExtractContext, answers: Iterable[pd.DataFrame], questions: Sequence[Question]
+) -> Iterator[pd.DataFrame]:
+    """One row per patient, named from names_query read alongside the answers. The names are
+    read by a second statement: a patient deleted between the two keeps its answers' row, with
+    an empty name (as every dataset is read at its own moment)."""
+    names = ctx.connection.execute(
+        names_query(ctx.subscription_id).execution_options(
+            stream_results=True, yield_per=ctx.chunksize
+        )
+    )
+    try:
+        yield from latest_answers_by_patient(answers, questions, PatientNames(names))
+    finally:
+        # Usually not read to its end (patients without answers): its cursor closes now.
+        names.close()
 
 
 DATASET = AnamnesisDataset()

@@ -18,8 +18,8 @@ from backup_pipeline.settings import MAX_LINK_TTL
 # may end with the suffix, so a half-written file is never taken for an object.
 PARTIAL_SUFFIX = ".bp-partial"
 
-# Below malloc's mmap threshold (memory.py): each chunk reuses heap memory the last one freed,
-# where a chunk above it would be a fresh mapping whose pages the kernel zeroes on first touch.
+# Each chunk reuses the heap memory the last one freed: a chunk this small stays below malloc's
+# mmap threshold, where a 1 MiB one becomes a fresh mapping once large blocks have been freed.
 _COPY_CHUNK = 64 * 1024
 
 _KEY_RULES = (

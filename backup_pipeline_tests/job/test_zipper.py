@@ -649,7 +649,8 @@ def test_the_archive_is_the_same_whether_files_are_read_ahead_or_one_at_a_time(t
 def test_a_spool_in_memory_is_listed_by_the_hash_taken_as_it_was_filled(tmp_path):
     writer = zipper._EntryWriter(zipper._HashingSink(io.BytesIO()), STAMP.timetuple()[:6], tmp_path)
     known = hashlib.sha256(b"abc").hexdigest()
-    assert writer.add_stream("a.txt", io.BytesIO(b"abc"), known, check=False) == 3
+    # Not hashed again: even a hash that does not match is listed as given.
+    assert writer.add_stream("a.txt", io.BytesIO(b"abd"), known, check=False) == 3
     assert writer.last_sha256 == known
     # A spool on disk is read back and hashed again: a local disk fault fails the archive.
     with pytest.raises(ArchiveIntegrityError):
@@ -673,3 +674,14 @@ def test_files_in_memory_and_on_disk_are_listed_by_their_own_sha256(stores, tmp_
         )
         for name in ("adjuntos/A (1)/chico.png", "adjuntos/A (1)/grande.png"):
             assert sums[name] == hashlib.sha256(zf.read(name)).hexdigest()
+
+
+def test_a_spool_is_on_disk_once_it_held_more_than_its_share(stores, tmp_path):
+    _archives, files = stores
+    share = 64 * 1024
+    for size, on_disk in ((share, False), (share + 1, True)):
+        plan = _planned(files, f"adjuntos/A (1)/{size}.png", os.urandom(size), size)
+        fetched = zipper._fetch(files, plan, tmp_path, 1, 0.0, share)
+        with fetched.spool:
+            assert (fetched.size, fetched.on_disk) == (size, on_disk)
+            assert fetched.spool._rolled is on_disk  # what SpooledTemporaryFile did
