@@ -27,6 +27,7 @@ from backup_pipeline.archive.leeme import (
     SHA256SUMS_PATH,
 )
 from backup_pipeline.archive.verify import is_contained, sha256sums_text
+from backup_pipeline.memory import trim_free_memory
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ READ_ATTEMPTS = 3
 # answers at once and where threads only compete with the writer for the cores). The spools in
 # flight keep at most this much in memory together; a file over its share spills to workdir.
 PREFETCH_MEMORY = 32 * 1024 * 1024
+# The spools' memory, freed by one thread and allocated by another, piles up in the C
+# allocator's heaps: every this many files it goes back to the system (memory.py).
+TRIM_EVERY_FILES = 1_000
 # Central directory records and SHA256SUMS lines wait in a spool this large before workdir.
 BOOKKEEPING_IN_MEMORY = 1024 * 1024
 
@@ -135,6 +139,8 @@ def assemble_archive(
                         )
                     copied += 1
                     copied_bytes += fetched.size
+                    if copied % TRIM_EVERY_FILES == 0:
+                        trim_free_memory()
                     if _differs_from_platform(plan, fetched):
                         mismatches += 1
                         # Kind and id only: the archive path holds the patient's name.
@@ -144,6 +150,7 @@ def assemble_archive(
                             plan.record_id,
                         )
 
+            trim_free_memory()
             # Last, so that the files go in while the workbooks are still being rendered.
             for entry in staged() if callable(staged) else staged:
                 _add_staged(writer, archives, entry)

@@ -685,3 +685,13 @@ def test_a_spool_is_on_disk_once_it_held_more_than_its_share(stores, tmp_path):
         with fetched.spool:
             assert (fetched.size, fetched.on_disk) == (size, on_disk)
             assert fetched.spool._rolled is on_disk  # what SpooledTemporaryFile did
+
+
+def test_the_zip_hands_back_free_memory_as_it_goes(stores, tmp_path, monkeypatch):
+    archives, files = stores
+    trims = []
+    monkeypatch.setattr(zipper, "TRIM_EVERY_FILES", 2)
+    monkeypatch.setattr(zipper, "trim_free_memory", lambda: trims.append(1))
+    planned = [_planned(files, f"adjuntos/A (1)/{i}.png", b"x", i) for i in range(1, 6)]
+    _assemble(archives, files, [], planned, tmp_path)
+    assert len(trims) == 2 + 1  # after files 2 and 4, and once all files are in
