@@ -32,8 +32,9 @@ from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Each chunk reuses the heap memory the last one freed: a chunk this small stays below malloc's
-# mmap threshold, where a 1 MiB one becomes a fresh mapping once large blocks have been freed.
+# Each chunk reuses the heap memory the last one freed. A 1 MiB chunk is above malloc's initial
+# mmap threshold: a fresh mapping to fault in for each chunk until freed mappings raise the
+# threshold, and from then on a block that raises the heap's high-water mark.
 CHUNK = 64 * 1024
 # A planned file is read whole into a spool before its entry is opened (see _fetch); small ones
 # stay in memory, larger ones spill to a temporary file in workdir.

@@ -18,8 +18,9 @@ from backup_pipeline.settings import MAX_LINK_TTL
 # may end with the suffix, so a half-written file is never taken for an object.
 PARTIAL_SUFFIX = ".bp-partial"
 
-# Each chunk reuses the heap memory the last one freed: a chunk this small stays below malloc's
-# mmap threshold, where a 1 MiB one becomes a fresh mapping once large blocks have been freed.
+# Each chunk reuses the heap memory the last one freed. A 1 MiB chunk is above malloc's initial
+# mmap threshold: a fresh mapping to fault in for each chunk until freed mappings raise the
+# threshold, and from then on a block that raises the heap's high-water mark.
 _COPY_CHUNK = 64 * 1024
 
 _KEY_RULES = (
