@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
 KIND_ATTACHMENT = "adjunto"
@@ -16,7 +16,9 @@ class _Serialisable:
     so that a manifest written by a newer version still loads."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        # Not dataclasses.asdict, which deep-copies each value: these are flat, of scalars, and
+        # a large clinic's plan writes tens of thousands of them.
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:

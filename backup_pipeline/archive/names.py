@@ -103,20 +103,38 @@ def _sanitize(text: str, max_bytes: int) -> str:
 
 
 def _filter_chars(text: str) -> str:
-    out: list[str] = []
-    for char in text:
+    return text.translate(_CHAR_MAP)
+
+
+class _CharMap(dict[int, str | None]):
+    """_filter_chars's rule for one character, as str.translate's table: each character's
+    replacement is worked out the first time it is seen, then looked up in C (a large clinic's
+    plan filters millions of characters)."""
+
+    # Enough for every character a clinic's names use; a name made of rarer characters is still
+    # filtered, without growing the table.
+    MAX_REMEMBERED = 10_000
+
+    def __missing__(self, code: int) -> str | None:
+        char = chr(code)
         category = unicodedata.category(char)
+        value: str | None
         if char in _WINDOWS_FORBIDDEN:
-            out.append("_")
+            value = "_"
         elif category in ("Cc", "Zl", "Zp"):
-            if char.isspace():  # a tab or line break inside a name reads as a space
-                out.append(" ")
+            # A tab or line break inside a name reads as a space; other controls go.
+            value = " " if char.isspace() else None
         elif category == "Cs" or (category == "Cf" and char not in _KEPT_FORMAT_CHARS):
             # Lone surrogates cannot be encoded; bidi overrides disguise extensions.
-            continue
+            value = None
         else:
-            out.append(char)
-    return "".join(out)
+            value = char
+        if len(self) < self.MAX_REMEMBERED:
+            self[code] = value
+        return value
+
+
+_CHAR_MAP = _CharMap()
 
 
 def _is_reserved(text: str) -> bool:

@@ -190,3 +190,14 @@ def test_unique_names_are_safe_unique_and_stay_in_their_folder(raws, limit):
     assert len({unicodedata.normalize("NFC", p.casefold()) for p in paths}) == len(paths)
     again = UniqueNames(max_bytes=limit)
     assert [again.path(folder, raw, fallback="archivo") for raw in raws] == paths
+
+
+def test_the_character_rule_holds_past_the_remembered_characters(monkeypatch):
+    from backup_pipeline.archive import names
+
+    monkeypatch.setattr(names, "_CHAR_MAP", names._CharMap())
+    monkeypatch.setattr(names._CharMap, "MAX_REMEMBERED", 3)
+    text = "a\tb<c\ud800d\u202ee\u200df\x07g"
+    for _ in range(2):  # the first pass fills the table, the second reads it
+        assert names._filter_chars(text) == "a b_cde\u200dfg"
+    assert len(names._CHAR_MAP) == 3
