@@ -301,7 +301,6 @@ class _WorkbookWriter:
         index = first
         for row in rows:
             index += 1
-            sheet.rows = index  # before a long text's file name reads it
             for col, value in enumerate(row):
                 if value is None:
                     continue
@@ -319,6 +318,7 @@ class _WorkbookWriter:
                     write_number(index, col, value.serial, date_format)
                 else:
                     write_number(index, col, value, formats[col])
+        sheet.rows = index
         return index - first
 
     def _overflow_name(
