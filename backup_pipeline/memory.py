@@ -12,18 +12,29 @@ and nothing changes.
 from __future__ import annotations
 
 import ctypes
+import functools
+from collections.abc import Callable
+from typing import Any
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], Any] | None:
+    """The C library's malloc_trim, looked up once per process; None where there is none."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+    return trim
 
 
 def trim_free_memory() -> bool:
     """Give the free pages of every heap of this process back to the system; False where the C
     library cannot."""
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return False
-    trim = getattr(libc, "malloc_trim", None)
+    trim = _malloc_trim()
     if trim is None:
         return False
-    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
