@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -36,6 +36,28 @@ class ExportResult:
     @property
     def long_text_files(self) -> int:
         return len(self.entries) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "archive_path": self.archive_path,
+            "description": self.description,
+            "rows": self.rows,
+            "sheets": self.sheets,
+            "entries": [entry.to_dict() for entry in self.entries],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportResult:
+        """KeyError, ValueError or TypeError when `data` is not one (a damaged manifest)."""
+        return cls(
+            dataset=data["dataset"],
+            archive_path=data["archive_path"],
+            description=data["description"],
+            rows=int(data["rows"]),
+            sheets=int(data["sheets"]),
+            entries=[StagedEntry.from_dict(entry) for entry in data["entries"]],
+        )
 
 
 def export_dataset(
@@ -100,15 +122,7 @@ def record_staged_export(
     archives: ObjectStore, staging_prefix: str, run_id: str, result: ExportResult, seconds: float
 ) -> None:
     """Note in staging that this run staged `result` (written once its files are all staged)."""
-    manifest = {
-        "dataset": result.dataset,
-        "archive_path": result.archive_path,
-        "description": result.description,
-        "rows": result.rows,
-        "sheets": result.sheets,
-        "entries": [entry.to_dict() for entry in result.entries],
-        "seconds": seconds,
-    }
+    manifest = {**result.to_dict(), "seconds": seconds}
     key = f"{_manifest_prefix(staging_prefix, run_id)}{result.dataset}.json"
     archives.put_bytes(key, json.dumps(manifest).encode("utf-8"), "application/json")
 
@@ -121,14 +135,7 @@ def staged_exports(
     for info in archives.list(_manifest_prefix(staging_prefix, run_id)):
         try:
             data = json.loads(archives.get_bytes(info.key))
-            result = ExportResult(
-                dataset=data["dataset"],
-                archive_path=data["archive_path"],
-                description=data["description"],
-                rows=int(data["rows"]),
-                sheets=int(data["sheets"]),
-                entries=[StagedEntry.from_dict(entry) for entry in data["entries"]],
-            )
+            result = ExportResult.from_dict(data)
         except (ObjectNotFound, ValueError, KeyError, TypeError):
             continue  # unreadable: rendered again
         if result.entries and all(archives.exists(e.staging_key) for e in result.entries):
