@@ -11,7 +11,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from openpyxl import load_workbook
@@ -144,7 +144,9 @@ def is_contained(path: str) -> bool:
     """False for absolute paths, drive letters, backslashes and '..' components."""
     if not path or path.startswith("/") or "\\" in path or re.match(r"^[A-Za-z]:", path):
         return False
-    return ".." not in PurePosixPath(path).parts
+    # split, not PurePosixPath(path).parts: pathlib interns each part it parses (see
+    # zipper.compression_for), and this runs for every entry of an archive.
+    return ".." not in path.split("/")
 
 
 def describe_entry(index: int | None, path: str) -> str:

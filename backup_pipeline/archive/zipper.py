@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import posixpath
 import struct
 import tempfile
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, BinaryIO
 
 from backup_pipeline.archive.entries import ArchiveResult, MissingFile, PlannedFile, StagedEntry
@@ -187,7 +188,9 @@ def assemble_archive(
 
 def compression_for(archive_path: str) -> int:
     """ZIP_STORED for formats that are compressed already, ZIP_DEFLATED for the rest."""
-    suffix = PurePosixPath(archive_path).suffix.lower().lstrip(".")
+    # posixpath, not PurePosixPath: pathlib interns every part of every path it parses, and
+    # tens of thousands of file names churn CPython's interned-strings table until it grows.
+    suffix = posixpath.splitext(archive_path)[1].lower().lstrip(".")
     return zipfile.ZIP_STORED if suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
 
 

@@ -28,14 +28,19 @@ class FolderStore(ObjectStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
+        self._root = str(self.root)
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
 
     def open_read(self, key: str) -> BinaryIO:
+        # A string path, not self._path(key): this runs once per archived file, and pathlib
+        # interns every part of every path it parses (file names churn CPython's table of
+        # interned strings until it grows by megabytes). check_key leaves no '', '.' or '..'
+        # part and no leading '/', so the key appended to the root names the same file.
         try:
-            return self._path(key).open("rb")
+            return open(os.path.join(self._root, check_key(key)), "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no object at the requested key in {self.url}") from exc
 
