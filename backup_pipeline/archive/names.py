@@ -87,7 +87,8 @@ class UniqueNames:
             number += 1
             candidate = _numbered(base, number, self._max_bytes)
         taken.add(_fold(candidate))
-        self._last_number[(folder, base)] = number
+        if number > 1:  # 1 is where every search starts: only a base seen twice is remembered
+            self._last_number[(folder, base)] = number
         return f"{folder}/{candidate}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,8 +12,9 @@ import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline import cfdi, sat_catalogs
-from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML, PlannedFile
 from backup_pipeline.archive.plan import cfdi_planned_files
+from backup_pipeline.cfdi import cfdi_archive_paths
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.datasets.query import patient_full_name
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
@@ -74,11 +76,11 @@ class InvoiceDataset:
     with_pdf: bool | None
 
     def extract(self, ctx: ExtractContext) -> Extraction:
-        # The archive's names first (two short strings per invoice): they decide the columns.
+        # The archive's names first: whether any invoice has a PDF decides the columns.
         names = archive_names(ctx.connection, ctx.subscription_id, self.direction)
         with_pdf = self.with_pdf
         if with_pdf is None:
-            with_pdf = any(pdf is not None for _, pdf in names.values())
+            with_pdf = names.any_pdf
         columns = _columns(with_pdf)
         return Extraction(
             columns=columns,
@@ -90,7 +92,7 @@ class InvoiceDataset:
         self,
         ctx: ExtractContext,
         columns: Sequence[Column],
-        names: dict[int, tuple[str | None, str | None]],
+        names: CfdiNames,
     ) -> Iterator[pd.DataFrame]:
         query = report_query(ctx.subscription_id, self.direction).execution_options(
             yield_per=ctx.chunksize  # implies stream_results: a server-side cursor on PostgreSQL
@@ -108,7 +110,7 @@ class InvoiceDataset:
             for rows in result.partitions():
                 records = mapper(lambda row: read_cfdi(ctx.files, row.xml_storage_key), rows)
                 report = [
-                    report_row(row, record, names.get(row.id, (None, None)))
+                    report_row(row, record, names.paths(row))
                     for row, record in zip(rows, records, strict=True)
                 ]
                 frame = pd.DataFrame.from_records(report)[keys]
@@ -130,6 +132,7 @@ def report_query(subscription_id: int, direction: str) -> Select[Any]:
             c.id,
             c.uuid,
             c.xml_storage_key,
+            c.pdf_storage_key,
             c.issued_at,
             c.status,
             c.cancelled_at,
@@ -142,14 +145,33 @@ def report_query(subscription_id: int, direction: str) -> Select[Any]:
     )
 
 
-def archive_names(
-    connection: Connection, subscription_id: int, direction: str
-) -> dict[int, tuple[str | None, str | None]]:
-    """cfdi_documents.id -> (XML path, PDF path) exactly as the archive plan names the files.
+@dataclass(frozen=True)
+class CfdiNames:
+    """Where the archive puts each invoice's XML and PDF, as the archive plan names them.
+
+    Almost every invoice's files keep their natural names ('<UUID>.xml', cfdi_archive_paths);
+    only those the plan had to rename (a UUID held twice becomes '<UUID> (2).xml') are kept
+    here, so that the report holds a few names, not two per invoice.
+    """
+
+    direction: str
+    renamed: dict[int, tuple[str | None, str | None]]
+    any_pdf: bool
+
+    def paths(self, row: Any) -> tuple[str | None, str | None]:
+        """(XML path, PDF path) of a cfdi_documents row with id, uuid and pdf_storage_key."""
+        found = self.renamed.get(row.id)
+        if found is not None:
+            return found
+        return cfdi_archive_paths(self.direction, row.uuid, row.id, bool(row.pdf_storage_key))
+
+
+def archive_names(connection: Connection, subscription_id: int, direction: str) -> CfdiNames:
+    """The archive's names of the direction's invoices, exactly as the archive plan makes them.
 
     The plan numbers a repeated UUID ('<UUID> (2).xml') in id order, so the names are taken
     from it over every row of the direction rather than recomputed row by row: the report and
-    the archive cannot disagree. Small: two short strings per invoice.
+    the archive cannot disagree. Only the names that differ from the natural ones are kept.
     """
     c = cfdi_documents.c
     query = (
@@ -157,15 +179,33 @@ def archive_names(
         .where(c.subscription_id == subscription_id, c.direction == direction)
         .order_by(c.id)
     )
-    names: dict[int, tuple[str | None, str | None]] = {}
-    for planned in cfdi_planned_files(connection.execute(query)):
-        xml, pdf = names.get(planned.record_id, (None, None))
-        if planned.kind == KIND_CFDI_XML:
-            xml = planned.archive_path
-        elif planned.kind == KIND_CFDI_PDF:
-            pdf = planned.archive_path
-        names[planned.record_id] = (xml, pdf)
-    return names
+    renamed: dict[int, tuple[str | None, str | None]] = {}
+    any_pdf = False
+    pulled: dict[int, Any] = {}  # rows read whose files are not yet all planned
+
+    def rows() -> Iterator[Any]:
+        for row in connection.execute(query):
+            pulled[int(row.id)] = row
+            yield row
+
+    # The plan yields each row's files together: its XML, then its PDF when it has one.
+    for record_id, files in itertools.groupby(cfdi_planned_files(rows()), key=_record_id):
+        row = pulled.pop(record_id)
+        xml = pdf = None
+        for planned in files:
+            if planned.kind == KIND_CFDI_XML:
+                xml = planned.archive_path
+            elif planned.kind == KIND_CFDI_PDF:
+                pdf = planned.archive_path
+                any_pdf = True
+        natural = cfdi_archive_paths(direction, row.uuid, row.id, bool(row.pdf_storage_key))
+        if (xml, pdf) != natural:
+            renamed[record_id] = (xml, pdf)
+    return CfdiNames(direction=direction, renamed=renamed, any_pdf=any_pdf)
+
+
+def _record_id(planned: PlannedFile) -> int:
+    return planned.record_id
 
 
 def read_cfdi(files: ObjectStore, key: str) -> cfdi.CfdiRecord | None:

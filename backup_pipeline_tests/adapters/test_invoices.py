@@ -12,12 +12,19 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import pytest
-from sqlalchemy import Connection, create_engine, insert, update
+from sqlalchemy import Connection, create_engine, insert, select, update
 
 from backup_pipeline import tables as t
+from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.cfdi import PROBLEM_BROKEN
 from backup_pipeline.datasets.base import ExtractContext, Kind
-from backup_pipeline.datasets.invoices import ISSUED, PROBLEM_XML_MISSING, RECEIVED
+from backup_pipeline.datasets.invoices import (
+    ISSUED,
+    PROBLEM_XML_MISSING,
+    RECEIVED,
+    archive_names,
+)
 from backup_pipeline.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
@@ -395,6 +402,36 @@ def test_invoice_recorded_twice_names_both_files_as_the_archive_does(platform):
         f"facturacion/gastos/xml/{UUID_BOM}.xml",
         f"facturacion/gastos/xml/{UUID_BOM} (2).xml",
     ]
+
+
+def test_report_keeps_only_the_names_the_plan_changed_and_agrees_with_it_on_all(platform):
+    conn, _store = platform
+    conn.execute(
+        update(t.cfdi_documents)
+        .where(t.cfdi_documents.c.id == 8)
+        .values(pdf_storage_key="cfdi/1/8.pdf")
+    )
+    planned: dict[tuple[int, str], str] = {}
+    for file in plan_files(conn, 1):  # the archive plan itself, attachments and all
+        if file.kind in (KIND_CFDI_XML, KIND_CFDI_PDF):
+            planned[(file.record_id, file.kind)] = file.archive_path
+
+    for direction in ("issued", "received"):
+        names = archive_names(conn, 1, direction)
+        rows = conn.execute(
+            select(t.cfdi_documents).where(
+                t.cfdi_documents.c.subscription_id == 1,
+                t.cfdi_documents.c.direction == direction,
+            )
+        ).all()
+        for row in rows:
+            assert names.paths(row) == (
+                planned[(row.id, KIND_CFDI_XML)],
+                planned.get((row.id, KIND_CFDI_PDF)),
+            )
+        # Only the second copy of the UUID recorded twice was renamed by the plan.
+        assert len(names.renamed) == (1 if direction == "received" else 0)
+        assert names.any_pdf == any(row.pdf_storage_key for row in rows)
 
 
 def test_hostile_storage_key_is_a_missing_file_not_a_crash(platform):

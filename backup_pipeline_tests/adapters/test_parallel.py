@@ -239,6 +239,31 @@ def test_a_worker_that_shows_no_progress_is_killed_and_its_workbook_failed():
     assert running(exports.worker_pids) == []
 
 
+def test_a_worker_hands_back_free_memory_after_each_chunk_and_each_workbook(monkeypatch):
+    from backup_pipeline.datasets import parallel
+
+    trims = multiprocessing.get_context("fork").RawValue("i", 0)  # shared with the forked worker
+
+    def count() -> bool:
+        trims.value += 1
+        return True
+
+    monkeypatch.setattr(parallel, "trim_free_memory", count)
+
+    def export_one(dataset):
+        for _ in range(3):
+            progress()  # one chunk of rows written
+        return _result(dataset.name)
+
+    with WorkbookExports(
+        DATASETS[:1], workers=1, export_one=export_one, worker_setup=lambda: None
+    ) as exports:
+        exports.all_results()
+    assert trims.value == 3 + 1
+    progress()  # outside a worker: nothing to tell, nothing trimmed
+    assert trims.value == 3 + 1
+
+
 def test_a_worker_hands_back_free_memory_between_two_workbooks():
     """malloc_trim is a real call on glibc, and safe in a forked worker."""
     import platform

@@ -170,6 +170,10 @@ def test_read_into_copies_the_whole_object_and_read_head_its_start(store: Object
     assert store.read_into("a/grande.bin", out) == len(data)
     assert out.getvalue() == data
     assert store.read_head("a/grande.bin", 1000) == data[:1000]
+    # Over several copy chunks, ending inside one; and a cap larger than the whole object.
+    assert store.read_head("a/grande.bin", 200_001) == data[:200_001]
+    assert store.read_head("a/grande.bin", 16 * 1024 * 1024 + 1) == data
+    assert store.read_head("a/grande.bin", 0) == b""
     assert store.read_head("a/vacio.bin", 1000) == b""
     empty = io.BytesIO()
     assert store.read_into("a/vacio.bin", empty) == 0 and empty.getvalue() == b""
