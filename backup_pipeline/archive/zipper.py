@@ -51,7 +51,7 @@ PREFETCH_MEMORY = 32 * 1024 * 1024
 # allocator's heaps: every this many files it goes back to the system (memory.py).
 TRIM_EVERY_FILES = 1_000
 # Central directory records and SHA256SUMS lines wait in a spool this large before workdir.
-BOOKKEEPING_IN_MEMORY = 1024 * 1024
+BOOKKEEPING_IN_MEMORY = 256 * 1024
 
 
 class ArchiveCancelled(Exception):
