@@ -406,6 +406,8 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         instance.add_dynamic_partitions("backup_requests", [key])
         job = jobdef.bench_backup_job()
         baseline = _own_tree_rss_mb()
+        self_before = resource.getrusage(resource.RUSAGE_SELF)
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         if executor == "in_process":
             result = job.execute_in_process(
@@ -422,6 +424,10 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
                 raise_on_error=False,
             )
         work = time.perf_counter() - started
+        # CPU of the work alone, split between the run's own process (the plan, the zip and
+        # Dagster) and the processes it started and reaped (the workbook workers).
+        run_cpu = _cpu_s(resource.getrusage(resource.RUSAGE_SELF), self_before)
+        workers_cpu = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN), children_before)
         stats = [
             s for s in instance.get_run_step_stats(result.run_id) if s.start_time and s.end_time
         ]
@@ -462,6 +468,7 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         "export_workers": worker_count(Settings.from_env().export_workers),
         "request_status": row.status if row else None,
         "work_s": round(work, 2),
+        "work_cpu_s": {"run": run_cpu, "workers": workers_cpu},
         "baseline_rss_mb": baseline,
         "steps_s": steps,
         "step_windows": windows,
@@ -473,6 +480,10 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
     }
     _store(os.environ["BACKUP_ARCHIVES_URL"]).delete_prefix("respaldos/")
     return report
+
+
+def _cpu_s(after: resource.struct_rusage, before: resource.struct_rusage) -> float:
+    return round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
 
 
 def _store(url: str):
