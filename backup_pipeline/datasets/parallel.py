@@ -20,9 +20,12 @@ import ctypes
 import gc
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -58,6 +61,13 @@ DEFAULT_STALL_SECONDS = 15 * 60.0
 DEFAULT_MAX_WORKERS = 2
 # Niceness of the work off the critical path (every workbook but the slowest, and the zip).
 OFF_CRITICAL_PATH_NICENESS = 5
+# A worker's result travels to the run through a pipe that every worker writes to. A message
+# longer than the pipe's atomic write (PIPE_BUF, 4 KiB on Linux) goes in several writes, and a
+# worker killed between two of them (the OOM killer) would leave half a message that the pool's
+# reader waits for forever: the run would hang, and stop() with it. A result pickled longer than
+# this is written to a file instead, and only its path goes through the pipe (exceptions are
+# short already: DatasetExportFailed keeps four frames).
+INLINE_RESULT_BYTES = 2048
 
 
 def usable_cpus() -> int:
@@ -181,6 +191,7 @@ class WorkbookExports:
         # pool down (closing its queues twice fails) and names a dead worker's dataset.
         self._lock = threading.Lock()
         self._culprit: list[str | None] = []
+        self._results_dir: str | None = None  # where workers write results too long to send
 
     @property
     def workers(self) -> int:
@@ -209,6 +220,7 @@ class WorkbookExports:
     def _start_pool(self) -> None:
         # Objects that exist now go to a generation the collector leaves alone, so the children's
         # collections do not write to (and so copy) the pages they share with the run.
+        self._results_dir = tempfile.mkdtemp(prefix="bp-exports-")
         gc.freeze()
         try:
             self._pool = ProcessPoolExecutor(
@@ -223,6 +235,7 @@ class WorkbookExports:
                     os.getpid(),
                     self._holders,
                     self._beats,
+                    self._results_dir,
                 ),
             )
             # With fork the pool forks all its workers at the first submit, before its own
@@ -290,6 +303,8 @@ class WorkbookExports:
             pool.shutdown(wait=True, cancel_futures=True)
         for process in self._ours:
             process.join(timeout=10)
+        if self._results_dir is not None:
+            shutil.rmtree(self._results_dir, ignore_errors=True)
         stopped = RuntimeError("the workbooks' rendering was stopped")
         for future in self._futures.values():
             # Whoever waits for a workbook (the zip) wakes up, whether or not the pool has
@@ -302,7 +317,12 @@ class WorkbookExports:
         self, dataset: Dataset, future: Future[tuple[ExportResult, float]]
     ) -> tuple[ExportResult, float]:
         try:
-            return future.result()
+            value = future.result()
+            if isinstance(value, SpilledResult):
+                value = value.load()
+                # Read once: whoever asks again (all_results after completed) gets it from here.
+                self._futures[dataset.name] = _done(value)
+            return value
         except DatasetExportFailed:
             raise
         except BrokenProcessPool as exc:
@@ -391,6 +411,7 @@ _worker_beats: Any = None
 _worker_index = -1  # the dataset this worker exports now
 _worker_setup: list[Callable[[], None]] = []  # run once, by the first export
 _worker_critical = -1  # index of the dataset expected to render longest
+_worker_results_dir = ""
 
 
 def yield_to_the_slowest_workbook() -> None:
@@ -411,8 +432,9 @@ def _start_worker(
     parent_pid: int,
     holders: Any,
     beats: Any,
+    results_dir: str,
 ) -> None:
-    global _worker_export, _worker_holders, _worker_critical, _worker_beats
+    global _worker_export, _worker_holders, _worker_critical, _worker_beats, _worker_results_dir
     # Killed with the run: a render must not outlive the run that wanted it.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -427,6 +449,7 @@ def _start_worker(
     _worker_export = export_one
     _worker_holders = holders
     _worker_beats = beats
+    _worker_results_dir = results_dir
     _worker_datasets.update((d.name, (index, d)) for index, d in enumerate(datasets))
     slowest = slowest_first(datasets)[0].name
     _worker_critical = next(i for i, d in enumerate(datasets) if d.name == slowest)
@@ -450,7 +473,7 @@ def _release_inherited_sockets() -> None:
         os.close(devnull)
 
 
-def _export_in_worker(name: str) -> tuple[ExportResult, float]:
+def _export_in_worker(name: str) -> tuple[ExportResult, float] | SpilledResult:
     if _worker_export is None:
         raise RuntimeError("the worker was not started by WorkbookExports")
     global _worker_index
@@ -469,7 +492,7 @@ def _export_in_worker(name: str) -> tuple[ExportResult, float]:
             raise DatasetExportFailed(dataset.name, exc) from None
         _worker_setup.clear()
     try:
-        return _timed_export(_worker_export, dataset)
+        value = _timed_export(_worker_export, dataset)
     finally:
         _worker_holders[index] = 0
         _worker_index = -1
@@ -477,6 +500,35 @@ def _export_in_worker(name: str) -> tuple[ExportResult, float]:
         # staying in this worker's heaps while it renders another or waits for the run.
         gc.collect()
         trim_free_memory()
+    return sendable(name, value, _worker_results_dir)
+
+
+@dataclass(frozen=True)
+class SpilledResult:
+    """A worker's result written to a file, as it travels to the run instead of the result."""
+
+    path: str
+
+    def load(self) -> tuple[ExportResult, float]:
+        with open(self.path, "rb") as src:
+            value = pickle.load(src)  # noqa: S301 (written by our own worker, in our 0700 folder)
+        os.unlink(self.path)
+        return value
+
+
+def sendable(
+    name: str, value: tuple[ExportResult, float], results_dir: str
+) -> tuple[ExportResult, float] | SpilledResult:
+    """`value` itself when it pickles short enough for one atomic write to the pool's pipe,
+    otherwise a SpilledResult (see INLINE_RESULT_BYTES)."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) <= INLINE_RESULT_BYTES:
+        return value
+    path = os.path.join(results_dir, f"{name}.pickle")
+    with open(path + ".part", "wb") as out:
+        out.write(data)
+    os.replace(path + ".part", path)  # whole or absent, whenever the worker is killed
+    return SpilledResult(path)
 
 
 def progress() -> None:

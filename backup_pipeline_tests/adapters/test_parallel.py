@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from backup_pipeline.archive.entries import StagedEntry
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
 from backup_pipeline.datasets.parallel import (
     DEFAULT_MAX_WORKERS,
     DatasetExportFailed,
+    SpilledResult,
     WorkbookExports,
     progress,
+    sendable,
     slowest_first,
     usable_cpus,
     worker_count,
@@ -237,6 +240,50 @@ def test_a_worker_that_shows_no_progress_is_killed_and_its_workbook_failed():
     assert failed.value.cause_class == "TimeoutError"
     assert time.monotonic() - started < 60
     assert running(exports.worker_pids) == []
+
+
+def _with_long_texts(name: str, count: int) -> ExportResult:
+    entries = [
+        StagedEntry(
+            archive_path=f"textos_largos/{name}/registro_{i}_notas.txt",
+            staging_key=f"staging/run/textos_largos/{name}/registro_{i}_notas.txt",
+            size=40_000 + i,
+            sha256=f"{i:064x}",
+        )
+        for i in range(count)
+    ]
+    return ExportResult(
+        dataset=name, archive_path=f"{name}.xlsx", description="", rows=1, entries=entries
+    )
+
+
+def test_a_result_too_long_for_one_pipe_write_reaches_the_run_through_a_file():
+    def export_one(dataset):
+        return _with_long_texts(dataset.name, 200 if dataset.name == "consultations" else 1)
+
+    with WorkbookExports(
+        DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None
+    ) as exports:
+        results = exports.all_results()
+        results_dir = exports._results_dir
+        assert results_dir is not None and os.listdir(results_dir) == []  # each read once
+        assert exports.all_results() == results  # asked again: the same, from memory
+    assert results == [
+        _with_long_texts(d.name, 200 if d.name == "consultations" else 1) for d in DATASETS
+    ]
+    assert not os.path.exists(results_dir)
+
+
+def test_what_a_worker_sends_fits_one_atomic_pipe_write(tmp_path: Path):
+    short = (_with_long_texts("patients", 1), 1.5)
+    assert sendable("patients", short, str(tmp_path)) is short
+    long = (_with_long_texts("consultations", 500), 2.5)
+    sent = sendable("consultations", long, str(tmp_path))
+    assert isinstance(sent, SpilledResult)
+    assert len(pickle.dumps(sent)) < 512  # the path, far under PIPE_BUF (4 KiB)
+    assert [p.name for p in tmp_path.iterdir()] == ["consultations.pickle"]  # no .part left
+    assert sent.load() == long
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_worker_hands_back_free_memory_after_each_chunk_and_each_workbook(monkeypatch):
