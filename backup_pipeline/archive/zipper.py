@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import posixpath
 import struct
 import tempfile
 import threading
@@ -188,9 +187,13 @@ def assemble_archive(
 
 def compression_for(archive_path: str) -> int:
     """ZIP_STORED for formats that are compressed already, ZIP_DEFLATED for the rest."""
-    # posixpath, not PurePosixPath: pathlib interns every part of every path it parses, and
-    # tens of thousands of file names churn CPython's interned-strings table until it grows.
-    suffix = posixpath.splitext(archive_path)[1].lower().lstrip(".")
+    # PurePosixPath(archive_path).suffix without pathlib, which interns every part of every
+    # path it parses: tens of thousands of file names churned CPython's interned-strings table
+    # until it grew by megabytes. The last part that is not '' or '.'; a suffix needs a dot
+    # that neither starts nor ends it.
+    name = next((part for part in reversed(archive_path.split("/")) if part not in ("", ".")), "")
+    dot = name.rfind(".")
+    suffix = name[dot + 1 :].lower() if 0 < dot < len(name) - 1 else ""
     return zipfile.ZIP_STORED if suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
 
 

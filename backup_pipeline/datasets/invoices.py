@@ -157,9 +157,13 @@ class CfdiNames:
     direction: str
     renamed: dict[int, tuple[str | None, str | None]]
     any_pdf: bool
+    last_id: int | None  # the highest id named; None: there was no row
 
     def paths(self, row: Any) -> tuple[str | None, str | None]:
-        """(XML path, PDF path) of a cfdi_documents row with id, uuid and pdf_storage_key."""
+        """(XML path, PDF path) of a cfdi_documents row with id, uuid and pdf_storage_key;
+        (None, None) for a row recorded after the names were read (its name is unknown)."""
+        if self.last_id is None or row.id > self.last_id:
+            return None, None
         found = self.renamed.get(row.id)
         if found is not None:
             return found
@@ -181,6 +185,7 @@ def archive_names(connection: Connection, subscription_id: int, direction: str) 
     )
     renamed: dict[int, tuple[str | None, str | None]] = {}
     any_pdf = False
+    last_id: int | None = None
     pulled: dict[int, Any] = {}  # rows read whose files are not yet all planned
 
     def rows() -> Iterator[Any]:
@@ -191,6 +196,7 @@ def archive_names(connection: Connection, subscription_id: int, direction: str) 
     # The plan yields each row's files together: its XML, then its PDF when it has one.
     for record_id, files in itertools.groupby(cfdi_planned_files(rows()), key=_record_id):
         row = pulled.pop(record_id)
+        last_id = record_id  # the query reads in id order
         xml = pdf = None
         for planned in files:
             if planned.kind == KIND_CFDI_XML:
@@ -201,7 +207,7 @@ def archive_names(connection: Connection, subscription_id: int, direction: str) 
         natural = cfdi_archive_paths(direction, row.uuid, row.id, bool(row.pdf_storage_key))
         if (xml, pdf) != natural:
             renamed[record_id] = (xml, pdf)
-    return CfdiNames(direction=direction, renamed=renamed, any_pdf=any_pdf)
+    return CfdiNames(direction=direction, renamed=renamed, any_pdf=any_pdf, last_id=last_id)
 
 
 def _record_id(planned: PlannedFile) -> int:

@@ -192,6 +192,9 @@ class WorkbookExports:
         self._lock = threading.Lock()
         self._culprit: list[str | None] = []
         self._results_dir: str | None = None  # where workers write results too long to send
+        # Those results once read: the run's thread and the zip's may both ask for one.
+        self._spilled: dict[str, tuple[ExportResult, float]] = {}
+        self._spilled_lock = threading.Lock()
 
     @property
     def workers(self) -> int:
@@ -296,15 +299,16 @@ class WorkbookExports:
             pool, self._pool = self._pool, None
             # Killed first: a worker still rendering would keep the pool's thread waiting.
             self._kill_workers()
-            if pool is None:
-                return
-            # Joins the pool's own thread, which reaps the workers (a first shutdown without
-            # waiting would leave that thread unjoined).
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                # Joins the pool's own thread, which reaps the workers (a first shutdown
+                # without waiting would leave that thread unjoined).
+                pool.shutdown(wait=True, cancel_futures=True)
+        if self._results_dir is not None:  # also when the pool could not be started
+            shutil.rmtree(self._results_dir, ignore_errors=True)
+        if pool is None:
+            return
         for process in self._ours:
             process.join(timeout=10)
-        if self._results_dir is not None:
-            shutil.rmtree(self._results_dir, ignore_errors=True)
         stopped = RuntimeError("the workbooks' rendering was stopped")
         for future in self._futures.values():
             # Whoever waits for a workbook (the zip) wakes up, whether or not the pool has
@@ -319,9 +323,7 @@ class WorkbookExports:
         try:
             value = future.result()
             if isinstance(value, SpilledResult):
-                value = value.load()
-                # Read once: whoever asks again (all_results after completed) gets it from here.
-                self._futures[dataset.name] = _done(value)
+                value = self._load_spilled(dataset.name, value)
             return value
         except DatasetExportFailed:
             raise
@@ -331,6 +333,14 @@ class WorkbookExports:
             raise DatasetExportFailed(self._held_by_a_dead_worker() or dataset.name, exc) from None
         except BaseException as exc:  # cancelled, stopped, a result that could not travel
             raise DatasetExportFailed(dataset.name, exc) from None
+
+    def _load_spilled(self, name: str, spilled: SpilledResult) -> tuple[ExportResult, float]:
+        # Read once (the file goes), under a lock: the run's thread (completed) and the zip's
+        # (all_results) may ask for the same result at once.
+        with self._spilled_lock:
+            if name not in self._spilled:
+                self._spilled[name] = spilled.load()
+            return self._spilled[name]
 
     def _held_by_a_dead_worker(self) -> str | None:
         with self._lock:

@@ -411,6 +411,18 @@ def test_report_keeps_only_the_names_the_plan_changed_and_agrees_with_it_on_all(
         .where(t.cfdi_documents.c.id == 8)
         .values(pdf_storage_key="cfdi/1/8.pdf")
     )
+    conn.execute(
+        insert(t.cfdi_documents),
+        [
+            # The same UUID again, in lower case and with a PDF: both files renamed '(2)'.
+            cfdi_row(
+                11, 1, "issued", UUID_INGRESO.lower(), issued_at=None,
+                pdf_storage_key="cfdi/1/11.pdf",
+            ),
+            # No UUID left once cleaned: named by its id.
+            cfdi_row(12, 1, "issued", "", issued_at=None),
+        ],
+    )  # fmt: skip
     planned: dict[tuple[int, str], str] = {}
     for file in plan_files(conn, 1):  # the archive plan itself, attachments and all
         if file.kind in (KIND_CFDI_XML, KIND_CFDI_PDF):
@@ -429,9 +441,17 @@ def test_report_keeps_only_the_names_the_plan_changed_and_agrees_with_it_on_all(
                 planned[(row.id, KIND_CFDI_XML)],
                 planned.get((row.id, KIND_CFDI_PDF)),
             )
-        # Only the second copy of the UUID recorded twice was renamed by the plan.
-        assert len(names.renamed) == (1 if direction == "received" else 0)
+        # Only the second copies of a UUID recorded twice were renamed by the plan.
+        assert sorted(names.renamed) == ([9] if direction == "received" else [11])
         assert names.any_pdf == any(row.pdf_storage_key for row in rows)
+    assert planned[(11, KIND_CFDI_PDF)] == f"facturacion/ingresos/pdf/{UUID_INGRESO} (2).pdf"
+    assert planned[(12, KIND_CFDI_XML)] == "facturacion/ingresos/xml/sin_uuid_12.xml"
+
+    # A row recorded after the names were read: not in the archive, so no name in the report.
+    names = archive_names(conn, 1, "issued")
+    conn.execute(insert(t.cfdi_documents), [cfdi_row(13, 1, "issued", UUID_INGRESO)])
+    later = conn.execute(select(t.cfdi_documents).where(t.cfdi_documents.c.id == 13)).one()
+    assert names.paths(later) == (None, None)
 
 
 def test_hostile_storage_key_is_a_missing_file_not_a_crash(platform):

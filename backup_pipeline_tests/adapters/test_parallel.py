@@ -274,6 +274,54 @@ def test_a_result_too_long_for_one_pipe_write_reaches_the_run_through_a_file():
     assert not os.path.exists(results_dir)
 
 
+def test_a_result_through_a_file_reaches_both_threads_that_wait_for_it():
+    """The run's thread reads the exports as they finish while the zip's waits for them all:
+    both get each result, though its file is read only once."""
+
+    def export_one(dataset):
+        return _with_long_texts(dataset.name, 100)
+
+    expected = [_with_long_texts(d.name, 100) for d in DATASETS]
+    for _ in range(3):
+        from_zip: list[list[ExportResult]] = []
+        with WorkbookExports(
+            DATASETS, workers=2, export_one=export_one, worker_setup=lambda: None
+        ) as exports:
+            zip_thread = threading.Thread(target=_append_all_results, args=(exports, from_zip))
+            zip_thread.start()
+            in_turn = {rendered.dataset.name: rendered.result for rendered in exports.completed()}
+            zip_thread.join()
+        assert from_zip == [expected]
+        assert in_turn == {result.dataset: result for result in expected}
+
+
+def test_a_pool_that_cannot_start_leaves_no_results_folder(monkeypatch):
+    from backup_pipeline.datasets import parallel
+
+    made: list[str] = []
+    real_mkdtemp = parallel.tempfile.mkdtemp
+
+    def mkdtemp(**kwargs):
+        made.append(real_mkdtemp(**kwargs))
+        return made[-1]
+
+    def no_pool(**kwargs):
+        raise OSError("too many open files")
+
+    monkeypatch.setattr(parallel.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", no_pool)
+    exports = WorkbookExports(
+        DATASETS, workers=2, export_one=lambda d: _result(d.name), worker_setup=lambda: None
+    )
+    with pytest.raises(OSError, match="too many open files"), exports:
+        pass
+    assert len(made) == 1 and not os.path.exists(made[0])
+
+
+def _append_all_results(exports: WorkbookExports, into: list[list[ExportResult]]) -> None:
+    into.append(exports.all_results())
+
+
 def test_what_a_worker_sends_fits_one_atomic_pipe_write(tmp_path: Path):
     short = (_with_long_texts("patients", 1), 1.5)
     assert sendable("patients", short, str(tmp_path)) is short

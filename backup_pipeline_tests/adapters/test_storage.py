@@ -14,6 +14,7 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import dagster as dg
@@ -181,6 +182,36 @@ def test_read_into_copies_the_whole_object_and_read_head_its_start(store: Object
         store.read_into("a/no-existe.bin", io.BytesIO())
     with pytest.raises(ObjectNotFound):
         store.read_head("a/no-existe.bin", 10)
+
+
+def test_read_head_gathers_short_reads_up_to_its_cap(tmp_path: Path) -> None:
+    class Trickle(FolderStore):
+        """A store whose stream returns at most 1,000 bytes per read, as a socket may."""
+
+        def open_read(self, key: str) -> BinaryIO:
+            inner = super().open_read(key)
+
+            class Stream(io.RawIOBase):
+                def readable(self) -> bool:
+                    return True
+
+                def readinto(self, buffer) -> int:  # type: ignore[override]
+                    data = inner.read(min(len(buffer), 1_000))
+                    buffer[: len(data)] = data
+                    return len(data)
+
+                def close(self) -> None:
+                    inner.close()
+                    super().close()
+
+            return Stream()  # type: ignore[return-value]
+
+    store = Trickle(tmp_path)
+    data = os.urandom(150_000)
+    store.put_bytes("a/b.bin", data)
+    assert store.read_head("a/b.bin", 70_001) == data[:70_001]
+    assert store.read_head("a/b.bin", 1_000_000) == data
+    assert store.read_head("a/b.bin", -1) == b""
 
 
 def test_an_error_inside_open_write_leaves_no_object(store: ObjectStore) -> None:

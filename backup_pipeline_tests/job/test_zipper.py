@@ -12,7 +12,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from openpyxl import Workbook
@@ -695,3 +695,27 @@ def test_the_zip_hands_back_free_memory_as_it_goes(stores, tmp_path, monkeypatch
     planned = [_planned(files, f"adjuntos/A (1)/{i}.png", b"x", i) for i in range(1, 6)]
     _assemble(archives, files, [], planned, tmp_path)
     assert len(trims) == 2 + 1  # after files 2 and 4, and once all files are in
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "adjuntos/García López Ana (10)/Foto (2).JPG",
+        "facturacion/ingresos/pdf/A.pdf",
+        "facturacion/ingresos/xml/A.xml",
+        "a.tar.gz",
+        "carpeta.zip/notas",
+        ".jpg",
+        "foto.",
+        "..gz",
+        "a/..zip",
+        "...jpg",
+        "a.zip/.",
+        "b.mp4/",
+        "",
+    ],
+)
+def test_compression_follows_the_name_suffix_as_pathlib_reads_it(path: str):
+    suffix = PurePosixPath(path).suffix.lower().lstrip(".")
+    expected = zipfile.ZIP_STORED if suffix in zipper.STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+    assert zipper.compression_for(path) == expected
