@@ -137,7 +137,13 @@ def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[Planne
 
 
 def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
-    """The XML (and PDF) of each cfdi_documents row, named by backup_pipeline.cfdi.
+    """The XML (and PDF) of each cfdi_documents row, named by backup_pipeline.cfdi."""
+    for _row, files in cfdi_files_by_row(rows):
+        yield from files
+
+
+def cfdi_files_by_row(rows: Iterable[Any]) -> Iterator[tuple[Any, list[PlannedFile]]]:
+    """Each cfdi_documents row with its planned files: its XML, then its PDF when it has one.
 
     The platform may hold one UUID twice (a received invoice uploaded twice): the second
     copy becomes '<UUID> (2).xml' and its PDF '<UUID> (2).pdf', so both survive and stay paired.
@@ -155,27 +161,32 @@ def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
             if patient_id is not None and hasattr(row, "last_name")
             else None
         )
-        yield PlannedFile(
-            archive_path=unique_xml,
-            source_key=row.xml_storage_key,
-            kind=KIND_CFDI_XML,
-            record_id=int(row.id),
-            patient_id=patient_id,
-            patient_name=patient_name,
-            description=cfdi_description(row.direction, KIND_CFDI_XML, row.uuid),
-        )
-        if pdf_path is not None:
-            pdf_folder = pdf_path.rsplit("/", 1)[0]
-            stem = unique_xml.rsplit("/", 1)[1].removesuffix(".xml")
-            yield PlannedFile(
-                archive_path=names.path(pdf_folder, f"{stem}.pdf", fallback=f"{stem}.pdf"),
-                source_key=row.pdf_storage_key,
-                kind=KIND_CFDI_PDF,
+        files = [
+            PlannedFile(
+                archive_path=unique_xml,
+                source_key=row.xml_storage_key,
+                kind=KIND_CFDI_XML,
                 record_id=int(row.id),
                 patient_id=patient_id,
                 patient_name=patient_name,
-                description=cfdi_description(row.direction, KIND_CFDI_PDF, row.uuid),
+                description=cfdi_description(row.direction, KIND_CFDI_XML, row.uuid),
             )
+        ]
+        if pdf_path is not None:
+            pdf_folder = pdf_path.rsplit("/", 1)[0]
+            stem = unique_xml.rsplit("/", 1)[1].removesuffix(".xml")
+            files.append(
+                PlannedFile(
+                    archive_path=names.path(pdf_folder, f"{stem}.pdf", fallback=f"{stem}.pdf"),
+                    source_key=row.pdf_storage_key,
+                    kind=KIND_CFDI_PDF,
+                    record_id=int(row.id),
+                    patient_id=patient_id,
+                    patient_name=patient_name,
+                    description=cfdi_description(row.direction, KIND_CFDI_PDF, row.uuid),
+                )
+            )
+        yield row, files
 
 
 def full_name(last: str | None, second_last: str | None, first: str | None) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,8 +11,8 @@ import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline import cfdi, sat_catalogs
-from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML, PlannedFile
-from backup_pipeline.archive.plan import cfdi_planned_files
+from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.archive.plan import cfdi_files_by_row
 from backup_pipeline.cfdi import cfdi_archive_paths
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.datasets.query import patient_full_name
@@ -186,32 +185,14 @@ def archive_names(connection: Connection, subscription_id: int, direction: str) 
     renamed: dict[int, tuple[str | None, str | None]] = {}
     any_pdf = False
     last_id: int | None = None
-    pulled: dict[int, Any] = {}  # rows read whose files are not yet all planned
-
-    def rows() -> Iterator[Any]:
-        for row in connection.execute(query):
-            pulled[int(row.id)] = row
-            yield row
-
-    # The plan yields each row's files together: its XML, then its PDF when it has one.
-    for record_id, files in itertools.groupby(cfdi_planned_files(rows()), key=_record_id):
-        row = pulled.pop(record_id)
-        last_id = record_id  # the query reads in id order
-        xml = pdf = None
-        for planned in files:
-            if planned.kind == KIND_CFDI_XML:
-                xml = planned.archive_path
-            elif planned.kind == KIND_CFDI_PDF:
-                pdf = planned.archive_path
-                any_pdf = True
-        natural = cfdi_archive_paths(direction, row.uuid, row.id, bool(row.pdf_storage_key))
-        if (xml, pdf) != natural:
-            renamed[record_id] = (xml, pdf)
+    for row, files in cfdi_files_by_row(connection.execute(query)):
+        last_id = int(row.id)  # the query reads in id order
+        xml = next(f.archive_path for f in files if f.kind == KIND_CFDI_XML)
+        pdf = next((f.archive_path for f in files if f.kind == KIND_CFDI_PDF), None)
+        any_pdf = any_pdf or pdf is not None
+        if (xml, pdf) != cfdi_archive_paths(direction, row.uuid, row.id, bool(row.pdf_storage_key)):
+            renamed[last_id] = (xml, pdf)
     return CfdiNames(direction=direction, renamed=renamed, any_pdf=any_pdf, last_id=last_id)
-
-
-def _record_id(planned: PlannedFile) -> int:
-    return planned.record_id
 
 
 def read_cfdi(files: ObjectStore, key: str) -> cfdi.CfdiRecord | None:

@@ -373,13 +373,18 @@ def test_received_report_reads_3_3_and_has_no_pdf_column_when_no_pdf_is_stored(p
     assert first["archivo_xml"] == f"facturacion/gastos/xml/{UUID_33}.xml"
 
 
-def test_received_report_names_a_pdf_where_one_is_stored_and_leaves_the_others_empty(platform):
-    conn, store = platform
+def store_a_pdf_for_received_invoice_8(conn: Connection) -> None:
+    """Row 8 (received, the first copy of UUID_BOM) gets the PDF a received invoice rarely has."""
     conn.execute(
         update(t.cfdi_documents)
         .where(t.cfdi_documents.c.id == 8)
         .values(pdf_storage_key="cfdi/1/8.pdf")
     )
+
+
+def test_received_report_names_a_pdf_where_one_is_stored_and_leaves_the_others_empty(platform):
+    conn, store = platform
+    store_a_pdf_for_received_invoice_8(conn)
 
     extraction, frames = extract(RECEIVED, conn, store)
     rows = records(frames)
@@ -406,11 +411,7 @@ def test_invoice_recorded_twice_names_both_files_as_the_archive_does(platform):
 
 def test_report_keeps_only_the_names_the_plan_changed_and_agrees_with_it_on_all(platform):
     conn, _store = platform
-    conn.execute(
-        update(t.cfdi_documents)
-        .where(t.cfdi_documents.c.id == 8)
-        .values(pdf_storage_key="cfdi/1/8.pdf")
-    )
+    store_a_pdf_for_received_invoice_8(conn)
     conn.execute(
         insert(t.cfdi_documents),
         [
