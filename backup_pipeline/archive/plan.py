@@ -154,39 +154,35 @@ def cfdi_files_by_row(rows: Iterable[Any]) -> Iterator[tuple[Any, list[PlannedFi
         xml_path, pdf_path = cfdi_archive_paths(row.direction, row.uuid, row.id, has_pdf)
         xml_folder, xml_name = xml_path.rsplit("/", 1)
         unique_xml = names.path(xml_folder, xml_name, fallback=f"sin_uuid_{int(row.id)}.xml")
-        patient_id = int(row.patient_id) if row.patient_id is not None else None
         # The report's own query (invoices.archive_names) needs only the names: no patient.
         patient_name = (
             full_name(row.last_name, row.second_last_name, row.first_name)
-            if patient_id is not None and hasattr(row, "last_name")
+            if row.patient_id is not None and hasattr(row, "last_name")
             else None
         )
-        files = [
-            PlannedFile(
-                archive_path=unique_xml,
-                source_key=row.xml_storage_key,
-                kind=KIND_CFDI_XML,
-                record_id=int(row.id),
-                patient_id=patient_id,
-                patient_name=patient_name,
-                description=cfdi_description(row.direction, KIND_CFDI_XML, row.uuid),
-            )
-        ]
+        files = [_cfdi_file(row, KIND_CFDI_XML, unique_xml, row.xml_storage_key, patient_name)]
         if pdf_path is not None:
             pdf_folder = pdf_path.rsplit("/", 1)[0]
             stem = unique_xml.rsplit("/", 1)[1].removesuffix(".xml")
+            pdf_name = names.path(pdf_folder, f"{stem}.pdf", fallback=f"{stem}.pdf")
             files.append(
-                PlannedFile(
-                    archive_path=names.path(pdf_folder, f"{stem}.pdf", fallback=f"{stem}.pdf"),
-                    source_key=row.pdf_storage_key,
-                    kind=KIND_CFDI_PDF,
-                    record_id=int(row.id),
-                    patient_id=patient_id,
-                    patient_name=patient_name,
-                    description=cfdi_description(row.direction, KIND_CFDI_PDF, row.uuid),
-                )
+                _cfdi_file(row, KIND_CFDI_PDF, pdf_name, row.pdf_storage_key, patient_name)
             )
         yield row, files
+
+
+def _cfdi_file(
+    row: Any, kind: str, archive_path: str, source_key: str, patient_name: str | None
+) -> PlannedFile:
+    return PlannedFile(
+        archive_path=archive_path,
+        source_key=source_key,
+        kind=kind,
+        record_id=int(row.id),
+        patient_id=int(row.patient_id) if row.patient_id is not None else None,
+        patient_name=patient_name,
+        description=cfdi_description(row.direction, kind, row.uuid),
+    )
 
 
 def full_name(last: str | None, second_last: str | None, first: str | None) -> str | None:
