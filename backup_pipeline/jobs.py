@@ -311,7 +311,7 @@ def _archive_metadata(assembled: AssembledArchive) -> dict[str, object]:
         "archive_parts": len(parts),
         # Parts are split by the platform's recorded sizes and part 1 keeps room for the
         # workbooks: over the part size means many sizes were unrecorded, or the workbooks
-        # outgrew their room (archive.assembly.workbook_reserve).
+        # outgrew their room (archive.parts.workbook_reserve).
         "largest_part_bytes": max(part.size for part in parts),
         "kept_emailed_archive": assembled.kept_emailed,
         "zip_entries": sum(part.entries for part in parts),

@@ -16,7 +16,12 @@ from backup_pipeline.archive.entries import ArchiveResult, StagedEntry
 from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
 from backup_pipeline.archive.missing import render_missing_files
 from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, split_into_parts
+from backup_pipeline.archive.parts import (
+    DEFAULT_PART_SIZE,
+    PartSpan,
+    archive_spans,
+    workbook_reserve,
+)
 from backup_pipeline.archive.plan import FilePlan, read_plan
 from backup_pipeline.archive.zipper import FileTally, assemble_archive
 from backup_pipeline.datasets import DATASETS
@@ -28,10 +33,6 @@ log = logging.getLogger(__name__)
 
 FILES_LABEL = "Archivos adjuntos y comprobantes copiados"
 MISSING_LABEL = "Archivos que no se pudieron incluir"
-# LEEME.txt, SHA256SUMS and a possible archivos_no_incluidos.xlsx, in part 1 beside the workbooks.
-FIXED_ENTRIES_BYTES = 1024 * 1024
-# The most part 1 keeps for workbooks (see workbook_reserve): a large clinic's are ~50 MB.
-WORKBOOK_RESERVE_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,7 @@ def build_archive(
     keeps room for the workbooks (workbook_reserve) since their size is not known yet.
     Setting `cancelled` stops the zip between two files.
     """
-    spans = split_into_parts(
-        read_plan(archives, plan),
-        part_size=part_size,
-        first_part_bytes=workbook_reserve(part_size) + FIXED_ENTRIES_BYTES,
-    )
+    spans = archive_spans(read_plan(archives, plan), part_size)
     summaries = [_part_summary(span, len(spans)) for span in spans] if len(spans) > 1 else []
     resolved: list[ExportResult] = []
 
@@ -153,14 +150,6 @@ def build_archive(
     if missing:
         contents.append((MISSING_LABEL, missing))
     return AssembledArchive(parts=tuple(results), contents=contents)
-
-
-def workbook_reserve(part_size: int) -> int:
-    """Room part 1 keeps for the workbooks, which are still rendering when its files are split:
-    a tenth of a part, at most WORKBOOK_RESERVE_MAX. Workbooks larger than that (millions of
-    rows) make part 1 larger than the part size by the difference; the run reports its largest
-    part."""
-    return min(part_size // 10, WORKBOOK_RESERVE_MAX)
 
 
 def _part_summary(span: PartSpan, parts: int) -> str:

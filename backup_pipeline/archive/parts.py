@@ -20,6 +20,10 @@ UNKNOWN_CFDI_SIZE = 64 * 1024
 # What each entry adds to the zip besides its bytes (local header, central directory record,
 # zip64 extras, its name), rounded up.
 ENTRY_OVERHEAD = 512
+# LEEME.txt, SHA256SUMS and a possible archivos_no_incluidos.xlsx, in part 1 beside the workbooks.
+FIXED_ENTRIES_BYTES = 1024 * 1024
+# The most part 1 keeps for workbooks (see workbook_reserve): a large clinic's are ~50 MB.
+WORKBOOK_RESERVE_MAX = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,24 @@ def group_of(planned: PlannedFile) -> tuple[str, str]:
     if planned.kind == KIND_ATTACHMENT:
         return ("folder", planned.archive_path.rsplit("/", 1)[0])
     return ("invoice", str(planned.record_id))
+
+
+def workbook_reserve(part_size: int) -> int:
+    """Room part 1 keeps for the workbooks, which are still rendering when its files are split:
+    a tenth of a part, at most WORKBOOK_RESERVE_MAX. Workbooks larger than that (millions of
+    rows) make part 1 larger than the part size by the difference; the run reports its largest
+    part."""
+    return min(part_size // 10, WORKBOOK_RESERVE_MAX)
+
+
+def archive_spans(planned: Iterable[PlannedFile], part_size: int) -> list[PartSpan]:
+    """The parts of one clinic's archive, in the plan's order: the one split that the zip and
+    every report of which file went into which part share."""
+    return split_into_parts(
+        planned,
+        part_size=part_size,
+        first_part_bytes=workbook_reserve(part_size) + FIXED_ENTRIES_BYTES,
+    )
 
 
 def split_into_parts(
