@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from lxml import etree
+
+from backup_pipeline.spanish import spanish_number
 
 # Real CFDI weigh kilobytes; a few thousand conceptos still fit in a few MB. Anything larger is
 # not read at all, so a hostile file cannot make a run hold hundreds of MB per thread.
@@ -22,6 +25,17 @@ CFDI_NAMESPACES = {
 }
 TFD_NAMESPACE = "http://www.sat.gob.mx/TimbreFiscalDigital"  # TFD 1.0 and 1.1 share it
 PAGOS20_NAMESPACE = "http://www.sat.gob.mx/Pagos20"
+IMPLOCAL_NAMESPACE = "http://www.sat.gob.mx/implocal"  # local (state) taxes: lodging, cedular
+
+# How far a CFDI's Total may be from its parts before the report says so. Every figure is
+# rounded to the currency's decimals on its own (SAT allows up to six), so the sum of rounded
+# parts may miss the rounded total by a few cents; more than that is a real discrepancy.
+TOTALS_TOLERANCE = Decimal("0.05")
+# Where Total = SubTotal − Descuento + taxes transferred − taxes withheld holds. Not P: a payment
+# receipt's SubTotal and Total are 0 while the taxes it reports (from Pagos 2.0) are the paid
+# invoices'. N (nómina) has no Impuestos node: its Descuento is the deductions (ISR included),
+# so Total = SubTotal − Descuento is the same rule with no taxes.
+_BALANCED_TYPES = frozenset({"I", "E", "T", "N"})
 
 # Observations the clinic reads in the report (Spanish). None of them quotes the file's text.
 PROBLEM_EMPTY = "El archivo XML está vacío"
@@ -33,6 +47,10 @@ PROBLEM_BROKEN = "El XML está dañado o incompleto y no se pudo leer"
 PROBLEM_NOT_CFDI = "El archivo no es un CFDI 3.3 ni 4.0"
 PROBLEM_NO_STAMP = "El XML no tiene el timbre fiscal digital del SAT (no está timbrado)"
 PROBLEM_UNEXPECTED = "No se pudo leer el XML por un error inesperado"
+PROBLEM_TOTALS_PREFIX = (
+    "Los importes no cuadran: subtotal − descuento + impuestos trasladados − impuestos "
+    "retenidos (federales y locales) ≠ total"
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,9 @@ class CfdiRecord:
     descuento: Decimal | None = None
     total_impuestos_trasladados: Decimal | None = None
     total_impuestos_retenidos: Decimal | None = None
+    # From the implocal:ImpuestosLocales complement (TotaldeTraslados, TotaldeRetenciones).
+    impuestos_locales_trasladados: Decimal | None = None
+    impuestos_locales_retenidos: Decimal | None = None
     total: Decimal | None = None
     problems: tuple[str, ...] = ()  # Spanish observations for the report
 
@@ -138,6 +159,7 @@ def archive_stem(uuid: str | None, row_id: int) -> str:
 
 # --- Parsing ------------------------------------------------------------------------------------
 
+_CURRENCY = re.compile(r"[A-Z]{3}")
 _AMOUNT = re.compile(r"[+-]?[0-9]{1,24}(?:\.[0-9]{1,12})?")
 _LOCAL_DATETIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
@@ -330,10 +352,12 @@ def _read_comprobante(root: Any) -> CfdiRecord:
     if tipo == "P" and impuestos is None:
         trasladados, retenidos = _payment_taxes(complementos)
 
+    locales_trasladados, locales_retenidos = _local_taxes(read, complementos)
+
     uuid = read.text(stamp, "UUID")
     if stamp is None:
         read.problems.append(PROBLEM_NO_STAMP)
-    return CfdiRecord(
+    record = CfdiRecord(
         version=version,
         uuid=uuid,
         serie=read.text(root, "Serie"),
@@ -355,9 +379,97 @@ def _read_comprobante(root: Any) -> CfdiRecord:
         descuento=read.amount(root, "Descuento", "El descuento"),
         total_impuestos_trasladados=trasladados,
         total_impuestos_retenidos=retenidos,
+        impuestos_locales_trasladados=locales_trasladados,
+        impuestos_locales_retenidos=locales_retenidos,
         total=read.amount(root, "Total", "El total"),
         problems=tuple(dict.fromkeys(read.problems)),
     )
+    observation = totals_observation(record)
+    if observation is None:
+        return record
+    return dataclasses.replace(record, problems=(*record.problems, observation))
+
+
+def _local_taxes(read: _Reader, complementos: list[Any]) -> tuple[Decimal | None, Decimal | None]:
+    """(transferred, withheld) of the implocal:ImpuestosLocales complement; (None, None) without it.
+
+    Its TotaldeTraslados and TotaldeRetenciones are required by SAT's schema; when one is
+    absent anyway, the Importe of its TrasladosLocales (or RetencionesLocales) are added up.
+    """
+    found = [
+        element
+        for complemento in complementos
+        for element in complemento.findall(f"{{{IMPLOCAL_NAMESPACE}}}ImpuestosLocales")
+    ]
+    if not found:
+        return None, None
+    transferred = _local_total(
+        read,
+        found,
+        "TotaldeTraslados",
+        "TrasladosLocales",
+        "El total de impuestos locales trasladados",
+    )
+    withheld = _local_total(
+        read,
+        found,
+        "TotaldeRetenciones",
+        "RetencionesLocales",
+        "El total de impuestos locales retenidos",
+    )
+    return transferred, withheld
+
+
+def _local_total(
+    read: _Reader, complements: list[Any], total_name: str, item_name: str, label: str
+) -> Decimal | None:
+    amounts: list[Decimal | None] = []
+    for complement in complements:
+        if read.text(complement, total_name) is not None:
+            amounts.append(read.amount(complement, total_name, label))
+            continue
+        for item in complement.findall(f"{{{IMPLOCAL_NAMESPACE}}}{item_name}"):
+            amounts.append(read.amount(item, "Importe", "El importe de un impuesto local"))
+    numbers = [amount for amount in amounts if amount is not None]
+    if len(numbers) < len(amounts):
+        return None  # the reader noted which figure is not a number
+    return sum(numbers, Decimal(0))
+
+
+def totals_difference(record: CfdiRecord) -> Decimal | None:
+    """Total − (SubTotal − Descuento + transferred − withheld, federal and local); None when
+    the rule does not apply to the CFDI's type or a figure it needs is missing."""
+    if record.tipo not in _BALANCED_TYPES or record.subtotal is None or record.total is None:
+        return None
+    zero = Decimal(0)
+    parts = (
+        record.subtotal
+        - (record.descuento or zero)
+        + (record.total_impuestos_trasladados or zero)
+        - (record.total_impuestos_retenidos or zero)
+        + (record.impuestos_locales_trasladados or zero)
+        - (record.impuestos_locales_retenidos or zero)
+    )
+    return record.total - parts
+
+
+def totals_observation(record: CfdiRecord) -> str | None:
+    """The report's observation when a CFDI's figures do not add up to its Total.
+
+    Only for a CFDI read without problems (an unstamped one included): a figure that is not a
+    number, or a file that is no CFDI 3.3/4.0, is already noted and would only add noise.
+    """
+    if any(problem != PROBLEM_NO_STAMP for problem in record.problems):
+        return None
+    difference = totals_difference(record)
+    if difference is None or abs(difference) <= TOTALS_TOLERANCE:
+        return None
+    amount = spanish_number(abs(difference), decimals=2)
+    currency = record.moneda or ""
+    # Another currency by its ISO code; anything else from the file is never quoted.
+    foreign = _CURRENCY.fullmatch(currency) and currency not in ("MXN", "XXX")
+    shown = f"{amount} {currency}" if foreign else f"${amount}"
+    return f"{PROBLEM_TOTALS_PREFIX} (diferencia: {shown})"
 
 
 def _first(elements: Iterable[Any]) -> Any | None:
