@@ -23,7 +23,7 @@ PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
 
 
-def _columns(with_pdf: bool) -> tuple[Column, ...]:
+def _columns(with_pdf: bool, with_patient: bool) -> tuple[Column, ...]:
     columns = (
         Column("uuid", "UUID", width=38),
         Column("serie", "Serie"),
@@ -49,13 +49,19 @@ def _columns(with_pdf: bool) -> tuple[Column, ...]:
         Column("descuento", "Descuento", Kind.MONEY),
         Column("impuestos_trasladados", "Impuestos trasladados", Kind.MONEY),
         Column("impuestos_retenidos", "Impuestos retenidos", Kind.MONEY),
+        # The implocal complement (lodging tax, cedular): with them the row adds up to Total.
+        Column("impuestos_locales_trasladados", "Impuestos locales trasladados", Kind.MONEY),
+        Column("impuestos_locales_retenidos", "Impuestos locales retenidos", Kind.MONEY),
         Column("total", "Total", Kind.MONEY),
         Column("estatus", "Estatus"),
         Column("fecha_cancelacion", "Fecha de cancelación", Kind.DATETIME),
-        Column("patient_id", "ID paciente", Kind.INTEGER),
-        Column("paciente", "Paciente", width=35),
-        Column("archivo_xml", "Archivo XML", width=60),
     )
+    if with_patient:
+        columns += (
+            Column("patient_id", "ID paciente", Kind.INTEGER),
+            Column("paciente", "Paciente", width=35),
+        )
+    columns += (Column("archivo_xml", "Archivo XML", width=60),)
     if with_pdf:
         columns += (Column("archivo_pdf", "Archivo PDF", width=60),)
     return (*columns, Column("observaciones", "Observaciones", width=60))
@@ -73,6 +79,9 @@ class InvoiceDataset:
     # True: the "Archivo PDF" column always; None: only when some row of the report has a PDF
     # (the platform rarely stores one for a received invoice: an always-empty column misleads).
     with_pdf: bool | None
+    # The patient invoiced. A received invoice (an expense of the clinic) has none, so its
+    # report has no patient columns rather than two always empty.
+    with_patient: bool
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         # The archive's names first: whether any invoice has a PDF decides the columns.
@@ -80,7 +89,7 @@ class InvoiceDataset:
         with_pdf = self.with_pdf
         if with_pdf is None:
             with_pdf = names.any_pdf
-        columns = _columns(with_pdf)
+        columns = _columns(with_pdf, self.with_patient)
         return Extraction(
             columns=columns,
             chunks=self._chunks(ctx, columns, names),
@@ -113,7 +122,8 @@ class InvoiceDataset:
                     for row, record in zip(rows, records, strict=True)
                 ]
                 frame = pd.DataFrame.from_records(report)[keys]
-                frame["patient_id"] = frame["patient_id"].astype("Int64")
+                if "patient_id" in frame:
+                    frame["patient_id"] = frame["patient_id"].astype("Int64")
                 yield frame
 
 
@@ -248,6 +258,8 @@ def report_row(
         "descuento": record.descuento,
         "impuestos_trasladados": record.total_impuestos_trasladados,
         "impuestos_retenidos": record.total_impuestos_retenidos,
+        "impuestos_locales_trasladados": record.impuestos_locales_trasladados,
+        "impuestos_locales_retenidos": record.impuestos_locales_retenidos,
         "total": record.total,
         "estatus": STATUS_NAMES.get(status.lower(), status or None),
         "fecha_cancelacion": row.cancelled_at,
@@ -267,6 +279,7 @@ ISSUED = InvoiceDataset(
     description="Reporte de los comprobantes fiscales (CFDI) emitidos, uno por renglón, leído de cada XML.",
     direction="issued",
     with_pdf=True,
+    with_patient=True,
 )
 
 RECEIVED = InvoiceDataset(
@@ -276,4 +289,5 @@ RECEIVED = InvoiceDataset(
     description="Reporte de los comprobantes fiscales (CFDI) recibidos, uno por renglón, leído de cada XML.",
     direction="received",
     with_pdf=None,
+    with_patient=False,
 )

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, create_engine, insert, select, update
 from backup_pipeline import tables as t
 from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import plan_files
-from backup_pipeline.cfdi import PROBLEM_BROKEN
+from backup_pipeline.cfdi import PROBLEM_BROKEN, PROBLEM_TOTALS_PREFIX
 from backup_pipeline.datasets.base import ExtractContext, Kind
 from backup_pipeline.datasets.invoices import (
     ISSUED,
@@ -39,6 +39,8 @@ UUID_MISSING = "11111111-2222-3333-4444-555555555555"
 UUID_BROKEN = "66666666-7777-8888-9999-AAAAAAAAAAAA"
 UUID_USD_PLATFORM = "FFFFFFFF-050B-4AA3-94AD-755E63B5EC4A"  # not the XML's FD5FAC76-...
 UUID_OTHER_CLINIC = "8502C8A6-1AA1-42AA-8668-BB48CFC1603B"
+UUID_CEDULAR = "C7E19B52-0A3F-4D6C-8B2E-91F4A6D3E805"  # 4.0, fees with cedular withheld
+UUID_ISH = "3F2A9C1E-7B4D-4E8A-9F61-2C5D8E0B7A13"  # 3.3, lodging with the 3% ISH
 
 
 class DictStore(ObjectStore):
@@ -181,6 +183,9 @@ def platform(db_url: str) -> Iterator[tuple[Connection, DictStore]]:
             # The same received invoice uploaded twice: both rows, both files.
             cfdi_row(9, 1, "received", UUID_BOM, issued_at=datetime(2025, 6, 11)),
             cfdi_row(10, 1, "received", "../../x", xml_storage_key="../etc/passwd", issued_at=None),
+            # Local taxes (implocal): the clinic's fees with cedular withheld, a hotel's ISH.
+            cfdi_row(14, 1, "issued", UUID_CEDULAR, issued_at=datetime(2025, 5, 9, 23, 20)),
+            cfdi_row(15, 1, "received", UUID_ISH, issued_at=datetime(2022, 10, 16, 17, 4)),
             cfdi_row(
                 30,
                 2,
@@ -204,6 +209,8 @@ def platform(db_url: str) -> Iterator[tuple[Connection, DictStore]]:
             "cfdi/1/7.xml": sample("cfdi33_ingreso_retenciones.xml"),
             "cfdi/1/8.xml": sample("cfdi40_bom.xml"),
             "cfdi/1/9.xml": sample("cfdi40_bom.xml"),
+            "cfdi/1/14.xml": sample("cfdi40_honorarios_cedular.xml"),
+            "cfdi/1/15.xml": sample("cfdi33_hospedaje_ish.xml"),
             "cfdi/2/30.xml": sample("cfdi40_ingreso.xml"),
             "cfdi/2/31.xml": sample("cfdi40_ingreso.xml"),
         }
@@ -224,6 +231,17 @@ def extract(dataset, conn: Connection, store: ObjectStore, chunksize: int = 5_00
     extraction = dataset.extract(ctx)
     frames = list(extraction.chunks)
     return extraction, frames
+
+
+MONEY = (
+    "subtotal",
+    "descuento",
+    "impuestos_trasladados",
+    "impuestos_retenidos",
+    "impuestos_locales_trasladados",
+    "impuestos_locales_retenidos",
+    "total",
+)
 
 
 def records(frames: list[pd.DataFrame]) -> list[dict[str, Any]]:
@@ -247,6 +265,7 @@ def test_issued_report_has_one_row_per_clinic_invoice_oldest_first(platform):
         UUID_EGRESO,
         UUID_MISSING,
         UUID_PAGO,
+        UUID_CEDULAR,
         UUID_BROKEN,  # no issue date: last
     ]
 
@@ -280,6 +299,8 @@ def test_issued_row_is_filled_from_the_xml_and_the_platform(platform):
         "descuento": Decimal("100.00"),
         "impuestos_trasladados": Decimal("64.00"),
         "impuestos_retenidos": None,
+        "impuestos_locales_trasladados": None,
+        "impuestos_locales_retenidos": None,
         "total": Decimal("1464.00"),
         "estatus": "Vigente",
         "fecha_cancelacion": None,
@@ -364,7 +385,9 @@ def test_received_report_reads_3_3_and_has_no_pdf_column_when_no_pdf_is_stored(p
     # None of these has a PDF stored: no always-empty "Archivo PDF" column.
     assert "archivo_pdf" not in [column.key for column in extraction.columns]
     assert all("archivo_pdf" not in row for row in rows)
-    assert [row["uuid"] for row in rows] == [UUID_33.lower(), UUID_BOM, UUID_BOM, "../../x"]
+    assert [row["uuid"] for row in rows] == [
+        UUID_33.lower(), UUID_ISH, UUID_BOM, UUID_BOM, "../../x"
+    ]  # fmt: skip
     first = rows[0]
     assert (first["version"], first["observaciones"]) == ("3.3", None)
     assert first["impuestos_retenidos"] == Decimal("2066.67")
@@ -393,7 +416,7 @@ def test_received_report_names_a_pdf_where_one_is_stored_and_leaves_the_others_e
         "Archivo XML", "Archivo PDF", "Observaciones"
     ]  # fmt: skip
     assert [row["archivo_pdf"] for row in rows] == [
-        None, f"facturacion/gastos/pdf/{UUID_BOM}.pdf", None, None
+        None, None, f"facturacion/gastos/pdf/{UUID_BOM}.pdf", None, None
     ]  # fmt: skip
 
 
@@ -450,8 +473,8 @@ def test_report_keeps_only_the_names_the_plan_changed_and_agrees_with_it_on_all(
 
     # A row recorded after the names were read: not in the archive, so no name in the report.
     names = archive_names(conn, 1, "issued")
-    conn.execute(insert(t.cfdi_documents), [cfdi_row(13, 1, "issued", UUID_INGRESO)])
-    later = conn.execute(select(t.cfdi_documents).where(t.cfdi_documents.c.id == 13)).one()
+    conn.execute(insert(t.cfdi_documents), [cfdi_row(99, 1, "issued", UUID_INGRESO)])
+    later = conn.execute(select(t.cfdi_documents).where(t.cfdi_documents.c.id == 99)).one()
     assert names.paths(later) == (None, None)
 
 
@@ -470,7 +493,7 @@ def test_rows_arrive_in_chunks_of_the_requested_size(platform):
 
     _, frames = extract(ISSUED, conn, store, chunksize=4)
 
-    assert [len(frame) for frame in frames] == [4, 2]
+    assert [len(frame) for frame in frames] == [4, 3]
     assert frames[0]["patient_id"].dtype == "Int64"
 
 
@@ -485,6 +508,8 @@ def test_money_columns_hold_exact_decimals(platform):
         "descuento",
         "impuestos_trasladados",
         "impuestos_retenidos",
+        "impuestos_locales_trasladados",
+        "impuestos_locales_retenidos",
         "total",
     ]
     values = [v for key in money for v in pd.concat(frames)[key].tolist() if v is not None]
@@ -534,3 +559,85 @@ def test_xml_issue_date_shows_as_written_while_platform_times_move_to_the_clinic
     assert values["Fecha de emisión"] == datetime(2025, 3, 14, 10, 32, 5)  # as in the XML
     expected = by_uuid(records(frames))[UUID_INGRESO]["issued_at"]
     assert values["Fecha de emisión registrada en la plataforma"] == expected - timedelta(hours=6)
+
+
+def test_received_report_has_no_patient_columns_while_the_issued_one_names_the_patient(platform):
+    conn, store = platform
+    # Even a received row that names a patient: an expense of the clinic is nobody's invoice.
+    conn.execute(update(t.cfdi_documents).where(t.cfdi_documents.c.id == 8).values(patient_id=10))
+
+    received, received_frames = extract(RECEIVED, conn, store)
+    issued, _ = extract(ISSUED, conn, store)
+
+    received_headers = [column.header for column in received.columns]
+    assert "ID paciente" not in received_headers and "Paciente" not in received_headers
+    assert all("patient_id" not in frame and "paciente" not in frame for frame in received_frames)
+    issued_headers = [column.header for column in issued.columns]
+    assert issued_headers[issued_headers.index("ID paciente") + 1] == "Paciente"
+
+
+def test_local_tax_invoices_show_their_local_taxes_and_add_up_to_their_total(platform):
+    conn, store = platform
+
+    issued = by_uuid(records(extract(ISSUED, conn, store)[1]))
+    received = by_uuid(records(extract(RECEIVED, conn, store)[1]))
+
+    fees, lodging = issued[UUID_CEDULAR], received[UUID_ISH]
+    assert (fees["version"], lodging["version"]) == ("4.0", "3.3")
+    assert fees["impuestos_locales_retenidos"] == Decimal("200.00")
+    assert lodging["impuestos_locales_trasladados"] == Decimal("90.00")
+    rows = [row for row in [*issued.values(), *received.values()] if row["total"] is not None]
+    for row in rows:
+        if row["tipo"] == "P - Pago":
+            continue  # its taxes are those of the invoices it pays; its total is 0
+        figures = {key: row[key] or Decimal(0) for key in MONEY}
+        parts = figures["subtotal"] - figures["descuento"]
+        parts += figures["impuestos_trasladados"] - figures["impuestos_retenidos"]
+        parts += figures["impuestos_locales_trasladados"] - figures["impuestos_locales_retenidos"]
+        assert parts == figures["total"], row["uuid"]
+        assert PROBLEM_TOTALS_PREFIX not in (row["observaciones"] or ""), row["uuid"]
+
+
+def test_invoice_whose_figures_do_not_add_up_says_so_in_observaciones(platform):
+    conn, store = platform
+    # The hotel's XML with its local tax left out: 3000 + 480 is not the 3570 it charged.
+    store.objects["cfdi/1/16.xml"] = sample("cfdi33_hospedaje_ish.xml").replace(
+        b'TotaldeTraslados="90.00"', b'TotaldeTraslados="0.00"'
+    )
+    conn.execute(insert(t.cfdi_documents), [cfdi_row(16, 1, "received", "ABC-16")])
+
+    _, frames = extract(RECEIVED, conn, store)
+    row = by_uuid(records(frames))["ABC-16"]
+
+    assert row["observaciones"] == (
+        f"{PROBLEM_TOTALS_PREFIX} (diferencia: $90.00); "
+        "El UUID del XML (3F2A9C1E-7B4D-4E8A-9F61-2C5D8E0B7A13) no coincide con el registrado "
+        "en la plataforma"
+    )
+
+
+def test_local_tax_columns_are_money_cells_beside_the_federal_ones(platform, tmp_path: Path):
+    import openpyxl
+
+    from backup_pipeline.workbook import render_workbook
+
+    conn, store = platform
+    extraction, frames = extract(ISSUED, conn, store)
+    rendered = render_workbook(
+        extraction.__class__(columns=extraction.columns, chunks=iter(frames)),
+        path=tmp_path / "emitidos.xlsx",
+        sheet_title=ISSUED.sheet_title,
+        timezone="America/Mexico_City",
+        archive_path=ISSUED.archive_path,
+        overflow_dir=tmp_path / "overflow",
+    )
+    sheet = openpyxl.load_workbook(rendered.path).active
+    headers = [cell.value for cell in sheet[1]]
+    assert headers[headers.index("Subtotal") : headers.index("Total") + 1] == [
+        "Subtotal", "Descuento", "Impuestos trasladados", "Impuestos retenidos",
+        "Impuestos locales trasladados", "Impuestos locales retenidos", "Total",
+    ]  # fmt: skip
+    row = next(r for r in sheet.iter_rows(min_row=2) if r[0].value == UUID_CEDULAR)
+    cedular = row[headers.index("Impuestos locales retenidos")]
+    assert (cedular.value, cedular.number_format) == (200, "#,##0.00")
+    assert row[headers.index("Total")].value == 9333.33
