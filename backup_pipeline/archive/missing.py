@@ -12,7 +12,8 @@ from backup_pipeline.datasets.base import Column, Extraction, Kind
 from backup_pipeline.workbook import render_workbook
 
 MISSING_COLUMNS = (
-    Column("archive_path", "Archivo en el respaldo", Kind.TEXT, 70),
+    # Where the file would have been: it is not in the archive, so not "Archivo en el respaldo".
+    Column("archive_path", "Ruta prevista en el respaldo", Kind.TEXT, 70),
     Column("kind", "Tipo", Kind.TEXT, 18),
     Column("description", "Qué archivo era", Kind.TEXT, 60),
     Column("patient_id", "ID paciente", Kind.INTEGER),

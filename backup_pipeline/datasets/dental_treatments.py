@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from sqlalchemy import Select, Text, and_, case, cast, func, select
 
 from backup_pipeline.datasets.base import Column, Kind, RecordName
@@ -21,11 +24,14 @@ STATUS_LABELS = {
     "cancelled": "Cancelado",
 }
 WHOLE_MOUTH = "Boca completa"  # tooth_fdi NULL means the whole mouth
+_TOOTH_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 
 COLUMNS = (
     *PATIENT_COLUMNS,
     Column("treatment_id", "ID tratamiento", Kind.INTEGER),
-    Column("tooth", "Diente (FDI)", width=15),
+    # An FDI number is a number cell (Excel flags text that looks like one); the whole mouth,
+    # or anything else the platform holds, is text as written.
+    Column("tooth", "Diente (FDI)", Kind.MIXED, width=15),
     Column("surfaces", "Superficies"),
     Column("procedure_code", "Clave del procedimiento"),
     Column("procedure_name", "Procedimiento"),
@@ -37,6 +43,13 @@ COLUMNS = (
     Column("notes", "Notas"),
     Column("consultation_id", "ID consulta", Kind.INTEGER),
 )
+
+
+def tooth_cell(value: Any) -> Any:
+    """'16' -> 16; 'Boca completa', '016' or any other text stays exactly as written."""
+    if isinstance(value, str) and _TOOTH_NUMBER.fullmatch(value):
+        return int(value)
+    return value
 
 
 def query(subscription_id: int) -> Select:
@@ -51,6 +64,7 @@ def query(subscription_id: int) -> Select:
             t.c.patient_id,
             patient_full_name().label("patient_name"),
             t.c.id.label("treatment_id"),
+            # As text, so that the whole mouth fits the same column; tooth_cell types it back.
             func.coalesce(cast(t.c.tooth_fdi, Text), WHOLE_MOUTH).label("tooth"),
             t.c.surfaces,
             t.c.procedure_code,
@@ -78,5 +92,6 @@ DATASET = QueryDataset(
     description="Tratamientos odontológicos: diente, procedimiento, estado y precio.",
     columns=COLUMNS,
     query=query,
+    decode={"tooth": tooth_cell},
     record=RecordName("tratamiento", "treatment_id"),
 )

@@ -9,7 +9,9 @@ from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import PATIENT_COLUMNS, QueryDataset, patient_full_name
 from backup_pipeline.tables import patients as p
 
-SEX_LABELS = {"F": "Femenino", "M": "Masculino"}  # 'X' is shown as written
+# schema.sql: 'F' | 'M' | 'X'. 'X' is the non-binary marker of Mexican identity documents (the
+# passport's "X"); any other value is shown as written.
+SEX_LABELS = {"F": "Femenino", "M": "Masculino", "X": "No binario"}
 
 COLUMNS = (
     *PATIENT_COLUMNS,

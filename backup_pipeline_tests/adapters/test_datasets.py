@@ -333,7 +333,7 @@ def test_dental_treatments_in_spanish_with_whole_mouth_and_money(
     assert [row["Procedimiento"] for row in rows] == ["Resina", "Corona", "Limpieza"]
     resina, corona, limpieza = rows
     assert resina == {
-        "ID paciente": JUAN, "Paciente": "Pérez García Juan", "ID tratamiento": 1, "Diente (FDI)": "16",
+        "ID paciente": JUAN, "Paciente": "Pérez García Juan", "ID tratamiento": 1, "Diente (FDI)": 16,
         "Superficies": "MO", "Clave del procedimiento": "D2391", "Procedimiento": "Resina",
         "Estado": "Terminado", "Precio": 1500.5, "Moneda": "MXN",
         "Fecha planeada": datetime(2026, 1, 10), "Fecha de realización": datetime(2026, 1, 15),
@@ -346,6 +346,55 @@ def test_dental_treatments_in_spanish_with_whole_mouth_and_money(
         None,
     )
     assert book.active["I2"].number_format == "#,##0.00"
+    assert book.active["D2"].data_type == "n"  # a number cell: Excel does not flag it as text
+
+
+def test_tooth_number_is_a_number_cell_and_other_tooth_text_stays_as_written(
+    clinic_conn: Connection, tmp_path: Path
+) -> None:
+    if clinic_conn.dialect.name != "sqlite":
+        pytest.skip("only SQLite lets text into the INTEGER tooth_fdi column")
+    d = t.dental_treatments
+    clinic_conn.execute(
+        d.insert(),
+        [
+            with_nulls(d, id=10 + i, subscription_id=CLINIC, patient_id=MARIA, tooth_fdi=tooth,
+                       procedure_name=f"P{i}", status="planned", currency="MXN", created_at=T0)
+            for i, tooth in enumerate((85, "18-28", "11 y 12", "=1+1"))
+        ],
+    )  # fmt: skip
+    clinic_conn.commit()
+
+    book = export(dental_treatments.DATASET, clinic_conn, tmp_path)
+    sheet = book["Tratamientos odontológicos"]
+    header = [cell.value for cell in sheet[1]]
+    column = header.index("Diente (FDI)")
+    cells = {
+        row[header.index("Procedimiento")].value: row[column] for row in sheet.iter_rows(min_row=2)
+    }
+
+    assert (cells["P0"].value, cells["P0"].data_type) == (85, "n")
+    for name, written in (("P1", "18-28"), ("P2", "11 y 12"), ("P3", "=1+1")):
+        assert (cells[name].value, cells[name].data_type) == (written, "s"), name
+    assert (cells["Limpieza"].value, cells["Limpieza"].data_type) == ("Boca completa", "s")
+
+
+def test_sex_is_decoded_x_included_and_an_unknown_value_stays_as_written(
+    conn: Connection, tmp_path: Path
+) -> None:
+    insert_clinics(conn)
+    conn.execute(
+        t.patients.insert(),
+        [
+            patient(300 + i, CLINIC, f"P{i}", sex=sex)
+            for i, sex in enumerate(("F", "M", "X", "?", None))
+        ],
+    )
+    conn.commit()
+
+    rows = records(export(patients.DATASET, conn, tmp_path)["Pacientes"])
+
+    assert [row["Sexo"] for row in rows] == ["Femenino", "Masculino", "No binario", "?", None]
 
 
 def test_vaccinations_with_dates(clinic_conn: Connection, tmp_path: Path) -> None:
@@ -576,3 +625,18 @@ def test_postgresql_streams_rows_through_a_server_side_cursor(
         engine.dispose()
     assert open_cursors == 1
     assert len(first) == 1 and sum(len(chunk) for chunk in rest) == 2
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        ("16", 16),
+        ("85", 85),
+        ("016", "016"),
+        (" 16", " 16"),
+        ("16.0", "16.0"),
+        ("Boca completa", "Boca completa"),
+    ],
+)
+def test_only_a_tooth_number_written_plainly_becomes_a_number(stored: str, shown: object) -> None:
+    assert dental_treatments.tooth_cell(stored) == shown

@@ -872,7 +872,7 @@ def test_missing_files_are_listed_counted_and_the_backup_still_delivered(local: 
     by_record = {(r["Tipo"], r["ID del registro"]): r for r in listed}
     for attachment in gone_attachments.values():
         row = by_record[("Archivo adjunto", attachment.id)]
-        path = row["Archivo en el respaldo"]
+        path = row["Ruta prevista en el respaldo"]
         assert re.fullmatch(rf"adjuntos/[^/]+ \({attachment.patient_id}\)/[^/]+", path)
         assert path not in archive.names
         assert row["ID paciente"] == attachment.patient_id
@@ -888,8 +888,8 @@ def test_missing_files_are_listed_counted_and_the_backup_still_delivered(local: 
         patients_rows = archive.sheet_rows("pacientes.xlsx")
         name = {r["ID paciente"]: r["Paciente"] for r in patients_rows}[invoice.patient_id]
         assert pdf_row["Paciente"] == name
-    assert pdf_row["Archivo en el respaldo"].startswith("facturacion/ingresos/pdf/")
-    assert pdf_row["Archivo en el respaldo"] not in archive.names
+    assert pdf_row["Ruta prevista en el respaldo"].startswith("facturacion/ingresos/pdf/")
+    assert pdf_row["Ruta prevista en el respaldo"] not in archive.names
     assert pdf_row["Motivo"] == REASON_NOT_FOUND
 
     leeme = archive.text("LEEME.txt")
