@@ -1,4 +1,4 @@
-"""CFDI 3.3 and 4.0 XML for synthetic invoices: comprobante, conceptos, taxes, payments and the SAT stamp."""
+"""CFDI 3.3 and 4.0 XML for synthetic invoices: comprobante, conceptos, taxes (federal and local), payments and the SAT stamp."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ CFDI33_NS = "http://www.sat.gob.mx/cfd/3"
 TFD_NS = "http://www.sat.gob.mx/TimbreFiscalDigital"
 PAGOS20_NS = "http://www.sat.gob.mx/Pagos20"
 PAGOS10_NS = "http://www.sat.gob.mx/Pagos"
+IMPLOCAL_NS = "http://www.sat.gob.mx/implocal"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 
 _SCHEMAS = {
@@ -23,6 +24,7 @@ _SCHEMAS = {
     "3.3": f"{CFDI33_NS} http://www.sat.gob.mx/sitio_internet/cfd/3/cfdv33.xsd",
 }
 _TFD_SCHEMA = f"{TFD_NS} http://www.sat.gob.mx/sitio_internet/cfd/TimbreFiscalDigital/TimbreFiscalDigitalv11.xsd"
+_IMPLOCAL_SCHEMA = f"{IMPLOCAL_NS} http://www.sat.gob.mx/sitio_internet/cfd/implocal/implocal.xsd"
 _PAGOS_SCHEMA = {
     "4.0": f"{PAGOS20_NS} http://www.sat.gob.mx/sitio_internet/cfd/Pagos/Pagos20.xsd",
     "3.3": f"{PAGOS10_NS} http://www.sat.gob.mx/sitio_internet/cfd/Pagos/Pagos10.xsd",
@@ -55,6 +57,19 @@ class Concept:
 
 
 @dataclass(frozen=True)
+class LocalTax:
+    """A state tax of the implocal complement, on the invoice's SubTotal − Descuento.
+
+    e.g. LocalTax("ISH", Decimal("3.00")): the lodging tax a hotel transfers;
+    LocalTax("Cedular", Decimal("2.00"), withheld=True): withheld on professional fees.
+    """
+
+    name: str  # ImpLocTrasladado / ImpLocRetenido
+    rate_percent: Decimal  # TasadeTraslado / TasadeRetencion, in percent as SAT writes it
+    withheld: bool = False
+
+
+@dataclass(frozen=True)
 class Payment:
     paid_at: datetime
     payment_form: str
@@ -82,6 +97,7 @@ class Invoice:
     exchange_rate: Decimal | None = None
     related_uuid: str | None = None  # CfdiRelacionados (credit notes)
     payment: Payment | None = None  # complemento de pagos (kind P)
+    local_taxes: Sequence[LocalTax] = ()  # complemento implocal: part of the Total
 
 
 def _money(value: Decimal) -> str:
@@ -109,7 +125,23 @@ class _Totals:
 
 def invoice_total(invoice: Invoice) -> Decimal:
     totals = _totals(invoice.concepts)
-    return _total(totals)
+    return _total(totals) + _local_net(invoice, totals)
+
+
+def _local_amounts(invoice: Invoice, t: _Totals) -> list[tuple[LocalTax, Decimal]]:
+    base = t.subtotal - t.discount
+    return [
+        (tax, (base * tax.rate_percent / 100).quantize(CENT, ROUND_HALF_UP))
+        for tax in invoice.local_taxes
+    ]
+
+
+def _local_net(invoice: Invoice, t: _Totals) -> Decimal:
+    """Local taxes transferred minus withheld: what they add to the Total."""
+    return sum(
+        (-amount if tax.withheld else amount for tax, amount in _local_amounts(invoice, t)),
+        Decimal(0),
+    )
 
 
 def _total(t: _Totals) -> Decimal:
@@ -145,6 +177,9 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
     if invoice.payment is not None:
         nsmap["pago20" if v4 else "pago10"] = PAGOS20_NS if v4 else PAGOS10_NS
         schema_location.append(_PAGOS_SCHEMA[invoice.version])
+    if invoice.local_taxes:
+        nsmap["implocal"] = IMPLOCAL_NS
+        schema_location.append(_IMPLOCAL_SCHEMA)
 
     def q(tag: str) -> str:
         return f"{{{ns}}}{tag}"
@@ -165,7 +200,9 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
         "Descuento": _money(totals.discount) if totals.discount else None,
         "Moneda": invoice.currency,
         "TipoCambio": str(invoice.exchange_rate) if invoice.exchange_rate is not None else None,
-        "Total": "0" if invoice.kind == "P" else _money(_total(totals)),
+        "Total": "0"
+        if invoice.kind == "P"
+        else _money(_total(totals) + _local_net(invoice, totals)),
         "TipoDeComprobante": invoice.kind,
         "Exportacion": "01" if v4 else None,
         "MetodoPago": invoice.payment_method,
@@ -244,6 +281,8 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
     complement = etree.SubElement(root, q("Complemento"))
     if invoice.payment is not None:
         _payment_complement(complement, invoice, v4)
+    if invoice.local_taxes:
+        _local_taxes_complement(complement, _local_amounts(invoice, totals))
     etree.SubElement(
         complement,
         f"{{{TFD_NS}}}TimbreFiscalDigital",
@@ -288,6 +327,37 @@ def _concept_taxes(node: etree._Element, c: Concept, base: Decimal, q, v4: bool)
                 TasaOCuota=str(rate),
                 Importe=_money((base * rate).quantize(CENT, ROUND_HALF_UP)),
             )
+
+
+def _local_taxes_complement(
+    complement: etree._Element, amounts: list[tuple[LocalTax, Decimal]]
+) -> None:
+    """implocal:ImpuestosLocales 1.0: its totals, then each tax withheld and transferred."""
+    withheld = [(tax, amount) for tax, amount in amounts if tax.withheld]
+    transferred = [(tax, amount) for tax, amount in amounts if not tax.withheld]
+    node = etree.SubElement(
+        complement,
+        f"{{{IMPLOCAL_NS}}}ImpuestosLocales",
+        version="1.0",
+        TotaldeRetenciones=_money(sum((a for _, a in withheld), Decimal(0))),
+        TotaldeTraslados=_money(sum((a for _, a in transferred), Decimal(0))),
+    )
+    for tax, amount in withheld:
+        etree.SubElement(
+            node,
+            f"{{{IMPLOCAL_NS}}}RetencionesLocales",
+            ImpLocRetenido=tax.name,
+            TasadeRetencion=_money(tax.rate_percent),
+            Importe=_money(amount),
+        )
+    for tax, amount in transferred:
+        etree.SubElement(
+            node,
+            f"{{{IMPLOCAL_NS}}}TrasladosLocales",
+            ImpLocTrasladado=tax.name,
+            TasadeTraslado=_money(tax.rate_percent),
+            Importe=_money(amount),
+        )
 
 
 def _payment_complement(complement: etree._Element, invoice: Invoice, v4: bool) -> None:

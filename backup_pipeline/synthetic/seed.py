@@ -355,6 +355,10 @@ SUPPLY_ITEMS = {
     ),
 }
 LANDLORDS = ("ROSARIO IBÁÑEZ PEÑA", "JORGE ZAVALA ORDÓÑEZ", "ELENA QUIÑONES ÁVILA")
+# Expenses that carry state taxes (the implocal complement): a hotel's lodging tax (ISH), and a
+# specialist's fees with the cedular tax withheld as well as ISR and two thirds of the VAT.
+HOTELS = ("HOTEL MISIÓN DEL BAJÍO", "HOTELES Y CONVENCIONES DEL PACÍFICO")
+SPECIALISTS = ("ALEJANDRA MÉNDEZ SOLÍS", "RAÚL CASTAÑEDA NÚÑEZ")
 
 
 @dataclass
@@ -1168,6 +1172,7 @@ class _ClinicSeeder:
         clinic_party = cfdi_xml.Party(
             self.clinic.rfc, self.clinic.legal_name.upper(), "601", self.clinic.place.postal_code
         )
+        self.expenses_seen = 0  # received invoices that could carry local taxes, so far
         for j in range(total):
             self._invoice(j, tz, clinic_party)
 
@@ -1221,6 +1226,13 @@ class _ClinicSeeder:
             if j == CFDI_USD or (j >= 9 and rng.random() < 0.03):
                 currency = "USD"
                 exchange_rate = Decimal(rng.randint(165000, 205000)) / 10000
+        local_taxes: tuple[cfdi_xml.LocalTax, ...] = ()
+        if direction == "received" and kind == "I" and j >= 9:
+            replaced = self._local_tax_expense(j, self.expenses_seen)
+            self.expenses_seen += 1
+            if replaced is not None:
+                issuer, concepts, local_taxes = replaced
+                use = "G03"
         payment = None
         if kind == "P":
             # A payment receipt: no form or method of its own, currency XXX, the payment in a complement.
@@ -1239,7 +1251,7 @@ class _ClinicSeeder:
             stamped_at=local + timedelta(seconds=rng.randint(5, 400)), issuer=issuer, receiver=receiver,
             use=use, concepts=concepts, uuid=uuid, payment_form=payment_form, payment_method=payment_method,
             currency=currency, exchange_rate=exchange_rate, related_uuid=related if kind == "E" else None,
-            payment=payment,
+            payment=payment, local_taxes=local_taxes,
         )  # fmt: skip
         xml = cfdi_xml.build_cfdi(invoice, rng)
         row_uuid = uuid
@@ -1385,6 +1397,34 @@ class _ClinicSeeder:
             price = Decimal(rng.randint(low * 100, high * 100)) / 100
             concepts.append(cfdi_xml.Concept(product, unit, description, quantity, price))
         return party, concepts
+
+    def _local_tax_expense(
+        self, j: int, seen: int
+    ) -> tuple[cfdi_xml.Party, list[cfdi_xml.Concept], tuple[cfdi_xml.LocalTax, ...]] | None:
+        """A hotel stay or a specialist's fees with its local tax: a clinic's first two
+        expenses (so that every clinic has both), then one in a few."""
+        rng = self.rng("cfdi-local", j)  # a stream of its own: other invoices stay as they were
+        draw = rng.random()
+        if seen < 2:
+            draw = 0.0 if seen == 0 else 0.1
+        if draw < 0.08:
+            name = rng.choice(HOTELS)
+            founded = date(rng.randint(1985, 2010), rng.randint(1, 12), rng.randint(1, 28))
+            rfc = names.rfc_persona_moral(name, founded, self.rng("hotel", name))
+            party = cfdi_xml.Party(rfc, name, "601", rng.choice(names.PLACES).postal_code)
+            nights, rate = Decimal(rng.randint(1, 4)), Decimal(rng.randint(90, 260) * 10)
+            stay = cfdi_xml.Concept("90111800", "DAY", "Hospedaje en habitación sencilla (congreso odontológico)", nights, rate)  # fmt: skip
+            return party, [stay], (cfdi_xml.LocalTax("ISH", Decimal("3.00")),)
+        if draw < 0.16:
+            name = rng.choice(SPECIALISTS)
+            first, last, second = name.split()
+            person = names.Person(first, last, second, None, date(1979, 9, 3))
+            rfc = names.rfc_persona_fisica(person, self.rng("specialist", name)) or "XEXX010101000"
+            party = cfdi_xml.Party(rfc, name, "612", self.clinic.place.postal_code)
+            fee = Decimal(rng.randint(15, 60) * 100)
+            visit = cfdi_xml.Concept("85121800", "E48", "Honorarios por interconsulta de especialidad", Decimal(1), fee, withhold=True)  # fmt: skip
+            return party, [visit], (cfdi_xml.LocalTax("Cedular", Decimal("2.00"), withheld=True),)
+        return None
 
     # backup history ---------------------------------------------------------------------------
 

@@ -17,12 +17,14 @@ from lxml import etree
 from sqlalchemy import Engine, create_engine, func, select
 
 from backup_pipeline import tables
+from backup_pipeline.cfdi import PROBLEM_TOTALS_PREFIX, parse_cfdi, totals_difference
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import (
     ID_BLOCK,
     PROFILES,
     SeedSummary,
+    cfdi_xml,
     file_backup_request,
     names,
     seed_platform,
@@ -419,6 +421,54 @@ def test_cfdi_parse_with_their_namespaces_and_stamp_except_the_broken_one(clinic
     assert all(r["cancelled_at"] is None for r in rows if r["status"] == "vigente")
     assert any(r["patient_id"] for r in rows)
     assert b"Retenciones" in b"".join(store.get_bytes(r["xml_storage_key"]) for r in rows)
+
+
+@pytest.mark.parametrize("version", ["3.3", "4.0"])
+def test_synthetic_cfdi_with_local_taxes_add_up_to_their_total(version):
+    party = cfdi_xml.Party("EKU9003173C9", "ESCUELA KEMPER URGATE", "601", "37000")
+    stay = cfdi_xml.Concept("90111800", "DAY", "Hospedaje", Decimal(3), Decimal("1234.57"))
+    fees = cfdi_xml.Concept(
+        "85121800", "E48", "Honorarios", Decimal(1), Decimal("3333.33"), withhold=True
+    )
+    invoice = cfdi_xml.Invoice(
+        version=version, kind="I", serie="A", folio="1", issued_at=datetime(2023, 5, 1, 10),
+        stamped_at=datetime(2023, 5, 1, 10, 1), issuer=party, receiver=party, use="G03",
+        concepts=[stay, fees], uuid="8502C8A6-1AA1-42AA-8668-BB48CFC1603B", payment_form="03",
+        payment_method="PUE",
+        local_taxes=[cfdi_xml.LocalTax("ISH", Decimal("3.00")), cfdi_xml.LocalTax("Cedular", Decimal("2.00"), withheld=True)],
+    )  # fmt: skip
+
+    xml = cfdi_xml.build_cfdi(invoice, random.Random(1))
+    record = parse_cfdi(xml)
+
+    assert record.version == version
+    assert record.impuestos_locales_trasladados == Decimal("211.11")  # 3% of 7037.04
+    assert record.impuestos_locales_retenidos == Decimal("140.74")  # 2% of 7037.04
+    assert totals_difference(record) == 0 and record.problems == ()
+    assert record.total == cfdi_xml.invoice_total(invoice)
+    root = etree.fromstring(xml)
+    (local,) = root.findall(
+        f"{{{root.nsmap['cfdi']}}}Complemento/{{{cfdi_xml.IMPLOCAL_NS}}}ImpuestosLocales"
+    )
+    assert local.get("version") == "1.0"
+    assert cfdi_xml.IMPLOCAL_NS in root.get(f"{{{cfdi_xml.XSI_NS}}}schemaLocation")
+
+
+def test_a_seeded_clinic_has_local_tax_expenses_in_3_3_and_4_0_and_every_cfdi_adds_up(tmp_path):
+    engine = _platform(f"sqlite:///{tmp_path / 'platform.db'}")
+    store = _store(tmp_path, "files")
+    seed_platform(engine, store, patients=120, seed=7, now=NOW)
+
+    local_versions, unbalanced = Counter(), []
+    for row in _rows(engine, tables.cfdi_documents):
+        record = parse_cfdi(store.get_bytes(row["xml_storage_key"]))
+        if record.impuestos_locales_trasladados is not None:
+            assert row["direction"] == "received"
+            local_versions[record.version] += 1
+        if any(p.startswith(PROBLEM_TOTALS_PREFIX) for p in record.problems):
+            unbalanced.append(row["id"])
+    assert set(local_versions) == {"3.3", "4.0"}
+    assert unbalanced == []
 
 
 def test_timestamps_are_naive_utc_and_never_after_now(clinic):
