@@ -37,7 +37,8 @@ TOTALS_TOLERANCE = Decimal("0.05")
 # so Total = SubTotal − Descuento is the same rule with no taxes.
 _BALANCED_TYPES = frozenset({"I", "E", "T", "N"})
 
-# Observations the clinic reads in the report (Spanish). None of them quotes the file's text.
+# Observations the clinic reads in the report (Spanish). None of them quotes the file's text
+# (the totals one shows a difference computed from its figures, and at most a currency code).
 PROBLEM_EMPTY = "El archivo XML está vacío"
 PROBLEM_TOO_LARGE = (
     f"El archivo XML mide más de {MAX_CFDI_BYTES // (1024 * 1024)} MB y no se procesó"
@@ -438,7 +439,8 @@ def _local_total(
 
 def totals_difference(record: CfdiRecord) -> Decimal | None:
     """Total − (SubTotal − Descuento + transferred − withheld, federal and local); None when
-    the rule does not apply to the CFDI's type or a figure it needs is missing."""
+    the rule does not apply to the CFDI's type or it has no SubTotal or Total. An absent
+    Descuento, Impuestos or complement counts as 0, as it does for SAT."""
     if record.tipo not in _BALANCED_TYPES or record.subtotal is None or record.total is None:
         return None
     zero = Decimal(0)

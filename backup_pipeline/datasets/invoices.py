@@ -23,7 +23,7 @@ PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
 
 
-def _columns(with_pdf: bool, with_patient: bool) -> tuple[Column, ...]:
+def _columns(with_pdf: bool, with_patient: bool = True) -> tuple[Column, ...]:
     columns = (
         Column("uuid", "UUID", width=38),
         Column("serie", "Serie"),
