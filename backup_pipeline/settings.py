@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import timedelta
-from email.utils import parseaddr
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 from urllib.parse import parse_qs, urlsplit
@@ -100,10 +100,14 @@ def _workers(value: Any) -> Any:
 
 
 def _email(value: str) -> str:
-    """'address@host.tld' or 'Display Name <address@host.tld>' (the name may have accents)."""
+    """'address@host.tld' or 'Display Name <address@host.tld>' (the name may have accents, or be
+    quoted when it holds a comma): one address, nothing around it."""
     text = value.strip()
-    name, address = parseaddr(text)
-    if not _ADDRESS.fullmatch(address) or text not in (address, f"{name} <{address}>".strip()):
+    found = getaddresses([text])
+    if len(found) != 1:
+        raise ValueError("not one email address")
+    address = found[0][1]
+    if not _ADDRESS.fullmatch(address) or not (text == address or text.endswith(f"<{address}>")):
         raise ValueError("not an email address")
     return text
 

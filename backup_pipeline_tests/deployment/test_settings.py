@@ -265,6 +265,18 @@ def test_a_part_size_unit_is_exact(value: str, size: int) -> None:
     assert Settings.from_env({"BACKUP_PART_SIZE": value}).part_size_bytes == size
 
 
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "respaldos@clinica.example",
+        "Respaldo de información <respaldos@clinica.example>",
+        '"Clínica Dental, S.C." <respaldos@clinica.example>',
+    ],
+)
+def test_a_sender_with_or_without_a_display_name_is_accepted(sender: str) -> None:
+    assert Settings.from_env({"BACKUP_FROM_EMAIL": sender}).from_email == sender
+
+
 def test_empty_values_count_as_unset_and_the_older_ttl_name_is_read() -> None:
     settings = Settings.from_env({"BACKUP_LINK_TTL": " ", "BACKUP_EXPORT_WORKERS": ""})
     assert (settings.link_ttl_hours, settings.export_workers) == (72, None)
