@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backup_pipeline.settings import Settings, dagster_home
+from backup_pipeline.settings import Settings, SettingsError, dagster_home
 
 if TYPE_CHECKING:
     from backup_pipeline.operations import ProcessOutcome
@@ -108,7 +108,7 @@ def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_prepare_instance(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_prepare_instance(args: argparse.Namespace, settings: Settings | None) -> int:
     home = _ensure_dagster_home()
     print(f"Dagster instance ready in {home}.")
     return 0
@@ -199,7 +199,7 @@ def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
     return _support_action(act)
 
 
-def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_verify(args: argparse.Namespace, settings: Settings | None) -> int:
     """One zip, or every part of a very large account's archive (each part checks itself)."""
     from backup_pipeline.archive.verify import verify_zip
 
@@ -309,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that read no setting: they run whatever the BACKUP_* variables hold (a zip is checked
+# on a support laptop whose environment is someone else's).
+WITHOUT_SETTINGS = frozenset({"verify", "prepare-instance"})
+
 COMMANDS = {
     "init-db": cmd_init_db,
     "migrate": cmd_migrate,
@@ -327,7 +331,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    settings = None
+    if args.command not in WITHOUT_SETTINGS:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            # Before anything is touched: one line naming the variable, exit 2 like a bad argument.
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return COMMANDS[args.command](args, settings)
 
 

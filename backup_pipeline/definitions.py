@@ -48,4 +48,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    # A bad setting raises SettingsError here: Dagster shows the location's load error, whose
+    # message is the one line naming the variable, and nothing of the location runs.
     return build_definitions(Settings.from_env())

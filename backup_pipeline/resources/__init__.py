@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.settings import MAX_LINK_TTL, Settings
 
+_DECLARED = {field.name: field for field in dataclasses.fields(Settings)}
+
+
+def _declared_default(name: str) -> Any:
+    """The default `Settings` declares, so that a policy built in a test without settings gets
+    the same values as the code location; meanings and bounds are documented there too."""
+    return _DECLARED[name].default
+
 
 class BackupPolicyResource(dg.ConfigurableResource):
     """How long links live, when a request counts as late, how long partitions are kept, and
-    how much the sensor and each housekeeping run take on at once."""
+    how much the sensor and each housekeeping run take on at once (see Settings)."""
 
-    link_ttl_hours: float = 72.0
-    late_after_hours: float = 24.0
-    partition_retention_days: float = 90.0
-    sensor_batch: int = 2_000
-    expire_batch: int = 500
-    staging_batch: int = 10_000
-    late_alert_batch: int = 200
-    partition_delete_batch: int = 10_000
+    link_ttl_hours: float = _declared_default("link_ttl_hours")
+    late_after_hours: float = _declared_default("late_after_hours")
+    partition_retention_days: float = _declared_default("partition_retention_days")
+    sensor_batch: int = _declared_default("sensor_batch")
+    expire_batch: int = _declared_default("expire_batch")
+    staging_batch: int = _declared_default("staging_batch")
+    late_alert_batch: int = _declared_default("late_alert_batch")
+    partition_delete_batch: int = _declared_default("partition_delete_batch")
     # An archive larger than this is delivered as numbered parts, each a complete zip.
-    part_size_bytes: int = DEFAULT_PART_SIZE
+    part_size_bytes: int = _declared_default("part_size_bytes")
     # Worker processes rendering the workbooks beside the zip (datasets.parallel); None: the CPUs
     # the run may use, 0: one after another in the run's own process.
-    export_workers: int | None = None
+    export_workers: int | None = _declared_default("export_workers")
 
     @property
     def link_ttl(self) -> timedelta:
@@ -70,9 +79,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             support_email=settings.support_email,
         ),
         "policy": BackupPolicyResource(
-            link_ttl_hours=settings.link_ttl.total_seconds() / 3600,
-            late_after_hours=settings.late_after.total_seconds() / 3600,
-            partition_retention_days=settings.partition_retention.total_seconds() / 86400,
+            link_ttl_hours=settings.link_ttl_hours,
+            late_after_hours=settings.late_after_hours,
+            partition_retention_days=settings.partition_retention_days,
             sensor_batch=settings.sensor_batch,
             expire_batch=settings.expire_batch,
             staging_batch=settings.staging_batch,
