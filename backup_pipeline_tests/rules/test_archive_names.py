@@ -167,12 +167,21 @@ def test_a_real_name_that_looks_numbered_is_still_kept_apart():
 
 
 def test_numbering_a_name_at_the_byte_limit_stays_within_it():
-    names = UniqueNames()
+    names = UniqueNames(max_path_units=None)
     raw = "x" * 300 + ".pdf"
     first = names.path("f", raw, fallback="archivo").split("/", 1)[1]
     second = names.path("f", raw, fallback="archivo").split("/", 1)[1]
     assert len(first.encode()) == 255 and len(second.encode()) == 255
     assert second.endswith(" (2).pdf")
+
+
+def test_numbering_a_name_at_the_path_limit_stays_within_it():
+    names = UniqueNames()
+    raw = "x" * 300 + ".pdf"
+    first = names.path("f", raw, fallback="archivo")
+    second = names.path("f", raw, fallback="archivo")
+    assert len(first) == len(second) == 140  # ASCII: one UTF-16 unit per character
+    assert first.endswith("x.pdf") and second.endswith("x (2).pdf")
 
 
 @given(st.lists(hostile_text, max_size=30), st.integers(min_value=64, max_value=255))
