@@ -232,7 +232,8 @@ ARCHIVOS NO INCLUIDOS
 {spanish_count(facts.missing_count, "archivo no se pudo", "archivos no se pudieron")} copiar al respaldo
 (por ejemplo, porque ya no existía en el almacenamiento de la plataforma). El archivo
 {MISSING_REPORT_PATH} indica cuáles son, de qué paciente o comprobante, y el motivo.
-Si necesita alguno de ellos, comuníquese con soporte.
+Los archivos adjuntos entre ellos aparecen también en adjuntos.xlsx, con la ubicación que
+habrían tenido en el respaldo. Si necesita alguno de ellos, comuníquese con soporte.
 """
 
 

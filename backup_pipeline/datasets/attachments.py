@@ -38,8 +38,7 @@ class AttachmentIndex:
     sheet_title: str = "Índice de adjuntos"
     description: str = (
         "Índice de los archivos adjuntos: paciente, nombre original, fecha de carga, tipo, "
-        "tamaño y ubicación de cada archivo en el respaldo. Los archivos que aparecen en "
-        "archivos_no_incluidos.xlsx no se pudieron copiar."
+        "tamaño y ubicación de cada uno en el respaldo."
     )
 
     def extract(self, ctx: ExtractContext) -> Extraction:
