@@ -40,6 +40,8 @@ _DOWNLOAD_NAME = re.compile(r"(respaldo_)(.+)(_\d{4}-\d{2}-\d{2})")
 
 def utf16_units(text: str) -> int:
     """A name's length as Windows counts it: UTF-16 code units (an emoji counts two)."""
+    if text.isascii():
+        return len(text)
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
@@ -55,6 +57,8 @@ class _Limit:
         return cls(max_bytes, MAX_COMPONENT_BYTES if max_units is None else max_units)
 
     def fits(self, text: str) -> bool:
+        if text.isascii():  # one byte and one unit per character
+            return len(text) <= self.bytes and len(text) <= self.units
         # Every UTF-16 unit is at least one UTF-8 byte: most names are decided by the first test.
         if len(text) <= self.units and len(text.encode("utf-8", "surrogatepass")) <= self.bytes:
             return utf16_units(text) <= self.units
@@ -151,8 +155,9 @@ def named_patient_folder(
         raise ValueError(f"no room for a name beside the patient id {int(patient_id)}")
     full = _clean(words)
     name = _fit(full, limit) or PATIENT_FALLBACK
-    folder = _fit(_clean(name + suffix), _Limit.of(max_bytes, max_units))
-    return Named(f"{ATTACHMENTS_FOLDER}/{folder}", shortened=bool(full) and name != full)
+    # Still safe with the suffix: it ends the name with ')', and the part before the first dot
+    # (which decides a reserved name) is the clean name's own or has ' (' in it.
+    return Named(f"{ATTACHMENTS_FOLDER}/{name}{suffix}", shortened=bool(full) and name != full)
 
 
 class UniqueNames:
@@ -215,6 +220,9 @@ def collision_keys(name: str) -> tuple[tuple[int, str], ...]:
     holds it), canonically equal ignoring case (macOS also ignores NFC/NFD), or equal in
     upper case (Windows' own folding, which maps 'ı' to 'I' where casefold keeps them apart).
     """
+    if name.isascii():  # most names: no accents to normalise, and casefold is lower()
+        lower = name.lower()
+        return ((0, lower), (1, lower), (2, name.upper()))
     nfc = unicodedata.normalize("NFC", name)
     return (
         (0, nfc.casefold()),
