@@ -14,6 +14,10 @@ import pytest
 from sqlalchemy import insert
 
 from backup_pipeline import tables as t
+from backup_pipeline.archive.parts import archive_spans
+from backup_pipeline.archive.plan import read_plan, stage_plan
+from backup_pipeline.datasets import attachments as attachments_index
+from backup_pipeline.datasets.base import ExtractContext
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline_tests.support.acceptance import Archive
 from backup_pipeline_tests.support.platform import Platform, build_platform
@@ -192,3 +196,47 @@ def test_every_part_extracts_on_windows(parted):
     files = [name for name in entries if "/" in name]  # the part's own notes repeat by design
     folded = {unicodedata.normalize("NFC", name).casefold() for name in files}
     assert len(folded) == len(files)
+
+
+def extract_index(platform: Platform, **context) -> tuple[list[str], list[dict]]:
+    with platform.engine.connect() as conn:
+        extraction = attachments_index.DATASET.extract(
+            ExtractContext(
+                connection=conn,
+                subscription_id=1,
+                files=platform.files,
+                timezone="America/Mexico_City",
+                chunksize=2,
+                **context,
+            )
+        )
+        chunks = list(extraction.chunks)
+    assert all(len(chunk) <= 2 for chunk in chunks)  # streamed in chunks of the run's size
+    rows = [row for chunk in chunks for row in chunk.to_dict("records")]
+    return [column.header for column in extraction.columns], rows
+
+
+def test_a_single_part_archive_has_no_part_column_and_a_parted_one_does(tmp_path):
+    platform = build_platform(tmp_path)
+    platform.add_clinic(1)
+    add_patient(platform, 10, "Ana", "García")
+    for attachment_id in range(1, 6):
+        add_attachment(platform, attachment_id, 10, f"estudio {attachment_id}.jpg", size=400_000)
+    with platform.engine.connect() as conn:
+        plan = stage_plan(conn, 1, platform.archives, "staging/plan.jsonl")
+
+    headers, rows = extract_index(platform)  # no run: the files are planned from the database
+    assert "Parte del respaldo" not in headers
+    assert [row["archive_path"] for row in rows] == [
+        f"adjuntos/García Ana (10)/estudio {n}.jpg" for n in range(1, 6)
+    ]
+    headers, rows = extract_index(
+        platform, archives=platform.archives, plan=plan, part_size=1_000_000
+    )
+    assert headers[-1] == "Parte del respaldo"
+    # A folder larger than a part is cut between its files, as the zip cuts it (the one split).
+    spans = archive_spans(read_plan(platform.archives, plan), 1_000_000)
+    expected = [span.number for span in spans for _ in range(span.start, span.stop)]
+    assert [row["part"] for row in rows] == expected
+    assert len(set(expected)) >= 3 and expected == sorted(expected)
+    platform.close()
