@@ -149,8 +149,7 @@ def named_patient_folder(
     words = " ".join(
         part.strip() for part in (last_name, second_last_name, first_name) if part and part.strip()
     )
-    # One unit spare for the '_' a reserved name could gain once the suffix is added.
-    limit = _Limit.of(max_bytes, max_units).minus(suffix + "_")
+    limit = _Limit.of(max_bytes, max_units).minus(suffix)
     if limit.units < 1 or limit.bytes < 1:
         raise ValueError(f"no room for a name beside the patient id {int(patient_id)}")
     full = _clean(words)
