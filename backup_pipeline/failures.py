@@ -56,6 +56,7 @@ _STEP_SUBJECTS = {
     "export_consultations": "de sus consultas",
     "export_dental_treatments": "de sus tratamientos odontológicos",
     "export_vaccinations": "de sus registros de vacunación",
+    "export_attachments": "del índice de sus archivos adjuntos",
     "export_invoices_issued": "de sus comprobantes emitidos",
     "export_invoices_received": "de sus comprobantes recibidos",
     "plan_archive_files": "de sus archivos adjuntos y comprobantes",

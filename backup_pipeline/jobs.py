@@ -223,6 +223,9 @@ def _export_and_zip(
                 # The request's time: a re-run renders the same rows into the same bytes.
                 created=target.requested_at,
                 progress=export_progress,
+                # The attachments index lists the files as this run's plan names and splits them.
+                plan=plan,
+                part_size=policy.part_size_bytes,
             )
         # Noted as soon as it is staged, by whoever staged it: a retry of this step keeps it.
         record_staged_export(

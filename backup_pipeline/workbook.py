@@ -25,7 +25,12 @@ from slugify import slugify
 from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 
-from backup_pipeline.archive.names import safe_component
+from backup_pipeline.archive.names import (
+    MAX_PATH_UNITS,
+    collision_keys,
+    safe_component,
+    utf16_units,
+)
 from backup_pipeline.cleaning import (
     EXCEL_CELL_MAX_CHARS,
     cell_text,
@@ -208,7 +213,9 @@ class _WorkbookWriter:
         self._date_format = self._kind_formats[Kind.DATE]
         self.sheet_titles: list[str] = []
         self.overflow_files: list[OverflowFile] = []
-        self._overflow_names: set[str] = set()
+        self._overflow_names: set[tuple[int, str]] = set()
+        # 'textos_largos/<workbook>/<name>' within the archive's path limit.
+        self._overflow_units = min(MAX_PATH_UNITS - utf16_units(overflow_prefix) - 1, 255)
 
     def write_table(
         self,
@@ -339,12 +346,16 @@ class _WorkbookWriter:
         else:
             sheet = slugify(table.sheet.title, separator="_") or "hoja"
             stem = f"{sheet}_fila{excel_row}_{header}"
-        name = safe_component(f"{stem}.txt", fallback="texto.txt")
+        units = self._overflow_units
+        name = safe_component(f"{stem}.txt", fallback="texto.txt", max_units=units)
         number = 2
-        while name.casefold() in self._overflow_names:
-            name = safe_component(f"{stem}_{number}.txt", fallback="texto.txt")
+        while not self._overflow_names.isdisjoint(collision_keys(name)):
+            # The stem is cut before the number is added, so that a long one keeps its number.
+            tail = f"_{number}.txt"
+            kept = safe_component(stem, fallback="texto", max_units=units - len(tail))
+            name = safe_component(f"{kept}{tail}", fallback="texto.txt", max_units=units)
             number += 1
-        self._overflow_names.add(name.casefold())
+        self._overflow_names.update(collision_keys(name))
         return name
 
     def _write_overflow(self, value: _LongText, name: str) -> str:

@@ -119,6 +119,7 @@ def build_archive(
                     part=span.number,
                     parts=len(spans),
                     part_summaries=summaries,
+                    names_shortened=plan.names_shortened,
                 )
             )
 

@@ -50,6 +50,12 @@ class PlannedFile(_Serialisable):
     # For archivos_no_incluidos.xlsx, in Spanish: "Apellidos Nombre", and what the file was.
     patient_name: str | None = None
     description: str | None = None
+    # For adjuntos.xlsx (attachments only): the name as uploaded, when (naive UTC, ISO) and
+    # its type as the platform recorded them, and whether its archive name was cut to length.
+    original_name: str | None = None
+    uploaded_at: str | None = None
+    content_type: str | None = None
+    name_shortened: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class LeemeFacts:
     part: int = 1
     parts: int = 1
     part_summaries: Sequence[str] = ()
+    # Attachments whose folder or file name was cut to keep its path short for Windows.
+    names_shortened: int = 0
 
 
 def leeme_text(facts: LeemeFacts) -> str:
@@ -59,7 +61,7 @@ def leeme_text(facts: LeemeFacts) -> str:
         _confidentiality(),
         _dates(facts),
         _contents(facts),
-        _names(),
+        _names(facts),
         _verification(),
     ]
     if facts.missing_count:
@@ -200,8 +202,8 @@ def _contents(facts: LeemeFacts) -> str:
     return "\n".join(lines)
 
 
-def _names() -> str:
-    return """
+def _names(facts: LeemeFacts) -> str:
+    text = """
 NOMBRES DE LOS ARCHIVOS
 -----------------------
 Los nombres de algunos archivos se ajustaron para que se puedan abrir en Windows, macOS y
@@ -209,6 +211,18 @@ Linux: los caracteres no permitidos (como / \\ : * ? " < > |) se cambiaron por "
 nombres muy largos se acortaron. Si un paciente tenía dos archivos con el mismo nombre,
 ambos se incluyen: el segundo se llama, por ejemplo, "foto (2).jpg".
 """
+    if facts.names_shortened:
+        n = facts.names_shortened
+        files = spanish_count(n, "archivo adjunto", "archivos adjuntos")
+        text += (
+            f"En este respaldo se acortó el nombre de {files} (o el de su carpeta) para que\n"
+            f"Windows pueda descomprimir{'lo' if n == 1 else 'los'}.\n"
+        )
+    text += (
+        "El nombre original de cada archivo adjunto está en adjuntos.xlsx, junto a su\n"
+        "ubicación en el respaldo.\n"
+    )
+    return text
 
 
 def _missing(facts: LeemeFacts) -> str:
@@ -218,7 +232,8 @@ ARCHIVOS NO INCLUIDOS
 {spanish_count(facts.missing_count, "archivo no se pudo", "archivos no se pudieron")} copiar al respaldo
 (por ejemplo, porque ya no existía en el almacenamiento de la plataforma). El archivo
 {MISSING_REPORT_PATH} indica cuáles son, de qué paciente o comprobante, y el motivo.
-Si necesita alguno de ellos, comuníquese con soporte.
+Los archivos adjuntos entre ellos aparecen también en adjuntos.xlsx, con la ubicación que
+habrían tenido en el respaldo. Si necesita alguno de ellos, comuníquese con soporte.
 """
 
 

@@ -17,15 +17,17 @@ from backup_pipeline.archive.entries import (
     KIND_CFDI_XML,
     PlannedFile,
 )
-from backup_pipeline.archive.names import UniqueNames, patient_folder
+from backup_pipeline.archive.names import (
+    MAX_PATH_UNITS,
+    PATIENT_FOLDER_MAX_UNITS,
+    Named,
+    UniqueNames,
+    named_patient_folder,
+)
 from backup_pipeline.cfdi import cfdi_archive_paths
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.tables import attachments, cfdi_documents, patients
 
-# Each component may hold 255 bytes, but Windows Explorer cannot extract a path longer than
-# 260 characters: these keep "adjuntos/<folder>/<file>" within that for almost every upload.
-PATIENT_FOLDER_MAX_BYTES = 100
-FILE_NAME_MAX_BYTES = 150
 ATTACHMENT_FALLBACK = "archivo"
 _CFDI_LABELS = {
     ("issued", KIND_CFDI_XML): "XML del comprobante emitido",
@@ -53,8 +55,10 @@ def _attachments(connection: Connection, subscription_id: int) -> Iterator[Plann
             attachments.c.patient_id,
             attachments.c.storage_key,
             attachments.c.file_name,
+            attachments.c.content_type,
             attachments.c.size_bytes,
             attachments.c.sha256,
+            attachments.c.uploaded_at,
             patients.c.last_name,
             patients.c.second_last_name,
             patients.c.first_name,
@@ -78,22 +82,23 @@ def _attachments(connection: Connection, subscription_id: int) -> Iterator[Plann
         .execution_options(yield_per=_ROWS_PER_FETCH)
     )
     current_patient: int | None = None
-    folder = ""
-    names = UniqueNames(max_bytes=FILE_NAME_MAX_BYTES)
+    folder = Named(path="", shortened=False)
+    names = UniqueNames(max_path_units=MAX_PATH_UNITS)
     for row in connection.execute(query):
         if row.patient_id != current_patient:
             # Rows come grouped by patient, so each folder's names can be forgotten after it.
             current_patient = row.patient_id
-            folder = patient_folder(
+            folder = named_patient_folder(
                 row.last_name,
                 row.second_last_name,
                 row.first_name,
                 row.patient_id,
-                max_bytes=PATIENT_FOLDER_MAX_BYTES,
+                max_units=PATIENT_FOLDER_MAX_UNITS,
             )
-            names = UniqueNames(max_bytes=FILE_NAME_MAX_BYTES)
+            names = UniqueNames(max_path_units=MAX_PATH_UNITS)
+        named = names.named(folder.path, row.file_name or "", fallback=ATTACHMENT_FALLBACK)
         yield PlannedFile(
-            archive_path=names.path(folder, row.file_name or "", fallback=ATTACHMENT_FALLBACK),
+            archive_path=named.path,
             source_key=row.storage_key,
             kind=KIND_ATTACHMENT,
             record_id=int(row.id),
@@ -102,6 +107,10 @@ def _attachments(connection: Connection, subscription_id: int) -> Iterator[Plann
             expected_sha256=_sha256(row.sha256),
             patient_name=full_name(row.last_name, row.second_last_name, row.first_name),
             description=attachment_description(row.file_name),
+            original_name=row.file_name,
+            uploaded_at=_timestamp(row.uploaded_at),
+            content_type=row.content_type,
+            name_shortened=folder.shortened or named.shortened,
         )
 
 
@@ -145,10 +154,11 @@ def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
 def cfdi_files_by_row(rows: Iterable[Any]) -> Iterator[tuple[Any, list[PlannedFile]]]:
     """Each cfdi_documents row with its planned files: its XML, then its PDF when it has one.
 
-    The platform may hold one UUID twice (a received invoice uploaded twice): the second
-    copy becomes '<UUID> (2).xml' and its PDF '<UUID> (2).pdf', so both survive and stay paired.
+    The platform may hold one UUID twice (a received invoice uploaded twice), or twice in
+    different case: the second copy becomes '<UUID> (2).xml' and its PDF '<UUID> (2).pdf', so
+    both survive and stay paired.
     """
-    names = UniqueNames()
+    names = UniqueNames(max_path_units=MAX_PATH_UNITS)
     for row in rows:
         has_pdf = bool(row.pdf_storage_key)
         xml_path, pdf_path = cfdi_archive_paths(row.direction, row.uuid, row.id, has_pdf)
@@ -204,6 +214,13 @@ def cfdi_description(direction: str, kind: str, uuid: str | None) -> str:
     return f"{label} {folio}" if folio else f"{label} (sin folio fiscal)"
 
 
+def _timestamp(value: Any) -> str | None:
+    """A naive UTC timestamp as ISO text, as the plan's JSON lines carry it."""
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _size(value: Any) -> int | None:
     return int(value) if value is not None and int(value) >= 0 else None
 
@@ -221,6 +238,8 @@ class FilePlan:
     files: int
     expected_bytes: int
     by_kind: dict[str, int] = field(default_factory=dict)
+    # Attachments whose folder or file name was cut to keep its path short (LEEME says so).
+    names_shortened: int = 0
 
 
 def stage_plan(
@@ -228,7 +247,7 @@ def stage_plan(
 ) -> FilePlan:
     """Write the subscription's plan to `key` in the archives store, one file per line: the zip
     step streams it back instead of the run holding every file's record in memory."""
-    count = expected = 0
+    count = expected = shortened = 0
     by_kind: dict[str, int] = {}
     with store.open_write(key, "application/jsonl") as out:
         for planned in plan_files(connection, subscription_id):
@@ -236,7 +255,14 @@ def stage_plan(
             count += 1
             expected += planned.expected_size or 0
             by_kind[planned.kind] = by_kind.get(planned.kind, 0) + 1
-    return FilePlan(key=key, files=count, expected_bytes=expected, by_kind=by_kind)
+            shortened += planned.name_shortened
+    return FilePlan(
+        key=key,
+        files=count,
+        expected_bytes=expected,
+        by_kind=by_kind,
+        names_shortened=shortened,
+    )
 
 
 def read_plan(store: ObjectStore, plan: FilePlan) -> Iterator[PlannedFile]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from backup_pipeline.datasets import (
     anamnesis,
+    attachments,
     consultations,
     dental_treatments,
     invoices,
@@ -18,6 +19,7 @@ DATASETS: tuple[Dataset, ...] = (
     consultations.DATASET,
     dental_treatments.DATASET,
     vaccinations.DATASET,
+    attachments.DATASET,
     invoices.ISSUED,
     invoices.RECEIVED,
 )

@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 from sqlalchemy import Connection
 
 from backup_pipeline.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from backup_pipeline.archive.plan import FilePlan
 
 
 class Kind(enum.Enum):
@@ -65,6 +68,11 @@ class ExtractContext:
     # Rows per chunk: each chunk is held twice (its DataFrame, then its cells) by a worker
     # whose every MB counts (bench/RESULTS.md: 5,000 put the large backup over 350 MB PSS).
     chunksize: int = 2_000
+    # The run's staged file plan, the store it is staged in and the archive's part size: what
+    # the attachments index (adjuntos.xlsx) lists. Without a plan it plans the files itself.
+    archives: ObjectStore | None = None
+    plan: FilePlan | None = None
+    part_size: int | None = None
 
 
 @dataclass

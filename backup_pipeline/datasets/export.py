@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from backup_pipeline.archive.entries import StagedEntry
+from backup_pipeline.archive.plan import FilePlan
 from backup_pipeline.datasets.base import Dataset, ExtractContext
 from backup_pipeline.staging import stage_file
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
@@ -71,10 +72,13 @@ def export_dataset(
     staging_prefix: str,
     created: datetime | None = None,
     progress: Callable[[], None] | None = None,
+    plan: FilePlan | None = None,
+    part_size: int | None = None,
 ) -> ExportResult:
     """Render `dataset` for one subscription and stage it under `staging_prefix`; `created`
     (naive UTC) is the workbook's creation date (workbook.render_workbook), `progress` is
-    called as each chunk of rows arrives and as each file is staged."""
+    called as each chunk of rows arrives and as each file is staged; `plan` (staged in
+    `archives`) and `part_size` are the run's, for the attachments index."""
     with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
         workdir = Path(tmp)
         extraction = dataset.extract(
@@ -83,6 +87,9 @@ def export_dataset(
                 subscription_id=subscription_id,
                 files=files,
                 timezone=timezone,
+                archives=archives,
+                plan=plan,
+                part_size=part_size,
             )
         )
         if progress is not None:

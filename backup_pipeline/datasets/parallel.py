@@ -48,6 +48,7 @@ _COST_ORDER = (
     "dental_treatments",
     "patients",
     "vaccinations",
+    "attachments",
     "invoices_issued",
     "invoices_received",
 )

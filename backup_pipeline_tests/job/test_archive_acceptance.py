@@ -59,6 +59,7 @@ LINK_TTL_HOURS = 48
 PATIENTS = 8
 
 CLINICAL_WORKBOOKS = WORKBOOKS[:5]
+INVOICE_REPORTS = tuple(w for w in WORKBOOKS if w.startswith("facturacion/"))
 MISSING_REPORT = "archivos_no_incluidos.xlsx"
 ALREADY_COMPRESSED = {"xlsx", "png", "jpg", "jpeg", "pdf"}
 
@@ -199,7 +200,7 @@ def test_a_delivered_backup_is_the_archive_and_the_email_the_product_promises(
     # a broken one) is named, and its report row says so in its observations.
     observed = {
         r["Archivo XML"]: r["Observaciones"]
-        for report_name in WORKBOOKS[5:]
+        for report_name in INVOICE_REPORTS
         for r in archive.sheet_rows(report_name)
     }
     for note in report.unreadable_cfdi:
@@ -278,7 +279,7 @@ def test_a_delivered_backup_is_the_archive_and_the_email_the_product_promises(
     assert len(xml_entries) == len(cfdi) > 0
     # The invoice reports name each CFDI's files as the archive holds them.
     named = set()
-    for report in WORKBOOKS[5:]:
+    for report in INVOICE_REPORTS:
         for r in archive.sheet_rows(report):
             named |= {r.get("Archivo XML"), r.get("Archivo PDF")} - {None}
     assert named == {n for n in archive.names if re.match(r"facturacion/\w+/(xml|pdf)/", n)}
@@ -1180,7 +1181,7 @@ def test_the_clinic_reads_typed_answers_decoded_codes_and_mexican_spanish_said_u
     for value in filter(None, regimes.values()):
         assert re.fullmatch(r"6\d\d - \S.+", value), value
     decoded = Counter()
-    for report_name in WORKBOOKS[5:]:
+    for report_name in INVOICE_REPORTS:
         for r in archive.sheet_rows(report_name):
             for header in ("Régimen fiscal emisor", "Uso CFDI", "Tipo de comprobante",
                            "Forma de pago", "Método de pago"):  # fmt: skip

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, insert
 
 from backup_pipeline.archive.entries import PlannedFile
@@ -16,6 +19,7 @@ from backup_pipeline.tables import (
     patients,
     subscriptions,
 )
+from backup_pipeline.tables import patients as patients_table
 
 T0 = datetime(2026, 1, 2, 3, 4, 5)
 SHA = "ab" * 32
@@ -168,3 +172,141 @@ def test_cfdi_files_follow_the_attachments_and_one_uuid_twice_keeps_both(platfor
 def test_every_planned_path_is_unique_in_the_archive(platform):
     paths = [p.archive_path.casefold() for p in _plan(platform)]
     assert len(paths) == len(set(paths)) == 13
+
+
+# --- Windows can extract it: short paths, no two names that one system sees as one -------------
+
+# The rules stated independently of backup_pipeline.archive.names: Windows Explorer's 260-unit
+# limit leaves 140 UTF-16 units for a path inside the zip; Windows and macOS ignore case, and
+# macOS also ignores composed versus decomposed accents.
+MAX_ENTRY_UNITS = 140
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"} | {
+    f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789¹²³"
+}
+
+
+def utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def same_on_windows_or_macos(path: str) -> tuple[str, str]:
+    return (
+        unicodedata.normalize("NFC", path).casefold(),
+        unicodedata.normalize("NFD", unicodedata.normalize("NFD", path).casefold()),
+    )
+
+
+def assert_extractable(paths: list[str]) -> None:
+    for path in paths:
+        assert utf16_length(path) <= MAX_ENTRY_UNITS, path
+        for part in path.split("/"):
+            assert part and part not in (".", "..")
+            assert not set(part) & set('<>:"\\|?*')
+            assert not part.endswith((" ", ".")) and not part.startswith(" ")
+            assert part.split(".", 1)[0].rstrip(" ").upper() not in WINDOWS_RESERVED
+            assert all(unicodedata.category(c) not in ("Cc", "Cs") for c in part)
+    for fold in (0, 1):
+        folded = [same_on_windows_or_macos(path)[fold] for path in paths]
+        assert len(set(folded)) == len(folded), "two entries are one file on Windows or macOS"
+
+
+hostile_words = st.one_of(
+    st.text(max_size=300),
+    st.text(alphabet="aAáÁéÉñÑßẞıİ😀👨\u200d👩\u200d👧\u0301 .\u202e\u200f\u061c", max_size=200),
+    st.sampled_from(["CON", "nul", "Com1", "lpt¹", "aux ", "..", ".", "", " . ", "...", "   "]),
+    st.builds(lambda n: "Radiografía panorámica " * n, st.integers(1, 12)),
+)
+hostile_file_names = st.builds(
+    lambda stem, extension, upper: (stem + extension).upper() if upper else stem + extension,
+    hostile_words,
+    st.sampled_from(["", ".pdf", ".JPG", ".jpeg", ".tar.gz", ".😀", "."]),
+    st.booleans(),
+)
+hostile_uuids = st.one_of(
+    st.sampled_from([UUID_A, UUID_A.lower(), UUID_A.upper(), "", "x" * 300]),
+    st.text(alphabet="0123456789abcdefABCDEF-gz😀", max_size=120),
+)
+
+
+@given(
+    patients=st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=10**18), hostile_words, hostile_words, hostile_words
+        ),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda p: p[0],
+    ),
+    files=st.lists(st.tuples(st.integers(0, 3), hostile_file_names), max_size=25),
+    uuids=st.lists(st.tuples(st.sampled_from(["issued", "received"]), hostile_uuids), max_size=8),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_every_planned_path_is_short_and_distinct_on_windows_and_macos(patients, files, uuids):
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(subscriptions), [{"id": 1, "name": "c", "status": "active", "created_at": T0}]
+        )
+        conn.execute(
+            insert(patients_table),
+            [_patient(pid, 1, first, last, second) for pid, last, second, first in patients],
+        )
+        if files:
+            conn.execute(
+                insert(attachments),
+                [
+                    _attachment(n + 1, 1, patients[which % len(patients)][0], name, minute=n % 60)
+                    for n, (which, name) in enumerate(files)
+                ],
+            )
+        if uuids:
+            conn.execute(
+                insert(cfdi_documents),
+                [_cfdi(n + 1, 1, direction, uuid) for n, (direction, uuid) in enumerate(uuids)],
+            )
+    plan = _plan(engine)
+    engine.dispose()
+
+    assert len(plan) == len(files) + 2 * len(uuids)
+    assert_extractable([p.archive_path for p in plan])
+    for planned in plan:
+        if planned.kind == "adjunto":
+            root, folder, _name = planned.archive_path.split("/")
+            assert root == "adjuntos" and folder.endswith(f" ({planned.patient_id})")
+
+
+def test_a_long_name_is_shortened_recognisably_and_counted(platform):
+    long_name = "Radiografía panorámica de control " * 8 + "2024-03-15.jpeg"
+    with platform.begin() as conn:
+        conn.execute(
+            insert(patients_table),
+            [_patient(14, 1, "María Guadalupe", "Hernández " * 10, "Gutiérrez")],
+        )
+        conn.execute(
+            insert(attachments),
+            [
+                _attachment(110, 1, 14, long_name, minute=1),
+                _attachment(111, 1, 14, long_name.upper(), minute=2),
+                _attachment(112, 1, 14, "Foto.JPG", minute=3),
+                _attachment(113, 1, 14, "foto.jpg", minute=4),
+            ],
+        )
+    by_id = {p.record_id: p for p in _plan(platform) if p.patient_id == 14}
+    folder = by_id[110].archive_path.rsplit("/", 1)[0]
+    assert folder.startswith("adjuntos/Hernández Hernández") and folder.endswith(" (14)")
+    first, second = (by_id[i].archive_path.rsplit("/", 1)[1] for i in (110, 111))
+    assert first.startswith("Radiografía panorámica de control") and first.endswith(".jpeg")
+    assert second.startswith("RADIOGRAFÍA PANORÁMICA") and second.endswith(" (2).JPEG")
+    assert by_id[112].archive_path == f"{folder}/Foto.JPG"
+    assert by_id[113].archive_path == f"{folder}/foto (2).jpg"
+    assert [by_id[i].name_shortened for i in (110, 111, 112, 113)] == [True, True, True, True]
+    assert by_id[110].original_name == long_name  # what adjuntos.xlsx shows beside the path
+    assert_extractable([p.archive_path for p in by_id.values()])
+
+
+def test_a_short_name_in_a_short_folder_is_not_counted_as_shortened(platform):
+    plan = [p for p in _plan(platform) if p.kind == "adjunto"]
+    assert plan and not any(p.name_shortened for p in plan)
+    assert [p.original_name for p in plan][:3] == ["Receta.PDF", "receta.pdf", "radiografía.png"]
+    assert plan[0].uploaded_at == T0.replace(minute=1).isoformat()

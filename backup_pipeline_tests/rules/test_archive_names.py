@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from datetime import date
 from pathlib import PurePosixPath, PureWindowsPath
 
 import pytest
@@ -12,6 +14,9 @@ from hypothesis import strategies as st
 from backup_pipeline.archive.names import (
     MAX_COMPONENT_BYTES,
     UniqueNames,
+    archive_key,
+    download_name,
+    part_key,
     patient_folder,
     safe_component,
 )
@@ -167,12 +172,21 @@ def test_a_real_name_that_looks_numbered_is_still_kept_apart():
 
 
 def test_numbering_a_name_at_the_byte_limit_stays_within_it():
-    names = UniqueNames()
+    names = UniqueNames(max_path_units=None)
     raw = "x" * 300 + ".pdf"
     first = names.path("f", raw, fallback="archivo").split("/", 1)[1]
     second = names.path("f", raw, fallback="archivo").split("/", 1)[1]
     assert len(first.encode()) == 255 and len(second.encode()) == 255
     assert second.endswith(" (2).pdf")
+
+
+def test_numbering_a_name_at_the_path_limit_stays_within_it():
+    names = UniqueNames()
+    raw = "x" * 300 + ".pdf"
+    first = names.path("f", raw, fallback="archivo")
+    second = names.path("f", raw, fallback="archivo")
+    assert len(first) == len(second) == 140  # ASCII: one UTF-16 unit per character
+    assert first.endswith("x.pdf") and second.endswith("x (2).pdf")
 
 
 @given(st.lists(hostile_text, max_size=30), st.integers(min_value=64, max_value=255))
@@ -201,3 +215,77 @@ def test_the_character_rule_holds_past_the_remembered_characters(monkeypatch):
     for _ in range(2):  # the first pass fills the table, the second reads it
         assert names._filter_chars(text) == "a b_cde\u200dfg"
     assert len(names._CHAR_MAP) == 3
+
+
+# --- Windows' path limit ------------------------------------------------------------------------
+
+
+def utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+@given(
+    hostile_text,
+    hostile_text,
+    hostile_text,
+    st.integers(min_value=1, max_value=10**18),
+    st.lists(hostile_text, max_size=20),
+)
+@settings(max_examples=300)
+def test_attachment_paths_stay_within_140_utf16_units(last, second, first, pid, raws):
+    folder = patient_folder(last, second, first, pid)
+    assert utf16_length(folder) <= 70 and folder.endswith(f" ({pid})")
+    names = UniqueNames()
+    paths = [names.path(folder, raw, fallback="archivo") for raw in raws]
+    assert all(utf16_length(path) <= 140 for path in paths)
+    folded = [unicodedata.normalize("NFC", path).casefold() for path in paths]
+    assert len(set(folded)) == len(folded)
+
+
+def test_an_emoji_counts_two_units_towards_the_limit():
+    names = UniqueNames()
+    path = names.path("adjuntos/Ana (1)", "😀" * 100 + ".png", fallback="archivo")
+    assert path.endswith(".png") and utf16_length(path) in (139, 140)  # never half an emoji
+
+
+def test_names_windows_folds_alike_are_kept_apart():
+    names = UniqueNames()
+    folder = "adjuntos/Ana (1)"
+    paths = [
+        names.path(folder, raw, fallback="archivo")
+        for raw in ["ı.txt", "I.txt", "Foto.JPG", "foto.jpg", "e\u0301.png", "É.png"]
+    ]
+    assert [path.rsplit("/", 1)[1] for path in paths] == [
+        "ı.txt",
+        "I (2).txt",  # Windows upper-cases 'ı' to 'I'
+        "Foto.JPG",
+        "foto (2).jpg",
+        "é.png",
+        "É (2).png",
+    ]
+
+
+def test_a_long_patient_name_is_shortened_keeping_its_start_and_id():
+    folder = patient_folder("Hernández " * 10, "Gutiérrez", "María Guadalupe", 1234567)
+    assert folder.startswith("adjuntos/Hernández Hernández") and folder.endswith(" (1234567)")
+    assert utf16_length(folder.split("/", 1)[1]) <= 60
+
+
+@given(st.text(max_size=400), st.integers(min_value=1, max_value=100_000))
+@settings(max_examples=300)
+def test_the_download_name_and_every_part_name_stay_within_70_units(clinic_name, parts):
+    key = archive_key(7, 1234567890, clinic_name, date(2026, 11, 30))
+    assert utf16_length(download_name(key)) <= 70
+    assert re.fullmatch(r"respaldo_[a-z0-9-]+_2026-11-30\.zip", download_name(key))
+    part_names = {download_name(part_key(key, n, parts)) for n in {1, parts // 2 or 1, parts}}
+    assert all(utf16_length(name) <= 70 for name in part_names)
+    assert all(name.startswith("respaldo_") and name.endswith(".zip") for name in part_names)
+
+
+def test_a_long_clinic_name_keeps_its_first_words_in_every_part_name():
+    name = "Clínica Dental 😀 Sonrisas del Norte de la Ciudad de México y Alrededores"
+    key = archive_key(1, 2, name, date(2026, 1, 2))
+    assert download_name(key) == "respaldo_clinica-dental-sonrisas-del-norte-de-la_2026-01-02.zip"
+    stems = {download_name(part_key(key, n, 123)).split("_2026-01-02_")[0] for n in (1, 9, 10, 123)}
+    assert stems == {"respaldo_clinica-dental-sonrisas-del"}  # the same in every part
+    assert download_name(part_key(key, 10, 123)).endswith("_parte-10-de-123.zip")

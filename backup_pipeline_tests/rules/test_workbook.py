@@ -265,6 +265,38 @@ def test_a_long_text_file_is_named_in_spanish_after_its_record_and_column(
     ]
 
 
+def test_long_text_files_of_a_hostile_record_id_stay_within_the_path_limit(
+    tmp_path: Path,
+) -> None:
+    uuid = "ＡＢＣ😀" * 60  # a hostile folio fiscal: wide characters and emoji
+    columns = (
+        Column("uuid", "UUID"),
+        Column("a", "Observaciones " * 10),  # one header slug for both: numbered
+        Column("b", "Observaciones " * 10 + "!"),
+    )
+    frame = pd.DataFrame({"uuid": [uuid], "a": ["x" * 40_000], "b": ["y" * 40_000]})
+    extraction = Extraction(
+        columns=columns, chunks=iter([frame]), record=RecordName("comprobante", "uuid")
+    )
+    rendered = render_workbook(
+        extraction,
+        path=tmp_path / "comprobantes_recibidos.xlsx",
+        sheet_title="Comprobantes",
+        timezone="UTC",
+        archive_path="facturacion/gastos/comprobantes_recibidos.xlsx",
+        overflow_dir=tmp_path / "overflow",
+    )
+
+    paths = [o.archive_path for o in rendered.overflow_files]
+    assert len(paths) == 2 and len({p.casefold() for p in paths}) == 2
+    assert all(len(p.encode("utf-16-le")) // 2 <= 140 for p in paths)  # Windows' limit
+    assert all(
+        p.startswith("textos_largos/facturacion/gastos/comprobantes_recibidos/comprobante_ＡＢＣ😀")
+        for p in paths
+    )
+    assert paths[1].endswith("_2.txt")
+
+
 def test_a_mixed_column_types_each_cell_and_keeps_text_text(tmp_path: Path) -> None:
     columns = (Column("answer", "Respuesta", Kind.MIXED),)
     values = [date(2021, 10, 7), 15, 36.5, "=1+1", "ayer", None, *FORMULA_LOOKALIKES]
