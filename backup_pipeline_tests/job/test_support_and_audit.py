@@ -424,3 +424,30 @@ def test_a_re_sent_link_email_says_what_the_first_said_with_the_new_link_and_exp
         assert _without_link_and_expiry(
             getattr(second, part), expiries[1]
         ) == _without_link_and_expiry(getattr(first, part), expiries[0])
+
+
+def test_a_run_that_keeps_the_emailed_archive_keeps_its_contents_for_a_resend(platform, clinic):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    assert platform.run(request_id, clinic.subscription_id).delivered
+    with platform.engine.connect() as conn:
+        listed = db.contents_of(conn, request_id)
+    assert listed and listed[0][0] == "Pacientes"
+    # The run died after the email but before it marked the request delivered: the next run
+    # keeps the emailed archive (no list of its own) and sends nothing.
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.backup_requests)
+            .where(t.backup_requests.c.id == request_id)
+            .values(status="running")
+        )
+    again = platform.run(request_id, clinic.subscription_id)
+    assert again.delivered and len(platform.sent()) == 1
+    kept = platform.step_output_metadata(again.outcome.run_id, "assemble_backup", "archive")
+    assert kept["kept_emailed_archive"] is True
+    with platform.engine.connect() as conn:
+        assert db.contents_of(conn, request_id) == listed
+
+    assert support_run(platform, "resend_link_job", request_id=request_id, reason="lost").success
+    _, resent = platform.sent()
+    assert f"\n- Pacientes: {listed[0][1]}\n" in resent.text
