@@ -367,7 +367,12 @@ def _delivered_in_parts(
         ),
     ]
     for number, part in enumerate(parts, start=1):
-        blocks.append(Button(href=part.link, label=f"Descargar la parte {number} de {len(parts)}"))
+        blocks.append(
+            Button(
+                href=part.link,
+                label=f"Descargar la parte {spanish_number(number)} de {spanish_number(len(parts))}",
+            )
+        )
     blocks += [
         _p(
             "Los enlaces funcionan hasta el ",
