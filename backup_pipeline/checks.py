@@ -165,7 +165,7 @@ def quota_detail(refused: quota.QuotaRefusal, timezone: str | None) -> str:
             rule = f"Esta suscripción ya usó {window}, y además {gap}."
         else:
             used = spanish_number(refused.counted_in_window)
-            rule = f"Esta suscripción lleva {used} de {window}, pero {gap}."
+            rule = f"Esta suscripción ha usado {used} de {window}, pero {gap}."
     return f"{rule} Podrá solicitar el siguiente a partir del {spanish_moment(allowed)}."
 
 

@@ -137,7 +137,7 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
             assert row.run_id is None
             before[request_id] = row
         # One backup used: the 180-day gap is the rule named, not the limit of two.
-        assert "lleva 1 de los 2 respaldos" in platform.request(over_quota).status_detail
+        assert "ha usado 1 de los 2 respaldos" in platform.request(over_quota).status_detail
         assert "al menos 180 días" in platform.request(over_quota).status_detail
         for request_id in (valid, first_click, after_failures):
             assert platform.request(request_id).status == "pending"

@@ -32,7 +32,7 @@ REQUESTER = Requester(id=3, subscription_id=SUBSCRIPTION, is_active=True, can_re
 
 # One backup used, the second asked for too soon: the 180-day gap binds, not the limit of two.
 QUOTA_TEXT = (
-    "Esta suscripción lleva 1 de los 2 respaldos que se permiten en 360 días, pero entre un "
+    "Esta suscripción ha usado 1 de los 2 respaldos que se permiten en 360 días, pero entre un "
     "respaldo y el siguiente deben pasar al menos 180 días (el anterior se solicitó el {last}). "
     "Podrá solicitar el siguiente a partir del {when}."
 )
