@@ -389,6 +389,10 @@ def _delivered_in_parts(
     ]
     if contents:
         blocks.append(Bullets(tuple((f"{label}: {spanish_number(n)}",) for label, n in contents)))
+    else:
+        # A re-sent link for an archive delivered before its contents were recorded: the section
+        # still says something true rather than standing empty.
+        blocks.append(_p("El archivo LEEME.txt de la parte 1 describe todo lo que contiene."))
     blocks += [
         Heading("Cómo comprobar que cada archivo llegó completo (opcional)"),
         _p("Esta es la huella digital (SHA-256) de cada parte:"),
