@@ -8,7 +8,13 @@ from datetime import datetime, timedelta
 
 from backup_pipeline import quota
 from backup_pipeline.request_state import OPEN_STATUSES, Requester, RequestStatus
-from backup_pipeline.spanish import spanish_moment, to_clinic_time
+from backup_pipeline.spanish import (
+    spanish_count,
+    spanish_date,
+    spanish_moment,
+    spanish_number,
+    to_clinic_time,
+)
 
 REQUESTER_NOT_IN_SUBSCRIPTION = "requester_not_in_subscription"
 SUBSCRIPTION_INACTIVE = "subscription_inactive"
@@ -34,6 +40,15 @@ class Decision:
 
 
 ACCEPTED = Decision(accepted=True, reason_code=None, status_detail=None)
+
+# A double click: only the request already under way makes the backup, and its link goes only to
+# whoever made it (the status_detail never names another user).
+IN_PROGRESS_DETAIL = (
+    "Ya hay otra solicitud de respaldo de esta suscripción en proceso, así que esta no se "
+    "procesará y no cuenta para el límite de respaldos. El correo con el enlace de descarga se "
+    "enviará solo a la persona que hizo esa otra solicitud; si fue usted, recibirá un solo "
+    "correo cuando el respaldo esté listo."
+)
 
 
 def _rejected(reason_code: str, status_detail: str) -> Decision:
@@ -107,11 +122,7 @@ def review_request(
     # backup and the others say so, rather than blaming a quota the clinic has not used up.
     # A running request always wins, whatever its id: its backup is already being made.
     if any(_wins_over(request.id, other_id, status) for other_id, status in other_open):
-        return _rejected(
-            BACKUP_IN_PROGRESS,
-            "Ya hay un respaldo en proceso para esta suscripción; recibirá un solo correo "
-            "cuando esté listo.",
-        )
+        return _rejected(BACKUP_IN_PROGRESS, IN_PROGRESS_DETAIL)
     # Past the check above, every open request left is a newer pending one (an older or a running
     # one would have been a double click). It must not use up this request's turn, even when it
     # carries the very same requested_at: a double click within the clock's resolution.
@@ -122,10 +133,9 @@ def review_request(
         for r in history
         if r.status not in OPEN_STATUSES and r.requested_at <= request.requested_at
     ]
-    if not quota.is_allowed(request.requested_at, earlier):
-        allowed_from = quota.next_allowed_at(earlier)
-        assert allowed_from is not None  # a rejection implies an earlier counted request
-        return _rejected(QUOTA_EXCEEDED, _quota_detail(allowed_from, timezone))
+    refused = quota.refusal(request.requested_at, earlier)
+    if refused is not None:
+        return _rejected(QUOTA_EXCEEDED, quota_detail(refused, timezone))
     return ACCEPTED
 
 
@@ -135,13 +145,28 @@ def _wins_over(request_id: int, other_id: int, other_status: str) -> bool:
     return other_status == RequestStatus.RUNNING or other_id < request_id
 
 
-def _quota_detail(allowed_from: datetime, timezone: str | None) -> str:
-    local = _ceil_to_minute(to_clinic_time(allowed_from, timezone))
-    return (
-        f"Ya se alcanzó el límite de respaldos: se permiten {quota.MAX_IN_WINDOW} en "
-        f"{quota.WINDOW.days} días, con al menos {quota.MIN_GAP.days} días entre uno y otro. "
-        f"Podrá solicitar el siguiente a partir del {spanish_moment(local)}."
-    )
+def quota_detail(refused: quota.QuotaRefusal, timezone: str | None) -> str:
+    """The status_detail of a request the quota refuses: the rule that binds, in the clinic's
+    words, and the moment (clinic time) from which a new request is accepted."""
+    allowed = _ceil_to_minute(to_clinic_time(refused.allowed_from, timezone))
+    backups = spanish_count(quota.MAX_IN_WINDOW, "respaldo", "respaldos")
+    days = spanish_count(quota.WINDOW.days, "día", "días")
+    window = f"los {backups} que se permiten en {days}"
+    if refused.rule == quota.QuotaRule.MAX_IN_WINDOW:
+        rule = f"Esta suscripción ya usó {window}."
+    else:
+        last = spanish_date(to_clinic_time(refused.last_counted_at, timezone).date())
+        gap = (
+            f"entre un respaldo y el siguiente deben pasar al menos "
+            f"{spanish_count(quota.MIN_GAP.days, 'día', 'días')} (el anterior se solicitó "
+            f"el {last})"
+        )
+        if refused.counted_in_window >= quota.MAX_IN_WINDOW:
+            rule = f"Esta suscripción ya usó {window}, y además {gap}."
+        else:
+            used = spanish_number(refused.counted_in_window)
+            rule = f"Esta suscripción ha usado {used} de {window}, pero {gap}."
+    return f"{rule} Podrá solicitar el siguiente a partir del {spanish_moment(allowed)}."
 
 
 def _ceil_to_minute(moment: datetime) -> datetime:

@@ -131,6 +131,10 @@ def deliver(
         # Before the email: a request that then fails still names its archive, which
         # housekeeping deletes when the link would have expired.
         _record_archive(conn, request_id, archive.parts, expires_at)
+        if not archive.kept_emailed:
+            # What the email lists, kept for a re-sent link's email. A kept archive carries no
+            # list of its own: the one recorded when it was built stays.
+            db.record_contents(conn, request_id, archive.contents)
     if not already_emailed:
         _send_links(
             engine,
@@ -158,7 +162,8 @@ def resend_link(
     link_ttl: timedelta,
     actor: Actor,
 ) -> datetime:
-    """Fresh signed links and an email for a delivered request whose archive still exists.
+    """Fresh signed links and an email for a delivered request whose archive still exists: the
+    same email as the first (contents included), with the new links and expiry.
 
     Uses no quota: the request's status and counts are unchanged; the audit trail records who
     re-sent it and why. Returns the new expiry (UTC).
@@ -166,6 +171,7 @@ def resend_link(
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)
         recorded = db.parts_of(conn, request_id)
+        contents = db.contents_of(conn, request_id)
     if request is None:
         raise LinkUnavailable(f"backup request {request_id} does not exist")
     if request.status != RequestStatus.DELIVERED or not recorded:
@@ -199,7 +205,7 @@ def resend_link(
         parts=parts,
         link_ttl=link_ttl,
         expires_at=expires_at,
-        contents=[],
+        contents=contents,  # the same list as the first email
         resent_by=actor,
     )
     return expires_at

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from backup_pipeline.spanish import spanish_datetime, spanish_number, spanish_size, zone_name
+from backup_pipeline.quota import MAX_IN_WINDOW, WINDOW
+from backup_pipeline.spanish import (
+    spanish_count,
+    spanish_datetime,
+    spanish_number,
+    spanish_size,
+    zone_name,
+)
 
 
 @dataclass(frozen=True)
@@ -348,19 +355,24 @@ def _delivered_in_parts(
     clinic = _one_line(clinic_name) or "su clínica"
     zone = zone_name(_one_line(timezone_label), expires_at_local)
     until = f"{spanish_datetime(expires_at_local)}, {zone}"
-    count = spanish_number(len(parts))
+    zips = spanish_count(len(parts), "archivo .zip", "archivos .zip")
     total = spanish_size(sum(part.size_bytes for part in parts))
     blocks: list[Block] = [
         _p("Hola:"),
         _p(
             "El respaldo de información de ",
             Strong(clinic),
-            f" que solicitó ya está listo. Como es muy grande ({total}), llega en {count} "
-            "archivos .zip (partes). Descargue todas las partes con estos enlaces:",
+            f" que solicitó ya está listo. Como es muy grande ({total}), llega en {zips} "
+            "(partes). Descargue todas las partes con estos enlaces:",
         ),
     ]
     for number, part in enumerate(parts, start=1):
-        blocks.append(Button(href=part.link, label=f"Descargar la parte {number} de {len(parts)}"))
+        blocks.append(
+            Button(
+                href=part.link,
+                label=f"Descargar la parte {spanish_number(number)} de {spanish_number(len(parts))}",
+            )
+        )
     blocks += [
         _p(
             "Los enlaces funcionan hasta el ",
@@ -377,6 +389,10 @@ def _delivered_in_parts(
     ]
     if contents:
         blocks.append(Bullets(tuple((f"{label}: {spanish_number(n)}",) for label, n in contents)))
+    else:
+        # A re-sent link for an archive delivered before its contents were recorded: the section
+        # still says something true rather than standing empty.
+        blocks.append(_p("El archivo LEEME.txt de la parte 1 describe todo lo que contiene."))
     blocks += [
         Heading("Cómo comprobar que cada archivo llegó completo (opcional)"),
         _p("Esta es la huella digital (SHA-256) de cada parte:"),
@@ -393,7 +409,10 @@ def _delivered_in_parts(
     ]
     return _email(
         to=to,
-        subject=f"Su respaldo de información de {clinic} está listo ({count} partes)",
+        subject=(
+            f"Su respaldo de información de {clinic} está listo "
+            f"({spanish_count(len(parts), 'parte', 'partes')})"
+        ),
         blocks=blocks,
         from_email=from_email,
         reply_to=support_email,
@@ -414,7 +433,11 @@ def failed_email_to_requester(
             " que solicitó.",
         ),
         _p(
-            Strong("Esta solicitud no cuenta para su límite de 2 respaldos cada 360 días."),
+            Strong(
+                "Esta solicitud no cuenta para su límite de "
+                f"{spanish_count(MAX_IN_WINDOW, 'respaldo', 'respaldos')} cada "
+                f"{spanish_count(WINDOW.days, 'día', 'días')}."
+            ),
             " Nuestro equipo de soporte ya está enterado y está trabajando para resolverlo.",
         ),
         _p(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from backup_pipeline.request_state import COUNTED_STATUSES
 
@@ -75,6 +76,48 @@ def is_allowed(at: datetime, history: Iterable[PastRequest]) -> bool:
         return False
     in_window = sum(1 for t in earlier if t > at - WINDOW)
     return in_window < MAX_IN_WINDOW
+
+
+class QuotaRule(StrEnum):
+    """The rule of the quota that refuses a request (both may; this names the one that binds)."""
+
+    MIN_GAP = "min_gap"  # at least 180 days between two counted backups
+    MAX_IN_WINDOW = "max_in_window"  # at most 2 counted backups in any 360 days
+
+
+@dataclass(frozen=True)
+class QuotaRefusal:
+    """Why a request made at some moment does not fit the quota: the rule that binds, the
+    moment from which a request fits (naive UTC), and what the clinic has used."""
+
+    rule: QuotaRule
+    allowed_from: datetime
+    last_counted_at: datetime  # the latest counted request before the refused one
+    counted_in_window: int  # counted requests in the 360 days ending at the refused one
+
+
+def refusal(at: datetime, history: Iterable[PastRequest]) -> QuotaRefusal | None:
+    """Why a request made at `at` does not fit the quota, or None when it does (`is_allowed`).
+
+    The binding rule is the one whose boundary comes last, since `allowed_from` is that
+    boundary: the gap when only the gap is broken (one backup used, the second asked for too
+    soon), the window when two backups are in it and the window frees up no earlier than the
+    gap. With backups 180 days apart both boundaries fall on the same instant; the window is
+    named then, since the clinic has used both of its backups.
+    """
+    if is_allowed(at, history):
+        return None
+    earlier = [t for t in _counted_times(history) if t <= at]
+    # A refusal implies an earlier counted request: with none, every request is allowed.
+    after_gap = earlier[-1] + MIN_GAP
+    after_window = earlier[-MAX_IN_WINDOW] + WINDOW if len(earlier) >= MAX_IN_WINDOW else None
+    window_binds = after_window is not None and after_window > at and after_window >= after_gap
+    return QuotaRefusal(
+        rule=QuotaRule.MAX_IN_WINDOW if window_binds else QuotaRule.MIN_GAP,
+        allowed_from=max(after_gap, after_window) if after_window is not None else after_gap,
+        last_counted_at=earlier[-1],
+        counted_in_window=sum(1 for t in earlier if t > at - WINDOW),
+    )
 
 
 @dataclass(frozen=True)

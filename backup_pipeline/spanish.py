@@ -33,9 +33,30 @@ def spanish_number(value: int | float | Decimal, *, decimals: int | None = None)
     return format_decimal(value, format=pattern, locale=LOCALE, decimal_quantization=True)
 
 
+def plural_category(number: int) -> str:
+    """CLDR's plural category of a count in es_MX: "one" (1), "many" (1,000,000, 2,000,000...)
+    or "other" (0, 2, 1000...)."""
+    return _locale().plural_form(number)
+
+
+def spanish_plural(number: int, singular: str, plural: str) -> str:
+    """The form that agrees with `number` by CLDR's es_MX plural rules: `singular` for "one",
+    `plural` for "other" and "many".
+
+    CLDR's "many" (a multiple of a million) exists for "1 millón de archivos"; written in
+    figures the noun follows the number directly ("1,000,000 archivos"), as Babel's own unit
+    formats do for es_MX, so it takes the plural word.
+    """
+    return singular if plural_category(number) == "one" else plural
+
+
 def spanish_count(number: int, singular: str, plural: str) -> str:
-    """(1, "archivo", "archivos") -> "1 archivo"; (1234, ...) -> "1,234 archivos"."""
-    return f"{spanish_number(number)} {singular if number == 1 else plural}"
+    """(1, "archivo", "archivos") -> "1 archivo"; (1234, ...) -> "1,234 archivos".
+
+    `singular` and `plural` may be whole phrases, so that every word after the number agrees:
+    (1, "archivo adjunto", "archivos adjuntos") -> "1 archivo adjunto".
+    """
+    return f"{spanish_number(number)} {spanish_plural(number, singular, plural)}"
 
 
 def spanish_size(size_bytes: int) -> str:

@@ -27,6 +27,15 @@ REFUSED_BY_SUPPORT = (
 )
 
 
+# Support reads which rule of the quota stands in the way, as the clinic's status_detail says it.
+_RULE_NAMES = {
+    quota.QuotaRule.MIN_GAP: f"at least {quota.MIN_GAP.days} days between backups",
+    quota.QuotaRule.MAX_IN_WINDOW: (
+        f"at most {quota.MAX_IN_WINDOW} backups in {quota.WINDOW.days} days"
+    ),
+}
+
+
 class SupportActionRefused(Exception):
     """The action does not apply to the request as it is; the message says why, for support."""
 
@@ -126,12 +135,12 @@ def rerun_failed(
         detail = None
         if later:
             detail = f"quota overridden: {_stated(override_reason)}"
-        elif not quota.is_allowed(now, history):
-            allowed_from = quota.next_allowed_at(history)
+        elif (refused := quota.refusal(now, history)) is not None:
             if not override_quota:
                 raise SupportActionRefused(
-                    f"the quota allows subscription {request.subscription_id} its next backup "
-                    f"from {allowed_from:%Y-%m-%d %H:%M} UTC; re-running now needs "
+                    f"the quota ({_RULE_NAMES[refused.rule]}) allows subscription "
+                    f"{request.subscription_id} its next backup from "
+                    f"{refused.allowed_from:%Y-%m-%d %H:%M} UTC; re-running now needs "
                     "override_quota with its own reason"
                 )
             detail = f"quota overridden: {_stated(override_reason)}"

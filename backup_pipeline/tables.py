@@ -323,10 +323,22 @@ backup_archive_parts = Table(
     Column("sha256", Text, nullable=False),
 )
 
+backup_archive_contents = Table(
+    "backup_archive_contents",
+    metadata,
+    # What the delivered archive contains, as its email lists it (Spanish label, count), so that
+    # a re-sent link's email says the same as the first. Labels and counts only, no names.
+    Column("request_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("position", Integer, primary_key=True, autoincrement=False),  # the email's order
+    Column("label", Text, nullable=False),
+    Column("count", BigInteger, nullable=False),
+)
+
 OUR_TABLES = (
     backup_quota_windows,
     backup_alerts,
     backup_request_reviews,
     backup_request_events,
     backup_archive_parts,
+    backup_archive_contents,
 )

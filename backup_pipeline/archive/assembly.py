@@ -154,12 +154,10 @@ def build_archive(
 
 
 def _part_summary(span: PartSpan, parts: int) -> str:
-    files = spanish_count(span.files, "archivo", "archivos")
-    what = (
-        f"las hojas de cálculo y los reportes, y {files} adjuntos y de facturación"
-        if span.number == 1
-        else f"{files} adjuntos y de facturación"
+    files = spanish_count(
+        span.files, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
     )
+    what = f"las hojas de cálculo y los reportes, y {files}" if span.number == 1 else files
     return f"Parte {spanish_number(span.number)} de {spanish_number(parts)}: {what}."
 
 

@@ -11,6 +11,7 @@ from backup_pipeline.spanish import (
     spanish_count,
     spanish_datetime,
     spanish_number,
+    spanish_plural,
     spanish_size,
     zone_name,
 )
@@ -93,8 +94,9 @@ def _parts(facts: LeemeFacts) -> str:
     lines = [
         "RESPALDO EN VARIAS PARTES",
         "-------------------------",
-        f"Su respaldo es muy grande, así que se entregó en {spanish_number(facts.parts)} archivos "
-        f".zip. Esta es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)}.",
+        "Su respaldo es muy grande, así que se entregó en "
+        f"{spanish_count(facts.parts, 'archivo .zip', 'archivos .zip')}. "
+        f"Esta es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)}.",
         "Cada parte es un .zip completo, con su propio LEEME.txt y su propio SHA256SUMS, que",
         "sirve para comprobar solo los archivos de esa parte. Descargue todas las partes y",
         "descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una sola.",
@@ -194,11 +196,11 @@ def _contents(facts: LeemeFacts) -> str:
         "    La huella digital (SHA-256) de cada archivo, para comprobar que están completos."
     )
     lines.append("")
-    copied = spanish_count(facts.files_copied, "archivo", "archivos")
-    lines.append(
-        f"En total se copiaron {copied} adjuntos y de facturación "
-        f"({spanish_size(facts.file_bytes)})."
+    copied = spanish_count(
+        facts.files_copied, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
     )
+    verb = spanish_plural(facts.files_copied, "se copió", "se copiaron")
+    lines.append(f"En total {verb} {copied} ({spanish_size(facts.file_bytes)}).")
     return "\n".join(lines)
 
 
@@ -230,7 +232,7 @@ def _missing(facts: LeemeFacts) -> str:
 ARCHIVOS NO INCLUIDOS
 ---------------------
 {spanish_count(facts.missing_count, "archivo no se pudo", "archivos no se pudieron")} copiar al respaldo
-(por ejemplo, porque ya no existía en el almacenamiento de la plataforma). El archivo
+(por ejemplo, porque ya no {spanish_plural(facts.missing_count, "existía", "existían")} en el almacenamiento de la plataforma). El archivo
 {MISSING_REPORT_PATH} indica cuáles son, de qué paciente o comprobante, y el motivo.
 Los archivos adjuntos entre ellos aparecen también en adjuntos.xlsx, con la ubicación que
 habrían tenido en el respaldo. Si necesita alguno de ellos, comuníquese con soporte.

@@ -459,6 +459,33 @@ def parts_of(conn: Connection, request_id: int) -> list[ArchivePart]:
 def forget_parts(conn: Connection, request_id: int) -> None:
     p = t.backup_archive_parts.c
     conn.execute(delete(t.backup_archive_parts).where(p.request_id == request_id))
+    c = t.backup_archive_contents.c
+    conn.execute(delete(t.backup_archive_contents).where(c.request_id == request_id))
+
+
+def record_contents(conn: Connection, request_id: int, contents: Sequence[tuple[str, int]]) -> None:
+    """What the request's archive contains, as its email lists it (Spanish label, count),
+    replacing any earlier run's: a re-sent link's email lists the same."""
+    c = t.backup_archive_contents.c
+    conn.execute(delete(t.backup_archive_contents).where(c.request_id == request_id))
+    if contents:
+        conn.execute(
+            insert(t.backup_archive_contents),
+            [
+                {"request_id": request_id, "position": position, "label": label, "count": count}
+                for position, (label, count) in enumerate(contents, start=1)
+            ],
+        )
+
+
+def contents_of(conn: Connection, request_id: int) -> list[tuple[str, int]]:
+    """The archive's contents as its first email listed them; empty for an archive delivered
+    before they were kept (migration 0004)."""
+    c = t.backup_archive_contents.c
+    rows = conn.execute(
+        select(c.label, c.count).where(c.request_id == request_id).order_by(c.position)
+    ).all()
+    return [(label, count) for label, count in rows]
 
 
 def _subscription_of(conn: Connection, request_id: int) -> int:

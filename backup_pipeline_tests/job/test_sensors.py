@@ -126,7 +126,7 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
                 "Podrá solicitar el siguiente a partir del 9 de julio de 2025, 09:00, "
                 "hora central (Ciudad de México)."
             ),
-            second_click: "Ya hay un respaldo en proceso para esta suscripción",
+            second_click: "Ya hay otra solicitud de respaldo de esta suscripción en proceso",
         }
         before = {}
         for request_id, words in expected.items():
@@ -136,7 +136,9 @@ def test_every_rejection_reason_is_recorded_in_spanish_and_reviewed_once(platfor
             assert row.finished_at is not None
             assert row.run_id is None
             before[request_id] = row
-        assert "2 en 360 días" in platform.request(over_quota).status_detail
+        # One backup used: the 180-day gap is the rule named, not the limit of two.
+        assert "ha usado 1 de los 2 respaldos" in platform.request(over_quota).status_detail
+        assert "al menos 180 días" in platform.request(over_quota).status_detail
         for request_id in (valid, first_click, after_failures):
             assert platform.request(request_id).status == "pending"
         assert platform.reviews_count() == 9

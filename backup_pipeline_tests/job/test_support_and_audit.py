@@ -4,6 +4,7 @@ code location, the audit trail of every change, and quota windows current after 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +23,17 @@ from backup_pipeline.datasets import export
 from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
 from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.resources import platform_db as db
+from backup_pipeline.spanish import spanish_datetime, to_clinic_time
 from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
-from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Clinic, Platform
+from backup_pipeline_tests.support.platform import (
+    EVERY_DATABASE,
+    LOCAL,
+    WITH_SENDGRID,
+    Backends,
+    Clinic,
+    Platform,
+)
 
 SUPPORT_JOBS = ("resend_link_job", "rerun_request_job", "refuse_request_job", "expire_archive_job")
 
@@ -374,3 +383,71 @@ def test_a_link_re_sent_while_expiry_runs_keeps_its_archive(platform, clinic, mo
     monkeypatch.setattr(db, "archives_to_expire", select_then_resend)
     assert expire_archives(platform.engine, platform.archives, db.utcnow()) == 0
     assert platform.archives.exists(key) and platform.status(77) == "delivered"
+
+
+def _without_link_and_expiry(text: str, expiry: str) -> str:
+    """An email's text with its link(s) and its expiry blanked: what must not change on a resend."""
+    assert expiry in text
+    return re.sub(r"(?:https?|file)://[^\s\"<>]+", "<link>", text).replace(expiry, "<expiry>")
+
+
+@pytest.mark.parametrize("backends", [LOCAL, WITH_SENDGRID], ids=["outbox", "sendgrid"])
+def test_a_re_sent_link_email_says_what_the_first_said_with_the_new_link_and_expiry(
+    platform, clinic
+):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    assert platform.run(request_id, clinic.subscription_id).delivered
+    first_expiry = platform.request(request_id).link_expires_at
+    (first,) = platform.sent()
+
+    resent = support_run(platform, "resend_link_job", request_id=request_id, reason="lost email")
+    assert resent.success
+    row = platform.request(request_id)
+    first_again, second = platform.sent()
+    assert first_again == first
+    assert row.link_expires_at > first_expiry
+    with platform.engine.connect() as conn:
+        subscription = db.get_subscription(conn, clinic.subscription_id)
+    assert subscription is not None
+    timezone = subscription.timezone
+    expiries = [
+        spanish_datetime(to_clinic_time(moment, timezone))
+        for moment in (first_expiry, row.link_expires_at)
+    ]
+    assert second.to == first.to and second.subject == first.subject
+    assert second.message_id == row.email_message_id != first.message_id
+    # The contents list too: every dataset's count and the files copied, as the first listed them.
+    assert "Qué contiene" in second.text and "\n- Pacientes: " in second.text
+    assert "Archivos adjuntos y comprobantes copiados: " in second.text
+    for part in ("text", "html"):
+        assert _without_link_and_expiry(
+            getattr(second, part), expiries[1]
+        ) == _without_link_and_expiry(getattr(first, part), expiries[0])
+
+
+def test_a_run_that_keeps_the_emailed_archive_keeps_its_contents_for_a_resend(platform, clinic):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    assert platform.run(request_id, clinic.subscription_id).delivered
+    with platform.engine.connect() as conn:
+        listed = db.contents_of(conn, request_id)
+    assert listed and listed[0][0] == "Pacientes"
+    # The run died after the email but before it marked the request delivered: the next run
+    # keeps the emailed archive (no list of its own) and sends nothing.
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.backup_requests)
+            .where(t.backup_requests.c.id == request_id)
+            .values(status="running")
+        )
+    again = platform.run(request_id, clinic.subscription_id)
+    assert again.delivered and len(platform.sent()) == 1
+    kept = platform.step_output_metadata(again.outcome.run_id, "assemble_backup", "archive")
+    assert kept["kept_emailed_archive"] is True
+    with platform.engine.connect() as conn:
+        assert db.contents_of(conn, request_id) == listed
+
+    assert support_run(platform, "resend_link_job", request_id=request_id, reason="lost").success
+    _, resent = platform.sent()
+    assert f"\n- Pacientes: {listed[0][1]}\n" in resent.text

@@ -30,9 +30,16 @@ REQUEST = RequestUnderReview(
 )
 REQUESTER = Requester(id=3, subscription_id=SUBSCRIPTION, is_active=True, can_request_backup=True)
 
+# One backup used, the second asked for too soon: the 180-day gap binds, not the limit of two.
 QUOTA_TEXT = (
-    "Ya se alcanzó el límite de respaldos: se permiten 2 en 360 días, con al menos 180 días "
-    "entre uno y otro. Podrá solicitar el siguiente a partir del {when}."
+    "Esta suscripción ha usado 1 de los 2 respaldos que se permiten en 360 días, pero entre un "
+    "respaldo y el siguiente deben pasar al menos 180 días (el anterior se solicitó el {last}). "
+    "Podrá solicitar el siguiente a partir del {when}."
+)
+# Two backups in the window: the limit of two binds.
+WINDOW_TEXT = (
+    "Esta suscripción ya usó los 2 respaldos que se permiten en 360 días. Podrá solicitar el "
+    "siguiente a partir del {when}."
 )
 
 
@@ -149,11 +156,14 @@ def test_a_user_id_mismatch_is_a_caller_bug_not_a_rejection():
         review(requester=replace(REQUESTER, id=4))
 
 
+# Only the request already under way makes the backup, and its email goes only to whoever made it.
 DOUBLE_CLICK = Decision(
     False,
     BACKUP_IN_PROGRESS,
-    "Ya hay un respaldo en proceso para esta suscripción; recibirá un solo correo cuando esté "
-    "listo.",
+    "Ya hay otra solicitud de respaldo de esta suscripción en proceso, así que esta no se "
+    "procesará y no cuenta para el límite de respaldos. El correo con el enlace de descarga se "
+    "enviará solo a la persona que hizo esa otra solicitud; si fue usted, recibirá un solo "
+    "correo cuando el respaldo esté listo.",
 )
 
 
@@ -210,7 +220,10 @@ def test_a_delivered_backup_within_180_days_rejects_with_the_next_date_in_the_cl
     assert decision == Decision(
         False,
         QUOTA_EXCEEDED,
-        QUOTA_TEXT.format(when="15 de julio de 2027, 12:00, hora central (Ciudad de México)"),
+        QUOTA_TEXT.format(
+            last="16 de enero de 2027",
+            when="15 de julio de 2027, 12:00, hora central (Ciudad de México)",
+        ),
     )
 
 
@@ -218,7 +231,8 @@ def test_a_boundary_at_three_utc_shows_the_previous_day_in_mexico_city():
     previous = delivered_at(datetime(2027, 1, 17, 3, 0))  # next allowed: 2027-07-16 03:00 UTC
     decision = review(other_requests=(previous,))
     assert decision.status_detail == QUOTA_TEXT.format(
-        when="15 de julio de 2027, 21:00, hora central (Ciudad de México)"
+        last="16 de enero de 2027",
+        when="15 de julio de 2027, 21:00, hora central (Ciudad de México)",
     )
 
 
@@ -240,14 +254,18 @@ def test_a_boundary_at_three_utc_shows_the_previous_day_in_mexico_city():
 def test_the_next_date_is_written_in_the_subscriptions_time_zone(timezone, when):
     previous = delivered_at(datetime(2027, 1, 17, 3, 0))
     decision = review(timezone=timezone, other_requests=(previous,))
-    assert decision.status_detail == QUOTA_TEXT.format(when=when)
+    # The previous backup's date is the clinic's date too: 03:00 UTC is the evening before in
+    # Mexico.
+    last = "17 de enero de 2027" if timezone == "UTC" else "16 de enero de 2027"
+    assert decision.status_detail == QUOTA_TEXT.format(last=last, when=when)
 
 
 def test_the_time_shown_is_rounded_up_so_a_request_at_that_minute_is_allowed():
     previous = delivered_at(datetime(2027, 1, 16, 18, 0, 30))
     decision = review(other_requests=(previous,))
     assert decision.status_detail == QUOTA_TEXT.format(
-        when="15 de julio de 2027, 12:01, hora central (Ciudad de México)"
+        last="16 de enero de 2027",
+        when="15 de julio de 2027, 12:01, hora central (Ciudad de México)",
     )
     at_the_minute_shown = replace(REQUEST, requested_at=datetime(2027, 7, 15, 18, 1))
     assert review(at_the_minute_shown, other_requests=(previous,)) == ACCEPTED
@@ -258,7 +276,7 @@ def test_two_backups_in_360_days_reject_until_the_first_leaves_the_window():
     second = OtherRequest(id=2, requested_at=datetime(2027, 7, 15, 18, 0), status="delivered")
     request = replace(REQUEST, requested_at=datetime(2027, 12, 1))
     decision = review(request, other_requests=(first, second))
-    assert decision.status_detail == QUOTA_TEXT.format(
+    assert decision.status_detail == WINDOW_TEXT.format(
         when="11 de enero de 2028, 12:00, hora central (Ciudad de México)"
     )
 
@@ -340,5 +358,20 @@ def test_the_date_shown_ignores_requests_made_after_the_one_rejected():
     later = delivered_at(REQUEST.requested_at + timedelta(days=1), request_id=150)
     decision = review(other_requests=(earlier, later))
     assert decision.status_detail == QUOTA_TEXT.format(
-        when="15 de julio de 2027, 12:00, hora central (Ciudad de México)"
+        last="16 de enero de 2027",
+        when="15 de julio de 2027, 12:00, hora central (Ciudad de México)",
+    )
+
+
+def test_backups_used_closer_than_180_days_apart_name_the_gap_when_it_ends_last():
+    # History older than this pipeline may hold two backups 300 days apart: both rules refuse a
+    # request 50 days later, and the gap, ending later, gives the date.
+    first = OtherRequest(id=1, requested_at=datetime(2026, 4, 1, 18, 0), status="expired")
+    second = OtherRequest(id=2, requested_at=datetime(2027, 1, 26, 18, 0), status="delivered")
+    decision = review(other_requests=(first, second))
+    assert decision.status_detail == (
+        "Esta suscripción ya usó los 2 respaldos que se permiten en 360 días, y además entre un "
+        "respaldo y el siguiente deben pasar al menos 180 días (el anterior se solicitó el 26 de "
+        "enero de 2027). Podrá solicitar el siguiente a partir del 25 de julio de 2027, 12:00, "
+        "hora central (Ciudad de México)."
     )

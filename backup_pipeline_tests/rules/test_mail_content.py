@@ -175,6 +175,28 @@ def test_delivered_email_without_contents_still_states_the_size() -> None:
     assert "El archivo .zip pesa 12.3 MB." in email.text
 
 
+def _parts(count: int) -> list[mail.PartLink]:
+    return [
+        mail.PartLink(f"{LINK}&part={i}", f"respaldo_parte-{i}-de-{count}.zip", 4_000_000, SHA)
+        for i in range(1, count + 1)
+    ]
+
+
+def test_an_email_in_parts_counts_its_zips_in_agreement() -> None:
+    email = delivered(parts=_parts(2))
+
+    assert email.subject.endswith("está listo (2 partes)")
+    assert "llega en 2 archivos .zip (partes)" in email.text
+    assert "Descargar la parte 2 de 2" in email.text
+
+
+def test_an_email_in_parts_without_a_contents_list_still_says_where_the_contents_are() -> None:
+    text = delivered(parts=_parts(3), contents=[]).text
+
+    section = text.split("Qué contiene\n------------\n\n", 1)[1].split("\n\n", 1)[0]
+    assert section == "El archivo LEEME.txt de la parte 1 describe todo lo que contiene."
+
+
 @pytest.mark.parametrize("link", ["javascript:alert(1)", "data:text/html,hola", "ftp://x/y.zip"])
 def test_a_link_that_is_not_http_is_refused(link: str) -> None:
     with pytest.raises(ValueError, match="http"):

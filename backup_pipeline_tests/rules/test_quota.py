@@ -14,10 +14,12 @@ from backup_pipeline.quota import (
     MIN_GAP,
     WINDOW,
     PastRequest,
+    QuotaRule,
     QuotaWindow,
     is_allowed,
     next_allowed_at,
     quota_window,
+    refusal,
 )
 
 ALL_STATUSES = ("pending", "running", "delivered", "expired", "failed", "rejected")
@@ -212,3 +214,49 @@ def test_quota_window_next_allowed_at_may_be_in_the_past():
     window = quota_window([PastRequest(last, "delivered")], now)
     assert window == QuotaWindow(last, last + MIN_GAP, 1)
     assert window.next_allowed_at is not None and window.next_allowed_at < now
+
+
+@given(
+    moments,
+    st.lists(
+        st.tuples(
+            st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=800)),
+            st.sampled_from(ALL_STATUSES),
+        ),
+        max_size=8,
+    ),
+)
+def test_a_refusal_names_a_broken_rule_whose_end_is_the_next_allowed_moment(at, earlier):
+    history = [PastRequest(at - offset, status) for offset, status in earlier]
+    refused = refusal(at, history)
+    assert (refused is None) == is_allowed(at, history)
+    if refused is None:
+        return
+    counted = sorted(r.requested_at for r in history if r.counts)
+    assert refused.allowed_from == next_allowed_at(history) > at
+    assert refused.last_counted_at == counted[-1]
+    assert refused.counted_in_window == sum(1 for t in counted if t > at - WINDOW)
+    if refused.rule == QuotaRule.MIN_GAP:
+        assert refused.allowed_from == counted[-1] + MIN_GAP
+    else:
+        assert refused.counted_in_window >= 2
+        assert refused.allowed_from == counted[-2] + WINDOW
+
+
+def test_one_backup_used_and_the_second_asked_too_soon_is_the_gap_not_the_limit():
+    january = datetime(2027, 1, 16, 18)
+    refused = refusal(datetime(2027, 3, 1), [PastRequest(january, "delivered")])
+    assert refused is not None
+    assert refused.rule == QuotaRule.MIN_GAP
+    assert refused.counted_in_window == 1
+    assert refused.allowed_from == january + MIN_GAP
+
+
+def test_two_backups_180_days_apart_name_the_limit_of_two():
+    first, second = datetime(2027, 1, 16, 18), datetime(2027, 7, 15, 18)
+    history = [PastRequest(first, "expired"), PastRequest(second, "delivered")]
+    refused = refusal(datetime(2027, 12, 1), history)
+    assert refused is not None
+    assert refused.rule == QuotaRule.MAX_IN_WINDOW
+    # Both rules end at the same instant: the clinic is told it used its two.
+    assert refused.allowed_from == first + WINDOW == second + MIN_GAP

@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from backup_pipeline.spanish import (
     DEFAULT_TIMEZONE,
     clinic_zone,
+    plural_category,
     spanish_count,
     spanish_date,
     spanish_datetime,
     spanish_moment,
     spanish_number,
+    spanish_plural,
     spanish_size,
     to_clinic_time,
     zone_name,
@@ -111,6 +113,28 @@ def test_counts_agree_in_number():
     assert spanish_count(1, "archivo", "archivos") == "1 archivo"
     assert spanish_count(0, "archivo", "archivos") == "0 archivos"
     assert spanish_count(12_345, "archivo", "archivos") == "12,345 archivos"
+
+
+def test_counts_follow_cldrs_plural_rules_and_a_million_takes_the_plural_word():
+    # es_MX: "one" is exactly 1; "many" a multiple of a million (CLDR's "1 millón de ...").
+    assert [plural_category(n) for n in (0, 1, 2, 1000, 1_000_000, 2_000_000, 1_000_001)] == [
+        "other",
+        "one",
+        "other",
+        "other",
+        "many",
+        "many",
+        "other",
+    ]
+    assert spanish_count(1_000_000, "archivo", "archivos") == "1,000,000 archivos"
+    assert spanish_plural(1, "se copió", "se copiaron") == "se copió"
+    assert spanish_plural(1_000_000, "se copió", "se copiaron") == "se copiaron"
+
+
+def test_a_whole_phrase_after_the_count_agrees():
+    phrase = ("archivo adjunto o de facturación", "archivos adjuntos y de facturación")
+    assert spanish_count(1, *phrase) == "1 archivo adjunto o de facturación"
+    assert spanish_count(3, *phrase) == "3 archivos adjuntos y de facturación"
 
 
 @pytest.mark.parametrize(
