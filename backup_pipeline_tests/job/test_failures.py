@@ -12,15 +12,20 @@ import pytest
 from sqlalchemy import select, update
 
 from backup_pipeline import tables as t
-from backup_pipeline.failures import fail_request
+from backup_pipeline.failures import TERMINATED_IN_UI, fail_request
 from backup_pipeline.housekeeping import expire_archives
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.operations import execute_request, run_request
+from backup_pipeline.request_state import Actor
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.settings import Settings
 from backup_pipeline.target import REQUEST_TAG, run_tags
-from backup_pipeline_tests.support.location import backup_failure_sensor, backup_job
+from backup_pipeline_tests.support.location import (
+    backup_canceled_sensor,
+    backup_failure_sensor,
+    backup_job,
+)
 from backup_pipeline_tests.support.platform import (
     EVERY_DATABASE,
     LOCAL,
@@ -347,3 +352,74 @@ def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_e
     assert "plan_archive_files" not in row.status_detail and "Failure" not in row.status_detail
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failed.eml", f"backup-{request_id}-failure-alert.eml"]
+
+
+def _cancelled_in_the_ui(instance: dg.DagsterInstance, request_id: int, subscription_id: int):
+    """A backup run of the request, terminated from the UI (CANCELED), and its event."""
+    run = instance.create_run_for_job(
+        job_def=backup_job,
+        tags={REQUEST_TAG: str(request_id), **run_tags(request_id, subscription_id)},
+    )
+    instance.report_run_canceled(run)
+    (record,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+    return instance.get_run_by_id(run.run_id), record.dagster_event
+
+
+def test_a_run_terminated_in_the_ui_is_recorded_as_supports_cancellation_and_its_objects_go(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
+    archives = platform.archives
+    staged = f"staging/{request_id}/killed-run/pacientes.xlsx"
+    archives.put_bytes(staged, b"workbook")
+    zip_key = f"respaldos/{clinic.subscription_id}/{request_id}/respaldo.zip"
+    archives.put_bytes(zip_key, b"PK")
+    other = f"staging/{request_id + 1}/run/pacientes.xlsx"  # another request's: kept
+    archives.put_bytes(other, b"workbook")
+    with dg.instance_for_test() as instance:
+        run, event = _cancelled_in_the_ui(instance, request_id, clinic.subscription_id)
+        with platform.engine.begin() as conn:
+            db.mark_running(conn, request_id, run.run_id)
+        backup_canceled_sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=backup_canceled_sensor.name,
+                dagster_instance=instance,
+                dagster_run=run,
+                dagster_event=event,
+                resources=platform.resources(),
+            )
+        )
+
+    assert platform.request(request_id).status == "failed"
+    with platform.engine.connect() as conn:
+        last = db.events_of(conn, request_id)[-1]
+    assert (last.event, last.actor, last.run_id) == ("cancelled", "support", run.run_id)
+    assert last.reason == TERMINATED_IN_UI
+    assert [info.key for info in archives.list("")] == [other]
+
+
+def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
+    platform: Platform, clinic: Clinic
+):
+    # Support refused the request while its run had started writing; the refusal cancels the run.
+    request_id = platform.file_request(clinic)
+    staged = f"staging/{request_id}/run/consultas.xlsx"
+    platform.archives.put_bytes(staged, b"workbook")
+    with platform.engine.begin() as conn:
+        db.refuse_pending(
+            conn, request_id, status_detail="Rechazada por soporte.", actor=Actor.support("dup")
+        )
+
+    told = fail_request(
+        platform.engine,
+        platform.resources()["mailer"],
+        request_id=request_id,
+        run_id="cancelled-run",
+        step=None,
+        error_class="RunCanceled",
+        archives=platform.archives,
+    )
+
+    assert told is False  # already rejected: nobody is told twice
+    assert platform.request(request_id).status == "rejected"
+    assert list(platform.archives.list("staging/")) == []
