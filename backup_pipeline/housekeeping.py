@@ -100,7 +100,9 @@ class StagingSweep:
 def remove_staging_leftovers(
     engine: Engine, store: ObjectStore, limit: int = 10_000
 ) -> StagingSweep:
-    """Delete `staging/<request_id>/...` objects of finished requests (a failed run leaves them).
+    """Delete `staging/<request_id>/...` objects of finished requests: what a failed request's
+    own cleanup could not delete (remove_objects_of_ended_request), or what a request ended
+    before that cleanup existed left.
 
     Only the keys just listed are deleted, never a whole prefix: a request re-run by support is
     marked running before its new run writes anything, so its new objects are either unlisted

@@ -40,17 +40,17 @@ class RunWorker:
 
 
 def run_worker(instance: dg.DagsterInstance, run_id: str) -> RunWorker | None:
-    """The process executing the run, as the run last recorded it: the in-process executor's
-    "Executing steps in process (pid: …)", or the code server's "Started process for run".
-    None when the run has not recorded one yet."""
-    found = None
+    """The process executing the run, as the run first recorded it: the code server's "Started
+    process for run (pid: …)", or, for a run in the CLI's own process, the executor's "Executing
+    steps in process (pid: …)". The first, because later events may name a step's own process,
+    which ends before the run does. None when the run has not recorded one yet."""
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         event = entry.dagster_event
         metadata = getattr(event.event_specific_data, "metadata", None) if event else None
         pid = metadata.get("pid") if metadata else None
         if pid is not None and str(pid.value).isdigit():
-            found = RunWorker(run_id, int(pid.value), entry.timestamp)
-    return found
+            return RunWorker(run_id, int(pid.value), entry.timestamp)
+    return None
 
 
 def is_alive(worker: RunWorker) -> bool:

@@ -12,7 +12,12 @@ import pytest
 from sqlalchemy import select, update
 
 from backup_pipeline import tables as t
-from backup_pipeline.failures import TERMINATED_IN_UI, fail_request
+from backup_pipeline.failures import (
+    RUN_WORKER_GONE,
+    TERMINATED_IN_UI,
+    fail_request,
+    run_failure_cause,
+)
 from backup_pipeline.housekeeping import expire_archives
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.operations import execute_request, run_request
@@ -423,3 +428,19 @@ def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
     assert told is False  # already rejected: nobody is told twice
     assert platform.request(request_id).status == "rejected"
     assert list(platform.archives.list("staging/")) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "cause"),
+    [
+        (f"{RUN_WORKER_GONE} (pid 4242): it was killed or its machine restarted.", "RunWorkerDied"),
+        # Dagster's code server, when only the run's process died under it.
+        ("Run execution process for 1a2b was terminated by signal 9 (SIGKILL).", "RunWorkerDied"),
+        # Dagster's run monitoring.
+        ("Exceeded maximum runtime of 43200 seconds.", "RunTimedOut"),
+        ("Run timed out due to taking longer than 180 seconds to start.", "RunTimedOut"),
+        ("Execution of run for \"backup_job\" failed. Steps failed: ['deliver_backup'].", None),
+    ],
+)
+def test_a_run_ended_outside_its_steps_names_why_for_support(message: str, cause: str | None):
+    assert run_failure_cause(message) == cause
