@@ -158,7 +158,14 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        _fail_request_of_run(context, platform_db, mailer, archives, None, "RunCanceled")
+        # Run monitoring cancels a run that outlived its maximum time: that is a failure of
+        # ours, not support's cancellation.
+        canceling = context.instance.all_logs(
+            context.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING
+        )
+        timed_out = any(run_failure_cause(entry.message) == "RunTimedOut" for entry in canceling)
+        error_class = "RunTimedOut" if timed_out else "RunCanceled"
+        _fail_request_of_run(context, platform_db, mailer, archives, None, error_class)
 
     @dg.sensor(
         name="run_worker_watch",

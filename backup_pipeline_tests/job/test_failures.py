@@ -444,3 +444,38 @@ def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
 )
 def test_a_run_ended_outside_its_steps_names_why_for_support(message: str, cause: str | None):
     assert run_failure_cause(message) == cause
+
+
+def test_a_run_cancelled_for_outliving_its_maximum_time_is_not_supports_cancellation(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            job_def=backup_job, tags=run_tags(request_id, clinic.subscription_id)
+        )
+        with platform.engine.begin() as conn:
+            db.mark_running(conn, request_id, run.run_id)
+        # What Dagster's run monitoring reports when max_runtime_seconds is exceeded.
+        instance.report_run_canceling(
+            run, message="Canceling due to exceeding maximum runtime of 43200 seconds."
+        )
+        instance.report_run_canceled(run)
+        (record,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+        backup_canceled_sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=backup_canceled_sensor.name,
+                dagster_instance=instance,
+                dagster_run=instance.get_run_by_id(run.run_id),
+                dagster_event=record.dagster_event,
+                resources=platform.resources(),
+            )
+        )
+
+    row = platform.request(request_id)
+    assert row.status == "failed"
+    assert row.status_detail.startswith("No se pudo generar su respaldo")
+    with platform.engine.connect() as conn:
+        last = db.events_of(conn, request_id)[-1]
+    assert (last.event, last.actor) == ("failed", "run")
+    assert "error=RunTimedOut" in (last.detail or "")
