@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import psutil
@@ -33,6 +34,7 @@ from google.cloud import storage
 from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.instance import prepare_embedded_instance
+from backup_pipeline.jobs import KIND_TAG
 from backup_pipeline.run_liveness import RunWorker, is_alive
 from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
@@ -366,6 +368,19 @@ def _in_progress(instance: dg.DagsterInstance) -> list[str]:
     ]
 
 
+def _queue_admits(instance: dg.DagsterInstance, tags: dict[str, str]) -> bool:
+    """Whether the queue daemon would launch a run with `tags` now, by the instance's limits
+    and its runs in progress (Dagster's own counter: support/dagster_internals.py)."""
+    from backup_pipeline_tests.support.dagster_internals import TagConcurrencyLimitsCounter
+
+    queue = instance.get_concurrency_config().run_queue_config
+    in_progress = [instance.get_run_by_id(run_id) for run_id in _in_progress(instance)]
+    counter = TagConcurrencyLimitsCounter(queue.tag_concurrency_limits, in_progress)
+    return len(in_progress) < queue.max_concurrent_runs and not counter.is_blocked(
+        SimpleNamespace(tags=tags)
+    )
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_zip_is_failed_its_request_failed_and_nothing_of_it_is_left(
     platform: Platform, request_id: int
@@ -389,12 +404,17 @@ def test_a_run_killed_mid_zip_is_failed_its_request_failed_and_nothing_of_it_is_
         assert _partial_files(platform) and list(platform.archives.list("staging/"))
 
         stopped.kill()
-        assert _in_progress(instance) == [run.run_id]  # it would hold its slot for good
+        # Dead, it would hold its slots for good: the clinic's next run (support's re-run) waits.
+        assert _in_progress(instance) == [run.run_id]
+        next_run = dict(run.tags)
+        assert next_run[KIND_TAG] == "backup"
+        assert not _queue_admits(instance, next_run)
         watch(dg.build_sensor_context(instance=instance))
 
         ended = instance.get_run_by_id(run.run_id)
         assert ended.status == dg.DagsterRunStatus.FAILURE
         assert _in_progress(instance) == []  # the queue moves on
+        assert _queue_admits(instance, next_run)
         (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
         failure_sensor(
             dg.build_run_status_sensor_context(
