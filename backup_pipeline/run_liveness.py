@@ -28,6 +28,8 @@ from backup_pipeline.failures import RUN_WORKER_GONE
 
 log = logging.getLogger(__name__)
 
+# The run worker records its process among its first few engine events.
+_EARLY_ENGINE_EVENTS = 20
 # A process that started this long after the run recorded its id is another one with a reused id.
 _CLOCK_SLACK_SECONDS = 1.0
 
@@ -44,7 +46,12 @@ def run_worker(instance: dg.DagsterInstance, run_id: str) -> RunWorker | None:
     process for run (pid: …)", or, for a run in the CLI's own process, the executor's "Executing
     steps in process (pid: …)". The first, because later events may name a step's own process,
     which ends before the run does. None when the run has not recorded one yet."""
-    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+    # Among a run's first engine events; reading only those keeps each tick cheap.
+    early = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=_EARLY_ENGINE_EVENTS
+    )
+    for record in early.records:
+        entry = record.event_log_entry
         event = entry.dagster_event
         metadata = getattr(event.event_specific_data, "metadata", None) if event else None
         pid = metadata.get("pid") if metadata else None
