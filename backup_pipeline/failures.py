@@ -10,13 +10,19 @@ from sqlalchemy import Engine
 
 from backup_pipeline import mail
 from backup_pipeline.checks import authorization_refusal, revoked_detail
-from backup_pipeline.request_state import OPEN_STATUSES, BackupRequest, RequestEvent
+from backup_pipeline.housekeeping import remove_objects_of_ended_request
+from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+
+# The reason recorded in the audit trail for a backup run cancelled from outside the run.
+TERMINATED_IN_UI = "run terminated in the Dagster UI"
+# The failure message run_liveness gives a run whose process it found dead.
+RUN_WORKER_GONE = "The run's process is gone"
 
 # After an op's retry policy gives up, Dagster reports its own wrapper; the cause is the error.
 _RETRY_WRAPPERS = frozenset({"RetryRequestedFromPolicy", "RetryRequested"})
@@ -47,6 +53,22 @@ def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
             )
         return event.step_key, error_class_of(error)
     return None, None
+
+
+def run_failure_cause(message: str | None) -> str | None:
+    """The error class support reads for a run that failed outside every step: its process
+    died (found by run_liveness, or by Dagster's code server when only the run was killed) or
+    run monitoring ended it after its maximum time; None for anything else."""
+    text = message or ""
+    if (
+        text.startswith(RUN_WORKER_GONE)
+        or "execution process for" in text
+        or "worker status" in text
+    ):
+        return "RunWorkerDied"
+    if "maximum runtime" in text or "timed out" in text:
+        return "RunTimedOut"
+    return None
 
 
 # What each step was making, as the clinic would say it: the step names are ours, not theirs.
@@ -209,20 +231,26 @@ def fail_request(
         return False
     cancelled = error_class == "RunCanceled"
     with engine.begin() as conn:
-        if not db.mark_failed(
+        failed_now = db.mark_failed(
             conn,
             request_id,
             reason=reason,
             run_id=run_id,
             event=RequestEvent.CANCELLED if cancelled else RequestEvent.FAILED,
+            # Only support cancels a backup run (Terminate in the Dagster UI; a refusal cancels
+            # the run of a request that is then already rejected, and records nothing here).
+            actor=Actor.support(TERMINATED_IN_UI, run_id) if cancelled else None,
             # For the audit trail and support: ours, not the clinic's.
             detail=f"step={step or '?'} error={error_class or '?'}",
-        ):
-            return False
+        )
         request = db.get_request(conn, request_id)
-        assert request is not None
-        subscription = db.get_subscription(conn, request.subscription_id)
-        requester = db.get_requester(conn, request.requested_by_user_id)
+        subscription = db.get_subscription(conn, request.subscription_id) if request else None
+        requester = db.get_requester(conn, request.requested_by_user_id) if request else None
+    if archives is not None:
+        # Also when another path failed or rejected it first: its run is over now either way.
+        _remove_objects(engine, archives, request_id)
+    if not failed_now or request is None:
+        return False
     emails = [
         mail.failure_alert_to_support(
             support_email=mailer.support_email,
@@ -245,6 +273,19 @@ def fail_request(
         )
     _send_all(mailer, request_id, emails)
     return True
+
+
+def _remove_objects(engine: Engine, archives: ObjectStore, request_id: int) -> None:
+    try:
+        removed = remove_objects_of_ended_request(engine, archives, request_id)
+    except Exception as exc:
+        # The request is failed and its people told; the staging sweep retries what is left.
+        log.warning(
+            "could not remove the objects of request %s: %s", request_id, type(exc).__name__
+        )
+        return
+    if removed:
+        log.info("removed %s object(s) of ended request %s", removed, request_id)
 
 
 def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -100,7 +100,9 @@ class StagingSweep:
 def remove_staging_leftovers(
     engine: Engine, store: ObjectStore, limit: int = 10_000
 ) -> StagingSweep:
-    """Delete `staging/<request_id>/...` objects of finished requests (a failed run leaves them).
+    """Delete `staging/<request_id>/...` objects of finished requests: what a failed request's
+    own cleanup could not delete (remove_objects_of_ended_request), or what a request ended
+    before that cleanup existed left.
 
     Only the keys just listed are deleted, never a whole prefix: a request re-run by support is
     marked running before its new run writes anything, so its new objects are either unlisted
@@ -146,6 +148,41 @@ def remove_abandoned_writes(store: ObjectStore, now: datetime) -> int:
     """Delete the partial files of writes a killed run never finished (the folder store's
     `.bp-partial` files); an object store that keeps none has nothing to do."""
     return store.remove_abandoned_writes(now - ABANDONED_WRITE_AGE)
+
+
+def request_folders(request_id: int, subscription_id: int) -> tuple[str, ...]:
+    """Where a request's runs write: their staging (target.staging_prefix) and its archive and
+    parts (archive.names.archive_key)."""
+    return (f"{STAGING_ROOT}{request_id}/", f"respaldos/{subscription_id}/{request_id}/")
+
+
+def remove_objects_of_ended_request(engine: Engine, store: ObjectStore, request_id: int) -> int:
+    """Delete every object a failed or rejected request's runs wrote (its archive and parts,
+    partial or whole, and its staging) when it ends, not at the next sweep; returns how many.
+
+    Its runs are over (the failure sensor calls this once the run has ended, with the request
+    already failed), so a write still partial is one they never finished. Keys are listed
+    before the status is read: a request that support re-runs meanwhile is open again, and its
+    new run's objects are then left alone. A delivered request is not touched.
+    """
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    if request is None:
+        return 0
+    folders = request_folders(request_id, request.subscription_id)
+    listed = [info.key for folder in folders for info in store.list(folder)]
+    with engine.connect() as conn:
+        status = db.statuses_of(conn, [request_id]).get(request_id)
+        recorded = [part.archive_key for part in db.parts_of(conn, request_id)]
+    if status not in (RequestStatus.FAILED, RequestStatus.REJECTED):
+        return 0
+    deleted = sum(store.delete(key) for key in dict.fromkeys([*recorded, *listed]))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    deleted += sum(store.remove_abandoned_writes(now, prefix=folder) for folder in folders)
+    with engine.begin() as conn:
+        db.forget_failed_archive(conn, request_id)
+        db.forget_parts(conn, request_id)
+    return deleted
 
 
 # --- 3. Dynamic partitions ----------------------------------------------------------------

@@ -36,9 +36,8 @@ def prepare_embedded_instance(home: Path, config_template: Path | None = None) -
     home.mkdir(parents=True, exist_ok=True)
     for scratch in home.glob(".instance-*"):  # a creation killed before it moved anything
         shutil.rmtree(scratch, ignore_errors=True)
-    config = home / CONFIG_FILE
-    if not config.exists() and config_template is not None and config_template.exists():
-        _write_atomically(config, config_template.read_text(encoding="utf-8"))
+    if config_template is not None and config_template.exists():
+        _install_config(home / CONFIG_FILE, config_template.read_text(encoding="utf-8"))
     marker = home / READY_MARKER
     if _read(marker) == dg.__version__:
         return home
@@ -59,6 +58,27 @@ def prepare_embedded_instance(home: Path, config_template: Path | None = None) -
         _create_whole(home)
     _write_atomically(marker, dg.__version__)
     return home
+
+
+def _install_config(config: Path, template: str) -> None:
+    """Copy the template, or bring an older copy of it up to date: an instance prepared before
+    run monitoring and the backups' own share of the run queue existed must get them too. A
+    file that is not a copy of ours (its first line differs) is the operator's, left as it is;
+    an older copy is kept beside it as dagster.yaml.previous."""
+    current = _read(config)
+    if current == template.strip():
+        return
+    if current is not None:
+        if current.splitlines()[:1] != template.splitlines()[:1]:
+            return
+        _write_atomically(config.with_name(f"{CONFIG_FILE}.previous"), current + "\n")
+        log.warning(
+            "%s was an older copy of the embedded instance config; it was updated (the old one "
+            "is kept as %s.previous) and applies from the next start of Dagster",
+            config,
+            CONFIG_FILE,
+        )
+    _write_atomically(config, template)
 
 
 def _upgrade_and_try(home: Path) -> None:

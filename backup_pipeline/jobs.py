@@ -51,6 +51,9 @@ from backup_pipeline.target import REQUEST_TAG, BackupTarget
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
 
 BACKUP_JOB_NAME = "backup_job"
+# On every backup run, however launched: the run queue gives backups at most their own share of
+# its slots (dagster.yaml, deploy/dagster.yaml), so housekeeping and alerts never wait behind them.
+KIND_TAG = "backup/kind"
 
 T = TypeVar("T")
 
@@ -398,7 +401,7 @@ def build_backup_job(retry_policy: dg.RetryPolicy) -> dg.JobDefinition:
             tags_for_partition_key_fn=lambda key: {REQUEST_TAG: key},
         ),
         op_retry_policy=retry_policy,
-        tags={"team": "backups"},
+        tags={"team": "backups", KIND_TAG: "backup"},
         # In one process: a process per op (the multiprocess executor) imports Dagster and pandas
         # again for each step, which cost 2-5 s and ~250 MB apiece and made the backup slower and
         # three times as large in memory up to the large profile (bench/RESULTS.md). Both cores

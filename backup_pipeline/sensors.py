@@ -6,8 +6,8 @@
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
-from backup_pipeline import migrations
-from backup_pipeline.failures import fail_request, failed_step
+from backup_pipeline import migrations, run_liveness
+from backup_pipeline.failures import fail_request, failed_step, run_failure_cause
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
@@ -16,6 +16,9 @@ from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.target import REQUEST_TAG, run_tags
+
+# How often the run_worker_watch sensor looks: a dead run is failed within about a minute.
+RUN_WORKER_WATCH_SECONDS = 60
 
 
 def _run_request(accepted: AcceptedRequest) -> dg.RunRequest:
@@ -135,6 +138,9 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         archives: ObjectStoreResource,
     ) -> None:
         step, error_class = failed_step(context.get_step_failure_events())
+        if step is None and error_class is None:
+            # Ended from outside its steps: its process died, or it ran out of time.
+            error_class = run_failure_cause(context.failure_event.message)
         _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
 
     @dg.run_status_sensor(
@@ -152,6 +158,32 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        _fail_request_of_run(context, platform_db, mailer, archives, None, "RunCanceled")
+        # Run monitoring cancels a run that outlived its maximum time: that is a failure of
+        # ours, not support's cancellation.
+        canceling = context.instance.all_logs(
+            context.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING
+        )
+        timed_out = any(run_failure_cause(entry.message) == "RunTimedOut" for entry in canceling)
+        error_class = "RunTimedOut" if timed_out else "RunCanceled"
+        _fail_request_of_run(context, platform_db, mailer, archives, None, error_class)
 
-    return [backup_request_sensor, backup_failure_sensor, backup_canceled_sensor]
+    @dg.sensor(
+        name="run_worker_watch",
+        minimum_interval_seconds=RUN_WORKER_WATCH_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Embedded instance (DefaultRunLauncher) only: fails a started run whose process is "
+            "gone (a reboot, the OOM killer), so that its request fails as any failed run's does "
+            "and its place in the run queue is freed. On Kubernetes, run monitoring does this."
+        ),
+    )
+    def run_worker_watch(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        instance = context.instance
+        if not run_liveness.watches_local_processes(instance):
+            return dg.SkipReason("runs are not local processes: run monitoring watches them")
+        failed = run_liveness.fail_runs_whose_process_died(instance)
+        if failed:
+            context.log.warning(f"failed {len(failed)} run(s) whose process was gone: {failed}")
+        return dg.SkipReason(f"{len(failed)} run(s) whose process was gone failed")
+
+    return [backup_request_sensor, backup_failure_sensor, backup_canceled_sensor, run_worker_watch]

@@ -88,9 +88,9 @@ class ObjectStore(abc.ABC):
         or folder, no permission), so a misconfiguration fails loudly instead of every object
         reading as missing."""
 
-    def remove_abandoned_writes(self, older_than: datetime) -> int:
-        """Delete what writes cut short (a killed process) left before `older_than` (naive UTC);
-        returns how many. A store whose interrupted writes leave nothing behind (GCS: an
+    def remove_abandoned_writes(self, older_than: datetime, prefix: str = "") -> int:
+        """Delete what writes cut short (a killed process) left before `older_than` (naive UTC)
+        at keys under `prefix` (a folder, ending in '/'; all when empty); returns how many. A store whose interrupted writes leave nothing behind (GCS: an
         unfinished resumable upload is never an object) has nothing to do."""
         return 0
 

@@ -75,13 +75,15 @@ class FolderStore(ObjectStore):
                 found.append(ObjectInfo(key=key, size=stat.st_size, updated=updated))
         yield from sorted(found, key=lambda info: info.key)
 
-    def remove_abandoned_writes(self, older_than: datetime) -> int:
+    def remove_abandoned_writes(self, older_than: datetime, prefix: str = "") -> int:
         """Partial files of writes that never finished (the process was killed mid-write): a
         write in progress keeps touching its file, so only those untouched since `older_than`
-        go."""
+        go. `prefix` names a folder ('a/b/') to look in, or the whole store when empty."""
         removed = 0
         cutoff = older_than.replace(tzinfo=UTC).timestamp()
-        for dirpath, _dirnames, filenames in os.walk(self.root):
+        folder = _check_prefix(prefix).rstrip("/")
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        for dirpath, _dirnames, filenames in os.walk(start):
             for name in filenames:
                 if not name.endswith(PARTIAL_SUFFIX):
                     continue

@@ -134,3 +134,32 @@ def test_a_kill_during_the_first_start_is_repaired_by_running_again(
     assert cli.main(["process"]) == 0
     assert (home / READY_MARKER).exists()
     assert list((var / "archives").rglob("*.zip"))
+
+
+def test_an_instance_prepared_with_an_older_config_gets_the_current_one(tmp_path: Path):
+    # A DAGSTER_HOME made before run monitoring and the backups' share of the queue existed.
+    home = tmp_path / "home"
+    home.mkdir()
+    first_line = TEMPLATE.read_text().splitlines()[0]
+    older = f"{first_line}\nconcurrency:\n  runs:\n    max_concurrent_runs: 2\n"
+    (home / "dagster.yaml").write_text(older)
+
+    prepare_embedded_instance(home, TEMPLATE)
+
+    assert (home / "dagster.yaml").read_text() == TEMPLATE.read_text()
+    assert (home / "dagster.yaml.previous").read_text() == older
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+
+
+def test_an_operators_own_instance_config_is_left_as_it_is(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    own = "# our team's instance\ntelemetry:\n  enabled: false\n"
+    (home / "dagster.yaml").write_text(own)
+
+    prepare_embedded_instance(home, TEMPLATE)
+
+    assert (home / "dagster.yaml").read_text() == own
+    assert not (home / "dagster.yaml.previous").exists()

@@ -23,14 +23,22 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
+import dagster as dg
+import psutil
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
+from backup_pipeline.instance import prepare_embedded_instance
+from backup_pipeline.jobs import KIND_TAG
+from backup_pipeline.run_liveness import RunWorker, is_alive
+from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
+from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import Platform, build_platform
 from backup_pipeline_tests.support.processes import running_in_group
 
@@ -341,3 +349,101 @@ def test_killed_mid_upload_to_gcs_leaves_no_object_at_the_final_key(
     assert platform.archives_made() == []
     assert not list(client.list_blobs(bucket, prefix="backups/respaldos/"))
     platform.close()
+
+
+# --- Under the embedded instance's monitoring: nothing stuck -------------------------------------
+
+
+def _in_progress(instance: dg.DagsterInstance) -> list[str]:
+    """Runs the queue daemon counts against its limits."""
+    statuses = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
+    return [
+        r.dagster_run.run_id for r in instance.get_run_records(dg.RunsFilter(statuses=statuses))
+    ]
+
+
+def _queue_admits(instance: dg.DagsterInstance, tags: dict[str, str]) -> bool:
+    """Whether the queue daemon would launch a run with `tags` now, by the instance's limits
+    and its runs in progress (Dagster's own counter: support/dagster_internals.py)."""
+    from backup_pipeline_tests.support.dagster_internals import TagConcurrencyLimitsCounter
+
+    queue = instance.get_concurrency_config().run_queue_config
+    in_progress = [instance.get_run_by_id(run_id) for run_id in _in_progress(instance)]
+    counter = TagConcurrencyLimitsCounter(queue.tag_concurrency_limits, in_progress)
+    return len(in_progress) < queue.max_concurrent_runs and not counter.is_blocked(
+        SimpleNamespace(tags=tags)
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_zip_is_failed_its_request_failed_and_nothing_of_it_is_left(
+    platform: Platform, request_id: int
+):
+    # The embedded instance as `make dev` and the CLI prepare it (run monitoring on); the run
+    # records itself there, is killed with its whole process group while it writes the zip (a
+    # reboot, the OOM killer), and the instance's watch and failure sensor then take their
+    # turns, as the daemon would tick them.
+    home = prepare_embedded_instance(Path(platform.env["DAGSTER_HOME"]), REPO / "dagster.yaml")
+    location = code_location()
+    watch = location.resolve_sensor_def("run_worker_watch")
+    failure_sensor = location.resolve_sensor_def("backup_failure_sensor")
+    stopped = _run_until(platform, request_id, "zipping")
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_monitoring_enabled
+        (run,) = instance.get_runs(dg.RunsFilter(tags={REQUEST_TAG: str(request_id)}))
+        # While its process lives, the run is left alone.
+        watch(dg.build_sensor_context(instance=instance))
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        assert _partial_files(platform) and list(platform.archives.list("staging/"))
+
+        stopped.kill()
+        # Dead, it would hold its slots for good: the clinic's next run (support's re-run) waits.
+        assert _in_progress(instance) == [run.run_id]
+        next_run = dict(run.tags)
+        assert next_run[KIND_TAG] == "backup"
+        assert not _queue_admits(instance, next_run)
+        watch(dg.build_sensor_context(instance=instance))
+
+        ended = instance.get_run_by_id(run.run_id)
+        assert ended.status == dg.DagsterRunStatus.FAILURE
+        assert _in_progress(instance) == []  # the queue moves on
+        assert _queue_admits(instance, next_run)
+        (failure,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        failure_sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=failure_sensor.name,
+                dagster_instance=instance,
+                dagster_run=ended,
+                dagster_event=failure.dagster_event,
+                resources=platform.resources(),
+            )
+        )
+
+    request = platform.request(request_id)
+    assert request.status == "failed"  # it does not count
+    assert request.status_detail.startswith("No se pudo generar su respaldo")
+    # Nothing of the killed run is left: no partial zip, no staged workbook or file.
+    assert platform.archives_made() == []
+    assert _partial_files(platform) == []
+    assert list(platform.archives.list("staging/")) == []
+    assert not list((platform.root / "archives").rglob("*.bp-partial"))
+    # Support hears why; the requester that it failed and does not count.
+    told = {
+        message["To"]: message.get_body(("plain",)).get_content() for message in emails(platform)
+    }
+    assert len(told) == 2
+    assert any("RunWorkerDied" in text for text in told.values())
+
+
+def test_a_process_id_reused_by_a_newer_process_is_not_the_run_worker():
+    me = psutil.Process()
+    # Recorded before this process started: the id now names another process.
+    assert not is_alive(RunWorker("r", me.pid, recorded_at=me.create_time() - 60))
+    assert is_alive(RunWorker("r", me.pid, recorded_at=me.create_time()))

@@ -23,11 +23,14 @@ from sqlalchemy import Engine, event, insert, select
 
 from backup_pipeline import checks
 from backup_pipeline import tables as t
+from backup_pipeline.instance import prepare_embedded_instance
+from backup_pipeline.jobs import KIND_TAG
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource, create_schema
+from backup_pipeline.schedules import HOUSEKEEPING_JOBS
 from backup_pipeline.sensors import evaluate_pending_requests
 from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG, run_tags
-from backup_pipeline_tests.support.location import backup_request_sensor
+from backup_pipeline_tests.support.location import backup_job, backup_request_sensor
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE_CONFIGS = [REPO / "dagster.yaml", REPO / "deploy" / "dagster.yaml"]
@@ -290,3 +293,32 @@ def test_the_run_queue_holds_a_second_run_of_a_subscription(path: Path) -> None:
     assert len(subscriptions) == len(set(subscriptions))
     assert launched[0] == run_tags(1_000_007, 7)
     assert run_tags(900_007, 7) not in launched
+
+
+@pytest.mark.parametrize("path", INSTANCE_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_housekeeping_and_the_late_alert_are_not_held_back_by_backups(path: Path) -> None:
+    # Far more backups than the queue holds wait ahead of every housekeeping job (the worst
+    # order; their higher priority would only help). Some backups may be runs whose process
+    # died and that still hold their slots: the late alert must run all the same.
+    backups = [{**backup_job.tags, **run_tags(2_000_000 + sid, sid)} for sid in range(1, 200)]
+    housekeeping = [dict(job.tags) for job in HOUSEKEEPING_JOBS]
+
+    launched = dequeue(backups + housekeeping, path)
+
+    assert all(tags in launched for tags in housekeeping)
+    max_runs, limits = queue_limits(path)
+    (backup_share,) = [limit["limit"] for limit in limits if limit["key"] == KIND_TAG]
+    assert sum(1 for tags in launched if tags.get(KIND_TAG) == "backup") == backup_share
+    assert backup_share + len(HOUSEKEEPING_JOBS) <= max_runs
+
+
+def test_the_embedded_instance_queues_runs_with_the_limits_of_its_config(tmp_path: Path) -> None:
+    # What the queue daemon reads (DagsterInstance.get_concurrency_config) is what the tests above
+    # count with: dagster.yaml as prepare-instance installs it.
+    home = prepare_embedded_instance(tmp_path / "home", REPO / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        queue = instance.get_concurrency_config().run_queue_config
+    max_runs, limits = queue_limits(REPO / "dagster.yaml")
+    assert queue.max_concurrent_runs == max_runs
+    assert list(queue.tag_concurrency_limits) == limits

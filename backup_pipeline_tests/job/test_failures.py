@@ -12,15 +12,25 @@ import pytest
 from sqlalchemy import select, update
 
 from backup_pipeline import tables as t
-from backup_pipeline.failures import fail_request
+from backup_pipeline.failures import (
+    RUN_WORKER_GONE,
+    TERMINATED_IN_UI,
+    fail_request,
+    run_failure_cause,
+)
 from backup_pipeline.housekeeping import expire_archives
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.operations import execute_request, run_request
+from backup_pipeline.request_state import Actor
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.settings import Settings
 from backup_pipeline.target import REQUEST_TAG, run_tags
-from backup_pipeline_tests.support.location import backup_failure_sensor, backup_job
+from backup_pipeline_tests.support.location import (
+    backup_canceled_sensor,
+    backup_failure_sensor,
+    backup_job,
+)
 from backup_pipeline_tests.support.platform import (
     EVERY_DATABASE,
     LOCAL,
@@ -271,7 +281,7 @@ def test_a_bad_time_zone_in_the_platform_does_not_stop_the_backup(
 
 
 @ON_SQLITE
-def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_would_expire(
+def test_the_archive_and_staging_of_a_request_failed_at_delivery_are_deleted_when_it_fails(
     platform: Platform, clinic: Clinic, sendgrid_endpoint: SendGridEndpoint
 ):
     settings = replace(platform.settings, mail_url=sendgrid_endpoint.url)
@@ -282,23 +292,16 @@ def test_the_archive_of_a_request_failed_at_delivery_is_deleted_when_its_link_wo
             instance, platform.resources(settings), request_id, clinic.subscription_id
         )
     assert outcome.request_status == "failed"
-    # The zip was made before the email was refused: patient data nobody will download.
-    row = platform.request(request_id)
+    # The zip was made before the email was refused: patient data nobody will download. It is
+    # gone with the failure, not at the next sweep or when its link would have expired.
     archives = open_store(settings.archives_url)
-    assert row.archive_key and archives.exists(row.archive_key)
-
-    early = row.link_expires_at - timedelta(seconds=1)
-    assert expire_archives(platform.engine, archives, now=early) == 0
-    assert archives.exists(row.archive_key)  # not before its link would have expired
-    expire_archives(platform.engine, archives, now=row.link_expires_at)
-
-    assert not archives.exists(row.archive_key)
+    assert list(archives.list("respaldos/")) == []
+    assert list(archives.list("staging/")) == []
     after = platform.request(request_id)
     assert after.status == "failed"  # still failed: it never counted and was never delivered
-    assert after.status_detail == row.status_detail
     assert after.archive_key is None and after.link_expires_at is None  # nothing left to show
-    # Done once: the next tick finds nothing of it.
-    assert expire_archives(platform.engine, archives, now=row.link_expires_at) == 0
+    # Nothing is left for the hourly expiry either.
+    assert expire_archives(platform.engine, archives, now=db.utcnow() + timedelta(days=30)) == 0
 
 
 def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(
@@ -354,3 +357,125 @@ def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_e
     assert "plan_archive_files" not in row.status_detail and "Failure" not in row.status_detail
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failed.eml", f"backup-{request_id}-failure-alert.eml"]
+
+
+def _cancelled_in_the_ui(instance: dg.DagsterInstance, request_id: int, subscription_id: int):
+    """A backup run of the request, terminated from the UI (CANCELED), and its event."""
+    run = instance.create_run_for_job(
+        job_def=backup_job,
+        tags={REQUEST_TAG: str(request_id), **run_tags(request_id, subscription_id)},
+    )
+    instance.report_run_canceled(run)
+    (record,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+    return instance.get_run_by_id(run.run_id), record.dagster_event
+
+
+def test_a_run_terminated_in_the_ui_is_recorded_as_supports_cancellation_and_its_objects_go(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
+    archives = platform.archives
+    staged = f"staging/{request_id}/killed-run/pacientes.xlsx"
+    archives.put_bytes(staged, b"workbook")
+    zip_key = f"respaldos/{clinic.subscription_id}/{request_id}/respaldo.zip"
+    archives.put_bytes(zip_key, b"PK")
+    other = f"staging/{request_id + 1}/run/pacientes.xlsx"  # another request's: kept
+    archives.put_bytes(other, b"workbook")
+    with dg.instance_for_test() as instance:
+        run, event = _cancelled_in_the_ui(instance, request_id, clinic.subscription_id)
+        with platform.engine.begin() as conn:
+            db.mark_running(conn, request_id, run.run_id)
+        backup_canceled_sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=backup_canceled_sensor.name,
+                dagster_instance=instance,
+                dagster_run=run,
+                dagster_event=event,
+                resources=platform.resources(),
+            )
+        )
+
+    assert platform.request(request_id).status == "failed"
+    with platform.engine.connect() as conn:
+        last = db.events_of(conn, request_id)[-1]
+    assert (last.event, last.actor, last.run_id) == ("cancelled", "support", run.run_id)
+    assert last.reason == TERMINATED_IN_UI
+    assert [info.key for info in archives.list("")] == [other]
+
+
+def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
+    platform: Platform, clinic: Clinic
+):
+    # Support refused the request while its run had started writing; the refusal cancels the run.
+    request_id = platform.file_request(clinic)
+    staged = f"staging/{request_id}/run/consultas.xlsx"
+    platform.archives.put_bytes(staged, b"workbook")
+    with platform.engine.begin() as conn:
+        db.refuse_pending(
+            conn, request_id, status_detail="Rechazada por soporte.", actor=Actor.support("dup")
+        )
+
+    told = fail_request(
+        platform.engine,
+        platform.resources()["mailer"],
+        request_id=request_id,
+        run_id="cancelled-run",
+        step=None,
+        error_class="RunCanceled",
+        archives=platform.archives,
+    )
+
+    assert told is False  # already rejected: nobody is told twice
+    assert platform.request(request_id).status == "rejected"
+    assert list(platform.archives.list("staging/")) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "cause"),
+    [
+        (f"{RUN_WORKER_GONE} (pid 4242): it was killed or its machine restarted.", "RunWorkerDied"),
+        # Dagster's code server, when only the run's process died under it.
+        ("Run execution process for 1a2b was terminated by signal 9 (SIGKILL).", "RunWorkerDied"),
+        # Dagster's run monitoring.
+        ("Exceeded maximum runtime of 43200 seconds.", "RunTimedOut"),
+        ("Run timed out due to taking longer than 180 seconds to start.", "RunTimedOut"),
+        ("Execution of run for \"backup_job\" failed. Steps failed: ['deliver_backup'].", None),
+    ],
+)
+def test_a_run_ended_outside_its_steps_names_why_for_support(message: str, cause: str | None):
+    assert run_failure_cause(message) == cause
+
+
+def test_a_run_cancelled_for_outliving_its_maximum_time_is_not_supports_cancellation(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            job_def=backup_job, tags=run_tags(request_id, clinic.subscription_id)
+        )
+        with platform.engine.begin() as conn:
+            db.mark_running(conn, request_id, run.run_id)
+        # What Dagster's run monitoring reports when max_runtime_seconds is exceeded.
+        instance.report_run_canceling(
+            run, message="Canceling due to exceeding maximum runtime of 43200 seconds."
+        )
+        instance.report_run_canceled(run)
+        (record,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+        backup_canceled_sensor(
+            dg.build_run_status_sensor_context(
+                sensor_name=backup_canceled_sensor.name,
+                dagster_instance=instance,
+                dagster_run=instance.get_run_by_id(run.run_id),
+                dagster_event=record.dagster_event,
+                resources=platform.resources(),
+            )
+        )
+
+    row = platform.request(request_id)
+    assert row.status == "failed"
+    assert row.status_detail.startswith("No se pudo generar su respaldo")
+    with platform.engine.connect() as conn:
+        last = db.events_of(conn, request_id)[-1]
+    assert (last.event, last.actor) == ("failed", "run")
+    assert "error=RunTimedOut" in (last.detail or "")

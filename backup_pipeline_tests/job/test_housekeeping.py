@@ -13,6 +13,7 @@ from backup_pipeline.mail import OutgoingEmail
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailError, OutboxMailer, open_mailer
 from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.base import PARTIAL_SUFFIX
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline_tests.support.platform import EVERY_DATABASE, Backends, Platform
 
@@ -390,3 +391,39 @@ def test_quota_refresh_covers_every_subscription_whatever_the_batch(platform, ba
     # A second pass finds nothing to correct; each clinic waits 180 days for its next backup.
     assert hk.refresh_quota_windows(platform.engine, NOW, batch=batch) == hk.QuotaRepair(3, 0, 3)
     assert {sid: row[2] for sid, row in platform.quota_windows().items()} == {1: 1, 2: 1, 3: 1}
+
+
+# --- remove_objects_of_ended_request --------------------------------------------------------
+
+
+def _partial_write(archives: ObjectStore, folder: str) -> Path:
+    """What a write cut short by a kill leaves in the folder store: a hidden partial file (an
+    error inside open_write discards it; a SIGKILL cannot)."""
+    path = archives.root / folder / f".killed{PARTIAL_SUFFIX}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PK")
+    return path
+
+
+def test_an_ended_requests_objects_go_and_a_delivered_or_open_ones_stay(platform, archives):
+    delivered_key = platform.add_delivered_request(1, archives, link_expires_at=NOW)
+    archives.put_bytes("staging/1/run/pacientes.xlsx", b"workbook")  # a retried step's leftover
+    platform.add_request(2, status="failed", requested_at=NOW, subscription_id=2)
+    archives.put_bytes("staging/2/run/pacientes.xlsx", b"workbook")
+    archives.put_bytes("respaldos/2/2/respaldo_parte-1-de-2.zip", b"PK")
+    partial = _partial_write(archives, "respaldos/2/2/")
+    platform.add_request(3, status="running", requested_at=NOW, subscription_id=3)
+    archives.put_bytes("staging/3/run/pacientes.xlsx", b"workbook")  # a run writing now
+
+    assert hk.remove_objects_of_ended_request(platform.engine, archives, 2) == 3
+    assert hk.remove_objects_of_ended_request(platform.engine, archives, 1) == 0
+    assert hk.remove_objects_of_ended_request(platform.engine, archives, 3) == 0
+
+    assert not partial.exists()
+    assert sorted(info.key for info in archives.list("")) == [
+        delivered_key,
+        "staging/1/run/pacientes.xlsx",
+        "staging/3/run/pacientes.xlsx",
+    ]
+    # Done once: nothing is left of it for the next call or the sweep.
+    assert hk.remove_objects_of_ended_request(platform.engine, archives, 2) == 0

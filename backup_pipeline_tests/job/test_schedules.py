@@ -323,7 +323,13 @@ def test_production_instance_loads_on_postgresql_with_its_k8s_launcher_and_run_q
         assert instance.run_launcher.job_namespace == "backups"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         queue = instance.get_concurrency_config().run_queue_config
-        assert queue.max_concurrent_runs == 20
+        assert queue.max_concurrent_runs == 26
+        # 20 backups at a time; the other slots are housekeeping's and support's.
+        assert {
+            "key": "backup/kind",
+            "value": "backup",
+            "limit": 20,
+        } in queue.tag_concurrency_limits
         assert instance.run_monitoring_enabled
         # The storage the partition retention schedule works on.
         instance.add_dynamic_partitions(backup_partitions.name, ["1", "2"])

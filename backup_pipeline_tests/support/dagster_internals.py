@@ -23,7 +23,8 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._daemon.types import DaemonHeartbeat
 
 # The rule the QueuedRunCoordinatorDaemon applies to tag_concurrency_limits: test_load runs the
-# instance's run-queue config through it, since the daemon itself has no public entry point.
+# instance's run-queue config through it, and test_kill asks it whether a dead run still holds
+# the queue, since the daemon itself has no public entry point.
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 __all__ = [
