@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
@@ -294,7 +295,7 @@ def test_leeme_is_spanish_crlf_with_a_bom_and_the_counts(assembled):
     assert "Clínica Sonrisas" in text
     assert "hora central (Ciudad de México)" in text
     assert "America/" not in text
-    assert "3 archivos" in text
+    assert "Archivos adjuntos y comprobantes copiados en total: 3 " in text
     assert "1 archivo no se pudo copiar" in text
     assert "archivos_no_incluidos.xlsx" in text
 
@@ -424,7 +425,7 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
         "LFPDPPP",
         "pacientes.xlsx",
         "(2 registros).",
-        "1,234 archivos",
+        "copiados en total: 1,234 (3.0 GB).",
         "3.0 GB",
         "en total, 1 comprobante.",
     ):
@@ -433,9 +434,10 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
 
 
 def test_leeme_explains_every_folder_an_archive_can_have():
-    text = leeme_text(_facts(FileTally(files_copied=1, file_bytes=10, missing_count=0))).replace(
-        "\r\n", "\n"
+    facts = replace(
+        _facts(FileTally(files_copied=1, file_bytes=10, missing_count=0)), long_text_files=1
     )
+    text = leeme_text(facts).replace("\r\n", "\n")
     listed = [line for line in text.splitlines() if line.endswith("/") and " " not in line]
     assert listed == list(ARCHIVE_FOLDERS)
     for folder in (
@@ -447,6 +449,18 @@ def test_leeme_explains_every_folder_an_archive_can_have():
         "textos_largos/",
     ):
         assert f"\n{folder}\n    " in text, folder
+
+
+def test_leeme_lists_only_the_folders_the_archive_has():
+    facts = replace(
+        _facts(FileTally(files_copied=1, file_bytes=10, missing_count=0)),
+        folders={"adjuntos/", "facturacion/ingresos/xml/"},
+        long_text_files=0,
+    )
+    text = leeme_text(facts).replace("\r\n", "\n")
+    listed = [line for line in text.splitlines() if line.endswith("/") and " " not in line]
+    assert listed == ["adjuntos/", "facturacion/ingresos/xml/"]
+    assert "facturacion/gastos/pdf/" not in text and "textos_largos/" not in text
 
 
 def _object_path(store: ObjectStore) -> Path:
