@@ -50,10 +50,16 @@ def test_a_very_large_account_is_delivered_in_verified_parts(tmp_path: Path):
         path = tmp_path / part.archive_key.rsplit("/", 1)[-1]
         path.write_bytes(blob)
         paths.append(str(path))
-        assert verify_zip(path).ok  # each part checks itself against its own SHA256SUMS
+        report = verify_zip(path)  # each part checks itself against its own checksum file
+        assert report.ok and (report.part, report.parts) == (part.part, len(parts))
         archive = Archive(blob)
-        leeme = archive.text("LEEME.txt")
-        assert f"Esta es la parte {part.part} de {len(parts)}" in leeme
+        if part.part == 1:
+            leeme = archive.text("LEEME.txt")
+            assert f"Esta es la parte 1 de {len(parts)}" in leeme
+        else:
+            assert "LEEME.txt" not in archive.names  # part 1's describes them all
+            note = archive.text(f"LEEME-parte-{part.part:02d}-de-{len(parts):02d}.txt")
+            assert f"PARTE {part.part} DE {len(parts)}" in note
         has_workbooks = "pacientes.xlsx" in archive.names
         assert has_workbooks == (part.part == 1)  # workbooks and reports in part 1
         for name in archive.names:
