@@ -8,16 +8,24 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from backup_pipeline.archive.entries import KIND_ATTACHMENT, PlannedFile
+from backup_pipeline.archive.entries import (
+    KIND_ATTACHMENT,
+    KIND_CFDI_PDF,
+    KIND_CFDI_XML,
+    PlannedFile,
+)
 
 # FAT32 holds files up to 4 GiB - 1 byte; 4 GB (decimal) leaves room for the zip's own headers.
 DEFAULT_PART_SIZE = 4_000_000_000
 # A planned file whose size the platform did not record counts as this much: a typical scanned
-# page or phone photo, and a CFDI. Only an estimate (asking the store for every such size would
-# cost a request per file): an account whose sizes are mostly unrecorded may get parts somewhat
-# over or under the part size, never a lost file.
+# page or phone photo; a CFDI's XML (a few kB, more with many concepts) and its PDF (tens of kB),
+# whose sizes the platform never records. Only an estimate (asking the store for every such size
+# would cost a request per file): an account whose sizes are mostly unrecorded may get parts
+# somewhat over or under the part size, never a lost file. An estimate far above the truth
+# leaves the parts of those files near empty; the part size (4 GB) is 7% under FAT32's limit.
 UNKNOWN_ATTACHMENT_SIZE = 256 * 1024
-UNKNOWN_CFDI_SIZE = 64 * 1024
+UNKNOWN_CFDI_XML_SIZE = 8 * 1024
+UNKNOWN_CFDI_PDF_SIZE = 48 * 1024
 # What each entry adds to the zip besides its bytes (local header, central directory record,
 # zip64 extras, its name), rounded up.
 ENTRY_OVERHEAD = 512
@@ -29,6 +37,13 @@ WORKBOOK_RESERVE_MAX = 256 * 1024 * 1024
 # Balanced splits tried, each with one more part, before settling for the plain fill (see
 # split_into_parts); each try is one pass over the plan's sizes.
 BALANCE_ATTEMPTS = 4
+
+
+_UNKNOWN_SIZES = {
+    KIND_ATTACHMENT: UNKNOWN_ATTACHMENT_SIZE,
+    KIND_CFDI_XML: UNKNOWN_CFDI_XML_SIZE,
+    KIND_CFDI_PDF: UNKNOWN_CFDI_PDF_SIZE,
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,7 @@ def estimated_size(planned: PlannedFile) -> int:
     if planned.expected_size is not None and planned.expected_size >= 0:
         size = planned.expected_size
     else:
-        size = UNKNOWN_ATTACHMENT_SIZE if planned.kind == KIND_ATTACHMENT else UNKNOWN_CFDI_SIZE
+        size = _UNKNOWN_SIZES.get(planned.kind, UNKNOWN_ATTACHMENT_SIZE)
     return size + ENTRY_OVERHEAD + len(planned.archive_path.encode("utf-8"))
 
 
