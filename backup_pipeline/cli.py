@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     expire.add_argument("--reason", required=True, help="why, for the audit trail")
 
     verify = sub.add_parser(
-        "verify", help="check backup zips (or an archive's parts) against their SHA256SUMS"
+        "verify",
+        help="check a backup zip, or every part of one archive, against its checksum files",
     )
     verify.add_argument("zip", nargs="+", help="a zip, or every part of one archive")
 
