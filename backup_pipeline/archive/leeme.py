@@ -182,12 +182,13 @@ def _parts(facts: LeemeFacts) -> str:
         "RESPALDO EN VARIAS PARTES",
         "-------------------------",
         f"Su respaldo es muy grande, así que se entregó en {count} archivos .zip (partes).",
-        f"Esta es la parte {spanish_number(facts.part)} de {count}, y este LEEME.txt describe el",
-        "respaldo completo: todas las partes, sus totales y los archivos que no se pudieron",
-        "incluir. Descargue todas las partes y descomprímalas en la misma carpeta: las carpetas",
-        "de las partes se juntan en una sola, y ningún archivo de una parte reemplaza al de otra.",
-        "Cada parte es un .zip completo con su propia lista de huellas digitales",
-        f"({first} a {last}) y, a partir de la parte 2, una breve guía",
+        f"Esta es la parte {spanish_number(facts.part)} de {count}: este LEEME.txt describe el "
+        "respaldo completo (todas",
+        "las partes, sus totales y los archivos que no se pudieron incluir). Descargue todas las",
+        "partes y descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una",
+        "sola y ningún archivo de una parte reemplaza al de otra. Cada parte es un .zip completo,",
+        f"con su propia lista de huellas digitales (de {first} a",
+        f"{last}); desde la parte 2, cada una trae también una breve guía",
         f"({part_note_path(2, facts.parts)} y las siguientes).",
         "",
     ]
@@ -339,8 +340,8 @@ siguientes), con la huella (SHA-256) de cada uno de sus archivos. Si un archivo 
 huella ya no coincide. Primero descomprima todas las partes en la misma carpeta y abra una
 terminal en esa carpeta: los comandos de abajo comprueban las listas de todas las partes."""
         zip_sums = (
-            "La huella de cada parte (.zip) viene en el correo con el que recibió los enlaces\n"
-            "de descarga"
+            "La huella de cada parte (.zip) viene en el\n"
+            "correo con el que recibió los enlaces de descarga"
         )
     else:
         sums = SHA256SUMS_PATH
@@ -349,8 +350,8 @@ El archivo {SHA256SUMS_PATH} contiene la huella digital (SHA-256) de cada archiv
 Si un archivo se dañó, su huella ya no coincide. Primero descomprima el .zip en una carpeta
 y abra una terminal en esa carpeta."""
         zip_sums = (
-            "La huella del archivo .zip completo viene en el correo con el que recibió el enlace\n"
-            "de descarga"
+            "La huella del archivo .zip completo viene en el\n"
+            "correo con el que recibió el enlace de descarga"
         )
     return f"""
 CÓMO COMPROBAR QUE EL RESPALDO ESTÁ COMPLETO
