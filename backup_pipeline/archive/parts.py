@@ -107,10 +107,10 @@ def split_into_parts(
     Parts are filled evenly: aiming at n = ceil(total / part_size) parts, each part ends at the
     group boundary nearest its share of what is left, so that no part is a near-empty tail
     when the groups allow it; when the groups do not fit n parts that way, n + 1 is tried, and
-    so on a few times before the plain fill (each part as full as it can be). Whatever the split, a part is over
-    the part size only when a single file is (or part 1's `first_part_bytes` are); a group
-    (group_of, contiguous in the plan's order) is cut between its files only when it does not
-    fit a part of its own.
+    so on a few times before the plain fill (each part as full as it can be). Whatever the
+    split, a part is over the part size only when a single file is (or part 1's
+    `first_part_bytes` are); a group (group_of, contiguous in the plan's order) is cut between
+    its files only when it does not fit a part of its own.
     """
     if part_size <= 0:
         raise ValueError("the part size must be positive")
