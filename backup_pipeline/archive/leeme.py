@@ -39,6 +39,7 @@ LEEME_ENCODING = "utf-8-sig"
 FILES_COPIED_LABEL = "Archivos adjuntos y comprobantes copiados"
 FILES_MISSING_LABEL = "Archivos que no se pudieron incluir"
 _FILES_COPIED_LINE = re.compile(rf"^{FILES_COPIED_LABEL} en total: ([\d,]+)\b", re.MULTILINE)
+_FILES_MISSING_LINE = re.compile(rf"^{FILES_MISSING_LABEL}: ([\d,]+)\.", re.MULTILINE)
 
 
 def part_sums_path(part: int, parts: int) -> str:
@@ -71,6 +72,12 @@ def files_copied_in(leeme: str) -> int | None:
     None when the text states none."""
     match = _FILES_COPIED_LINE.search(leeme.replace("\r\n", "\n"))
     return int(match.group(1).replace(",", "")) if match else None
+
+
+def files_missing_in(leeme: str) -> int:
+    """The count of files not included that LEEME.txt states: 0 when it states none."""
+    match = _FILES_MISSING_LINE.search(leeme.replace("\r\n", "\n"))
+    return int(match.group(1).replace(",", "")) if match else 0
 
 
 @dataclass(frozen=True)

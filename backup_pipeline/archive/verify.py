@@ -18,7 +18,13 @@ from typing import BinaryIO
 from openpyxl import load_workbook
 
 from backup_pipeline import cfdi
-from backup_pipeline.archive.leeme import FILE_FOLDERS, LEEME_PATH, files_copied_in
+from backup_pipeline.archive.leeme import (
+    FILE_FOLDERS,
+    LEEME_PATH,
+    MISSING_REPORT_PATH,
+    files_copied_in,
+    files_missing_in,
+)
 from backup_pipeline.archive.names import part_key
 
 SHA256SUMS = "SHA256SUMS"
@@ -71,8 +77,11 @@ class VerifyReport:
     parts: int = 1
     # Every entry's sha256, for the checks across parts.
     digests: dict[str, str] = field(default_factory=dict, repr=False)
-    # What LEEME.txt says of the files copied (the whole archive's, in part 1), when it says.
+    # What LEEME.txt says of the files copied and not included (the whole archive's, in
+    # part 1), when it says; and the rows of archivos_no_incluidos.xlsx.
     leeme_files_copied: int | None = None
+    leeme_files_missing: int = 0
+    missing_listed: int = 0
 
 
 @dataclass
@@ -100,8 +109,8 @@ def verify_archive(paths: Sequence[str | Path]) -> ArchiveVerifyReport:
     """Check one archive: a zip, or every part of one. Each zip is checked alone (verify_zip);
     then the whole: every part from 1 to n is there (those that are not are named, with the
     file name part_key gives them), no two parts hold an entry of one name with different
-    contents (extracting the parts into one folder would lose one), and the files copied add
-    up to what part 1's LEEME.txt says."""
+    contents (extracting the parts into one folder would lose one), and the files copied and
+    the rows of archivos_no_incluidos.xlsx add up to what part 1's LEEME.txt says."""
     zips = [(str(path), verify_zip(path)) for path in paths]
     report = ArchiveVerifyReport(zips=zips)
     readable = [(name, r) for name, r in zips if r.entries]
@@ -156,22 +165,30 @@ def _conflicts(parts: dict[int, VerifyReport]) -> list[str]:
 
 
 def _totals_problems(parts: dict[int, VerifyReport], where: str) -> list[str]:
-    """The files copied (attachments and CFDI) in the zips against part 1's LEEME.txt."""
+    """The files copied (attachments and CFDI) in the zips, and those listed as not included,
+    against part 1's LEEME.txt."""
     first = parts.get(1)
     if first is None or LEEME_PATH not in first.digests:
         return [f"{LEEME_PATH} is missing" + (f" in {where}" if where else "")]
     if first.leeme_files_copied is None:
         return []  # an archive made before LEEME.txt stated its total
+    problems: list[str] = []
     held = {
         path for part in parts.values() for path in part.digests if path.startswith(FILE_FOLDERS)
     }
-    if len(held) == first.leeme_files_copied:
-        return []
     zips = "the zip" if len(parts) == 1 else "the parts"
-    return [
-        f"{LEEME_PATH} says {first.leeme_files_copied} files were copied, {zips} hold {len(held)}"
-        + (f" in {where}" if where else "")
-    ]
+    if len(held) != first.leeme_files_copied:
+        problems.append(
+            f"{LEEME_PATH} says {first.leeme_files_copied} files were copied, "
+            f"{zips} hold {len(held)}"
+        )
+    listed = sum(part.missing_listed for part in parts.values())
+    if listed != first.leeme_files_missing:
+        problems.append(
+            f"{LEEME_PATH} says {first.leeme_files_missing} files were not included, "
+            f"{MISSING_REPORT_PATH} lists {listed}"
+        )
+    return [p + (f" in {where}" if where else "") for p in problems]
 
 
 def verify_zip(path_or_stream: str | Path | BinaryIO) -> VerifyReport:
@@ -214,20 +231,21 @@ def verify_zip(path_or_stream: str | Path | BinaryIO) -> VerifyReport:
         part, parts = _part_of(sums_name)
         if not 1 <= part <= parts:
             problems.append(f"{sums_name} names a part that cannot be (part {part} of {parts})")
-        leeme_copied = None
+        leeme_copied, leeme_missing, missing_listed = None, 0, 0
         if LEEME_PATH in digests:
-            leeme_copied = files_copied_in(
-                archive.read(LEEME_PATH).decode("utf-8-sig", errors="replace")
-            )
+            leeme = archive.read(LEEME_PATH).decode("utf-8-sig", errors="replace")
+            leeme_copied, leeme_missing = files_copied_in(leeme), files_missing_in(leeme)
         unreadable_cfdi: list[str] = []
         for index, info in enumerate(infos):
             if info.filename not in digests:
                 continue  # unreadable: already reported
             where = describe_entry(index, info.filename)
             if info.filename.lower().endswith(".xlsx"):
-                failure = _workbook_failure(archive, info)
+                failure, rows = _workbook_failure(archive, info)
                 if failure:
                     problems.append(f"{where}: the workbook does not open ({failure})")
+                if info.filename == MISSING_REPORT_PATH:
+                    missing_listed = rows
             elif _CFDI_XML.fullmatch(info.filename):
                 failure = _cfdi_failure(archive, info)
                 if failure:
@@ -241,6 +259,8 @@ def verify_zip(path_or_stream: str | Path | BinaryIO) -> VerifyReport:
         parts=parts,
         digests=digests,
         leeme_files_copied=leeme_copied,
+        leeme_files_missing=leeme_missing,
+        missing_listed=missing_listed,
     )
 
 
@@ -251,8 +271,10 @@ def _part_of(sums_name: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _workbook_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
-    """Why openpyxl cannot read the workbook through, or None when it can."""
+def _workbook_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str | None, int]:
+    """Why openpyxl cannot read the workbook through (None when it can), and its data rows:
+    those with a value, each sheet's header row aside."""
+    rows = 0
     # openpyxl needs a seekable file: spooled, on disk past a few MB (a workbook may be large).
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
         with archive.open(info) as src:
@@ -262,14 +284,18 @@ def _workbook_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | 
             book = load_workbook(spool, read_only=True, data_only=True)
             try:
                 for sheet in book.worksheets:
-                    for _row in sheet.iter_rows(values_only=True):
-                        pass
+                    filled = sum(
+                        1
+                        for row in sheet.iter_rows(values_only=True)
+                        if any(v is not None for v in row)
+                    )
+                    rows += max(filled - 1, 0)
             finally:
                 book.close()
         except Exception as exc:
             # Only the class: the message may quote a cell (patient data).
-            return type(exc).__name__
-    return None
+            return type(exc).__name__, rows
+    return None, rows
 
 
 def _cfdi_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:

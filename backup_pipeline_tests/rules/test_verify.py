@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from openpyxl import Workbook
 
-from backup_pipeline.archive.leeme import FILES_COPIED_LABEL, part_note_path, part_sums_path
+from backup_pipeline.archive.leeme import (
+    FILES_COPIED_LABEL,
+    FILES_MISSING_LABEL,
+    part_note_path,
+    part_sums_path,
+)
 from backup_pipeline.archive.names import part_key
 from backup_pipeline.archive.verify import sha256sums_text, verify_archive, verify_zip
 
@@ -187,11 +192,16 @@ def test_the_cli_names_what_does_not_open_and_exits_non_zero_only_for_damage(tmp
 ARCHIVE_KEY = "respaldo_clinica_2026-12-07.zip"
 
 
-def _leeme(files_copied: int) -> bytes:
-    return f"LEEME\r\n{FILES_COPIED_LABEL} en total: {files_copied} (3 kB).\r\n".encode()
+def _leeme(files_copied: int, files_missing: int = 0) -> bytes:
+    text = f"LEEME\r\n{FILES_COPIED_LABEL} en total: {files_copied} (3 kB).\r\n"
+    if files_missing:
+        text += f"{FILES_MISSING_LABEL}: {files_missing}.\r\n"
+    return text.encode()
 
 
-def _parts(tmp_path, count: int, *, files_copied: int | None = None) -> list[Path]:
+def _parts(
+    tmp_path, count: int, *, files_copied: int | None = None, files_missing: int = 0
+) -> list[Path]:
     """`count` parts on disk named as part_key names them: part 1 with the workbook and
     LEEME.txt, every part with one attachment of its own."""
     paths = []
@@ -199,7 +209,10 @@ def _parts(tmp_path, count: int, *, files_copied: int | None = None) -> list[Pat
         entries = {f"adjuntos/Paciente ({number})/foto.jpg": bytes([number]) * 300}
         if number == 1:
             entries["pacientes.xlsx"] = GOOD["pacientes.xlsx"]
-            entries["LEEME.txt"] = _leeme(count if files_copied is None else files_copied)
+            copied = count if files_copied is None else files_copied
+            entries["LEEME.txt"] = _leeme(copied, files_missing)
+            if files_missing:  # a list of one file, whatever LEEME.txt says
+                entries["archivos_no_incluidos.xlsx"] = GOOD["pacientes.xlsx"]
         else:
             entries[part_note_path(number, count)] = b"parte"
         path = tmp_path / part_key(ARCHIVE_KEY, number, count)
@@ -259,6 +272,14 @@ def test_one_name_with_different_contents_in_two_parts_fails_without_naming_the_
 def test_files_copied_that_do_not_add_up_to_leeme_fail(tmp_path):
     report = verify_archive(_parts(tmp_path, 3, files_copied=4))
     assert report.problems == ["LEEME.txt says 4 files were copied, the parts hold 3"]
+
+
+def test_a_missing_list_shorter_than_leeme_says_fails(tmp_path):
+    assert verify_archive(_parts(tmp_path, 2, files_missing=1)).ok
+    report = verify_archive(_parts(tmp_path, 2, files_missing=2))
+    assert report.problems == [
+        "LEEME.txt says 2 files were not included, archivos_no_incluidos.xlsx lists 1"
+    ]
 
 
 def test_parts_of_two_archives_are_not_one_archive(tmp_path):
