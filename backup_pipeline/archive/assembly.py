@@ -91,8 +91,9 @@ def build_archive(
     name. Part 1 is written last, so that its LEEME.txt and list know every other part.
 
     `exports` may be a callable that waits for workbooks still being rendered: it is called
-    once part 1's files are in, so that the files are zipped while the workbooks render. Part 1
-    keeps room for the workbooks (workbook_reserve) since their size is not known yet.
+    once every part's files are in (part 1's last), so that the files are zipped while the
+    workbooks render. Part 1 keeps room for the workbooks (workbook_reserve) since their size
+    is not known when the parts are split.
     Setting `cancelled` stops the zip between two files.
     """
     planned_in: Counter[str | None] = Counter()  # planned files per folder of ARCHIVE_FOLDERS
