@@ -200,21 +200,33 @@ def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings | None) -> int:
-    """One zip, or every part of a very large account's archive (each part checks itself)."""
-    from backup_pipeline.archive.verify import verify_zip
+    """One zip, or every part of a very large account's archive: each part checks itself, then
+    the whole (every part given, no two parts at odds, the totals of part 1's LEEME.txt)."""
+    from backup_pipeline.archive.verify import verify_archive
 
-    status = 0
-    for name in args.zip:
-        report = verify_zip(Path(name))
-        for problem in report.problems:
-            print(f"MISMATCH: {problem}" + (f" in {name}" if len(args.zip) > 1 else ""))
-        for note in report.unreadable_cfdi:
+    report = verify_archive([Path(name) for name in args.zip])
+    several = len(args.zip) > 1
+    for name, zip_report in report.zips:
+        which = f" (part {zip_report.part} of {zip_report.parts})" if zip_report.parts > 1 else ""
+        for problem in zip_report.problems:
+            print(f"MISMATCH: {problem}" + (f" in {name}" if several else ""))
+        for note in zip_report.unreadable_cfdi:
             print(f"NOTE: {note} (copied as the platform stored it)")
-        if report.ok:
-            print(f"OK: {name} is intact, every entry matches SHA256SUMS and every workbook opens.")
-        else:
-            status = 1
-    return status
+        if zip_report.ok:
+            print(
+                f"OK: {name}{which} is intact, every entry matches its checksum file and every "
+                "workbook opens."
+            )
+    for missing in report.missing_parts:
+        print(f"MISSING: {missing} was not given; give every part of the archive.")
+    for problem in report.problems:
+        print(f"MISMATCH: {problem}")
+    if report.ok and report.parts > 1:
+        print(
+            f"OK: all {report.parts} parts are here; they merge without loss and hold every "
+            "file LEEME.txt counts."
+        )
+    return 0 if report.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -297,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     expire.add_argument("--reason", required=True, help="why, for the audit trail")
 
     verify = sub.add_parser(
-        "verify", help="check backup zips (or an archive's parts) against their SHA256SUMS"
+        "verify",
+        help="check a backup zip, or every part of one archive, against its checksum files",
     )
     verify.add_argument("zip", nargs="+", help="a zip, or every part of one archive")
 

@@ -381,9 +381,9 @@ def _delivered_in_parts(
             "recomendamos descargar los archivos lo antes posible y guardarlos en un lugar seguro.",
         ),
         _p(
-            "Cada parte es un .zip completo, con su propio LEEME.txt. Descomprima todas las "
-            "partes en la misma carpeta: sus carpetas se juntan en una sola. Las hojas de cálculo "
-            "están en la parte 1."
+            "Cada parte es un .zip completo. Descomprima todas las partes en la misma carpeta: "
+            "sus carpetas se juntan en una sola. Las hojas de cálculo y el archivo LEEME.txt, "
+            "que describe el respaldo completo, están en la parte 1."
         ),
         Heading("Qué contiene"),
     ]

@@ -1,5 +1,6 @@
 """One clinic's archive from what the run staged: the planned files, the workbooks in the declared
-order, LEEME.txt with the counts, and the list of contents the email shows."""
+order, LEEME.txt with the counts, and the list of contents the email shows; a very large
+account's archive in parts that merge without loss."""
 
 from __future__ import annotations
 
@@ -7,32 +8,40 @@ import itertools
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from backup_pipeline.archive.entries import ArchiveResult, StagedEntry
-from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
+from backup_pipeline.archive.entries import ArchiveResult, MissingFile, PlannedFile, StagedEntry
+from backup_pipeline.archive.leeme import (
+    FILES_COPIED_LABEL,
+    FILES_MISSING_LABEL,
+    LEEME_PATH,
+    LeemeFacts,
+    PartNoteFacts,
+    folder_of,
+    leeme_text,
+    part_note_path,
+    part_note_text,
+    part_sums_path,
+)
 from backup_pipeline.archive.missing import render_missing_files
 from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.archive.parts import (
-    DEFAULT_PART_SIZE,
-    PartSpan,
-    archive_spans,
-    workbook_reserve,
-)
+from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
 from backup_pipeline.archive.plan import FilePlan, read_plan
 from backup_pipeline.archive.zipper import FileTally, assemble_archive
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
-from backup_pipeline.spanish import spanish_count, spanish_number
+from backup_pipeline.spanish import spanish_count, spanish_number, spanish_size
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-FILES_LABEL = "Archivos adjuntos y comprobantes copiados"
-MISSING_LABEL = "Archivos que no se pudieron incluir"
+# The email's lines for the files, worded as LEEME.txt's totals.
+FILES_LABEL = FILES_COPIED_LABEL
+MISSING_LABEL = FILES_MISSING_LABEL
 
 
 @dataclass(frozen=True)
@@ -76,74 +85,121 @@ def build_archive(
     """Stream the zip to `key` in the archives store (see archive.zipper for how); an archive
     larger than `part_size` becomes numbered parts, each a complete zip (archive.parts).
 
+    The parts merge without loss when extracted into one folder: part 1 holds the workbooks,
+    LEEME.txt (the whole archive's guide and totals) and the one list of files not included;
+    every part has its own checksum file, and parts 2 and later a short guide of their own
+    name. Part 1 is written last, so that its LEEME.txt and list know every other part.
+
     `exports` may be a callable that waits for workbooks still being rendered: it is called
-    once part 1's files are in, so that the files are zipped while the workbooks render. Part 1
-    keeps room for the workbooks (workbook_reserve) since their size is not known yet.
+    once every part's files are in (part 1's last), so that the files are zipped while the
+    workbooks render. Part 1 keeps room for the workbooks (workbook_reserve) since their size
+    is not known when the parts are split.
     Setting `cancelled` stops the zip between two files.
     """
-    spans = archive_spans(read_plan(archives, plan), part_size)
-    summaries = [_part_summary(span, len(spans)) for span in spans] if len(spans) > 1 else []
+    planned_in: Counter[str | None] = Counter()  # planned files per folder of ARCHIVE_FOLDERS
+
+    def counted(planned: Iterable[PlannedFile]) -> Iterator[PlannedFile]:
+        for item in planned:
+            planned_in[folder_of(item.archive_path)] += 1
+            yield item
+
+    spans = archive_spans(counted(read_plan(archives, plan)), part_size)
+    count = len(spans)
     resolved: list[ExportResult] = []
+    written: dict[int, ArchiveResult] = {}  # by part number
 
     def workbooks() -> list[ExportResult]:
         if not resolved:
             resolved.extend(_in_declared_order(exports() if callable(exports) else exports))
-            staged_bytes = sum(entry.size for entry in _staged_entries(resolved))
-            if len(spans) > 1 and staged_bytes > workbook_reserve(part_size):
-                log.warning(
-                    "the workbooks (%d bytes) outgrew the room part 1 kept for them (%d bytes): "
-                    "part 1 is larger than the part size by the difference",
-                    staged_bytes,
-                    workbook_reserve(part_size),
-                )
         return resolved
 
-    def leeme_for(span: PartSpan) -> Callable[[FileTally], str]:
-        def leeme(tally: FileTally) -> str:
-            done = workbooks()
-            rows_by_dataset = {e.dataset: e.rows for e in done}
-            return leeme_text(
-                LeemeFacts(
+    def leeme(tally: FileTally) -> str:
+        # Part 1, the last one written: the others are all in `written`.
+        others = [written[number] for number in sorted(written)]
+        missing = [*tally.missing, *(m for part in others for m in part.missing)]
+        done = workbooks()
+        rows_by_dataset = {e.dataset: e.rows for e in done}
+        summaries = [
+            _part_summary(1, count, tally.files_copied, tally.file_bytes),
+            *(
+                _part_summary(number, count, part.files_copied, part.file_bytes)
+                for number, part in sorted(written.items())
+            ),
+        ]
+        return leeme_text(
+            LeemeFacts(
+                clinic_name=clinic_name,
+                generated_at_local=generated_at_local,
+                timezone=timezone,
+                workbooks=[(e.archive_path, e.description, e.rows) for e in done],
+                files_copied=tally.files_copied + sum(p.files_copied for p in others),
+                file_bytes=tally.file_bytes + sum(p.file_bytes for p in others),
+                missing_count=len(missing),
+                invoices_issued=rows_by_dataset.get("invoices_issued", 0),
+                invoices_received=rows_by_dataset.get("invoices_received", 0),
+                long_text_files=sum(e.long_text_files for e in done),
+                part=1,
+                parts=count,
+                part_summaries=summaries if count > 1 else [],
+                folders=_folders_held(planned_in, missing),
+                names_shortened=plan.names_shortened,
+            )
+        )
+
+    def part_note(span: PartSpan) -> Callable[[FileTally], str]:
+        def note(tally: FileTally) -> str:
+            return part_note_text(
+                PartNoteFacts(
                     clinic_name=clinic_name,
                     generated_at_local=generated_at_local,
                     timezone=timezone,
-                    workbooks=[(e.archive_path, e.description, e.rows) for e in done]
-                    if span.number == 1
-                    else [],
+                    part=span.number,
+                    parts=count,
                     files_copied=tally.files_copied,
                     file_bytes=tally.file_bytes,
-                    missing_count=tally.missing_count,
-                    invoices_issued=rows_by_dataset.get("invoices_issued", 0),
-                    invoices_received=rows_by_dataset.get("invoices_received", 0),
-                    long_text_files=sum(e.long_text_files for e in done),
-                    part=span.number,
-                    parts=len(spans),
-                    part_summaries=summaries,
-                    names_shortened=plan.names_shortened,
                 )
             )
 
-        return leeme
+        return note
 
-    results = []
-    for span in spans:
+    for span in [*spans[1:], spans[0]]:
+        first = span.number == 1
         with tempfile.TemporaryDirectory(prefix="bp-assemble-") as tmp:
-            results.append(
-                assemble_archive(
-                    archives=archives,
-                    files=files,
-                    final_key=part_key(key, span.number, len(spans)),
-                    staged=(lambda: _staged_entries(workbooks())) if span.number == 1 else [],
-                    planned=itertools.islice(read_plan(archives, plan), span.start, span.stop),
-                    render_missing=lambda missing, workdir: render_missing_files(
-                        missing, workdir, timezone
-                    ),
-                    leeme=leeme_for(span),
-                    workdir=Path(tmp),
-                    modified_at=generated_at_local.replace(tzinfo=None),
-                    cancelled=cancelled,
-                )
+            result = assemble_archive(
+                archives=archives,
+                files=files,
+                final_key=part_key(key, span.number, count),
+                staged=(lambda: _staged_entries(workbooks())) if first else [],
+                planned=itertools.islice(read_plan(archives, plan), span.start, span.stop),
+                render_missing=(
+                    (lambda missing, workdir: render_missing_files(missing, workdir, timezone))
+                    if first
+                    else None
+                ),
+                missing_elsewhere=(
+                    [m for number in sorted(written) for m in written[number].missing]
+                    if first
+                    else ()
+                ),
+                leeme=leeme if first else part_note(span),
+                leeme_path=LEEME_PATH if first else part_note_path(span.number, count),
+                sums_path=part_sums_path(span.number, count),
+                workdir=Path(tmp),
+                modified_at=generated_at_local.replace(tzinfo=None),
+                cancelled=cancelled,
             )
+        written[span.number] = result
+        if result.size > part_size:
+            log.warning(
+                "part %d of %d is %d bytes, over the part size of %d bytes: the platform's "
+                "recorded file sizes were low or missing, or the workbooks outgrew the room "
+                "part 1 kept for them (archive.parts.workbook_reserve)",
+                span.number,
+                count,
+                result.size,
+                part_size,
+            )
+    results = [written[number] for number in sorted(written)]
     copied = sum(r.files_copied for r in results)
     missing = sum(len(r.missing) for r in results)
     contents = [(_content_label(e), e.rows) for e in workbooks()]
@@ -153,12 +209,27 @@ def build_archive(
     return AssembledArchive(parts=tuple(results), contents=contents)
 
 
-def _part_summary(span: PartSpan, parts: int) -> str:
+def _folders_held(planned_in: Counter[str | None], missing: Sequence[MissingFile]) -> set[str]:
+    """The folders that hold at least one copied file: planned there, and not all missing."""
+    missing_in = Counter(folder_of(m.archive_path) for m in missing)
+    return {
+        folder
+        for folder, planned in planned_in.items()
+        if folder is not None and planned > missing_in[folder]
+    }
+
+
+def _part_summary(number: int, parts: int, files_copied: int, file_bytes: int) -> str:
     files = spanish_count(
-        span.files, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
+        files_copied, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
     )
-    what = f"las hojas de cálculo y los reportes, y {files}" if span.number == 1 else files
-    return f"Parte {spanish_number(span.number)} de {spanish_number(parts)}: {what}."
+    size = spanish_size(file_bytes)
+    what = (
+        f"las hojas de cálculo, los reportes, este LEEME.txt y {files} ({size})"
+        if number == 1
+        else f"{files} ({size})"
+    )
+    return f"Parte {spanish_number(number)} de {spanish_number(parts)}: {what}."
 
 
 def _in_declared_order(exports: Sequence[ExportResult]) -> list[ExportResult]:

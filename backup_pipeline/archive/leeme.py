@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,8 +31,54 @@ ARCHIVE_FOLDERS = (
     "facturacion/gastos/pdf/",
     LONG_TEXTS_FOLDER,
 )
+# The folders of the files copied from the platform (attachments and CFDI), as opposed to the
+# files this pipeline writes (workbooks, long texts, LEEME.txt and the checksum files).
+FILE_FOLDERS = ARCHIVE_FOLDERS[:-1]
 # With a byte-order mark, Notepad before Windows 10 (1903) also reads the accents right.
 LEEME_ENCODING = "utf-8-sig"
+# The totals, worded alike in LEEME.txt and the email, so that the clinic can compare them.
+FILES_COPIED_LABEL = "Archivos adjuntos y comprobantes copiados"
+FILES_MISSING_LABEL = "Archivos que no se pudieron incluir"
+_FILES_COPIED_LINE = re.compile(rf"^{FILES_COPIED_LABEL} en total: ([\d,]+)\b", re.MULTILINE)
+_FILES_MISSING_LINE = re.compile(rf"^{FILES_MISSING_LABEL}: ([\d,]+)\.", re.MULTILINE)
+
+
+def part_sums_path(part: int, parts: int) -> str:
+    """The checksum file of part `part` of `parts`: SHA256SUMS for a single zip, else a name of
+    its own (SHA256SUMS-parte-03-de-17), so that no part's file replaces another's when the
+    parts are extracted into one folder."""
+    if parts == 1:
+        return SHA256SUMS_PATH
+    return f"{SHA256SUMS_PATH}-parte-{_numbered_part(part, parts)}"
+
+
+def part_note_path(part: int, parts: int) -> str:
+    """The short guide in parts 2 and later (LEEME-parte-03-de-17.txt): LEEME.txt is part 1's."""
+    return f"LEEME-parte-{_numbered_part(part, parts)}.txt"
+
+
+def _numbered_part(part: int, parts: int) -> str:
+    # Zero-padded, so that a folder listing sorts the parts' files in order.
+    width = max(2, len(str(parts)))
+    return f"{part:0{width}d}-de-{parts:0{width}d}"
+
+
+def folder_of(archive_path: str) -> str | None:
+    """The folder of ARCHIVE_FOLDERS that holds archive_path, or None (a file at the top)."""
+    return next((f for f in ARCHIVE_FOLDERS if archive_path.startswith(f)), None)
+
+
+def files_copied_in(leeme: str) -> int | None:
+    """The count of files copied that LEEME.txt states (verify compares it with the zip), or
+    None when the text states none."""
+    match = _FILES_COPIED_LINE.search(leeme.replace("\r\n", "\n"))
+    return int(match.group(1).replace(",", "")) if match else None
+
+
+def files_missing_in(leeme: str) -> int:
+    """The count of files not included that LEEME.txt states: 0 when it states none."""
+    match = _FILES_MISSING_LINE.search(leeme.replace("\r\n", "\n"))
+    return int(match.group(1).replace(",", "")) if match else 0
 
 
 @dataclass(frozen=True)
@@ -40,19 +87,21 @@ class LeemeFacts:
     generated_at_local: datetime  # wall-clock time in `timezone`
     timezone: str  # IANA name, e.g. "America/Mexico_City"
     workbooks: Sequence[tuple[str, str, int]]  # (archive path, Spanish description, rows)
-    files_copied: int  # attachments and CFDI files in the zip
+    files_copied: int  # attachments and CFDI files in the zip (every part of it)
     file_bytes: int
     missing_count: int  # files listed in archivos_no_incluidos.xlsx
     invoices_issued: int = 0
     invoices_received: int = 0
     long_text_files: int = 0  # cell values too long for Excel, written whole to text files
-    # A very large account comes in parts, each a complete zip: which one this is, and one
-    # Spanish line per part saying what it holds.
+    # A very large account comes in parts, each a complete zip: LEEME.txt is in part 1 and
+    # describes them all, one Spanish line per part saying what it holds.
     part: int = 1
     parts: int = 1
     part_summaries: Sequence[str] = ()
     # Attachments whose folder or file name was cut to keep its path short for Windows.
     names_shortened: int = 0
+    # The folders of ARCHIVE_FOLDERS the archive holds (in any part); None: all of them.
+    folders: Collection[str] | None = None
 
 
 def leeme_text(facts: LeemeFacts) -> str:
@@ -63,12 +112,58 @@ def leeme_text(facts: LeemeFacts) -> str:
         _dates(facts),
         _contents(facts),
         _names(facts),
-        _verification(),
+        _verification(facts),
     ]
     if facts.missing_count:
         sections.insert(4, _missing(facts))
     if facts.parts > 1:
         sections.insert(1, _parts(facts))
+    text = "\n\n".join(section.strip("\n") for section in sections) + "\n"
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+@dataclass(frozen=True)
+class PartNoteFacts:
+    """What the short guide of part 2 or later says: which part it is and what it holds."""
+
+    clinic_name: str
+    generated_at_local: datetime  # wall-clock time in `timezone`
+    timezone: str
+    part: int
+    parts: int
+    files_copied: int  # attachments and CFDI files in this part
+    file_bytes: int
+
+
+def part_note_text(facts: PartNoteFacts) -> str:
+    """The text of part_note_path(part, parts) in parts 2 and later: it points to part 1's
+    LEEME.txt, which describes the whole archive, instead of replacing it when the parts are
+    extracted into one folder."""
+    title = (
+        f"RESPALDO DE INFORMACIÓN: PARTE {spanish_number(facts.part)} "
+        f"DE {spanish_number(facts.parts)}"
+    )
+    zone = zone_name(facts.timezone, facts.generated_at_local)
+    sums = part_sums_path(facts.part, facts.parts)
+    heading = f"""
+{title}
+{"=" * len(title)}
+
+Clínica: {facts.clinic_name}
+Generado el {spanish_datetime(facts.generated_at_local)}, {zone}.
+
+Este archivo .zip es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)} de su \
+respaldo. Descargue todas las partes y
+descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una sola.
+La descripción completa del respaldo (qué es cada archivo, los totales y los archivos que
+no se pudieron incluir) está en LEEME.txt, en la parte 1, junto con las hojas de cálculo.
+
+{FILES_COPIED_LABEL} en esta parte: {spanish_number(facts.files_copied)} \
+({spanish_size(facts.file_bytes)}).
+La huella digital (SHA-256) de cada archivo de esta parte está en {sums};
+LEEME.txt explica cómo comprobarla.
+"""
+    sections = [heading, _confidentiality()]
     text = "\n\n".join(section.strip("\n") for section in sections) + "\n"
     return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
@@ -91,15 +186,20 @@ entrega el SAT y los puede recibir su contador o cualquier otro sistema de factu
 
 
 def _parts(facts: LeemeFacts) -> str:
+    count = spanish_number(facts.parts)
+    first, last = part_sums_path(1, facts.parts), part_sums_path(facts.parts, facts.parts)
     lines = [
         "RESPALDO EN VARIAS PARTES",
         "-------------------------",
-        "Su respaldo es muy grande, así que se entregó en "
-        f"{spanish_count(facts.parts, 'archivo .zip', 'archivos .zip')}. "
-        f"Esta es la parte {spanish_number(facts.part)} de {spanish_number(facts.parts)}.",
-        "Cada parte es un .zip completo, con su propio LEEME.txt y su propio SHA256SUMS, que",
-        "sirve para comprobar solo los archivos de esa parte. Descargue todas las partes y",
-        "descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una sola.",
+        f"Su respaldo es muy grande, así que se entregó en {count} archivos .zip (partes).",
+        f"Esta es la parte {spanish_number(facts.part)} de {count}: este LEEME.txt describe el "
+        "respaldo completo (todas",
+        "las partes, sus totales y los archivos que no se pudieron incluir). Descargue todas las",
+        "partes y descomprímalas en la misma carpeta: las carpetas de las partes se juntan en una",
+        "sola y ningún archivo de una parte reemplaza al de otra. Cada parte es un .zip completo,",
+        f"con su propia lista de huellas digitales (de {first} a",
+        f"{last}); desde la parte 2, cada una trae también una breve guía",
+        f"({part_note_path(2, facts.parts)} y las siguientes).",
         "",
     ]
     lines += [f"  {summary}" for summary in facts.part_summaries]
@@ -147,10 +247,8 @@ def _contents(facts: LeemeFacts) -> str:
         lines += [path, f"    {description.rstrip().rstrip('.')} ({count})."]
     issued = spanish_count(facts.invoices_issued, "comprobante", "comprobantes")
     received = spanish_count(facts.invoices_received, "comprobante", "comprobantes")
-    long_texts = (
-        f"En este respaldo hay {spanish_count(facts.long_text_files, 'archivo', 'archivos')}."
-        if facts.long_text_files
-        else "En este respaldo no hubo ninguno, así que la carpeta no está."
+    long_texts = spanish_count(
+        facts.long_text_files, "archivo de texto largo", "archivos de texto largo"
     )
     folders = {
         ATTACHMENTS_FOLDER: (
@@ -179,11 +277,13 @@ def _contents(facts: LeemeFacts) -> str:
             f"({spanish_number(EXCEL_CELL_MAX_CHARS)}\ncaracteres), "
             "completos, en archivos de texto. Su celda indica el archivo: por\n"
             "ejemplo, textos_largos/consultas/consulta_125_notas.txt tiene las notas de la\n"
-            f"consulta 125. {long_texts}"
+            f"consulta 125. En este respaldo: {long_texts}."
         ),
     }
     assert tuple(folders) == ARCHIVE_FOLDERS
     for folder, text in folders.items():
+        if not _holds(facts, folder):
+            continue  # only the folders the clinic finds after extracting
         lines.append(folder)
         lines += [f"    {line}" for line in text.split("\n")]
     if facts.missing_count:
@@ -191,17 +291,31 @@ def _contents(facts: LeemeFacts) -> str:
         lines.append("    La lista de archivos que no se pudieron incluir (vea más abajo).")
     lines.append(LEEME_PATH)
     lines.append("    Este archivo.")
-    lines.append(SHA256SUMS_PATH)
-    lines.append(
-        "    La huella digital (SHA-256) de cada archivo, para comprobar que están completos."
-    )
+    if facts.parts > 1:
+        lines.append(part_sums_path(1, facts.parts))
+        lines.append(
+            "    La huella digital (SHA-256) de cada archivo de la parte 1, para comprobar que"
+        )
+        lines.append("    están completos; cada parte trae el suyo, con su número.")
+    else:
+        lines.append(SHA256SUMS_PATH)
+        lines.append(
+            "    La huella digital (SHA-256) de cada archivo, para comprobar que están completos."
+        )
     lines.append("")
-    copied = spanish_count(
-        facts.files_copied, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
+    lines.append(
+        f"{FILES_COPIED_LABEL} en total: {spanish_number(facts.files_copied)} "
+        f"({spanish_size(facts.file_bytes)})."
     )
-    verb = spanish_plural(facts.files_copied, "se copió", "se copiaron")
-    lines.append(f"En total {verb} {copied} ({spanish_size(facts.file_bytes)}).")
+    if facts.missing_count:
+        lines.append(f"{FILES_MISSING_LABEL}: {spanish_number(facts.missing_count)}.")
     return "\n".join(lines)
+
+
+def _holds(facts: LeemeFacts, folder: str) -> bool:
+    if folder == LONG_TEXTS_FOLDER:
+        return facts.long_text_files > 0
+    return facts.folders is None or folder in facts.folders
 
 
 def _names(facts: LeemeFacts) -> str:
@@ -239,29 +353,48 @@ habrían tenido en el respaldo. Si necesita alguno de ellos, comuníquese con so
 """
 
 
-def _verification() -> str:
-    return """
+def _verification(facts: LeemeFacts) -> str:
+    if facts.parts > 1:
+        # One command checks every part's list: the shells expand the pattern to all of them.
+        sums = f"{SHA256SUMS_PATH}-parte-*"
+        intro = f"""
+Cada parte trae su lista de huellas digitales ({part_sums_path(1, facts.parts)} y las
+siguientes), con la huella (SHA-256) de cada uno de sus archivos. Si un archivo se dañó, su
+huella ya no coincide. Primero descomprima todas las partes en la misma carpeta y abra una
+terminal en esa carpeta: los comandos de abajo comprueban las listas de todas las partes."""
+        zip_sums = (
+            "La huella de cada parte (.zip) viene en el\n"
+            "correo con el que recibió los enlaces de descarga"
+        )
+    else:
+        sums = SHA256SUMS_PATH
+        intro = f"""
+El archivo {SHA256SUMS_PATH} contiene la huella digital (SHA-256) de cada archivo del respaldo.
+Si un archivo se dañó, su huella ya no coincide. Primero descomprima el .zip en una carpeta
+y abra una terminal en esa carpeta."""
+        zip_sums = (
+            "La huella del archivo .zip completo viene en el\n"
+            "correo con el que recibió el enlace de descarga"
+        )
+    return f"""
 CÓMO COMPROBAR QUE EL RESPALDO ESTÁ COMPLETO
 --------------------------------------------
-El archivo SHA256SUMS contiene la huella digital (SHA-256) de cada archivo del respaldo.
-Si un archivo se dañó, su huella ya no coincide. Primero descomprima el .zip en una carpeta
-y abra una terminal en esa carpeta.
+{intro.strip()}
 
 Windows (PowerShell): en el Explorador de archivos abra la carpeta, escriba powershell en
 la barra de direcciones, presione Enter y pegue esta línea:
 
-  Get-Content -Encoding UTF8 SHA256SUMS | ForEach-Object { $h, $p = $_ -split '  ', 2; if ((Get-FileHash -Algorithm SHA256 -LiteralPath $p).Hash -eq $h) { "OK: $p" } else { "NO COINCIDE: $p" } }
+  Get-Content -Encoding UTF8 {sums} | ForEach-Object {{ $h, $p = $_ -split '  ', 2; if ((Get-FileHash -Algorithm SHA256 -LiteralPath $p).Hash -eq $h) {{ "OK: $p" }} else {{ "NO COINCIDE: $p" }} }}
 
 macOS (Terminal):
 
-  shasum -a 256 -c SHA256SUMS
+  shasum -a 256 -c {sums}
 
 Linux:
 
-  sha256sum -c SHA256SUMS
+  sha256sum -c {sums}
 
-Cada archivo debe aparecer como "OK". La huella del archivo .zip completo viene en el
-correo con el que recibió el enlace de descarga; en Windows puede calcularla con
+Cada archivo debe aparecer como "OK". {zip_sums}; en Windows puede calcularla con
 Get-FileHash -Algorithm SHA256 <nombre del archivo .zip>, y en macOS o Linux con
 shasum -a 256 <nombre del archivo .zip>.
 """

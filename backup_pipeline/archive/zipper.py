@@ -79,6 +79,7 @@ class FileTally:
     files_copied: int
     file_bytes: int
     missing_count: int
+    missing: tuple[MissingFile, ...] = ()  # this zip's, in plan order
 
 
 class ArchiveIntegrityError(RuntimeError):
@@ -92,10 +93,13 @@ def assemble_archive(
     final_key: str,
     staged: Sequence[StagedEntry] | Callable[[], Sequence[StagedEntry]],
     planned: Iterable[PlannedFile],
-    render_missing: Callable[[list[MissingFile], Path], Path | None],
+    render_missing: Callable[[list[MissingFile], Path], Path | None] | None,
     leeme: Callable[[FileTally], str],
     workdir: Path,
     modified_at: datetime | None = None,
+    leeme_path: str = LEEME_PATH,
+    sums_path: str = SHA256SUMS_PATH,
+    missing_elsewhere: Sequence[MissingFile] = (),
     read_attempts: int = READ_ATTEMPTS,
     retry_wait_seconds: float = 2.0,
     prefetch: int | None = None,
@@ -103,9 +107,14 @@ def assemble_archive(
 ) -> ArchiveResult:
     """Write the zip to archives at final_key: the planned files, then the staged entries
     (workbooks) in their order, archivos_no_incluidos.xlsx when some could not be copied,
-    LEEME.txt, and SHA256SUMS last. `staged` may be a callable, called once the files are in:
-    it may wait for workbooks still being rendered. Setting `cancelled` stops the zip between
-    two files (ArchiveCancelled), leaving nothing at final_key.
+    LEEME.txt (at `leeme_path`), and SHA256SUMS (at `sums_path`) last. `staged` may be a
+    callable, called once the files are in: it may wait for workbooks still being rendered.
+    Setting `cancelled` stops the zip between two files (ArchiveCancelled), leaving nothing at
+    final_key.
+
+    One part of an archive in parts: `render_missing` None leaves the list of files not
+    included to another part, and `missing_elsewhere` (the other parts' files not copied)
+    joins this zip's own in its list, after them.
 
     A planned file that is gone or unreadable is left out and returned in `missing`; any other
     error raises and, by the store's contract, leaves nothing at final_key. modified_at is the
@@ -156,17 +165,20 @@ def assemble_archive(
             for entry in staged() if callable(staged) else staged:
                 _add_staged(writer, archives, entry)
 
-            if missing:
-                report = render_missing(missing, workdir)
+            if render_missing is not None and (missing or missing_elsewhere):
+                report = render_missing([*missing, *missing_elsewhere], workdir)
                 if report is not None:
                     with report.open("rb") as src:
                         writer.add_stream(MISSING_REPORT_PATH, src)
 
             tally = FileTally(
-                files_copied=copied, file_bytes=copied_bytes, missing_count=len(missing)
+                files_copied=copied,
+                file_bytes=copied_bytes,
+                missing_count=len(missing),
+                missing=tuple(missing),
             )
-            writer.add_bytes(LEEME_PATH, leeme(tally).encode(LEEME_ENCODING))
-            writer.add_sha256sums(SHA256SUMS_PATH)
+            writer.add_bytes(leeme_path, leeme(tally).encode(LEEME_ENCODING))
+            writer.add_sha256sums(sums_path)
             entries = writer.close()
         except BaseException:
             # The store discards the object; the half-written zip must not be finished later.

@@ -830,8 +830,9 @@ def test_a_clinic_with_no_data_gets_header_only_workbooks_and_a_leeme_of_zeros(l
     assert not [n for n in archive.names if re.match(r"facturacion/\w+/(xml|pdf)/", n)]
     leeme = archive.text("LEEME.txt")
     assert leeme_counts(leeme) == dict.fromkeys(WORKBOOKS, 0)
-    assert "se copiaron 0 archivos" in leeme
-    assert leeme.count("en total, 0 comprobantes.") == 2  # issued and received
+    assert "Archivos adjuntos y comprobantes copiados en total: 0 (" in leeme
+    # No folder is listed: the zip has none.
+    assert not [f for f in ARCHIVE_FOLDERS if f"\r\n{f}\r\n" in leeme]
     assert "no se pudieron" not in leeme
     (sent,) = local.sent()
     assert sent.to == "nuevo-correo@consultorio.example"
@@ -1199,7 +1200,8 @@ def test_the_clinic_reads_typed_answers_decoded_codes_and_mexican_spanish_said_u
         rf"Generado el \d{{1,2}} de [a-z]+ de \d{{4}}, \d\d:\d\d, {re.escape(zone)}\.", leeme
     )
     assert re.search(
-        r"se copiaron [\d,]+ archivos adjuntos y de facturación \([\d,.]+ (kB|MB|GB)\)", leeme
+        r"Archivos adjuntos y comprobantes copiados en total: [\d,]+ \([\d,.]+ (kB|MB|GB)\)",
+        leeme,
     )
     (sent,) = local.sent()
     assert f", {zone}" in sent.text and "\u00a0" not in sent.text
@@ -1217,6 +1219,10 @@ def test_the_clinic_reads_typed_answers_decoded_codes_and_mexican_spanish_said_u
             folder = next((f for f in ARCHIVE_FOLDERS if name.startswith(f)), None)
             assert folder is not None, name
             assert f"\r\n{folder}\r\n    " in leeme, folder
+    # And only the folders it has.
+    for folder in ARCHIVE_FOLDERS:
+        if f"\r\n{folder}\r\n    " in leeme:
+            assert any(name.startswith(folder) for name in archive.names), folder
 
     # One register: nothing the clinic receives says "tú".
     texts = {"LEEME.txt": leeme, "subject": sent.subject, "text": sent.text, "html": sent.html}

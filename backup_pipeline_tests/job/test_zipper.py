@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
@@ -19,7 +20,15 @@ from openpyxl import Workbook
 
 from backup_pipeline.archive import zipper
 from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import ARCHIVE_FOLDERS, LeemeFacts, leeme_text
+from backup_pipeline.archive.leeme import (
+    ARCHIVE_FOLDERS,
+    LeemeFacts,
+    PartNoteFacts,
+    leeme_text,
+    part_note_path,
+    part_note_text,
+    part_sums_path,
+)
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import (
     REASON_NOT_FOUND,
@@ -294,7 +303,7 @@ def test_leeme_is_spanish_crlf_with_a_bom_and_the_counts(assembled):
     assert "Clínica Sonrisas" in text
     assert "hora central (Ciudad de México)" in text
     assert "America/" not in text
-    assert "3 archivos" in text
+    assert "Archivos adjuntos y comprobantes copiados en total: 3 " in text
     assert "1 archivo no se pudo copiar" in text
     assert "archivos_no_incluidos.xlsx" in text
 
@@ -424,7 +433,7 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
         "LFPDPPP",
         "pacientes.xlsx",
         "(2 registros).",
-        "1,234 archivos",
+        "copiados en total: 1,234 (3.0 GB).",
         "3.0 GB",
         "en total, 1 comprobante.",
     ):
@@ -433,9 +442,10 @@ def test_leeme_text_explains_verification_dates_and_confidentiality():
 
 
 def test_leeme_explains_every_folder_an_archive_can_have():
-    text = leeme_text(_facts(FileTally(files_copied=1, file_bytes=10, missing_count=0))).replace(
-        "\r\n", "\n"
+    facts = replace(
+        _facts(FileTally(files_copied=1, file_bytes=10, missing_count=0)), long_text_files=1
     )
+    text = leeme_text(facts).replace("\r\n", "\n")
     listed = [line for line in text.splitlines() if line.endswith("/") and " " not in line]
     assert listed == list(ARCHIVE_FOLDERS)
     for folder in (
@@ -447,6 +457,18 @@ def test_leeme_explains_every_folder_an_archive_can_have():
         "textos_largos/",
     ):
         assert f"\n{folder}\n    " in text, folder
+
+
+def test_leeme_lists_only_the_folders_the_archive_has():
+    facts = replace(
+        _facts(FileTally(files_copied=1, file_bytes=10, missing_count=0)),
+        folders={"adjuntos/", "facturacion/ingresos/xml/"},
+        long_text_files=0,
+    )
+    text = leeme_text(facts).replace("\r\n", "\n")
+    listed = [line for line in text.splitlines() if line.endswith("/") and " " not in line]
+    assert listed == ["adjuntos/", "facturacion/ingresos/xml/"]
+    assert "facturacion/gastos/pdf/" not in text and "textos_largos/" not in text
 
 
 def _object_path(store: ObjectStore) -> Path:
@@ -719,3 +741,83 @@ def test_compression_follows_the_name_suffix_as_pathlib_reads_it(path: str):
     suffix = PurePosixPath(path).suffix.lower().lstrip(".")
     expected = zipfile.ZIP_STORED if suffix in zipper.STORED_SUFFIXES else zipfile.ZIP_DEFLATED
     assert zipper.compression_for(path) == expected
+
+
+def test_an_archive_in_parts_names_each_parts_own_files_and_part_1_describes_the_whole():
+    facts = replace(
+        _facts(FileTally(files_copied=140, file_bytes=5_000_000, missing_count=2)), parts=3
+    )
+    text = leeme_text(facts).replace("\r\n", "\n")
+    assert "Esta es la parte 1 de 3: este LEEME.txt describe el respaldo completo" in text
+    assert "SHA256SUMS-parte-01-de-03\n" in text  # part 1's own checksum file, in CONTENIDO
+    assert "sha256sum -c SHA256SUMS-parte-*" in text  # every part's list at once
+    assert "Archivos adjuntos y comprobantes copiados en total: 140 " in text
+    assert "Archivos que no se pudieron incluir: 2." in text
+    note = part_note_text(
+        PartNoteFacts(
+            clinic_name="Clínica Sonrisas",
+            generated_at_local=STAMP,
+            timezone="America/Mexico_City",
+            part=2,
+            parts=3,
+            files_copied=1,
+            file_bytes=2048,
+        )
+    ).replace("\r\n", "\n")
+    assert note.startswith("RESPALDO DE INFORMACIÓN: PARTE 2 DE 3\n")
+    assert "está en LEEME.txt, en la parte 1" in note
+    assert "en esta parte: 1 (2.0 kB)." in note
+    assert "SHA256SUMS-parte-02-de-03" in note
+    assert (part_sums_path(1, 1), part_sums_path(3, 17)) == (
+        "SHA256SUMS",
+        "SHA256SUMS-parte-03-de-17",
+    )
+    assert part_note_path(3, 17) == "LEEME-parte-03-de-17.txt"
+
+
+def test_a_later_part_leaves_the_missing_list_to_part_1_which_lists_every_parts(stores, tmp_path):
+    archives, files = stores
+    later = _assemble(
+        archives,
+        files,
+        [],
+        [
+            _planned(files, "adjuntos/B (2)/b.txt", b"b", 2),
+            _planned(files, "adjuntos/B (2)/gone.txt", None, 3),
+        ],
+        tmp_path,
+        render_missing=None,
+        leeme_path="LEEME-parte-02-de-02.txt",
+        sums_path="SHA256SUMS-parte-02-de-02",
+    )
+    assert [m.record_id for m in later.missing] == [3]
+    with zipfile.ZipFile(_object_path(archives)) as zf:
+        assert zf.namelist() == [
+            "adjuntos/B (2)/b.txt",
+            "LEEME-parte-02-de-02.txt",
+            "SHA256SUMS-parte-02-de-02",
+        ]
+    listed: list[list[MissingFile]] = []
+
+    def render(missing: list[MissingFile], workdir: Path) -> Path:
+        listed.append(missing)
+        return _render_missing(missing, workdir)
+
+    first = _assemble(
+        archives,
+        files,
+        [],
+        [_planned(files, "adjuntos/A (1)/a.txt", b"a", 1)],
+        tmp_path,
+        render_missing=render,
+        missing_elsewhere=later.missing,
+        sums_path="SHA256SUMS-parte-01-de-02",
+    )
+    # Part 1 copied all its files, and still lists part 2's missing one.
+    assert first.missing == [] and [[m.record_id for m in ms] for ms in listed] == [[3]]
+    with zipfile.ZipFile(_object_path(archives)) as zf:
+        assert zf.namelist()[-3:] == [
+            "archivos_no_incluidos.xlsx",
+            "LEEME.txt",
+            "SHA256SUMS-parte-01-de-02",
+        ]

@@ -15,7 +15,15 @@ from backup_pipeline.archive.entries import (
     PlannedFile,
 )
 from backup_pipeline.archive.names import part_key
-from backup_pipeline.archive.parts import estimated_size, group_of, split_into_parts
+from backup_pipeline.archive.parts import (
+    DEFAULT_PART_SIZE,
+    archive_spans,
+    estimated_size,
+    fixed_entries_reserve,
+    group_of,
+    split_into_parts,
+    workbook_reserve,
+)
 
 
 def _attachment(patient: int, n: int, size: int | None) -> PlannedFile:
@@ -91,3 +99,46 @@ def test_one_part_when_everything_fits_and_its_name_is_the_archives():
 def test_an_empty_account_is_one_part():
     (span,) = split_into_parts([], part_size=1000, first_part_bytes=50_000)
     assert (span.start, span.stop) == (0, 0)
+
+
+@st.composite
+def plans_of_small_groups(draw, part_size: int) -> list[PlannedFile]:
+    """Plans whose every group (a patient's folder, an invoice) is under a tenth of a part."""
+    files: list[PlannedFile] = []
+    for patient in range(draw(st.integers(1, 60))):
+        for n in range(draw(st.integers(1, 4))):
+            files.append(_attachment(patient, n, draw(st.integers(0, part_size // 45))))
+    return files
+
+
+@given(st.data(), st.integers(1_000_000, 10_000_000))
+def test_parts_are_filled_evenly_with_no_near_empty_tail(data, part_size):
+    plan = data.draw(plans_of_small_groups(part_size))
+    first = workbook_reserve(part_size) + fixed_entries_reserve(part_size)
+    spans = archive_spans(plan, part_size)
+    total = first + sum(estimated_size(f) for f in plan)
+    if total <= part_size:
+        assert len(spans) == 1
+        return
+    # As few parts as the size allows (one more at most, when the groups do not fall evenly),
+    # none of them a tail far under the others.
+    assert len(spans) <= -(-total // part_size) + 1
+    mean = total / len(spans)
+    assert min(span.estimated_bytes for span in spans) >= mean / 2
+    assert max(span.estimated_bytes for span in spans) <= part_size
+
+
+def test_a_one_megabyte_part_keeps_room_for_files_in_part_1():
+    plan = [_attachment(patient, 0, 50_000) for patient in range(60)]
+    spans = archive_spans(plan, 1_000_000)
+    assert len(spans) >= 3
+    # Part 1 keeps a fifth for the workbooks and LEEME.txt: the rest holds files.
+    assert workbook_reserve(1_000_000) + fixed_entries_reserve(1_000_000) <= 200_000
+    assert spans[0].files >= 10
+    assert all(span.estimated_bytes <= 1_000_000 for span in spans)
+
+
+def test_the_default_part_size_keeps_its_reserves():
+    assert DEFAULT_PART_SIZE == 4_000_000_000
+    assert workbook_reserve(DEFAULT_PART_SIZE) == 256 * 1024 * 1024
+    assert fixed_entries_reserve(DEFAULT_PART_SIZE) == 1024 * 1024

@@ -11,7 +11,7 @@ import pytest
 
 from backup_pipeline import cfdi, checks, failures, mail, quota, support_actions
 from backup_pipeline.archive import assembly, zipper
-from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
+from backup_pipeline.archive.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
 from backup_pipeline.archive.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
 from backup_pipeline.datasets import DATASETS, anamnesis, invoices
 from backup_pipeline.datasets.base import Column
@@ -110,8 +110,18 @@ def _leeme() -> Iterator[tuple[str, str]]:
         long_text_files=1,
     )
     yield "LEEME.txt", leeme_text(facts)
-    in_parts = replace(facts, part=2, parts=3, part_summaries=["Parte 1 de 3: ...", "Parte 2"])
-    yield "LEEME.txt of a part", leeme_text(in_parts)
+    in_parts = replace(facts, part=1, parts=3, part_summaries=["Parte 1 de 3: ...", "Parte 2"])
+    yield "LEEME.txt of an archive in parts", leeme_text(in_parts)
+    note = PartNoteFacts(
+        clinic_name="Clínica",
+        generated_at_local=facts.generated_at_local,
+        timezone=facts.timezone,
+        part=2,
+        parts=3,
+        files_copied=1,
+        file_bytes=2048,
+    )
+    yield "LEEME-parte-02-de-03.txt", part_note_text(note)
 
 
 def _status_details() -> Iterator[tuple[str, str]]:

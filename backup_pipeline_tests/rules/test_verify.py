@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from openpyxl import Workbook
 
-from backup_pipeline.archive.verify import sha256sums_text, verify_zip
+from backup_pipeline.archive.leeme import (
+    FILES_COPIED_LABEL,
+    FILES_MISSING_LABEL,
+    part_note_path,
+    part_sums_path,
+)
+from backup_pipeline.archive.names import part_key
+from backup_pipeline.archive.verify import sha256sums_text, verify_archive, verify_zip
 
 SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
 UUID = "5FB2822E-396D-4725-8521-CDC4BDD20CCF"
@@ -33,14 +40,16 @@ GOOD = {
 }
 
 
-def _zip(entries: dict[str, bytes], sums: str | None = None) -> bytes:
+def _zip(
+    entries: dict[str, bytes], sums: str | None = None, sums_path: str = "SHA256SUMS"
+) -> bytes:
     if sums is None:
         sums = sha256sums_text((p, hashlib.sha256(d).hexdigest()) for p, d in entries.items())
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path, data in entries.items():
             zf.writestr(path, data)
-        zf.writestr("SHA256SUMS", sums)
+        zf.writestr(sums_path, sums)
     return buffer.getvalue()
 
 
@@ -176,3 +185,110 @@ def test_the_cli_names_what_does_not_open_and_exits_non_zero_only_for_damage(tmp
     assert "MISMATCH: entry #4 ('consultas.xlsx'): the workbook does not open" in (
         capsys.readouterr().out
     )
+
+
+# --- An archive in parts ------------------------------------------------------------------------
+
+ARCHIVE_KEY = "respaldo_clinica_2026-12-07.zip"
+
+
+def _leeme(files_copied: int, files_missing: int = 0) -> bytes:
+    text = f"LEEME\r\n{FILES_COPIED_LABEL} en total: {files_copied} (3 kB).\r\n"
+    if files_missing:
+        text += f"{FILES_MISSING_LABEL}: {files_missing}.\r\n"
+    return text.encode()
+
+
+def _parts(
+    tmp_path, count: int, *, files_copied: int | None = None, files_missing: int = 0
+) -> list[Path]:
+    """`count` parts on disk named as part_key names them: part 1 with the workbook and
+    LEEME.txt, every part with one attachment of its own."""
+    paths = []
+    for number in range(1, count + 1):
+        entries = {f"adjuntos/Paciente ({number})/foto.jpg": bytes([number]) * 300}
+        if number == 1:
+            entries["pacientes.xlsx"] = GOOD["pacientes.xlsx"]
+            copied = count if files_copied is None else files_copied
+            entries["LEEME.txt"] = _leeme(copied, files_missing)
+            if files_missing:  # a list of one file, whatever LEEME.txt says
+                entries["archivos_no_incluidos.xlsx"] = GOOD["pacientes.xlsx"]
+        else:
+            entries[part_note_path(number, count)] = b"parte"
+        path = tmp_path / part_key(ARCHIVE_KEY, number, count)
+        path.write_bytes(_zip(entries, sums_path=part_sums_path(number, count)))
+        paths.append(path)
+    return paths
+
+
+def test_every_part_of_an_archive_passes_alone_and_together(tmp_path):
+    paths = _parts(tmp_path, 3)
+    report = verify_archive(paths)
+    assert report.ok, (report.problems, report.missing_parts)
+    assert [(r.part, r.parts) for _, r in report.zips] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_left_out_part_is_named_with_its_file_name_and_fails(tmp_path, capsys):
+    from backup_pipeline import cli
+
+    paths = _parts(tmp_path, 17)
+    given = [p for p in paths if p.name != part_key(ARCHIVE_KEY, 5, 17)]
+    report = verify_archive(given)
+    assert not report.ok
+    assert report.missing_parts == ["part 5 of 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)"]
+    assert cli.main(["verify", *map(str, given)]) == 1
+    assert "MISSING: part 5 of 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_part_renamed_by_the_browser_is_still_known_by_its_contents(tmp_path):
+    paths = _parts(tmp_path, 2)
+    renamed = paths[1].rename(tmp_path / "descarga (1).zip")
+    assert verify_archive([paths[0], renamed]).ok
+    # Without a file named as part_key names parts, the missing part is named by number.
+    assert verify_archive([renamed]).missing_parts == ["part 1 of 2"]
+
+
+def test_one_name_with_different_contents_in_two_parts_fails_without_naming_the_patient(
+    tmp_path,
+):
+    paths = _parts(tmp_path, 2)
+    clash = {"adjuntos/García López Ana (17)/radiografía.png": b"otra"}
+    for number, path in enumerate(paths, start=1):
+        with zipfile.ZipFile(path) as zf:
+            entries = {n: zf.read(n) for n in zf.namelist() if not n.startswith("SHA256SUMS")}
+        entries.update({k: v * number for k, v in clash.items()})
+        path.write_bytes(_zip(entries, sums_path=part_sums_path(number, 2)))
+    # The LEEME total does not add up either (one more file per part): the clash is named.
+    problems = verify_archive(paths).problems
+    assert any(
+        "attachment of patient 17) is in part 1 and part 2 with different contents" in p
+        for p in problems
+    ), problems
+    assert not any("García" in p or "radiograf" in p for p in problems)
+
+
+def test_files_copied_that_do_not_add_up_to_leeme_fail(tmp_path):
+    report = verify_archive(_parts(tmp_path, 3, files_copied=4))
+    assert report.problems == ["LEEME.txt says 4 files were copied, the parts hold 3"]
+
+
+def test_a_missing_list_shorter_than_leeme_says_fails(tmp_path):
+    assert verify_archive(_parts(tmp_path, 2, files_missing=1)).ok
+    report = verify_archive(_parts(tmp_path, 2, files_missing=2))
+    assert report.problems == [
+        "LEEME.txt says 2 files were not included, archivos_no_incluidos.xlsx lists 1"
+    ]
+
+
+def test_parts_of_two_archives_are_not_one_archive(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _parts(tmp_path / "a", 2)
+    b = _parts(tmp_path / "b", 3)
+    report = verify_archive([a[0], b[1]])
+    assert not report.ok
+    assert report.problems == [
+        "the zips are not parts of one archive: they say they are parts of 2 and of 3"
+    ]
