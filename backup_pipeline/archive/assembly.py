@@ -120,9 +120,9 @@ def build_archive(
         done = workbooks()
         rows_by_dataset = {e.dataset: e.rows for e in done}
         summaries = [
-            _part_summary(1, count, tally.files_copied, tally.file_bytes),
+            part_summary(1, count, tally.files_copied, tally.file_bytes),
             *(
-                _part_summary(number, count, part.files_copied, part.file_bytes)
+                part_summary(number, count, part.files_copied, part.file_bytes)
                 for number, part in sorted(written.items())
             ),
         ]
@@ -219,7 +219,7 @@ def _folders_held(planned_in: Counter[str | None], missing: Sequence[MissingFile
     }
 
 
-def _part_summary(number: int, parts: int, files_copied: int, file_bytes: int) -> str:
+def part_summary(number: int, parts: int, files_copied: int, file_bytes: int) -> str:
     files = spanish_count(
         files_copied, "archivo adjunto o de facturación", "archivos adjuntos y de facturación"
     )

@@ -10,9 +10,8 @@ from datetime import datetime, timedelta
 import pytest
 
 from backup_pipeline import checks, quota
-from backup_pipeline.archive.assembly import _part_summary
-from backup_pipeline.archive.leeme import LeemeFacts, leeme_text
-from backup_pipeline.archive.parts import PartSpan
+from backup_pipeline.archive.assembly import part_summary
+from backup_pipeline.archive.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
 from backup_pipeline.failures import failure_reason
 from backup_pipeline.mail import PartLink, delivered_email, failed_email_to_requester
 from backup_pipeline.request_state import Requester
@@ -158,7 +157,7 @@ def _leemes(n: int) -> Iterator[tuple[str, str]]:
     yield "LEEME", leeme_text(facts)
     parts = min(max(n, 2), 1000)
     # Part summaries as the assembly writes them, each part holding n files.
-    summaries = [_part_summary(PartSpan(i, 0, n, 0), parts) for i in range(1, parts + 1)]
+    summaries = [part_summary(i, parts, n, n) for i in range(1, parts + 1)]
     for part in (1, 2):
         yield (
             f"LEEME of part {part}",
@@ -168,6 +167,20 @@ def _leemes(n: int) -> Iterator[tuple[str, str]]:
                 )
             ),
         )
+    yield (
+        "guide of part 2",
+        part_note_text(
+            PartNoteFacts(
+                clinic_name=facts.clinic_name,
+                generated_at_local=facts.generated_at_local,
+                timezone=facts.timezone,
+                part=2,
+                parts=parts,
+                files_copied=n,
+                file_bytes=n,
+            )
+        ),
+    )
 
 
 def _status_details(n: int) -> Iterator[tuple[str, str]]:
@@ -227,5 +240,6 @@ def test_the_scan_sees_the_counts_it_checks(n):
     texts = dict(_every_text(n))
     counted = f"{n:,}"
     assert f"{counted} registro" in texts["LEEME"]
-    assert f"{counted} archivo" in texts["LEEME"]
+    assert f"copiados en total: {counted} (" in texts["LEEME"]
+    assert f"{counted} archivo" in texts["LEEME of part 1"]
     assert "1 de los 2 respaldos" in texts["quota, the gap"]
