@@ -218,7 +218,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings | None) -> int:
                 "workbook opens."
             )
     for missing in report.missing_parts:
-        print(f"MISSING: {missing} was not given; give every part of the archive.")
+        print(
+            f"MISSING: {missing}: give every part of the archive (se necesitan todas las partes)."
+        )
     for problem in report.problems:
         print(f"MISMATCH: {problem}")
     if report.ok and report.parts > 1:

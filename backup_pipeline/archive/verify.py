@@ -89,7 +89,7 @@ class ArchiveVerifyReport:
     """One archive given as one zip or as its parts: each zip's report, and the whole's."""
 
     zips: list[tuple[str, VerifyReport]]
-    missing_parts: list[str] = field(default_factory=list)  # "part 5 of 17 (<file name>)"
+    missing_parts: list[str] = field(default_factory=list)  # "falta la parte 5 de 17 (<file name>)"
     problems: list[str] = field(default_factory=list)  # across the zips
 
     @property
@@ -140,7 +140,7 @@ def verify_archive(paths: Sequence[str | Path]) -> ArchiveVerifyReport:
     for number in range(1, count + 1):
         if number not in by_part:
             expected = f" ({part_key(stem + '.zip', number, count)})" if stem else ""
-            report.missing_parts.append(f"part {number} of {count}{expected}")
+            report.missing_parts.append(f"falta la parte {number} de {count}{expected}")
     if report.missing_parts:
         return report  # the whole cannot be checked without every part
     parts = {r.part: r for _, r in readable}

@@ -216,4 +216,4 @@ def test_parts_extracted_into_one_folder_lose_nothing(tmp_path: Path, capsys):
     given = [str(p) for n, p in enumerate(paths, start=1) if n != left_out]
     assert cli.main(["verify", *given]) == 1
     out = capsys.readouterr().out
-    assert f"MISSING: part {left_out} of {len(parts)} ({paths[left_out - 1].name})" in out
+    assert f"MISSING: falta la parte {left_out} de {len(parts)} ({paths[left_out - 1].name})" in out

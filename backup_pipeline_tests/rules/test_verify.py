@@ -235,9 +235,11 @@ def test_a_left_out_part_is_named_with_its_file_name_and_fails(tmp_path, capsys)
     given = [p for p in paths if p.name != part_key(ARCHIVE_KEY, 5, 17)]
     report = verify_archive(given)
     assert not report.ok
-    assert report.missing_parts == ["part 5 of 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)"]
+    assert report.missing_parts == [
+        "falta la parte 5 de 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)"
+    ]
     assert cli.main(["verify", *map(str, given)]) == 1
-    assert "MISSING: part 5 of 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)" in (
+    assert "MISSING: falta la parte 5 de 17 (respaldo_clinica_2026-12-07_parte-5-de-17.zip)" in (
         capsys.readouterr().out
     )
 
@@ -247,7 +249,7 @@ def test_a_part_renamed_by_the_browser_is_still_known_by_its_contents(tmp_path):
     renamed = paths[1].rename(tmp_path / "descarga (1).zip")
     assert verify_archive([paths[0], renamed]).ok
     # Without a file named as part_key names parts, the missing part is named by number.
-    assert verify_archive([renamed]).missing_parts == ["part 1 of 2"]
+    assert verify_archive([renamed]).missing_parts == ["falta la parte 1 de 2"]
 
 
 def test_one_name_with_different_contents_in_two_parts_fails_without_naming_the_patient(
