@@ -115,7 +115,7 @@ def index_rows(parts: list[Archive]) -> list[dict]:
 
 def test_the_index_lists_every_attachment_with_its_patient_name_date_type_and_size(parted):
     keys, parts, uploaded = parted
-    assert len(keys) >= 4
+    assert len(keys) >= 3  # several parts, so that the part column and every part are tried
     rows = index_rows(parts)
     assert sorted(row["ID archivo adjunto"] for row in rows) == sorted(uploaded)
     by_id = {row["ID archivo adjunto"]: row for row in rows}
