@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from openpyxl import Workbook
 
-from backup_pipeline.archive import zipper
+from backup_pipeline.archive import prefetch, zipper
 from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
 from backup_pipeline.archive.leeme import ARCHIVE_FOLDERS, LeemeFacts, leeme_text
 from backup_pipeline.archive.verify import verify_zip
@@ -328,7 +328,7 @@ def test_a_file_that_never_reads_whole_is_missing_with_no_partial_entry(tmp_path
 
 
 def test_large_files_spill_to_disk_and_copy_whole(stores, tmp_path, monkeypatch):
-    monkeypatch.setattr(zipper, "SPOOL_IN_MEMORY", 64 * 1024)
+    monkeypatch.setattr(prefetch, "SPOOL_IN_MEMORY", 64 * 1024)
     archives, files = stores
     big = os.urandom(3 * 1024 * 1024 + 17)  # several 1 MiB chunks, incompressible
     result = _assemble(
@@ -660,7 +660,7 @@ def test_a_spool_in_memory_is_listed_by_the_hash_taken_as_it_was_filled(tmp_path
 
 def test_files_in_memory_and_on_disk_are_listed_by_their_own_sha256(stores, tmp_path, monkeypatch):
     archives, files = stores
-    monkeypatch.setattr(zipper, "SPOOL_IN_MEMORY", 64 * 1024)
+    monkeypatch.setattr(prefetch, "SPOOL_IN_MEMORY", 64 * 1024)
     small, big = b"small file", os.urandom(200 * 1024)
     planned = [
         _planned(files, "adjuntos/A (1)/chico.png", small, 1),
@@ -681,7 +681,7 @@ def test_a_spool_is_on_disk_once_it_held_more_than_its_share(stores, tmp_path):
     share = 64 * 1024
     for size, on_disk in ((share, False), (share + 1, True)):
         plan = _planned(files, f"adjuntos/A (1)/{size}.png", os.urandom(size), size)
-        fetched = zipper._fetch(files, plan, tmp_path, 1, 0.0, share)
+        fetched = prefetch.fetch(files, plan, tmp_path, 1, 0.0, share)
         with fetched.spool:
             assert (fetched.size, fetched.on_disk) == (size, on_disk)
             assert fetched.spool._rolled is on_disk  # what SpooledTemporaryFile did
