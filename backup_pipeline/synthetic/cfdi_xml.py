@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from lxml import etree
+
+# An element built by etree: lxml names its type _Element, a private name we do not use.
+Element = Any
 
 CFDI40_NS = "http://www.sat.gob.mx/cfd/4"
 CFDI33_NS = "http://www.sat.gob.mx/cfd/3"
@@ -261,7 +265,7 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def _concept_taxes(node: etree._Element, c: Concept, base: Decimal, q, v4: bool) -> None:
+def _concept_taxes(node: Element, c: Concept, base: Decimal, q, v4: bool) -> None:
     if c.tax == "none" and not c.withhold:
         return
     if c.tax == "exento" and not v4 and not c.withhold:
@@ -290,7 +294,7 @@ def _concept_taxes(node: etree._Element, c: Concept, base: Decimal, q, v4: bool)
             )
 
 
-def _payment_complement(complement: etree._Element, invoice: Invoice, v4: bool) -> None:
+def _payment_complement(complement: Element, invoice: Invoice, v4: bool) -> None:
     payment = invoice.payment
     assert payment is not None
     ns = PAGOS20_NS if v4 else PAGOS10_NS
