@@ -1,4 +1,5 @@
-"""The package uses only public names of the standard library and its dependencies.
+"""The package stands on public ground: only public names of the standard library and its
+dependencies, and no upper bound on the Python it runs on.
 
 A private name (`zipfile._EndRecData`, `client._http`, `from dagster._core import ...`) of
 someone else's code pins us to one version of it. The scan reads every module of
@@ -10,6 +11,7 @@ attribute set, argument or import alias); anything else is someone else's privat
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -141,3 +143,9 @@ def test_the_scan_finds_private_names_of_libraries_and_lets_ours_be():
         "theirs.py:5: ._encodeFilenameFlags",
         "theirs.py:7: ._write_string",
     ]
+
+
+def test_requires_python_has_a_floor_and_no_ceiling():
+    # The ceiling was there because the zip writer copied CPython 3.11's zipfile internals.
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["requires-python"] == ">=3.11"
