@@ -25,9 +25,10 @@ from backup_pipeline.workbook import render_workbook
 
 CHUNK_ROWS = 5_000
 WORDS = (
-    "dolor molar sensibilidad al frío encía inflamada caries profunda resina "
-    "extracción control en quince días radiografía periapical paciente refiere"
-).split()
+    "dolor", "molar", "sensibilidad", "al", "frío", "encía", "inflamada", "caries", "profunda",
+    "resina", "extracción", "control", "en", "quince", "días", "radiografía", "periapical",
+    "paciente", "refiere",
+)  # fmt: skip
 
 
 def _value(rng: random.Random, kind: Kind, n: int) -> object:

@@ -200,7 +200,7 @@ def compression_for(archive_path: str) -> int:
 class _EntryWriter(EntryWriter):
     """The archive's entries, each stored or deflated as its format wants (compression_for)."""
 
-    def __init__(self, sink: _HashingSink, stamp: tuple[int, ...], workdir: Path) -> None:
+    def __init__(self, sink: HashingSink, stamp: tuple[int, ...], workdir: Path) -> None:
         super().__init__(sink, stamp, workdir, method_for=compression_for)
 
 

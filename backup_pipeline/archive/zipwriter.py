@@ -308,13 +308,13 @@ class EntryWriter:
         *,
         method_for: Callable[[str], int],
     ) -> None:
+        dos_date_time(stamp)  # a stamp the zip cannot hold fails here, before any spool or entry
         self._sums: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed in close)
             max_size=BOOKKEEPING_IN_MEMORY, dir=workdir
         )
         self._zip = ZipStream(sink, workdir)
         self._sink = sink
         self._stamp = stamp
-        dos_date_time(stamp)  # a stamp the zip cannot hold fails here, before any entry
         self._method_for = method_for
         self._path_hashes: set[bytes] = set()
         self.entries = 0
