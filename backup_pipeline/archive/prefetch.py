@@ -37,6 +37,8 @@ REASON_UNREADABLE = "No se pudo leer el archivo"
 
 @dataclass
 class Fetched:
+    """A planned file read whole into its local spool, hashed on the way in."""
+
     spool: tempfile.SpooledTemporaryFile[bytes]
     size: int
     sha256: str
