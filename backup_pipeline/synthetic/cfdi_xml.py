@@ -12,9 +12,6 @@ from typing import Any
 
 from lxml import etree
 
-# An element built by etree: lxml names its type _Element, a private name we do not use.
-Element = Any
-
 CFDI40_NS = "http://www.sat.gob.mx/cfd/4"
 CFDI33_NS = "http://www.sat.gob.mx/cfd/3"
 TFD_NS = "http://www.sat.gob.mx/TimbreFiscalDigital"
@@ -263,6 +260,10 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
         },
     )
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+# An element built by etree: lxml names its type _Element, a private name we do not use.
+Element = Any
 
 
 def _concept_taxes(node: Element, c: Concept, base: Decimal, q, v4: bool) -> None:
