@@ -719,6 +719,33 @@ def test_an_entry_stamped_before_1980_cannot_be_written(tmp_path):
         zipper._EntryWriter(zipper._HashingSink(io.BytesIO()), (1979, 12, 31, 0, 0, 0), tmp_path)
 
 
+def test_an_archived_file_costs_the_writer_well_under_a_kilobyte_of_memory(tmp_path):
+    # What the writer keeps per entry, counted by Python's own allocator tracing (not sampled):
+    # the growth from 10,000 to 30,000 entries, past the spools' in-memory part, per entry.
+    import tracemalloc
+
+    class Discard(io.RawIOBase):  # the zip's bytes themselves are the store's, not the writer's
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            return len(data)
+
+    writer = zipper._EntryWriter(zipper._HashingSink(Discard()), STAMP.timetuple()[:6], tmp_path)
+    tracemalloc.start()
+    try:
+        sizes = []
+        for n in range(30_000):
+            if n in (10_000, 30_000 - 1):
+                sizes.append(tracemalloc.get_traced_memory()[0])
+            writer.add_bytes(f"adjuntos/Hernández López María {n // 20} ({n // 20})/{n}.jpg", b"x")
+    finally:
+        tracemalloc.stop()
+        writer.abandon()
+    per_entry = (sizes[1] - sizes[0]) / (30_000 - 1 - 10_000)
+    assert per_entry < 1024, per_entry
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 def test_every_client_reads_a_zip_of_more_than_65535_entries(client, tmp_path):
@@ -852,30 +879,3 @@ def test_compression_follows_the_name_suffix_as_pathlib_reads_it(path: str):
     suffix = PurePosixPath(path).suffix.lower().lstrip(".")
     expected = zipfile.ZIP_STORED if suffix in zipper.STORED_SUFFIXES else zipfile.ZIP_DEFLATED
     assert zipper.compression_for(path) == expected
-
-
-def test_an_archived_file_costs_the_writer_well_under_a_kilobyte_of_memory(tmp_path):
-    # What the writer keeps per entry, counted by Python's own allocator tracing (not sampled):
-    # the growth from 10,000 to 30,000 entries, past the spools' in-memory part, per entry.
-    import tracemalloc
-
-    class Discard(io.RawIOBase):  # the zip's bytes themselves are the store's, not the writer's
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data) -> int:
-            return len(data)
-
-    writer = zipper._EntryWriter(zipper._HashingSink(Discard()), STAMP.timetuple()[:6], tmp_path)
-    tracemalloc.start()
-    try:
-        sizes = []
-        for n in range(30_000):
-            if n in (10_000, 30_000 - 1):
-                sizes.append(tracemalloc.get_traced_memory()[0])
-            writer.add_bytes(f"adjuntos/Hernández López María {n // 20} ({n // 20})/{n}.jpg", b"x")
-    finally:
-        tracemalloc.stop()
-        writer.abandon()
-    per_entry = (sizes[1] - sizes[0]) / (30_000 - 1 - 10_000)
-    assert per_entry < 1024, per_entry
