@@ -294,15 +294,14 @@ class _WorkbookWriter:
     def _write_rows(self, table: _Table, rows: Iterable[tuple[CellValue, ...]]) -> int:
         """Write rows to the table's current sheet, which has room for them; returns how many.
 
-        The innermost loop of every workbook (millions of cells): its lookups are hoisted, and
-        it calls XlsxWriter's undecorated writers, which its own `write()` calls: the public ones
-        only add a check for "A1"-style cell names, a tenth of the time per cell here (the row and
-        column are always numbers; XlsxWriter is pinned, and every workbook test goes through
-        this loop).
+        The innermost loop of every workbook (millions of cells): its lookups are hoisted. The
+        typed writers are XlsxWriter's public ones (not its undecorated private twins, which
+        would pin us to one XlsxWriter): each cell's type is known here, so the generic
+        `write()`'s guessing is not needed.
         """
         sheet = table.sheet
         worksheet = sheet.worksheet
-        write_string, write_number = worksheet._write_string, worksheet._write_number
+        write_string, write_number = worksheet.write_string, worksheet.write_number
         formats, date_format = table.formats, self._date_format
         first = sheet.rows
         index = first

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from lxml import etree
 
@@ -300,7 +301,11 @@ def build_cfdi(invoice: Invoice, rng: random.Random) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
-def _concept_taxes(node: etree._Element, c: Concept, base: Decimal, q, v4: bool) -> None:
+# An element built by etree: lxml names its type _Element, a private name we do not use.
+Element = Any
+
+
+def _concept_taxes(node: Element, c: Concept, base: Decimal, q, v4: bool) -> None:
     if c.tax == "none" and not c.withhold:
         return
     if c.tax == "exento" and not v4 and not c.withhold:
@@ -329,9 +334,7 @@ def _concept_taxes(node: etree._Element, c: Concept, base: Decimal, q, v4: bool)
             )
 
 
-def _local_taxes_complement(
-    complement: etree._Element, amounts: list[tuple[LocalTax, Decimal]]
-) -> None:
+def _local_taxes_complement(complement: Element, amounts: list[tuple[LocalTax, Decimal]]) -> None:
     """implocal:ImpuestosLocales 1.0: its totals, then each tax withheld and transferred."""
     withheld = [(tax, amount) for tax, amount in amounts if tax.withheld]
     transferred = [(tax, amount) for tax, amount in amounts if not tax.withheld]
@@ -360,7 +363,7 @@ def _local_taxes_complement(
         )
 
 
-def _payment_complement(complement: etree._Element, invoice: Invoice, v4: bool) -> None:
+def _payment_complement(complement: Element, invoice: Invoice, v4: bool) -> None:
     payment = invoice.payment
     assert payment is not None
     ns = PAGOS20_NS if v4 else PAGOS10_NS
