@@ -3,19 +3,20 @@
 # No `from __future__ import annotations`: Dagster reads the sensors' context and resource
 # annotations as real classes.
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
-from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import migrations
-from backup_pipeline.failures import fail_request, failed_step
+from backup_pipeline.failures import handle_failed_run
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.target import REQUEST_TAG, run_tags
+from backup_pipeline.target import run_tags
 
 
 def _run_request(accepted: AcceptedRequest) -> dg.RunRequest:
@@ -45,52 +46,23 @@ def evaluate_pending_requests(platform_db: PlatformDatabaseResource, limit: int)
     )
 
 
-def _schema_behind(
-    context: dg.RunStatusSensorContext, platform_db: PlatformDatabaseResource, request_id: int
-) -> bool:
-    """A run failed because our tables are behind: the request is left as it is (not failed,
-    nobody emailed) and runs again, under a new run key, once `backup-pipeline migrate` has."""
-    engine = platform_db.get_engine()
-    try:
-        migrations.require_current(engine)
-    except migrations.SchemaBehind as behind:
-        context.log.warning(
-            f"run {context.dagster_run.run_id}: its request is left unchanged; {behind}"
-        )
-        run_key = f"backup-request-{request_id}-after-{context.dagster_run.run_id[:8]}"
-        try:
-            with engine.begin() as conn:
-                db.relaunch_after_migration(conn, request_id, run_key=run_key)
-        except SQLAlchemyError:
-            # Our reviews table itself is missing: the request was never reviewed, and will be.
-            context.log.info(f"request {request_id} will be reviewed once migrated")
-        return True
-    return False
-
-
 def _fail_request_of_run(
     context: dg.RunStatusSensorContext,
     platform_db: PlatformDatabaseResource,
     mailer: MailerResource,
     archives: ObjectStoreResource,
-    step: str | None,
-    error_class: str | None,
+    step_failures: Sequence[Any] = (),
+    cancelled: bool = False,
 ) -> None:
-    tags = context.dagster_run.tags
-    # The partition names the request too, for a run launched from the UI without our tags.
-    request_id = tags.get(REQUEST_TAG) or tags.get("dagster/partition")
-    if request_id is None or not request_id.isdigit():
-        return
-    if _schema_behind(context, platform_db, int(request_id)):
-        return
-    fail_request(
+    handle_failed_run(
         platform_db.get_engine(),
         mailer,
-        request_id=int(request_id),
+        archives.get_store(),
         run_id=context.dagster_run.run_id,
-        step=step,
-        error_class=error_class,
-        archives=archives.get_store(),
+        run_tags=context.dagster_run.tags,
+        step_failures=step_failures,
+        cancelled=cancelled,
+        log=context.log,
     )
 
 
@@ -134,8 +106,9 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        step, error_class = failed_step(context.get_step_failure_events())
-        _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
+        _fail_request_of_run(
+            context, platform_db, mailer, archives, context.get_step_failure_events()
+        )
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.CANCELED,
@@ -152,6 +125,6 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        _fail_request_of_run(context, platform_db, mailer, archives, None, "RunCanceled")
+        _fail_request_of_run(context, platform_db, mailer, archives, cancelled=True)
 
     return [backup_request_sensor, backup_failure_sensor, backup_canceled_sensor]
