@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from backup_pipeline.settings import Settings, SettingsError, dagster_home
 
 if TYPE_CHECKING:
-    from backup_pipeline.operations import ProcessOutcome
+    from backup_pipeline.operations import Launch, ProcessOutcome
 
 
 def _ensure_dagster_home() -> Path:
@@ -99,11 +99,22 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.resources import platform_db as db
     from backup_pipeline.synthetic import file_backup_request
 
-    request_id = file_backup_request(
-        _engine(settings), subscription_id=args.subscription, user_id=args.user
-    )
+    engine = _engine(settings)
+    with engine.connect() as conn:
+        subscription = db.get_subscription(conn, args.subscription)
+        user = db.get_requester(conn, args.user)
+    # The platform's button files requests only for its own users; a typo here would otherwise be
+    # a database error. Whether the user may request is the request sensor's to decide.
+    if subscription is None:
+        print(f"error: subscription {args.subscription} does not exist", file=sys.stderr)
+        return 2
+    if user is None:
+        print(f"error: user {args.user} does not exist", file=sys.stderr)
+        return 2
+    request_id = file_backup_request(engine, subscription_id=args.subscription, user_id=args.user)
     print(f"Filed backup request {request_id} (pending).")
     return 0
 
@@ -114,14 +125,30 @@ def cmd_prepare_instance(args: argparse.Namespace, settings: Settings | None) ->
     return 0
 
 
+def _launch(args: argparse.Namespace) -> Launch:
+    from backup_pipeline.operations import Launch
+
+    def submitted(run_id: str) -> None:
+        print(
+            f"Submitted run {run_id} to {args.dagster_url} (its page: "
+            f"{args.dagster_url.rstrip('/')}/runs/{run_id}); waiting for it to finish.",
+            flush=True,
+        )
+
+    return Launch(dagster_url=args.dagster_url, verbose=args.verbose, on_submitted=submitted)
+
+
 def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
-    """Runs on the embedded instance; exit 1 if one failed, 2 if our tables are behind."""
+    """Runs on $DAGSTER_HOME's instance; exit 1 if one failed, 2 when nothing could be launched
+    (our tables are behind, a request that is done with, a daemon without its webserver)."""
     from backup_pipeline.migrations import SchemaBehind
+    from backup_pipeline.operations import NotLaunched
+    from backup_pipeline.support_actions import SupportActionRefused
 
     _ensure_dagster_home()
     try:
         outcome = start_runs()
-    except SchemaBehind as exc:
+    except (SchemaBehind, NotLaunched, SupportActionRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(outcome.summary())
@@ -131,25 +158,24 @@ def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import process_pending
 
-    return _report_runs(lambda: process_pending(limit=args.limit))
+    return _report_runs(
+        lambda: process_pending(limit=args.limit, settings=settings, launch=_launch(args))
+    )
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import run_request
-    from backup_pipeline.support_actions import SupportActionRefused
 
-    try:
-        return _report_runs(
-            lambda: run_request(
-                args.request_id,
-                reason=args.reason,
-                override_quota=args.override_quota,
-                override_reason=args.override_reason,
-            )
+    return _report_runs(
+        lambda: run_request(
+            args.request_id,
+            settings,
+            reason=args.reason,
+            override_quota=args.override_quota,
+            override_reason=args.override_reason,
+            launch=_launch(args),
         )
-    except SupportActionRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    )
 
 
 def _support_action(act: Callable[[], str]) -> int:
@@ -218,13 +244,33 @@ def cmd_verify(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.operations import demo
+    from backup_pipeline.operations import NotLaunched, demo
 
     _ensure_local_dirs(settings)
     _ensure_dagster_home()
-    result = demo(settings)
+    try:
+        result = demo(settings, launch=_launch(args))
+    except NotLaunched as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(result.summary())
     return 0 if result.ok else 1
+
+
+def _add_launch_options(command: argparse.ArgumentParser) -> None:
+    from backup_pipeline.operations import DEFAULT_DAGSTER_URL
+
+    command.add_argument(
+        "--dagster-url",
+        default=DEFAULT_DAGSTER_URL,
+        help="the deployment's Dagster webserver, used when a daemon serves $DAGSTER_HOME: runs "
+        "are submitted there, into the run queue (default: %(default)s, `make dev`'s)",
+    )
+    command.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also Dagster's DEBUG lines (every event) of a run executed here",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process", help="one evaluation of the request sensor, then run what it asked for"
     )
     process.add_argument("--limit", type=int, default=None)
+    _add_launch_options(process)
 
     run = sub.add_parser(
         "run",
@@ -276,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--override-quota", action="store_true", help="re-run past the quota")
     run.add_argument("--override-reason", default="", help="why the quota is overridden")
+    _add_launch_options(run)
 
     resend = sub.add_parser(
         "resend-link", help="a fresh link and email while the archive exists (resend_link_job)"
@@ -301,7 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("zip", nargs="+", help="a zip, or every part of one archive")
 
-    sub.add_parser("demo", help="seed a small clinic, request and deliver its backup locally")
+    demo = sub.add_parser(
+        "demo", help="seed a small clinic, request and deliver its backup locally"
+    )
+    _add_launch_options(demo)
     sub.add_parser(
         "prepare-instance",
         help="create, upgrade or repair the embedded Dagster instance on $DAGSTER_HOME",

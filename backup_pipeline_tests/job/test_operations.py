@@ -109,8 +109,8 @@ def test_process_exits_non_zero_when_a_run_failed_and_run_delivers_it_afterwards
         m for m in read_sendgrid(sendgrid_endpoint) if m.key == f"backup-{request_id}-delivered"
     ]
     assert len(delivered) == 1
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli.main(["run", "999999"])
+    assert cli.main(["run", "999999"]) == 2
+    assert capsys.readouterr().err == "error: backup request 999999 does not exist\n"
 
 
 def test_resend_link_gives_a_fresh_expiry_without_touching_the_quota_until_the_archive_expires(
