@@ -192,3 +192,72 @@ def test_resend_link_refuses_when_the_archive_is_gone_or_the_request_unknown(
     assert cli.main(["resend-link", "78", "--reason", "lost the email"]) != 0
     assert "does not exist" in capsys.readouterr().err
     assert not platform.outbox.exists() or not list(platform.outbox.glob("*.eml"))
+
+
+def test_request_refuses_a_subscription_or_user_that_does_not_exist(
+    platform: Platform, clinic: Clinic, capsys: pytest.CaptureFixture[str]
+):
+    count_before = platform.requests_count()
+
+    assert cli.main(["request", "--subscription", "999", "--user", str(clinic.owner_id)]) == 2
+    assert capsys.readouterr().err == "error: subscription 999 does not exist\n"
+    assert cli.main(["request", "--subscription", str(clinic.subscription_id), "--user", "7"]) == 2
+    assert capsys.readouterr().err == "error: user 7 does not exist\n"
+
+    assert platform.requests_count() == count_before
+
+
+@pytest.mark.parametrize(
+    ("status", "instead"),
+    [
+        ("delivered", "backup-pipeline resend-link"),
+        ("expired", "the clinic files a new backup request"),
+        ("rejected", "the clinic files a new backup request"),
+    ],
+)
+def test_run_refuses_a_finished_request_before_any_run_is_launched(
+    platform: Platform,
+    clinic: Clinic,
+    capsys: pytest.CaptureFixture[str],
+    status: str,
+    instead: str,
+):
+    request_id = file_request(clinic, capsys)
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.backup_requests)
+            .where(t.backup_requests.c.id == request_id)
+            .values(status=status)
+        )
+
+    assert cli.main(["run", str(request_id)]) == 2
+
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: request {request_id} is {status};")
+    assert instead in error
+    assert runs_of(request_id) == []
+    assert platform.request(request_id).status == status
+
+
+def test_process_shows_dagsters_info_lines_and_the_result_and_debug_only_when_verbose(
+    platform: Platform, capfd: pytest.CaptureFixture[str]
+):
+    first, second = platform.seed(patients=2, subscriptions=2, seed=9)
+    file_request(first, capfd)
+
+    assert cli.main(["process"]) == 0
+
+    out, err = capfd.readouterr()
+    assert "succeeded -> delivered" in out
+    dagster_lines = [line for line in err.splitlines() if " - dagster - " in line]
+    assert dagster_lines and all(" - dagster - INFO - " in line for line in dagster_lines)
+    assert "rendering 7 workbooks" in err  # the backup's own progress, at INFO
+
+    # Support wants every event of the next one.
+    file_request(second, capfd)
+
+    assert cli.main(["process", "--verbose"]) == 0
+
+    out, err = capfd.readouterr()
+    assert "succeeded -> delivered" in out
+    assert " - dagster - DEBUG - " in err and "RUN_SUCCESS" in err
