@@ -179,13 +179,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _support_action(act: Callable[[], str]) -> int:
-    """A support action (the same code as the support jobs in the UI); exit 2 when refused."""
+    """One of support's jobs, run on $DAGSTER_HOME's instance as `process` runs backups (the same
+    job support launches from the UI); exit 2 when it refuses, with its one line."""
     from backup_pipeline.delivery import DeliveryRefused
+    from backup_pipeline.operations import NotLaunched
     from backup_pipeline.support_actions import SupportActionRefused
 
+    _ensure_dagster_home()
     try:
         print(act())
-    except (DeliveryRefused, SupportActionRefused) as exc:
+    except (DeliveryRefused, SupportActionRefused, NotLaunched) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -195,7 +198,7 @@ def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import resend_link
 
     def act() -> str:
-        resent = resend_link(args.request_id, args.reason)
+        resent = resend_link(args.request_id, args.reason, settings, _launch(args))
         return (
             f"New link sent for request {args.request_id}; "
             f"it expires at {resent:%Y-%m-%d %H:%M} UTC."
@@ -208,7 +211,9 @@ def cmd_refuse(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import refuse_request
 
     def act() -> str:
-        refuse_request(args.request_id, args.reason, args.message_to_clinic)
+        refuse_request(
+            args.request_id, args.reason, args.message_to_clinic, settings, _launch(args)
+        )
         return f"Request {args.request_id} refused."
 
     return _support_action(act)
@@ -218,7 +223,7 @@ def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import expire_archive
 
     def act() -> str:
-        deleted = expire_archive(args.request_id, args.reason)
+        deleted = expire_archive(args.request_id, args.reason, settings, _launch(args))
         what = "archive deleted" if deleted else "no archive was left to delete"
         return f"Request {args.request_id} expired ({what})."
 
@@ -269,7 +274,7 @@ def _add_launch_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--verbose",
         action="store_true",
-        help="also Dagster's DEBUG lines (every event) of a run executed here",
+        help="every Dagster event (DEBUG) of a run executed here, not only its INFO lines",
     )
 
 
@@ -330,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resend.add_argument("request_id", type=int)
     resend.add_argument("--reason", required=True, help="why, for the audit trail")
+    _add_launch_options(resend)
 
     refuse = sub.add_parser("refuse", help="refuse a pending request (refuse_request_job)")
     refuse.add_argument("request_id", type=int)
@@ -337,12 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     refuse.add_argument(
         "--message-to-clinic", default="", help="what the clinic reads (Spanish, 'usted')"
     )
+    _add_launch_options(refuse)
 
     expire = sub.add_parser(
         "expire", help="delete a delivered request's archive now (expire_archive_job)"
     )
     expire.add_argument("request_id", type=int)
     expire.add_argument("--reason", required=True, help="why, for the audit trail")
+    _add_launch_options(expire)
 
     verify = sub.add_parser(
         "verify", help="check backup zips (or an archive's parts) against their SHA256SUMS"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -104,11 +104,11 @@ def backup_job(settings: Settings) -> dg.JobDefinition:
     return build_definitions(settings).resolve_job_def(BACKUP_JOB_NAME)
 
 
-def console_log_level(verbose: bool) -> dict[str, Any]:
+def console_log_level(verbose: bool, quiet: str = "INFO") -> dict[str, Any]:
     """Run config for a run executed here: every Dagster event is logged at DEBUG (40 lines for
-    one backup), so the console shows INFO and above unless asked; the run's event log in the
+    one backup), so the console shows `quiet` and above unless asked; the run's event log in the
     instance keeps every event either way."""
-    level = "DEBUG" if verbose else "INFO"
+    level = "DEBUG" if verbose else quiet
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
@@ -370,42 +370,126 @@ def run_request(
     )
 
 
-def resend_link(request_id: int, reason: str, settings: Settings | None = None) -> datetime:
-    """A fresh signed link and email for a delivered request whose archive still exists, as
-    support's resend_link_job does. Returns the new expiry (UTC)."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.resend_link(
-        resources["platform_db"].get_engine(),
-        resources["archives"].get_store(),
-        resources["mailer"],
-        request_id=request_id,
-        reason=reason,
-        link_ttl=resources["policy"].link_ttl,
+# --- Support's actions: runs of support's jobs, launched as support launches them in the UI
+
+
+@dataclass(frozen=True)
+class SupportRun:
+    run_id: str
+    metadata: dict[str, Any]  # what the job's op reported (its output metadata)
+
+
+def run_support_job(
+    job_name: str,
+    config: Mapping[str, Any],
+    settings: Settings | None = None,
+    launch: Launch | None = None,
+) -> SupportRun:
+    """Run support's job `job_name` with its op's `config` and wait for it: submitted to the
+    deployment when a daemon serves $DAGSTER_HOME (its storage, mail and credentials act), else
+    executed in this process. Either way it is a run of the code location whose id the request's
+    audit trail keeps. A refusal (the job fails) raises SupportActionRefused with its one line."""
+    settings = settings or Settings.from_env()
+    launch = launch or Launch()
+    job = build_definitions(settings).resolve_job_def(job_name)
+    (op_name,) = job.graph.node_dict  # one op per support job, configured from the Launchpad
+    run_config = {"ops": {op_name: {"config": dict(config)}}}
+    instance = dg.DagsterInstance.get()
+    client = deployment_client(instance, launch)
+    if client is None:
+        result = job.execute_in_process(
+            # The outcome is one line: Dagster's console stays quiet, even about the failure
+            # (whose stack is in the run, in the UI), unless asked.
+            run_config={**run_config, **console_log_level(launch.verbose, quiet="CRITICAL")},
+            instance=instance,
+            tags=dagster_compat.code_location_tags(CODE_LOCATION),
+            raise_on_error=False,
+        )
+        run_id, success, events = result.run_id, result.success, list(result.all_events)
+    else:
+        try:
+            run_id = client.submit_job_execution(
+                job_name, repository_location_name=CODE_LOCATION, run_config=run_config
+            )
+        except DagsterGraphQLClientError as exc:
+            raise NotLaunched(
+                f"the Dagster webserver did not launch {job_name}: "
+                f"{' '.join(str(exc).split())[:300]}"
+            ) from exc
+        if launch.on_submitted is not None:
+            launch.on_submitted(run_id)
+        status = wait_for_run(client, run_id)
+        if status == dg.DagsterRunStatus.CANCELED:
+            raise NotLaunched(f"{job_name} run {run_id} was cancelled before it acted")
+        success = status == dg.DagsterRunStatus.SUCCESS
+        records = instance.get_records_for_run(run_id).records
+        events = [
+            r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event
+        ]
+    if not success:
+        raise support_actions.SupportActionRefused(
+            _failure_line(events) or f"{job_name} run {run_id} failed; its page in the UI says why"
+        )
+    return SupportRun(run_id, _output_metadata(events))
+
+
+def _failure_line(events: Sequence[dg.DagsterEvent]) -> str | None:
+    """What a failed step said: a refusal's own message (dg.Failure's description), else the
+    error's first line."""
+    for event in events:
+        if event.event_type != dg.DagsterEventType.STEP_FAILURE:
+            continue
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        if user is not None and user.description:
+            return " ".join(user.description.split())
+        error = getattr(data, "error", None)
+        if error is not None:
+            return f"{error.cls_name}: {' '.join(error.message.split())}"
+    return None
+
+
+def _output_metadata(events: Sequence[dg.DagsterEvent]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for event in events:
+        if event.event_type == dg.DagsterEventType.STEP_OUTPUT:
+            output = event.step_output_data
+            metadata.update({name: value.value for name, value in output.metadata.items()})
+    return metadata
+
+
+def resend_link(
+    request_id: int, reason: str, settings: Settings | None = None, launch: Launch | None = None
+) -> datetime:
+    """resend_link_job: a fresh signed link and email for a delivered request whose archive
+    still exists. Returns the new expiry (UTC)."""
+    run = run_support_job(
+        "resend_link_job", {"request_id": request_id, "reason": reason}, settings, launch
     )
+    return datetime.fromisoformat(str(run.metadata["link_expires_at"]).removesuffix("Z"))
 
 
 def refuse_request(
-    request_id: int, reason: str, message_to_clinic: str = "", settings: Settings | None = None
-) -> str:
-    """Refuse a pending request, as support's refuse_request_job does."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.refuse_pending(
-        resources["platform_db"].get_engine(),
-        request_id=request_id,
-        reason=reason,
-        message_to_clinic=message_to_clinic,
-    )
+    request_id: int,
+    reason: str,
+    message_to_clinic: str = "",
+    settings: Settings | None = None,
+    launch: Launch | None = None,
+) -> SupportRun:
+    """refuse_request_job: a pending request is rejected."""
+    config = {"request_id": request_id, "reason": reason, "message_to_clinic": message_to_clinic}
+    return run_support_job("refuse_request_job", config, settings, launch)
 
 
-def expire_archive(request_id: int, reason: str, settings: Settings | None = None) -> bool:
-    """Delete a delivered request's archive now, as support's expire_archive_job does."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.expire_now(
-        resources["platform_db"].get_engine(),
-        resources["archives"].get_store(),
-        request_id=request_id,
-        reason=reason,
+def expire_archive(
+    request_id: int, reason: str, settings: Settings | None = None, launch: Launch | None = None
+) -> bool:
+    """expire_archive_job: a delivered request's archive is deleted now. Returns whether an
+    archive was there to delete."""
+    run = run_support_job(
+        "expire_archive_job", {"request_id": request_id, "reason": reason}, settings, launch
     )
+    return bool(run.metadata.get("archive_deleted"))
 
 
 @dataclass

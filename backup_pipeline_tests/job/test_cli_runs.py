@@ -169,6 +169,29 @@ def test_through_the_webserver_cli_runs_are_the_code_locations_runs(platform, da
             (run,) = outcome.runs
             assert (run.run_id, run.success, run.run_status) == (queued.run_id, False, "CANCELED")
             assert run.request_status == "pending"
+
+            # Support's commands are submitted as runs of support's jobs, configured as the
+            # Launchpad would configure them.
+            submitted.clear()
+
+            def cancelled(run_id: str) -> None:
+                submitted.append(instance.get_run_by_id(run_id))
+                operations.deployment_client(instance, Launch(dagster_url=url)).terminate_run(
+                    run_id
+                )
+
+            with pytest.raises(NotLaunched, match=r"refuse_request_job run .* was cancelled"):
+                operations.refuse_request(
+                    request_id, "duplicate", launch=Launch(dagster_url=url, on_submitted=cancelled)
+                )
+            (support,) = submitted
+            assert (support.job_name, support.status.value) == ("refuse_request_job", "QUEUED")
+            assert support.run_config["ops"]["refuse_request_op"]["config"] == {
+                "request_id": request_id,
+                "reason": "duplicate",
+                "message_to_clinic": "",
+            }
+            assert platform.request(request_id).status == "pending"
     # Another backup of the same clinic is running: the queue's own rule holds this one back.
     running = run_tags(request_id - 1, other.subscription_id)
     assert dequeue([running, dict(queued.tags)], REPO / "dagster.yaml") == [running]

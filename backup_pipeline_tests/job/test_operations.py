@@ -10,9 +10,10 @@ import dagster as dg
 import pytest
 from sqlalchemy import insert, update
 
-from backup_pipeline import cli
+from backup_pipeline import cli, dagster_compat
 from backup_pipeline import tables as t
 from backup_pipeline.housekeeping import expire_archives
+from backup_pipeline.operations import CODE_LOCATION
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.platform import Clinic, Platform, open_platform
@@ -261,3 +262,33 @@ def test_process_shows_dagsters_info_lines_and_the_result_and_debug_only_when_ve
     out, err = capfd.readouterr()
     assert "succeeded -> delivered" in out
     assert " - dagster - DEBUG - " in err and "RUN_SUCCESS" in err
+
+
+def test_support_commands_are_runs_of_support_jobs_kept_in_the_audit_trail_refusals_one_line(
+    platform: Platform, clinic: Clinic, capfd: pytest.CaptureFixture[str]
+):
+    request_id = file_request(clinic, capfd)
+
+    assert cli.main(["refuse", str(request_id), "--reason", "duplicate via phone"]) == 0
+
+    assert capfd.readouterr().out == f"Request {request_id} refused.\n"
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="refuse_request_job"))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        # A run of the code location, as if launched from its Launchpad.
+        assert instance.get_runs(
+            dg.RunsFilter(tags=dagster_compat.code_location_tags(CODE_LOCATION))
+        ) == [run]
+    with platform.engine.connect() as conn:
+        *_, refused = db.events_of(conn, request_id)
+    assert (refused.event, refused.actor, refused.run_id) == ("rejected", "support", run.run_id)
+
+    # Refused again: the job's own words, one line, no stack, nothing else printed.
+    assert cli.main(["refuse", str(request_id), "--reason", "duplicate via phone"]) == 2
+
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: request {request_id} is rejected: only a pending request can be refused "
+        "(a running one is stopped by cancelling its run)\n"
+    )
