@@ -160,14 +160,19 @@ def execute_request(
     webserver when a daemon serves `instance` (`client`, from deployment_client), else executed
     in this process, recorded on `instance` with the code location's origin."""
     launch = launch or Launch()
-    key = str(request_id)
-    if not instance.has_dynamic_partition(backup_partitions.name, key):
-        instance.add_dynamic_partitions(backup_partitions.name, [key])
     if client is None:
         client = deployment_client(instance, launch)
     if client is not None:
-        return _through_the_deployment(client, launch, resources, request_id, subscription_id)
+        run_id = _submit(instance, client, launch, request_id, subscription_id)
+        return _outcome_of_submitted(client, resources, request_id, run_id)
+    _add_partition(instance, request_id)
     return _in_this_process(instance, resources, request_id, subscription_id, job, launch)
+
+
+def _add_partition(instance: dg.DagsterInstance, request_id: int) -> None:
+    """The request's partition, as the request sensor adds it for the runs it asks for."""
+    if not instance.has_dynamic_partition(backup_partitions.name, str(request_id)):
+        instance.add_dynamic_partitions(backup_partitions.name, [str(request_id)])
 
 
 def _in_this_process(
@@ -238,15 +243,14 @@ def wait_for_run(
     return status
 
 
-def _through_the_deployment(
+def _submit(
+    instance: dg.DagsterInstance,
     client: DagsterGraphQLClient,
     launch: Launch,
-    resources: dict,
     request_id: int,
     subscription_id: int,
-) -> RunOutcome:
-    """Submit the run, then wait for it. A failure is the deployment's failure sensor's to
-    handle, as for the sensor's own runs."""
+) -> str:
+    _add_partition(instance, request_id)
     try:
         run_id = submit_to_deployment(client, request_id, subscription_id)
     except DagsterGraphQLClientError as exc:
@@ -256,15 +260,32 @@ def _through_the_deployment(
         ) from exc
     if launch.on_submitted is not None:
         launch.on_submitted(run_id)
-    status = wait_for_run(client, run_id)
-    engine = resources["platform_db"].get_engine()
+    return run_id
+
+
+def _outcome_of_submitted(
+    client: DagsterGraphQLClient, resources: dict, request_id: int, run_id: str
+) -> RunOutcome:
+    """Wait for a submitted run. A failure is the deployment's failure sensor's to handle, as
+    for the sensor's own runs."""
+    status = _wait_or_explain(client, run_id)
     return RunOutcome(
         request_id,
         run_id,
         status == dg.DagsterRunStatus.SUCCESS,
-        _request_status(engine, request_id),
+        _request_status(resources["platform_db"].get_engine(), request_id),
         status.value,
     )
+
+
+def _wait_or_explain(client: DagsterGraphQLClient, run_id: str) -> dg.DagsterRunStatus:
+    try:
+        return wait_for_run(client, run_id)
+    except DagsterGraphQLClientError as exc:
+        raise NotLaunched(
+            f"run {run_id} was submitted, but the Dagster webserver stopped answering while the "
+            f"CLI waited for it ({type(exc).__name__}); the deployment runs it: see its page"
+        ) from exc
 
 
 def _request_status(engine: Any, request_id: int) -> str | None:
@@ -293,17 +314,23 @@ def process_pending(
     # As the sensor does: accepted earlier but never started, and re-runs support asked for;
     # but where a daemon serves the queue, its sensor launches those (under their run keys).
     reissued = [] if client is not None else accepted_but_not_started(engine)
+    to_run = intake.accepted + [a for a in reissued if a not in intake.accepted]
     outcome = ProcessOutcome(rejected=dict(intake.rejected))
-    for accepted in intake.accepted + [a for a in reissued if a not in intake.accepted]:
+    if client is not None:
+        # Every run into the queue first, so that the deployment runs them side by side as its
+        # limits allow; then wait for each.
+        submitted = [
+            (a.id, _submit(instance, client, launch, a.id, a.subscription_id)) for a in to_run
+        ]
+        outcome.runs = [
+            _outcome_of_submitted(client, resources, request_id, run_id)
+            for request_id, run_id in submitted
+        ]
+        return outcome
+    for accepted in to_run:
         outcome.runs.append(
             execute_request(
-                instance,
-                resources,
-                accepted.id,
-                accepted.subscription_id,
-                job,
-                launch=launch,
-                client=client,
+                instance, resources, accepted.id, accepted.subscription_id, job, launch=launch
             )
         )
     return outcome
@@ -418,7 +445,7 @@ def run_support_job(
             ) from exc
         if launch.on_submitted is not None:
             launch.on_submitted(run_id)
-        status = wait_for_run(client, run_id)
+        status = _wait_or_explain(client, run_id)
         if status == dg.DagsterRunStatus.CANCELED:
             raise NotLaunched(f"{job_name} run {run_id} was cancelled before it acted")
         success = status == dg.DagsterRunStatus.SUCCESS

@@ -126,7 +126,7 @@ def test_with_a_daemon_but_no_webserver_nothing_is_launched_and_no_request_touch
 
 @pytest.mark.slow
 def test_through_the_webserver_cli_runs_are_the_code_locations_runs(platform, dagster_home):
-    clinic, other = platform.seed(patients=2, subscriptions=2, seed=6)
+    clinic, other, third = platform.seed(patients=2, subscriptions=3, seed=6)
     with dg.DagsterInstance.get() as instance:
         # No daemon: the backup runs in this process.
         delivered = platform.back_up(clinic, instance=instance)
@@ -192,6 +192,20 @@ def test_through_the_webserver_cli_runs_are_the_code_locations_runs(platform, da
                 "message_to_clinic": "",
             }
             assert platform.request(request_id).status == "pending"
+
+            # `process` reviews the pending requests, then submits each accepted one the same way.
+            submitted.clear()
+            third_request = platform.file_request(third)
+
+            processed = operations.process_pending(
+                launch=Launch(dagster_url=url, on_submitted=cancelled)
+            )
+
+            # The other clinic's request, still pending (its run was cancelled), is reviewed too.
+            assert sorted((r.request_id, r.run_id, r.run_status) for r in processed.runs) == sorted(
+                (int(run.tags["dagster/partition"]), run.run_id, "CANCELED") for run in submitted
+            )
+            assert {r.request_id for r in processed.runs} == {request_id, third_request}
     # Another backup of the same clinic is running: the queue's own rule holds this one back.
     running = run_tags(request_id - 1, other.subscription_id)
     assert dequeue([running, dict(queued.tags)], REPO / "dagster.yaml") == [running]
