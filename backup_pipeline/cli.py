@@ -129,11 +129,9 @@ def _launch(args: argparse.Namespace) -> Launch:
     from backup_pipeline.operations import Launch
 
     def submitted(run_id: str) -> None:
-        print(
-            f"Submitted run {run_id} to {args.dagster_url} (its page: "
-            f"{args.dagster_url.rstrip('/')}/runs/{run_id}); waiting for it to finish.",
-            flush=True,
-        )
+        # Printed at once: the CLI waits for the run, the operator can follow it in the UI.
+        page = f"{args.dagster_url.rstrip('/')}/runs/{run_id}"
+        print(f"Submitted run {run_id} to the deployment: {page}", flush=True)
 
     return Launch(dagster_url=args.dagster_url, verbose=args.verbose, on_submitted=submitted)
 

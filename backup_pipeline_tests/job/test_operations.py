@@ -1,4 +1,5 @@
-"""What support runs by hand, through `backup-pipeline` itself: process, run and resend-link."""
+"""What support runs by hand, through `backup-pipeline` itself: request, process, run, and the
+support commands (resend-link, refuse) as runs of support's jobs."""
 
 from __future__ import annotations
 
