@@ -260,9 +260,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.ok else 1
 
 
-def _add_launch_options(command: argparse.ArgumentParser) -> None:
-    from backup_pipeline.operations import DEFAULT_DAGSTER_URL
+# `make dev`'s webserver: where a deployment is found when a daemon serves $DAGSTER_HOME.
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 
+
+def _add_launch_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--dagster-url",
         default=DEFAULT_DAGSTER_URL,

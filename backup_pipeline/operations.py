@@ -32,12 +32,10 @@ from backup_pipeline.target import run_tags
 log = logging.getLogger(__name__)
 
 CODE_LOCATION = "backup_pipeline"  # as workspace.yaml and pyproject's [tool.dagster] name it
-DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"  # `make dev`'s webserver
 # How often the CLI asks the webserver whether a submitted run has finished.
 POLL_SECONDS = 2.0
 
 __all__ = [
-    "DEFAULT_DAGSTER_URL",
     "Launch",
     "LinkUnavailable",
     "NotLaunched",
@@ -62,7 +60,7 @@ class Launch:
     daemon serves the instance; `verbose`: Dagster's DEBUG lines too (every event of the run)
     for a run executed here, instead of its INFO lines."""
 
-    dagster_url: str = DEFAULT_DAGSTER_URL
+    dagster_url: str | None = None  # the CLI's --dagster-url
     verbose: bool = False
     # Told when a run was submitted to the deployment, before the wait for it (the CLI prints it).
     on_submitted: Callable[[str], None] | None = None
@@ -124,18 +122,19 @@ def deployment_client(instance: dg.DagsterInstance, launch: Launch) -> DagsterGr
     would handle these runs' failures too."""
     if not dagster_compat.daemon_serves_run_queue(instance):
         return None
-    url = launch.dagster_url.rstrip("/")
+    url = (launch.dagster_url or "").rstrip("/")
     try:
         # The GraphQL endpoint the webserver serves (Dagster's documented API), asked the
         # smallest question it answers.
         answer = requests.post(f"{url}/graphql", json={"query": "{ version }"}, timeout=10)
         reachable = answer.ok and "version" in (answer.json().get("data") or {})
-    except (requests.RequestException, ValueError):
+    except (requests.RequestException, ValueError):  # an unusable URL is refused alike
         reachable = False
     if not reachable:
         raise NotLaunched(
             f"a Dagster daemon serves {instance.root_directory} but no Dagster webserver answers "
-            f"at {url}: start it (`make dev` starts both) or name it with --dagster-url"
+            f"at {url or '(none named)'}: start it (`make dev` starts both) or name it with "
+            "--dagster-url"
         )
     parts = urlsplit(url)
     return DagsterGraphQLClient(
