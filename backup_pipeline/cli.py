@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from backup_pipeline.settings import Settings, SettingsError, dagster_home
 
 if TYPE_CHECKING:
-    from backup_pipeline.operations import ProcessOutcome
+    from backup_pipeline.operations import Launch, ProcessOutcome
 
 
 def _ensure_dagster_home() -> Path:
@@ -99,11 +99,22 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
+    from backup_pipeline.resources import platform_db as db
     from backup_pipeline.synthetic import file_backup_request
 
-    request_id = file_backup_request(
-        _engine(settings), subscription_id=args.subscription, user_id=args.user
-    )
+    engine = _engine(settings)
+    with engine.connect() as conn:
+        subscription = db.get_subscription(conn, args.subscription)
+        user = db.get_requester(conn, args.user)
+    # The platform's button files requests only for its own users; a typo here would otherwise be
+    # a database error. Whether the user may request is the request sensor's to decide.
+    if subscription is None:
+        print(f"error: subscription {args.subscription} does not exist", file=sys.stderr)
+        return 2
+    if user is None:
+        print(f"error: user {args.user} does not exist", file=sys.stderr)
+        return 2
+    request_id = file_backup_request(engine, subscription_id=args.subscription, user_id=args.user)
     print(f"Filed backup request {request_id} (pending).")
     return 0
 
@@ -114,14 +125,28 @@ def cmd_prepare_instance(args: argparse.Namespace, settings: Settings | None) ->
     return 0
 
 
+def _launch(args: argparse.Namespace) -> Launch:
+    from backup_pipeline.operations import Launch
+
+    def submitted(run_id: str) -> None:
+        # Printed at once: the CLI waits for the run, the operator can follow it in the UI.
+        page = f"{args.dagster_url.rstrip('/')}/runs/{run_id}"
+        print(f"Submitted run {run_id} to the deployment: {page}", flush=True)
+
+    return Launch(dagster_url=args.dagster_url, verbose=args.verbose, on_submitted=submitted)
+
+
 def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
-    """Runs on the embedded instance; exit 1 if one failed, 2 if our tables are behind."""
+    """Runs on $DAGSTER_HOME's instance; exit 1 if one failed, 2 when nothing could be launched
+    (our tables are behind, a request that is done with, a daemon without its webserver)."""
     from backup_pipeline.migrations import SchemaBehind
+    from backup_pipeline.operations import NotLaunched
+    from backup_pipeline.support_actions import SupportActionRefused
 
     _ensure_dagster_home()
     try:
         outcome = start_runs()
-    except SchemaBehind as exc:
+    except (SchemaBehind, NotLaunched, SupportActionRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(outcome.summary())
@@ -131,35 +156,37 @@ def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import process_pending
 
-    return _report_runs(lambda: process_pending(limit=args.limit))
+    return _report_runs(
+        lambda: process_pending(limit=args.limit, settings=settings, launch=_launch(args))
+    )
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import run_request
-    from backup_pipeline.support_actions import SupportActionRefused
 
-    try:
-        return _report_runs(
-            lambda: run_request(
-                args.request_id,
-                reason=args.reason,
-                override_quota=args.override_quota,
-                override_reason=args.override_reason,
-            )
+    return _report_runs(
+        lambda: run_request(
+            args.request_id,
+            settings,
+            reason=args.reason,
+            override_quota=args.override_quota,
+            override_reason=args.override_reason,
+            launch=_launch(args),
         )
-    except SupportActionRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    )
 
 
 def _support_action(act: Callable[[], str]) -> int:
-    """A support action (the same code as the support jobs in the UI); exit 2 when refused."""
+    """One of support's jobs, run on $DAGSTER_HOME's instance as `process` runs backups (the same
+    job support launches from the UI); exit 2 when it refuses, with its one line."""
     from backup_pipeline.delivery import DeliveryRefused
+    from backup_pipeline.operations import NotLaunched
     from backup_pipeline.support_actions import SupportActionRefused
 
+    _ensure_dagster_home()
     try:
         print(act())
-    except (DeliveryRefused, SupportActionRefused) as exc:
+    except (DeliveryRefused, SupportActionRefused, NotLaunched) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -169,7 +196,7 @@ def cmd_resend_link(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import resend_link
 
     def act() -> str:
-        resent = resend_link(args.request_id, args.reason)
+        resent = resend_link(args.request_id, args.reason, settings, _launch(args))
         return (
             f"New link sent for request {args.request_id}; "
             f"it expires at {resent:%Y-%m-%d %H:%M} UTC."
@@ -182,7 +209,9 @@ def cmd_refuse(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import refuse_request
 
     def act() -> str:
-        refuse_request(args.request_id, args.reason, args.message_to_clinic)
+        refuse_request(
+            args.request_id, args.reason, args.message_to_clinic, settings, _launch(args)
+        )
         return f"Request {args.request_id} refused."
 
     return _support_action(act)
@@ -192,7 +221,7 @@ def cmd_expire(args: argparse.Namespace, settings: Settings) -> int:
     from backup_pipeline.operations import expire_archive
 
     def act() -> str:
-        deleted = expire_archive(args.request_id, args.reason)
+        deleted = expire_archive(args.request_id, args.reason, settings, _launch(args))
         what = "archive deleted" if deleted else "no archive was left to delete"
         return f"Request {args.request_id} expired ({what})."
 
@@ -232,13 +261,35 @@ def cmd_verify(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.operations import demo
+    from backup_pipeline.operations import NotLaunched, demo
 
     _ensure_local_dirs(settings)
     _ensure_dagster_home()
-    result = demo(settings)
+    try:
+        result = demo(settings, launch=_launch(args))
+    except NotLaunched as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(result.summary())
     return 0 if result.ok else 1
+
+
+# `make dev`'s webserver: where a deployment is found when a daemon serves $DAGSTER_HOME.
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+
+
+def _add_launch_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--dagster-url",
+        default=DEFAULT_DAGSTER_URL,
+        help="the deployment's Dagster webserver, used when a daemon serves $DAGSTER_HOME: runs "
+        "are submitted there, into the run queue (default: %(default)s, `make dev`'s)",
+    )
+    command.add_argument(
+        "--verbose",
+        action="store_true",
+        help="every Dagster event (DEBUG) of a run executed here, not only its INFO lines",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process", help="one evaluation of the request sensor, then run what it asked for"
     )
     process.add_argument("--limit", type=int, default=None)
+    _add_launch_options(process)
 
     run = sub.add_parser(
         "run",
@@ -290,12 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--override-quota", action="store_true", help="re-run past the quota")
     run.add_argument("--override-reason", default="", help="why the quota is overridden")
+    _add_launch_options(run)
 
     resend = sub.add_parser(
         "resend-link", help="a fresh link and email while the archive exists (resend_link_job)"
     )
     resend.add_argument("request_id", type=int)
     resend.add_argument("--reason", required=True, help="why, for the audit trail")
+    _add_launch_options(resend)
 
     refuse = sub.add_parser("refuse", help="refuse a pending request (refuse_request_job)")
     refuse.add_argument("request_id", type=int)
@@ -303,12 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     refuse.add_argument(
         "--message-to-clinic", default="", help="what the clinic reads (Spanish, 'usted')"
     )
+    _add_launch_options(refuse)
 
     expire = sub.add_parser(
         "expire", help="delete a delivered request's archive now (expire_archive_job)"
     )
     expire.add_argument("request_id", type=int)
     expire.add_argument("--reason", required=True, help="why, for the audit trail")
+    _add_launch_options(expire)
 
     verify = sub.add_parser(
         "verify",
@@ -316,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("zip", nargs="+", help="a zip, or every part of one archive")
 
-    sub.add_parser("demo", help="seed a small clinic, request and deliver its backup locally")
+    demo = sub.add_parser(
+        "demo", help="seed a small clinic, request and deliver its backup locally"
+    )
+    _add_launch_options(demo)
     sub.add_parser(
         "prepare-instance",
         help="create, upgrade or repair the embedded Dagster instance on $DAGSTER_HOME",

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from backup_pipeline import mail
+from backup_pipeline import mail, migrations
 from backup_pipeline.checks import authorization_refusal, revoked_detail
 from backup_pipeline.housekeeping import remove_objects_of_ended_request
 from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource, MailError
 from backup_pipeline.storage import ObjectStore
+from backup_pipeline.target import REQUEST_TAG
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +304,68 @@ def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
                 request_id,
                 type(exc).__name__,
             )
+
+
+# --- A run that ended without delivering: the one decision, taken by the failure sensors for the
+# daemon's runs and by the CLI for the runs it executes in its own process (moved here from
+# sensors.py, which had it as _fail_request_of_run and _schema_behind).
+
+
+def handle_failed_run(
+    engine: Engine,
+    mailer: MailerResource,
+    archives: ObjectStore,
+    *,
+    run_id: str,
+    run_tags: Mapping[str, str],
+    step_failures: Sequence[Any] = (),
+    cancelled: bool = False,
+    failure_message: str | None = None,
+    cancel_cause: str = "RunCanceled",
+    log: logging.Logger = log,
+) -> None:
+    """A backup run failed (its step failure events, Dagster's, and the run failure's message)
+    or was cancelled (`cancel_cause`: support's RunCanceled, or run monitoring's RunTimedOut):
+    its request is failed and support and the requester told, once; unless our tables are
+    behind, in which case the request is left as it is and runs again once
+    `backup-pipeline migrate` has."""
+    # The partition names the request too, for a run launched from the UI without our tags.
+    request_id = run_tags.get(REQUEST_TAG) or run_tags.get("dagster/partition")
+    if request_id is None or not request_id.isdigit():
+        return
+    if _left_for_migration(engine, int(request_id), run_id, log):
+        return
+    if cancelled:
+        step, error_class = None, cancel_cause
+    else:
+        step, error_class = failed_step(step_failures)
+        if step is None and error_class is None:
+            # Ended from outside its steps: its process died, or it ran out of time.
+            error_class = run_failure_cause(failure_message)
+    fail_request(
+        engine,
+        mailer,
+        request_id=int(request_id),
+        run_id=run_id,
+        step=step,
+        error_class=error_class,
+        archives=archives,
+    )
+
+
+def _left_for_migration(engine: Engine, request_id: int, run_id: str, log: logging.Logger) -> bool:
+    """A run failed because our tables are behind: the request is left as it is (not failed,
+    nobody emailed) and runs again, under a new run key, once `backup-pipeline migrate` has."""
+    try:
+        migrations.require_current(engine)
+    except migrations.SchemaBehind as behind:
+        log.warning(f"run {run_id}: its request is left unchanged; {behind}")
+        run_key = f"backup-request-{request_id}-after-{run_id[:8]}"
+        try:
+            with engine.begin() as conn:
+                db.relaunch_after_migration(conn, request_id, run_key=run_key)
+        except SQLAlchemyError:
+            # Our reviews table itself is missing: the request was never reviewed, and will be.
+            log.info(f"request {request_id} will be reviewed once migrated")
+        return True
+    return False

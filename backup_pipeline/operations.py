@@ -1,24 +1,26 @@
-"""Runs started by hand (the CLI): process pending requests, re-run one, re-send a link, the demo."""
+"""Runs started by hand (the CLI): submitted to the deployment when a daemon serves the Dagster
+instance, else executed in this process; and support's actions on one request."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import logging
 import time
-import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import Any
+from urllib.parse import unquote, urlparse, urlsplit
 
 import dagster as dg
+import requests
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from backup_pipeline import migrations, support_actions
+from backup_pipeline import dagster_compat, migrations, support_actions
 from backup_pipeline.archive.names import download_name
 from backup_pipeline.definitions import build_definitions
 from backup_pipeline.delivery import LinkUnavailable
-from backup_pipeline.failures import fail_request, failed_step
+from backup_pipeline.failures import handle_failed_run
 from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.jobs import BACKUP_JOB_NAME, backup_partitions
 from backup_pipeline.request_state import RequestStatus
@@ -27,10 +29,16 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.settings import Settings
 from backup_pipeline.target import run_tags
 
+log = logging.getLogger(__name__)
+
 CODE_LOCATION = "backup_pipeline"  # as workspace.yaml and pyproject's [tool.dagster] name it
+# How often the CLI asks the webserver whether a submitted run has finished.
+POLL_SECONDS = 2.0
 
 __all__ = [
+    "Launch",
     "LinkUnavailable",
+    "NotLaunched",
     "demo",
     "execute_request",
     "expire_archive",
@@ -41,12 +49,30 @@ __all__ = [
 ]
 
 
+class NotLaunched(Exception):
+    """Nothing was launched and no request touched; the message (one line) says why and what to
+    do instead."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the CLI starts a backup run. `dagster_url`: the deployment's webserver, used when a
+    daemon serves the instance; `verbose`: Dagster's DEBUG lines too (every event of the run)
+    for a run executed here, instead of its INFO lines."""
+
+    dagster_url: str | None = None  # the CLI's --dagster-url
+    verbose: bool = False
+    # Told when a run was submitted to the deployment, before the wait for it (the CLI prints it).
+    on_submitted: Callable[[str], None] | None = None
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     request_id: int
     run_id: str
     success: bool
     request_status: str | None
+    run_status: str = "SUCCESS"  # Dagster's: SUCCESS, FAILURE, CANCELED
 
 
 @dataclass
@@ -60,11 +86,14 @@ class ProcessOutcome:
 
     def summary(self) -> str:
         lines = [f"{len(self.runs)} run(s); rejected: {self.rejected or 'none'}"]
-        lines += [
-            f"  request {r.request_id}: run {r.run_id} "
-            f"{'succeeded' if r.success else 'FAILED'} -> {r.request_status}"
-            for r in self.runs
-        ]
+        for r in self.runs:
+            result = "succeeded" if r.success else "FAILED"
+            if r.run_status == dg.DagsterRunStatus.CANCELED.value:
+                result = "CANCELLED"
+            line = f"  request {r.request_id}: run {r.run_id} {result} -> {r.request_status}"
+            if not r.success and r.request_status in (RequestStatus.PENDING, RequestStatus.RUNNING):
+                line += " (the deployment's failure sensor records it)"
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -73,15 +102,47 @@ def backup_job(settings: Settings) -> dg.JobDefinition:
     return build_definitions(settings).resolve_job_def(BACKUP_JOB_NAME)
 
 
-def origin_tags(job_name: str = BACKUP_JOB_NAME) -> dict[str, str]:
-    """The tags Dagster gives a run it launches from this code location. The UI's partition
-    status ('dagster/partition_set' with the hidden repository label) and its per-location run
-    filters look for them, so an in-process run of the CLI carries them too."""
-    return {
-        ".dagster/repository": f"__repository__@{CODE_LOCATION}",
-        "dagster/code_location": CODE_LOCATION,
-        "dagster/partition_set": f"{job_name}_partition_set",
-    }
+def console_log_level(verbose: bool, quiet: str = "INFO") -> dict[str, Any]:
+    """Run config for a run executed here: every Dagster event is logged at DEBUG (40 lines for
+    one backup), so the console shows `quiet` and above unless asked; the run's event log in the
+    instance keeps every event either way."""
+    level = "DEBUG" if verbose else quiet
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
+# --- Where a run goes: the deployment (a daemon serves the instance), or this process
+
+
+def deployment_client(instance: dg.DagsterInstance, launch: Launch) -> DagsterGraphQLClient | None:
+    """The deployment's GraphQL client when a daemon serves `instance`'s run queue (its limits,
+    launcher and failure sensors then apply, as to the sensor's runs); None: runs go here.
+
+    A daemon without a webserver answering at `launch.dagster_url` raises NotLaunched: running
+    here instead would bypass the queue's one-backup-per-clinic limit, and the daemon's sensors
+    would handle these runs' failures too."""
+    if not dagster_compat.daemon_serves_run_queue(instance):
+        return None
+    url = (launch.dagster_url or "").rstrip("/")
+    try:
+        # The GraphQL endpoint the webserver serves (Dagster's documented API), asked the
+        # smallest question it answers.
+        answer = requests.post(f"{url}/graphql", json={"query": "{ version }"}, timeout=10)
+        reachable = answer.ok and "version" in (answer.json().get("data") or {})
+    except (requests.RequestException, ValueError):  # an unusable URL is refused alike
+        reachable = False
+    if not reachable:
+        raise NotLaunched(
+            f"a Dagster daemon serves {instance.root_directory} but no Dagster webserver answers "
+            f"at {url or '(none named)'}: start it (`make dev` starts both) or name it with "
+            "--dagster-url"
+        )
+    parts = urlsplit(url)
+    return DagsterGraphQLClient(
+        parts.hostname or "127.0.0.1",
+        port_number=parts.port,
+        use_https=parts.scheme == "https",
+        path_prefix=parts.path.rstrip("/"),
+    )
 
 
 def execute_request(
@@ -90,122 +151,196 @@ def execute_request(
     request_id: int,
     subscription_id: int,
     job: dg.JobDefinition | None = None,
+    *,
+    launch: Launch | None = None,
+    client: DagsterGraphQLClient | None = None,
 ) -> RunOutcome:
-    """Run the backup job for one request: through the instance's run queue when a daemon
-    serves it (the queue's limits and the configured launcher apply, as to the sensor's runs),
-    else in this process, recorded on `instance` with the code location's origin tags."""
-    key = str(request_id)
-    if not instance.has_dynamic_partition(backup_partitions.name, key):
-        instance.add_dynamic_partitions(backup_partitions.name, [key])
-    if queue_is_served(instance):
-        return _through_the_queue(instance, resources, request_id, subscription_id)
+    """Run the backup job for one request and wait for it: submitted through the deployment's
+    webserver when a daemon serves `instance` (`client`, from deployment_client), else executed
+    in this process, recorded on `instance` with the code location's origin."""
+    launch = launch or Launch()
+    if client is None:
+        client = deployment_client(instance, launch)
+    if client is not None:
+        run_id = _submit(instance, client, launch, request_id, subscription_id)
+        return _outcome_of_submitted(client, resources, request_id, run_id)
+    _add_partition(instance, request_id)
+    return _in_this_process(instance, resources, request_id, subscription_id, job, launch)
+
+
+def _add_partition(instance: dg.DagsterInstance, request_id: int) -> None:
+    """The request's partition, as the request sensor adds it for the runs it asks for."""
+    if not instance.has_dynamic_partition(backup_partitions.name, str(request_id)):
+        instance.add_dynamic_partitions(backup_partitions.name, [str(request_id)])
+
+
+def _in_this_process(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    request_id: int,
+    subscription_id: int,
+    job: dg.JobDefinition | None,
+    launch: Launch,
+) -> RunOutcome:
     job = job or backup_job(Settings.from_env())
     result = job.execute_in_process(
         instance=instance,
-        partition_key=key,
-        tags={**origin_tags(job.name), **run_tags(request_id, subscription_id)},
+        partition_key=str(request_id),
+        run_config=console_log_level(launch.verbose),
+        tags={
+            **dagster_compat.code_location_tags(CODE_LOCATION),
+            **run_tags(request_id, subscription_id),
+        },
         resources=resources,
         raise_on_error=False,
     )
     engine = resources["platform_db"].get_engine()
     if not result.success:
-        # No daemon watches an in-process run: do what the run-failure sensor would.
-        step, error_class = failed_step(result.get_step_failure_events())
-        fail_request(
+        # No daemon runs the failure sensor for this instance: its decision is taken here.
+        handle_failed_run(
             engine,
             resources["mailer"],
-            request_id=request_id,
+            resources["archives"].get_store(),
             run_id=result.run_id,
-            step=step,
-            error_class=error_class,
-            archives=resources["archives"].get_store(),
+            run_tags=result.dagster_run.tags,
+            step_failures=result.get_step_failure_events(),
+            log=log,
         )
-    with engine.connect() as conn:
-        request = db.get_request(conn, request_id)
+    status = dg.DagsterRunStatus.SUCCESS if result.success else dg.DagsterRunStatus.FAILURE
     return RunOutcome(
-        request_id, result.run_id, result.success, request.status if request else None
+        request_id, result.run_id, result.success, _request_status(engine, request_id), status.value
     )
 
 
-def queue_is_served(instance: dg.DagsterInstance) -> bool:
-    """A daemon dequeues this instance's runs (`dagster dev`, a deployment): the CLI submits."""
-    statuses = instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])
-    return any(status.healthy for status in statuses.values())
-
-
-def _through_the_queue(
-    instance: dg.DagsterInstance, resources: dict, request_id: int, subscription_id: int
-) -> RunOutcome:
-    """Submit the run to the queue, then wait for it to finish. A failure is handled by the
-    run-failure sensor, as for the sensor's runs."""
-    run_id = submit_to_queue(request_id, subscription_id)
-    while True:
-        run = instance.get_run_by_id(run_id)
-        if run is not None and run.is_finished:
-            break
-        time.sleep(2)
-    with resources["platform_db"].get_engine().connect() as conn:
-        request = db.get_request(conn, request_id)
-    success = run.status == dg.DagsterRunStatus.SUCCESS
-    return RunOutcome(request_id, run_id, success, request.status if request else None)
-
-
-def submit_to_queue(request_id: int, subscription_id: int) -> str:
-    """Submit a backup run as Dagster's own `dagster job launch` does: from the code location
-    (its origin), into the instance's run queue with its tag limits (one backup per clinic) and
-    launcher. Returns the run id."""
-    run_id = str(uuid.uuid4())
-    workspace = Path("workspace.yaml")
-    target = (
-        ["-w", str(workspace)]
-        if workspace.exists()
-        else ["-m", "backup_pipeline.definitions", "-l", CODE_LOCATION]
+def submit_to_deployment(
+    client: DagsterGraphQLClient, request_id: int, subscription_id: int
+) -> str:
+    """Submit a backup run of the request's partition as the UI's Launchpad does: into the
+    instance's run queue (one backup per clinic at a time) and its launcher. Returns the run id."""
+    return client.submit_job_execution(
+        BACKUP_JOB_NAME,
+        repository_location_name=CODE_LOCATION,
+        tags={
+            **dagster_compat.partition_tags(BACKUP_JOB_NAME, str(request_id)),
+            **run_tags(request_id, subscription_id),
+        },
     )
-    tags = {"dagster/partition": str(request_id), **run_tags(request_id, subscription_id)}
-    subprocess.run(  # noqa: S603 (our own arguments, no shell)
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "job",
-            "launch",
-            *target,
-            "-j",
-            BACKUP_JOB_NAME,
-            "--run-id",
-            run_id,
-            "--tags",
-            json.dumps(tags),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+
+
+def wait_for_run(
+    client: DagsterGraphQLClient, run_id: str, poll_seconds: float = POLL_SECONDS
+) -> dg.DagsterRunStatus:
+    """The run's final status, asked of the webserver until it has one (queued and running runs
+    have none yet; the client has no call that waits)."""
+    finished = {
+        dg.DagsterRunStatus.SUCCESS,
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    }
+    while (status := client.get_run_status(run_id)) not in finished:
+        time.sleep(poll_seconds)
+    return status
+
+
+def _submit(
+    instance: dg.DagsterInstance,
+    client: DagsterGraphQLClient,
+    launch: Launch,
+    request_id: int,
+    subscription_id: int,
+) -> str:
+    _add_partition(instance, request_id)
+    try:
+        run_id = submit_to_deployment(client, request_id, subscription_id)
+    except DagsterGraphQLClientError as exc:
+        raise NotLaunched(
+            f"the Dagster webserver did not launch request {request_id}'s run: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from exc
+    if launch.on_submitted is not None:
+        launch.on_submitted(run_id)
     return run_id
 
 
-def process_pending(limit: int | None = None, settings: Settings | None = None) -> ProcessOutcome:
-    """One evaluation of the request sensor's logic, then each run it asked for, in this process."""
-    settings = settings or Settings.from_env()
-    resources = build_resources(settings)
-    job = backup_job(settings)
-    migrations.require_current(resources["platform_db"].get_engine())
-    instance = dg.DagsterInstance.get()
-    intake = review_pending(
-        resources["platform_db"].get_engine(), limit=limit or settings.sensor_batch
+def _outcome_of_submitted(
+    client: DagsterGraphQLClient, resources: dict, request_id: int, run_id: str
+) -> RunOutcome:
+    """Wait for a submitted run. A failure is the deployment's failure sensor's to handle, as
+    for the sensor's own runs."""
+    status = _wait_or_explain(client, run_id)
+    return RunOutcome(
+        request_id,
+        run_id,
+        status == dg.DagsterRunStatus.SUCCESS,
+        _request_status(resources["platform_db"].get_engine(), request_id),
+        status.value,
     )
+
+
+def _wait_or_explain(client: DagsterGraphQLClient, run_id: str) -> dg.DagsterRunStatus:
+    try:
+        return wait_for_run(client, run_id)
+    except DagsterGraphQLClientError as exc:
+        raise NotLaunched(
+            f"run {run_id} was submitted, but the Dagster webserver stopped answering while the "
+            f"CLI waited for it ({type(exc).__name__}); the deployment runs it: see its page"
+        ) from exc
+
+
+def _request_status(engine: Any, request_id: int) -> str | None:
+    with engine.connect() as conn:
+        request = db.get_request(conn, request_id)
+    return request.status if request else None
+
+
+# --- What the CLI runs
+
+
+def process_pending(
+    limit: int | None = None, settings: Settings | None = None, launch: Launch | None = None
+) -> ProcessOutcome:
+    """One evaluation of the request sensor's logic, then each run it asked for."""
+    settings = settings or Settings.from_env()
+    launch = launch or Launch()
+    resources = build_resources(settings)
+    engine = resources["platform_db"].get_engine()
+    migrations.require_current(engine)
+    instance = dg.DagsterInstance.get()
+    # Before any request is reviewed: a deployment that cannot take the runs leaves them alone.
+    client = deployment_client(instance, launch)
+    job = backup_job(settings)
+    intake = review_pending(engine, limit=limit or settings.sensor_batch)
     # As the sensor does: accepted earlier but never started, and re-runs support asked for;
     # but where a daemon serves the queue, its sensor launches those (under their run keys).
-    reissued = (
-        []
-        if queue_is_served(instance)
-        else accepted_but_not_started(resources["platform_db"].get_engine())
-    )
+    reissued = [] if client is not None else accepted_but_not_started(engine)
+    to_run = intake.accepted + [a for a in reissued if a not in intake.accepted]
     outcome = ProcessOutcome(rejected=dict(intake.rejected))
-    for accepted in intake.accepted + [a for a in reissued if a not in intake.accepted]:
+    if client is not None:
+        # Every run into the queue first, so that the deployment runs them side by side as its
+        # limits allow; then wait for each.
+        submitted = [
+            (a.id, _submit(instance, client, launch, a.id, a.subscription_id)) for a in to_run
+        ]
+        outcome.runs = [
+            _outcome_of_submitted(client, resources, request_id, run_id)
+            for request_id, run_id in submitted
+        ]
+        return outcome
+    for accepted in to_run:
         outcome.runs.append(
-            execute_request(instance, resources, accepted.id, accepted.subscription_id, job)
+            execute_request(
+                instance, resources, accepted.id, accepted.subscription_id, job, launch=launch
+            )
         )
     return outcome
+
+
+# What support does instead of re-running a request that is done with.
+_INSTEAD = {
+    RequestStatus.DELIVERED: "to send its link again use `backup-pipeline resend-link`",
+    RequestStatus.EXPIRED: "its archive is deleted; the clinic files a new backup request",
+    RequestStatus.REJECTED: "it never counted; the clinic files a new backup request",
+}
 
 
 def run_request(
@@ -215,18 +350,28 @@ def run_request(
     reason: str = "re-run with `backup-pipeline run`",
     override_quota: bool = False,
     override_reason: str = "",
+    launch: Launch | None = None,
 ) -> ProcessOutcome:
-    """Run the backup of one request in this process: a pending or running one (a run that was
-    killed) as it is; a failed one first goes back to the queue as support's re-run job sends it
-    (quota re-checked, the reason in the audit trail)."""
+    """Run the backup of one request: a pending or running one (a run that was killed) as it
+    is; a failed one first goes back to the queue as support's re-run job sends it (quota
+    re-checked, the reason in the audit trail). A delivered, expired or rejected request is
+    refused (NotLaunched) before anything is launched."""
     settings = settings or Settings.from_env()
+    launch = launch or Launch()
     resources = build_resources(settings)
     engine = resources["platform_db"].get_engine()
     migrations.require_current(engine)
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)
     if request is None:
-        raise SystemExit(f"error: backup request {request_id} does not exist")
+        raise NotLaunched(f"backup request {request_id} does not exist")
+    if request.status in _INSTEAD:
+        raise NotLaunched(
+            f"request {request_id} is {request.status}; a new run would not change it "
+            f"({_INSTEAD[RequestStatus(request.status)]})"
+        )
+    instance = dg.DagsterInstance.get()
+    client = deployment_client(instance, launch)
     if request.status == RequestStatus.FAILED:
         support_actions.rerun_failed(
             engine,
@@ -236,52 +381,141 @@ def run_request(
             override_reason=override_reason,
             launched_by_sensor=False,
         )
-    instance = dg.DagsterInstance.get()
     return ProcessOutcome(
         runs=[
             execute_request(
-                instance, resources, request_id, request.subscription_id, backup_job(settings)
+                instance,
+                resources,
+                request_id,
+                request.subscription_id,
+                backup_job(settings),
+                launch=launch,
+                client=client,
             )
         ]
     )
 
 
-def resend_link(request_id: int, reason: str, settings: Settings | None = None) -> datetime:
-    """A fresh signed link and email for a delivered request whose archive still exists, as
-    support's resend_link_job does. Returns the new expiry (UTC)."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.resend_link(
-        resources["platform_db"].get_engine(),
-        resources["archives"].get_store(),
-        resources["mailer"],
-        request_id=request_id,
-        reason=reason,
-        link_ttl=resources["policy"].link_ttl,
+# --- Support's actions: runs of support's jobs, launched as support launches them in the UI
+
+
+@dataclass(frozen=True)
+class SupportRun:
+    run_id: str
+    metadata: dict[str, Any]  # what the job's op reported (its output metadata)
+
+
+def run_support_job(
+    job_name: str,
+    config: Mapping[str, Any],
+    settings: Settings | None = None,
+    launch: Launch | None = None,
+) -> SupportRun:
+    """Run support's job `job_name` with its op's `config` and wait for it: submitted to the
+    deployment when a daemon serves $DAGSTER_HOME (its storage, mail and credentials act), else
+    executed in this process. Either way it is a run of the code location whose id the request's
+    audit trail keeps. A refusal (the job fails) raises SupportActionRefused with its one line."""
+    settings = settings or Settings.from_env()
+    launch = launch or Launch()
+    job = build_definitions(settings).resolve_job_def(job_name)
+    (op_name,) = job.graph.node_dict  # one op per support job, configured from the Launchpad
+    run_config = {"ops": {op_name: {"config": dict(config)}}}
+    instance = dg.DagsterInstance.get()
+    client = deployment_client(instance, launch)
+    if client is None:
+        result = job.execute_in_process(
+            # The outcome is one line: Dagster's console stays quiet, even about the failure
+            # (whose stack is in the run, in the UI), unless asked.
+            run_config={**run_config, **console_log_level(launch.verbose, quiet="CRITICAL")},
+            instance=instance,
+            tags=dagster_compat.code_location_tags(CODE_LOCATION),
+            raise_on_error=False,
+        )
+        run_id, success, events = result.run_id, result.success, list(result.all_events)
+    else:
+        try:
+            run_id = client.submit_job_execution(
+                job_name, repository_location_name=CODE_LOCATION, run_config=run_config
+            )
+        except DagsterGraphQLClientError as exc:
+            raise NotLaunched(
+                f"the Dagster webserver did not launch {job_name}: "
+                f"{' '.join(str(exc).split())[:300]}"
+            ) from exc
+        if launch.on_submitted is not None:
+            launch.on_submitted(run_id)
+        status = _wait_or_explain(client, run_id)
+        if status == dg.DagsterRunStatus.CANCELED:
+            raise NotLaunched(f"{job_name} run {run_id} was cancelled before it acted")
+        success = status == dg.DagsterRunStatus.SUCCESS
+        records = instance.get_records_for_run(run_id).records
+        events = [
+            r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event
+        ]
+    if not success:
+        raise support_actions.SupportActionRefused(
+            _failure_line(events) or f"{job_name} run {run_id} failed; its page in the UI says why"
+        )
+    return SupportRun(run_id, _output_metadata(events))
+
+
+def _failure_line(events: Sequence[dg.DagsterEvent]) -> str | None:
+    """What a failed step said: a refusal's own message (dg.Failure's description), else the
+    error's first line."""
+    for event in events:
+        if event.event_type != dg.DagsterEventType.STEP_FAILURE:
+            continue
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        if user is not None and user.description:
+            return " ".join(user.description.split())
+        error = getattr(data, "error", None)
+        if error is not None:
+            return f"{error.cls_name}: {' '.join(error.message.split())}"
+    return None
+
+
+def _output_metadata(events: Sequence[dg.DagsterEvent]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for event in events:
+        if event.event_type == dg.DagsterEventType.STEP_OUTPUT:
+            output = event.step_output_data
+            metadata.update({name: value.value for name, value in output.metadata.items()})
+    return metadata
+
+
+def resend_link(
+    request_id: int, reason: str, settings: Settings | None = None, launch: Launch | None = None
+) -> datetime:
+    """resend_link_job: a fresh signed link and email for a delivered request whose archive
+    still exists. Returns the new expiry (UTC)."""
+    run = run_support_job(
+        "resend_link_job", {"request_id": request_id, "reason": reason}, settings, launch
     )
+    return datetime.fromisoformat(str(run.metadata["link_expires_at"]).removesuffix("Z"))
 
 
 def refuse_request(
-    request_id: int, reason: str, message_to_clinic: str = "", settings: Settings | None = None
-) -> str:
-    """Refuse a pending request, as support's refuse_request_job does."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.refuse_pending(
-        resources["platform_db"].get_engine(),
-        request_id=request_id,
-        reason=reason,
-        message_to_clinic=message_to_clinic,
-    )
+    request_id: int,
+    reason: str,
+    message_to_clinic: str = "",
+    settings: Settings | None = None,
+    launch: Launch | None = None,
+) -> SupportRun:
+    """refuse_request_job: a pending request is rejected."""
+    config = {"request_id": request_id, "reason": reason, "message_to_clinic": message_to_clinic}
+    return run_support_job("refuse_request_job", config, settings, launch)
 
 
-def expire_archive(request_id: int, reason: str, settings: Settings | None = None) -> bool:
-    """Delete a delivered request's archive now, as support's expire_archive_job does."""
-    resources = build_resources(settings or Settings.from_env())
-    return support_actions.expire_now(
-        resources["platform_db"].get_engine(),
-        resources["archives"].get_store(),
-        request_id=request_id,
-        reason=reason,
+def expire_archive(
+    request_id: int, reason: str, settings: Settings | None = None, launch: Launch | None = None
+) -> bool:
+    """expire_archive_job: a delivered request's archive is deleted now. Returns whether an
+    archive was there to delete."""
+    run = run_support_job(
+        "expire_archive_job", {"request_id": request_id, "reason": reason}, settings, launch
     )
+    return bool(run.metadata.get("archive_deleted"))
 
 
 @dataclass
@@ -314,7 +548,7 @@ def _local_path(url: str, key: str | None = None) -> Path | None:
     return root / key if key else root
 
 
-def demo(settings: Settings | None = None) -> DemoResult:
+def demo(settings: Settings | None = None, launch: Launch | None = None) -> DemoResult:
     """Seed a small clinic, file a request as its owner, process it; everything under ./var."""
     from backup_pipeline.resources.platform_db import create_schema
     from backup_pipeline.synthetic import file_backup_request, seed_platform
@@ -333,7 +567,7 @@ def demo(settings: Settings | None = None) -> DemoResult:
     request_id = file_backup_request(
         engine, subscription_id=subscription_id, user_id=summary.user_ids[subscription_id][0]
     )
-    outcome = process_pending(settings=settings)
+    outcome = process_pending(settings=settings, launch=launch)
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)
     archive_path = link = eml_path = None

@@ -3,19 +3,20 @@
 # No `from __future__ import annotations`: Dagster reads the sensors' context and resource
 # annotations as real classes.
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
-from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import migrations, run_liveness
-from backup_pipeline.failures import fail_request, failed_step, run_failure_cause
+from backup_pipeline.failures import handle_failed_run, run_failure_cause
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.target import REQUEST_TAG, run_tags
+from backup_pipeline.target import run_tags
 
 # How often the run_worker_watch sensor looks: a dead run is failed within about a minute.
 RUN_WORKER_WATCH_SECONDS = 60
@@ -48,52 +49,27 @@ def evaluate_pending_requests(platform_db: PlatformDatabaseResource, limit: int)
     )
 
 
-def _schema_behind(
-    context: dg.RunStatusSensorContext, platform_db: PlatformDatabaseResource, request_id: int
-) -> bool:
-    """A run failed because our tables are behind: the request is left as it is (not failed,
-    nobody emailed) and runs again, under a new run key, once `backup-pipeline migrate` has."""
-    engine = platform_db.get_engine()
-    try:
-        migrations.require_current(engine)
-    except migrations.SchemaBehind as behind:
-        context.log.warning(
-            f"run {context.dagster_run.run_id}: its request is left unchanged; {behind}"
-        )
-        run_key = f"backup-request-{request_id}-after-{context.dagster_run.run_id[:8]}"
-        try:
-            with engine.begin() as conn:
-                db.relaunch_after_migration(conn, request_id, run_key=run_key)
-        except SQLAlchemyError:
-            # Our reviews table itself is missing: the request was never reviewed, and will be.
-            context.log.info(f"request {request_id} will be reviewed once migrated")
-        return True
-    return False
-
-
 def _fail_request_of_run(
     context: dg.RunStatusSensorContext,
     platform_db: PlatformDatabaseResource,
     mailer: MailerResource,
     archives: ObjectStoreResource,
-    step: str | None,
-    error_class: str | None,
+    step_failures: Sequence[Any] = (),
+    cancelled: bool = False,
+    failure_message: str | None = None,
+    cancel_cause: str = "RunCanceled",
 ) -> None:
-    tags = context.dagster_run.tags
-    # The partition names the request too, for a run launched from the UI without our tags.
-    request_id = tags.get(REQUEST_TAG) or tags.get("dagster/partition")
-    if request_id is None or not request_id.isdigit():
-        return
-    if _schema_behind(context, platform_db, int(request_id)):
-        return
-    fail_request(
+    handle_failed_run(
         platform_db.get_engine(),
         mailer,
-        request_id=int(request_id),
+        archives.get_store(),
         run_id=context.dagster_run.run_id,
-        step=step,
-        error_class=error_class,
-        archives=archives.get_store(),
+        run_tags=context.dagster_run.tags,
+        step_failures=step_failures,
+        cancelled=cancelled,
+        failure_message=failure_message,
+        cancel_cause=cancel_cause,
+        log=context.log,
     )
 
 
@@ -137,11 +113,14 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        step, error_class = failed_step(context.get_step_failure_events())
-        if step is None and error_class is None:
-            # Ended from outside its steps: its process died, or it ran out of time.
-            error_class = run_failure_cause(context.failure_event.message)
-        _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
+        _fail_request_of_run(
+            context,
+            platform_db,
+            mailer,
+            archives,
+            context.get_step_failure_events(),
+            failure_message=context.failure_event.message,
+        )
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.CANCELED,
@@ -164,8 +143,14 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
             context.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING
         )
         timed_out = any(run_failure_cause(entry.message) == "RunTimedOut" for entry in canceling)
-        error_class = "RunTimedOut" if timed_out else "RunCanceled"
-        _fail_request_of_run(context, platform_db, mailer, archives, None, error_class)
+        _fail_request_of_run(
+            context,
+            platform_db,
+            mailer,
+            archives,
+            cancelled=True,
+            cancel_cause="RunTimedOut" if timed_out else "RunCanceled",
+        )
 
     @dg.sensor(
         name="run_worker_watch",

@@ -1,4 +1,5 @@
-"""What support runs by hand, through `backup-pipeline` itself: process, run and resend-link."""
+"""What support runs by hand, through `backup-pipeline` itself: request, process, run, and the
+support commands (resend-link, refuse) as runs of support's jobs."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import dagster as dg
 import pytest
 from sqlalchemy import insert, update
 
-from backup_pipeline import cli
+from backup_pipeline import cli, dagster_compat
 from backup_pipeline import tables as t
 from backup_pipeline.housekeeping import expire_archives
+from backup_pipeline.operations import CODE_LOCATION
 from backup_pipeline.resources import platform_db as db
 from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.platform import Clinic, Platform, open_platform
@@ -109,8 +111,8 @@ def test_process_exits_non_zero_when_a_run_failed_and_run_delivers_it_afterwards
         m for m in read_sendgrid(sendgrid_endpoint) if m.key == f"backup-{request_id}-delivered"
     ]
     assert len(delivered) == 1
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli.main(["run", "999999"])
+    assert cli.main(["run", "999999"]) == 2
+    assert capsys.readouterr().err == "error: backup request 999999 does not exist\n"
 
 
 def test_resend_link_gives_a_fresh_expiry_without_touching_the_quota_until_the_archive_expires(
@@ -192,3 +194,102 @@ def test_resend_link_refuses_when_the_archive_is_gone_or_the_request_unknown(
     assert cli.main(["resend-link", "78", "--reason", "lost the email"]) != 0
     assert "does not exist" in capsys.readouterr().err
     assert not platform.outbox.exists() or not list(platform.outbox.glob("*.eml"))
+
+
+def test_request_refuses_a_subscription_or_user_that_does_not_exist(
+    platform: Platform, clinic: Clinic, capsys: pytest.CaptureFixture[str]
+):
+    count_before = platform.requests_count()
+
+    assert cli.main(["request", "--subscription", "999", "--user", str(clinic.owner_id)]) == 2
+    assert capsys.readouterr().err == "error: subscription 999 does not exist\n"
+    assert cli.main(["request", "--subscription", str(clinic.subscription_id), "--user", "7"]) == 2
+    assert capsys.readouterr().err == "error: user 7 does not exist\n"
+
+    assert platform.requests_count() == count_before
+
+
+@pytest.mark.parametrize(
+    ("status", "instead"),
+    [
+        ("delivered", "backup-pipeline resend-link"),
+        ("expired", "the clinic files a new backup request"),
+        ("rejected", "the clinic files a new backup request"),
+    ],
+)
+def test_run_refuses_a_finished_request_before_any_run_is_launched(
+    platform: Platform,
+    clinic: Clinic,
+    capsys: pytest.CaptureFixture[str],
+    status: str,
+    instead: str,
+):
+    request_id = file_request(clinic, capsys)
+    with platform.engine.begin() as conn:
+        conn.execute(
+            update(t.backup_requests)
+            .where(t.backup_requests.c.id == request_id)
+            .values(status=status)
+        )
+
+    assert cli.main(["run", str(request_id)]) == 2
+
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: request {request_id} is {status};")
+    assert instead in error
+    assert runs_of(request_id) == []
+    assert platform.request(request_id).status == status
+
+
+def test_process_shows_dagsters_info_lines_and_the_result_and_debug_only_when_verbose(
+    platform: Platform, capfd: pytest.CaptureFixture[str]
+):
+    first, second = platform.seed(patients=2, subscriptions=2, seed=9)
+    file_request(first, capfd)
+
+    assert cli.main(["process"]) == 0
+
+    out, err = capfd.readouterr()
+    assert "succeeded -> delivered" in out
+    dagster_lines = [line for line in err.splitlines() if " - dagster - " in line]
+    assert dagster_lines and all(" - dagster - INFO - " in line for line in dagster_lines)
+    assert "rendering 8 workbooks" in err  # the backup's own progress, at INFO
+
+    # Support wants every event of the next one.
+    file_request(second, capfd)
+
+    assert cli.main(["process", "--verbose"]) == 0
+
+    out, err = capfd.readouterr()
+    assert "succeeded -> delivered" in out
+    assert " - dagster - DEBUG - " in err and "RUN_SUCCESS" in err
+
+
+def test_support_commands_are_runs_of_support_jobs_kept_in_the_audit_trail_refusals_one_line(
+    platform: Platform, clinic: Clinic, capfd: pytest.CaptureFixture[str]
+):
+    request_id = file_request(clinic, capfd)
+
+    assert cli.main(["refuse", str(request_id), "--reason", "duplicate via phone"]) == 0
+
+    assert capfd.readouterr().out == f"Request {request_id} refused.\n"
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="refuse_request_job"))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        # A run of the code location, as if launched from its Launchpad.
+        assert instance.get_runs(
+            dg.RunsFilter(tags=dagster_compat.code_location_tags(CODE_LOCATION))
+        ) == [run]
+    with platform.engine.connect() as conn:
+        *_, refused = db.events_of(conn, request_id)
+    assert (refused.event, refused.actor, refused.run_id) == ("rejected", "support", run.run_id)
+
+    # Refused again: the job's own words, one line, no stack, nothing else printed.
+    assert cli.main(["refuse", str(request_id), "--reason", "duplicate via phone"]) == 2
+
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == (
+        f"error: request {request_id} is rejected: only a pending request can be refused "
+        "(a running one is stopped by cancelling its run)\n"
+    )
