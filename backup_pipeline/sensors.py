@@ -7,7 +7,7 @@ import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import migrations
-from backup_pipeline.failures import fail_request, failed_step
+from backup_pipeline.failures import fail_request, failure_cause
 from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.resources import BackupPolicyResource
@@ -75,6 +75,7 @@ def _fail_request_of_run(
     archives: ObjectStoreResource,
     step: str | None,
     error_class: str | None,
+    error_message: str | None = None,
 ) -> None:
     tags = context.dagster_run.tags
     # The partition names the request too, for a run launched from the UI without our tags.
@@ -91,6 +92,7 @@ def _fail_request_of_run(
         step=step,
         error_class=error_class,
         archives=archives.get_store(),
+        error_message=error_message,
     )
 
 
@@ -134,8 +136,9 @@ def build_sensors(backup_job: dg.JobDefinition, interval_seconds: int) -> list[d
         mailer: MailerResource,
         archives: ObjectStoreResource,
     ) -> None:
-        step, error_class = failed_step(context.get_step_failure_events())
-        _fail_request_of_run(context, platform_db, mailer, archives, step, error_class)
+        # The cause's own class and message, for support's alert and the audit trail.
+        cause = failure_cause(context.get_step_failure_events())
+        _fail_request_of_run(context, platform_db, mailer, archives, *cause)
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.CANCELED,
