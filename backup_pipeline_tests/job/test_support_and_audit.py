@@ -70,10 +70,10 @@ def window_is_current(platform: Platform, subscription_id: int) -> None:
 
 
 def support_run(platform: Platform, job_name: str, **config: Any) -> dg.ExecuteInProcessResult:
+    """A support job's run, with the config support fills in on its Launchpad (the whole of it)."""
     job = code_location(platform.settings).resolve_job_def(job_name)
-    op_name = next(iter(job.graph.node_dict))
     return job.execute_in_process(
-        run_config={"ops": {op_name: {"config": config}}},
+        run_config=config,
         resources=platform.resources(),
         instance=platform.instance,
         raise_on_error=False,
