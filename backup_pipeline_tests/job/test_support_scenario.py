@@ -28,6 +28,7 @@ from backup_pipeline_tests.support.platform import Clinic, Platform
 
 REPO = Path(__file__).resolve().parents[2]
 # What support fills in on a support job's Launchpad, and nothing else.
+OURS = {"platform_db", "files", "archives", "mailer", "policy"}  # resources.build_resources
 SUPPORT_FIELDS = {"request_id", "reason", "override_quota", "override_reason", "message_to_clinic"}
 
 
@@ -44,6 +45,19 @@ def test_no_support_job_run_config_exposes_a_resource():
         extra = {"request_id": 1, "reason": "lost email", "resources": {"archives": {}}}
         with pytest.raises(dg.DagsterInvalidConfigError, match="resources"):
             dg.validate_run_config(job, extra)
+
+
+def test_no_run_launched_from_the_ui_can_redirect_storage_mail_or_the_database():
+    # The backup job's Launchpad too (a re-execution, a partition launched by hand): the
+    # settings choose the archives, the mail and the database, never a run's config.
+    support_jobs = {job.name for job in SUPPORT_JOBS}
+    for job in code_location().resolve_all_job_defs():
+        launched = {"request_id": 1, "reason": "lost email"} if job.name in support_jobs else {}
+        dg.validate_run_config(job, launched)  # what the Launchpad launches as it opens
+        for key in OURS:
+            redirected = {**launched, "resources": {key: {"config": {"url": "file:///elsewhere"}}}}
+            with pytest.raises(dg.DagsterInvalidConfigError):
+                dg.validate_run_config(job, redirected)
 
 
 @pytest.mark.parametrize(
