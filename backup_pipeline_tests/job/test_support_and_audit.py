@@ -374,3 +374,23 @@ def test_a_link_re_sent_while_expiry_runs_keeps_its_archive(platform, clinic, mo
     monkeypatch.setattr(db, "archives_to_expire", select_then_resend)
     assert expire_archives(platform.engine, platform.archives, db.utcnow()) == 0
     assert platform.archives.exists(key) and platform.status(77) == "delivered"
+
+
+def test_refusing_a_request_cancels_its_backup_run_that_is_starting(platform, clinic):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    backup_job = code_location(platform.settings).resolve_job_def("backup_job")
+    # Launched by the queue, its process not yet running our code (the daemon's STARTING).
+    starting = platform.instance.create_run_for_job(
+        backup_job,
+        status=dg.DagsterRunStatus.STARTING,
+        tags={"backup/request_id": str(request_id), "dagster/partition": str(request_id)},
+    )
+    refused = support_run(
+        platform, "refuse_request_job", request_id=request_id, reason="clinic closed"
+    )
+    assert refused.success
+    assert platform.instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.CANCELED
+    metadata = platform.step_output_metadata(refused.run_id, "refuse_request_op")
+    assert metadata["cancelled_runs"] == [starting.run_id]
+    assert platform.status(request_id) == "rejected"
