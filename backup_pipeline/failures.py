@@ -266,10 +266,11 @@ def fail_request(
 ) -> bool:
     """Mark an open request failed and tell support and the requester, once.
 
-    Support's alert and the audit trail name the cause (its class and message) and the next
-    step (failure_cause gives them from the run's failure). Returns False (and tells the requester nothing) when the request was not open (already
-    failed and told, or delivered by another run) or when its link had already been emailed,
-    in which case it is marked delivered and only support hears of the failed run.
+    Support's alert and the audit trail name the cause (its class and message, which
+    failure_cause reads from the run's failure) and the next step. Returns False (and tells the
+    requester nothing) when the request was not open (already failed and told, or delivered by
+    another run) or when its link had already been emailed, in which case it is marked
+    delivered and only support hears of the failed run.
     """
     reason = failure_reason(step, error_class)
     cause = cause_text(step, error_class, error_message)
