@@ -47,8 +47,3 @@ def permanent(
         },
     )
 
-
-def refused(exc: BaseException) -> dg.Failure:
-    """The Failure to raise (`raise refused(exc) from None`) when an action does not apply: its
-    message, naming the field or the state, is what to do next."""
-    return _failure_named_for(type(exc))(description=str(exc), allow_retries=False)

@@ -25,10 +25,11 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.step_failure import refused
 from backup_pipeline.target import REQUEST_TAG
 
 SUPPORT_TAG = "backup/support_action"
+# "refused" on a support run whose action did not apply (see _unless_refused).
+OUTCOME_TAG = "backup/support_outcome"
 T = TypeVar("T")
 
 
@@ -58,12 +59,22 @@ class RefuseConfig(SupportActionConfig):
     )
 
 
-def _refusal_is_final(call: Callable[[], T]) -> T:
+def _unless_refused(
+    context: dg.OpExecutionContext, request_id: int, call: Callable[[], T]
+) -> T | None:
+    """The action's result, or None when it does not apply to the request as it is (a bad id, a
+    wrong state). Then nothing was changed, and the run says so in one line naming the id or
+    the state, in its log, its metadata (`outcome: refused`) and its tag, and ends without
+    failure: the Overview's red is kept for backups that failed (PRODUCT.md)."""
     try:
         return call()
     except (actions.SupportActionRefused, DeliveryRefused) as exc:
-        # One line naming the field or the state; the cause adds nothing to it.
-        raise refused(exc) from None
+        context.log.warning(f"refused, nothing changed: {exc}")
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: "refused"})
+        context.add_output_metadata(
+            {"request_id": request_id, "outcome": "refused", "refused": str(exc)}
+        )
+        return None
 
 
 # A backup run still waiting for its process: a refusal cancels it, so that no run of a refused
@@ -106,7 +117,9 @@ def resend_link_op(
     mailer: MailerResource,
     policy: BackupPolicyResource,
 ) -> None:
-    expires_at = _refusal_is_final(
+    expires_at = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.resend_link(
             platform_db.get_engine(),
             archives.get_store(),
@@ -115,10 +128,16 @@ def resend_link_op(
             reason=config.reason,
             link_ttl=policy.link_ttl,
             run_id=context.run_id,
-        )
+        ),
     )
+    if expires_at is None:
+        return
     context.add_output_metadata(
-        {"request_id": config.request_id, "link_expires_at": expires_at.isoformat() + "Z"}
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "link_expires_at": expires_at.isoformat() + "Z",
+        }
     )
 
 
@@ -131,7 +150,9 @@ def resend_link_op(
 def rerun_request_op(
     context: dg.OpExecutionContext, config: RerunConfig, platform_db: PlatformDatabaseResource
 ) -> None:
-    rerun = _refusal_is_final(
+    rerun = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.rerun_failed(
             platform_db.get_engine(),
             request_id=config.request_id,
@@ -139,11 +160,14 @@ def rerun_request_op(
             override_quota=config.override_quota,
             override_reason=config.override_reason,
             run_id=context.run_id,
-        )
+        ),
     )
+    if rerun is None:
+        return
     context.add_output_metadata(
         {
             "request_id": rerun.request_id,
+            "outcome": "done",
             "subscription_id": rerun.subscription_id,
             "run_key": rerun.run_key,
             "quota_overridden": rerun.quota_overridden,
@@ -155,20 +179,29 @@ def rerun_request_op(
 def refuse_request_op(
     context: dg.OpExecutionContext, config: RefuseConfig, platform_db: PlatformDatabaseResource
 ) -> None:
-    _refusal_is_final(
+    detail = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.refuse_pending(
             platform_db.get_engine(),
             request_id=config.request_id,
             reason=config.reason,
             message_to_clinic=config.message_to_clinic,
             run_id=context.run_id,
-        )
+        ),
     )
+    if detail is None:
+        return
     cancelled = cancel_waiting_backup_runs(context.instance, config.request_id)
     if cancelled:
         context.log.info(f"request {config.request_id}: cancelled its waiting backup run(s)")
     context.add_output_metadata(
-        {"request_id": config.request_id, "status": "rejected", "cancelled_runs": cancelled}
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "status": "rejected",
+            "cancelled_runs": cancelled,
+        }
     )
 
 
@@ -179,17 +212,26 @@ def expire_archive_op(
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
 ) -> None:
-    deleted = _refusal_is_final(
+    deleted = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.expire_now(
             platform_db.get_engine(),
             archives.get_store(),
             request_id=config.request_id,
             reason=config.reason,
             run_id=context.run_id,
-        )
+        ),
     )
+    if deleted is None:
+        return
     context.add_output_metadata(
-        {"request_id": config.request_id, "status": "expired", "archive_deleted": deleted}
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "status": "expired",
+            "archive_deleted": deleted,
+        }
     )
 
 
@@ -210,7 +252,7 @@ def _support_config(
 
     # Dagster calls this while it plans the run, before the run exists: the Launchpad's Launch
     # (GraphQL), the Python APIs alike. DagsterInvalidConfigError is Dagster's own error for
-    # config that does not hold, shown as its message alone (no wrapper naming the mapping).
+    # config that does not hold: its message comes first, not a wrapper naming the mapping.
     def check_and_map(config: config_class) -> dg.RunConfig:  # type: ignore[valid-type]
         refusal = _launch_refusal(config)
         if refusal is not None:

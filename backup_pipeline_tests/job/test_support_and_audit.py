@@ -80,6 +80,18 @@ def support_run(platform: Platform, job_name: str, **config: Any) -> dg.ExecuteI
     )
 
 
+def refusal_of(platform: Platform, result: dg.ExecuteInProcessResult, op_name: str) -> str:
+    """What a support run that did not apply says, in one line: the run ends without failure
+    (the Overview's red is for backups), tagged and logged as refused."""
+    assert result.success
+    metadata = platform.step_output_metadata(result.run_id, op_name)
+    assert metadata["outcome"] == "refused"
+    run = platform.instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["backup/support_outcome"] == "refused"
+    assert "\n" not in metadata["refused"]
+    return metadata["refused"]
+
+
 def test_one_request_leaves_its_whole_story_in_the_audit_trail(platform, clinic):
     request_id = platform.file_request(clinic)
     review_pending(platform.engine)
@@ -160,7 +172,7 @@ def test_a_rerun_rechecks_the_quota_and_an_override_needs_its_own_reason(platfor
     with pytest.raises(SupportActionRefused, match="quota"):
         rerun_failed(platform.engine, request_id=failed_id, reason="clinic asked")
     refused = support_run(platform, "rerun_request_job", request_id=failed_id, reason="asked")
-    assert not refused.success
+    assert "quota" in refusal_of(platform, refused, "rerun_request_op")
     assert platform.status(failed_id) == "failed"
 
     with pytest.raises(SupportActionRefused, match="reason"):
@@ -203,7 +215,11 @@ def test_support_refuses_a_pending_request_and_expires_an_archive_now(platform, 
     assert events(platform, 77) == [("expired", "support")]
     # Refusing what is not pending says why and changes nothing.
     again = support_run(platform, "refuse_request_job", request_id=77, reason="oops")
-    assert not again.success and platform.status(77) == "expired"
+    assert refusal_of(platform, again, "refuse_request_op") == (
+        "request 77 is expired: only a pending request can be refused (a running one is "
+        "stopped by cancelling its run)"
+    )
+    assert platform.status(77) == "expired"
 
 
 def test_every_support_job_is_in_the_code_location_with_a_required_reason(platform):
