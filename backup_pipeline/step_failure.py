@@ -46,4 +46,3 @@ def permanent(
             **(metadata or {}),
         },
     )
-
