@@ -4,6 +4,8 @@ Settings (read from the environment when Dagster loads the location, not at impo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 
@@ -26,6 +28,22 @@ def transient_retry(max_retries: int, delay_seconds: float) -> dg.RetryPolicy:
     )
 
 
+def fixed_resources(resources: Mapping[str, dg.ConfigurableResource]) -> dict[str, Any]:
+    """The resources as the code location binds them: built from the settings, and closed to
+    run config. A ConfigurableResource bound as it is shows its fields, filled in, on every
+    job's Launchpad, where one run could send a clinic's archive to another bucket or its mail
+    elsewhere; bound like this, its run config is empty and anything else is refused."""
+    return {key: _closed(resource) for key, resource in resources.items()}
+
+
+def _closed(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
+    return dg.ResourceDefinition(
+        resource_fn=lambda _context: resource,
+        config_schema={},
+        description=type(resource).__doc__,
+    )
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Every job, sensor, schedule and resource of the code location for these settings."""
     backup_job = build_backup_job(
@@ -35,7 +53,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[backup_job, *HOUSEKEEPING_JOBS, *SUPPORT_JOBS],
         sensors=build_sensors(backup_job, settings.sensor_interval_seconds),
         schedules=HOUSEKEEPING_SCHEDULES,
-        resources=build_resources(settings),
+        resources=fixed_resources(build_resources(settings)),
     )
     with warnings.catch_warnings():
         # Resolved once here (Definitions caches it): binding resources to the run-status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,21 +27,57 @@ TERMINATED_IN_UI = "run terminated in the Dagster UI"
 RUN_WORKER_GONE = "The run's process is gone"
 
 # After an op's retry policy gives up, Dagster reports its own wrapper; the cause is the error.
-_RETRY_WRAPPERS = frozenset({"RetryRequestedFromPolicy", "RetryRequested"})
+# A plain dagster Failure raised `from` an error is a wrapper too (step_failure.permanent makes
+# failures named for their cause instead).
+_WRAPPERS = frozenset({"RetryRequestedFromPolicy", "RetryRequested", "Failure"})
+
+
+def _cause_error(error: Any) -> Any:
+    """The error that caused a step failure (Dagster's SerializableErrorInfo): through the retry
+    wrapper, and through a plain dagster Failure raised `from` the real error."""
+    while error is not None and error.cause is not None and error.cls_name in _WRAPPERS:
+        error = error.cause
+    return error
 
 
 def error_class_of(error: Any) -> str | None:
     """The class name of a step failure's error (Dagster's SerializableErrorInfo), looking
     through the retry wrapper to the error that caused it; None when there is no error."""
-    while error is not None and error.cls_name in _RETRY_WRAPPERS and error.cause is not None:
-        error = error.cause
+    error = _cause_error(error)
     return error.cls_name if error is not None else None
 
 
-def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
-    """(step, error class) of a failed run from its step failure events (Dagster's): the first
-    failure's step, or export_<dataset> for a workbook that failed inside assemble_backup (it
-    names its dataset and error in the failure's metadata, jobs._export_and_zip)."""
+def error_message_of(error: Any) -> str | None:
+    """The cause's own message, one line, without its module and class (said apart)."""
+    error = _cause_error(error)
+    if error is None:
+        return None
+    # SerializableErrorInfo.message is traceback's "package.module.Class: text".
+    head, separator, text = error.message.partition(": ")
+    if separator and head.rpartition(".")[2] == error.cls_name:
+        return one_line(text) or None
+    return one_line(error.message) or None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A message for an alert or an audit detail: one line, and not a page of it."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class FailureCause(NamedTuple):
+    """What made a backup run fail, as support reads it: the step, the cause's class and its
+    message (ours, written without patient data)."""
+
+    step: str | None
+    error_class: str | None
+    message: str | None
+
+
+def failure_cause(step_failures: Sequence[Any]) -> FailureCause:
+    """The cause of a failed run from its step failure events (Dagster's): the first failure's
+    step, or export_<dataset> for a workbook that failed inside assemble_backup (it names its
+    dataset and error in the failure's metadata, jobs._export_and_zip)."""
     for event in step_failures:
         data = event.event_specific_data
         error = data.error if data else None
@@ -49,12 +85,68 @@ def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
         metadata = user.metadata if user is not None else {}
         if "dataset" in metadata:
             cause = metadata.get("error")
-            return (
+            return FailureCause(
                 f"export_{metadata['dataset'].value}",
                 cause.value if cause is not None else error_class_of(error),
+                error_message_of(error),
             )
-        return event.step_key, error_class_of(error)
-    return None, None
+        return FailureCause(event.step_key, error_class_of(error), error_message_of(error))
+    return FailureCause(None, None, None)
+
+
+def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
+    """(step, error class) of a failed run: failure_cause without the message."""
+    cause = failure_cause(step_failures)
+    return cause.step, cause.error_class
+
+
+# What support does next, by the cause's class: the setting to check, the job to launch. A
+# request that failed does not count, so once the cause is fixed a re-run costs the clinic nothing.
+_RERUN = "then launch rerun_request_job for this request (the quota is re-checked)"
+_NEXT_STEPS = {
+    "StoreRefused": (
+        "check BACKUP_FILES_URL and BACKUP_ARCHIVES_URL (the bucket or folder exists and the "
+        f"run's credentials may read and write it), {_RERUN}"
+    ),
+    "DeliveryRefused": (
+        f"check the requester's email address in the platform and BACKUP_MAIL_URL, {_RERUN}"
+    ),
+    "MailError": f"check BACKUP_MAIL_URL and SENDGRID_API_KEY, {_RERUN}",
+    "AuthorizationRevoked": (
+        "nothing to fix here: the requester lost the permission to request backups; the clinic "
+        "may request again once its owner restores it"
+    ),
+    "SchemaBehind": "run `backup-pipeline migrate`; the request then runs again by itself",
+    "RunRefused": "read the run's error: the request could not be started as it is",
+    "RunCanceled": (
+        "the run was cancelled; if the clinic still wants this backup, launch rerun_request_job"
+    ),
+    "DatasetExportFailed": f"read the failing workbook's error in the run's logs, {_RERUN}",
+    "RunWorkerDied": (
+        "the run's process died (a restart, the OOM killer): check the machine's or pod's memory "
+        f"against the clinic's size, {_RERUN}"
+    ),
+    "RunTimedOut": (
+        "the run outlived its maximum time (12 h): read its logs for the slow step, check the "
+        f"stores' latency and the run's resources, {_RERUN}"
+    ),
+}
+_DEFAULT_NEXT_STEP = f"read the failed step's error in the run (Dagster UI), fix it, {_RERUN}"
+
+
+def next_step(*error_classes: str | None) -> str:
+    """What the operator does about a failed backup whose cause is of this class (or, given a
+    class and its bases, of the first one a step is named for)."""
+    for name in error_classes:
+        if name in _NEXT_STEPS:
+            return _NEXT_STEPS[name]
+    return _DEFAULT_NEXT_STEP
+
+
+def cause_text(step: str | None, error_class: str | None, message: str | None) -> str:
+    """The cause as support's alert and the audit trail state it: step, class and message."""
+    cause = f"step={step or '?'} error={error_class or '?'}"
+    return f"{cause}: {one_line(message)}" if message else cause
 
 
 def run_failure_cause(message: str | None) -> str | None:
@@ -203,14 +295,19 @@ def fail_request(
     step: str | None,
     error_class: str | None,
     archives: ObjectStore | None = None,
+    error_message: str | None = None,
 ) -> bool:
     """Mark an open request failed and tell support and the requester, once.
 
-    Returns False (and tells the requester nothing) when the request was not open (already
-    failed and told, or delivered by another run) or when its link had already been emailed,
-    in which case it is marked delivered and only support hears of the failed run.
+    Support's alert and the audit trail name the cause (its class and message, which
+    failure_cause reads from the run's failure) and the next step. Returns False (and tells the
+    requester nothing) when the request was not open (already failed and told, or delivered by
+    another run) or when its link had already been emailed, in which case it is marked
+    delivered and only support hears of the failed run.
     """
     reason = failure_reason(step, error_class)
+    cause = cause_text(step, error_class, error_message)
+    next_to_do = next_step(error_class)
     delivered = _already_delivered(engine, archives, request_id, run_id) if archives else None
     if delivered is not None:
         _send_all(
@@ -224,8 +321,8 @@ def fail_request(
                     subscription_id=delivered.subscription_id,
                     run_id=run_id,
                     reason=(
-                        f"step={step or '?'} error={error_class or '?'} after the link was "
-                        "emailed; the request was marked delivered"
+                        f"{cause}, after the link was emailed: the request was marked "
+                        "delivered; nothing to do for the clinic"
                     ),
                 )
             ],
@@ -243,7 +340,7 @@ def fail_request(
             # the run of a request that is then already rejected, and records nothing here).
             actor=Actor.support(TERMINATED_IN_UI, run_id) if cancelled else None,
             # For the audit trail and support: ours, not the clinic's.
-            detail=f"step={step or '?'} error={error_class or '?'}",
+            detail=f"{cause}. Next: {next_to_do}",
         )
         request = db.get_request(conn, request_id)
         subscription = db.get_subscription(conn, request.subscription_id) if request else None
@@ -260,7 +357,7 @@ def fail_request(
             request_id=request_id,
             subscription_id=request.subscription_id,
             run_id=run_id,
-            reason=f"step={step or '?'} error={error_class or '?'}",
+            reason=f"{cause}. Next: {next_to_do}",
         )
     ]
     if requester is not None and subscription is not None:
@@ -336,12 +433,12 @@ def handle_failed_run(
     if _left_for_migration(engine, int(request_id), run_id, log):
         return
     if cancelled:
-        step, error_class = None, cancel_cause
+        step, error_class, message = None, cancel_cause, None
     else:
-        step, error_class = failed_step(step_failures)
+        step, error_class, message = failure_cause(step_failures)
         if step is None and error_class is None:
             # Ended from outside its steps: its process died, or it ran out of time.
-            error_class = run_failure_cause(failure_message)
+            error_class, message = run_failure_cause(failure_message), failure_message
     fail_request(
         engine,
         mailer,
@@ -350,6 +447,7 @@ def handle_failed_run(
         step=step,
         error_class=error_class,
         archives=archives,
+        error_message=message,
     )
 
 

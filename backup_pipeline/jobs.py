@@ -43,8 +43,9 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.run_start import RunRefused, begin_run
+from backup_pipeline.run_start import RequestFinished, RunRefused, begin_run
 from backup_pipeline.spanish import to_clinic_time
+from backup_pipeline.step_failure import permanent
 from backup_pipeline.storage import ObjectStore, StoreRefused
 from backup_pipeline.target import REQUEST_TAG, BackupTarget
 
@@ -57,13 +58,17 @@ KIND_TAG = "backup/kind"
 
 T = TypeVar("T")
 
+# Refusals that no retry can heal.
+_NOT_RETRIED = (DeliveryRefused, StoreRefused, AuthorizationRevoked, RunRefused)
+
 
 def _permanent(call: Callable[[], T]) -> T:
-    """Run `call`, turning a refusal that no retry can heal into a failure that is not retried."""
+    """Run `call`, turning a refusal that no retry can heal into a failure that is not retried,
+    named for its cause and saying what to do next."""
     try:
         return call()
-    except (DeliveryRefused, StoreRefused, AuthorizationRevoked, RunRefused) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
+    except _NOT_RETRIED as exc:
+        raise permanent(exc) from exc
 
 
 def _request_id(context: OpExecutionContext) -> int:
@@ -78,31 +83,39 @@ def _request_id(context: OpExecutionContext) -> int:
 @dg.op(
     description=(
         "Marks the request running; checks it exists, may still run, and that its requester is "
-        "still authorised."
-    )
+        "still authorised. A request already delivered, expired or refused: the run ends here, "
+        "successfully, saying so (the later steps are skipped)."
+    ),
+    out=dg.Out(BackupTarget, is_required=False),
 )
 def start_backup(
     context: OpExecutionContext,
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
     mailer: MailerResource,
-) -> BackupTarget:
+) -> Iterator[dg.Output[BackupTarget]]:
     request_id = _request_id(context)
     engine = platform_db.get_engine()
     try:
         migrations.require_current(engine)
     except migrations.SchemaBehind as exc:
         # The failure sensor leaves the request as it is while this holds.
-        raise dg.Failure(str(exc), allow_retries=False) from exc
-    target = _permanent(
-        lambda: begin_run(
+        raise permanent(exc) from exc
+    try:
+        target = begin_run(
             engine, mailer, archives.get_store(), request_id=request_id, run_id=context.run_id
         )
+    except RequestFinished as finished:
+        # A re-execution from the UI, or a run a refusal could not cancel in time: it succeeds
+        # with nothing done, so the Partitions page stays green where the backup was delivered.
+        context.log.info(str(finished))
+        return
+    except _NOT_RETRIED as exc:
+        raise permanent(exc) from exc
+    yield dg.Output(
+        target,
+        metadata={"request_id": request_id, "subscription_id": target.subscription_id},
     )
-    context.add_output_metadata(
-        {"request_id": request_id, "subscription_id": target.subscription_id}
-    )
-    return target
 
 
 @dg.op(description="Lists every attachment and CFDI file with its safe path in the archive.")

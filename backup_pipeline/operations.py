@@ -3,9 +3,12 @@ instance, else executed in this process; and support's actions on one request.""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -414,23 +417,26 @@ def run_support_job(
     """Run support's job `job_name` with its op's `config` and wait for it: submitted to the
     deployment when a daemon serves $DAGSTER_HOME (its storage, mail and credentials act), else
     executed in this process. Either way it is a run of the code location whose id the request's
-    audit trail keeps. A refusal (the job fails) raises SupportActionRefused with its one line."""
+    audit trail keeps. A refusal (the job did nothing and said why in its metadata) or a failed
+    run raises SupportActionRefused with its one line."""
     settings = settings or Settings.from_env()
     launch = launch or Launch()
     job = build_definitions(settings).resolve_job_def(job_name)
-    (op_name,) = job.graph.node_dict  # one op per support job, configured from the Launchpad
-    run_config = {"ops": {op_name: {"config": dict(config)}}}
+    # Support jobs take their Launchpad's fields at the root (a job-level config mapping).
+    run_config = dict(config)
     instance = dg.DagsterInstance.get()
     client = deployment_client(instance, launch)
     if client is None:
-        result = job.execute_in_process(
-            # The outcome is one line: Dagster's console stays quiet, even about the failure
-            # (whose stack is in the run, in the UI), unless asked.
-            run_config={**run_config, **console_log_level(launch.verbose, quiet="CRITICAL")},
-            instance=instance,
-            tags=dagster_compat.code_location_tags(CODE_LOCATION),
-            raise_on_error=False,
-        )
+        # The outcome is one line: Dagster's console (its handler writes to the stderr of the
+        # moment it is made) stays quiet unless asked; every event is in the run, in the UI.
+        quiet = contextlib.nullcontext() if launch.verbose else redirect_stderr(io.StringIO())
+        with quiet:
+            result = job.execute_in_process(
+                run_config=run_config,
+                instance=instance,
+                tags=dagster_compat.code_location_tags(CODE_LOCATION),
+                raise_on_error=False,
+            )
         run_id, success, events = result.run_id, result.success, list(result.all_events)
     else:
         try:
@@ -456,7 +462,11 @@ def run_support_job(
         raise support_actions.SupportActionRefused(
             _failure_line(events) or f"{job_name} run {run_id} failed; its page in the UI says why"
         )
-    return SupportRun(run_id, _output_metadata(events))
+    metadata = _output_metadata(events)
+    if metadata.get("outcome") == "refused":
+        # The job did nothing and said why (support_jobs: such a run ends without failure).
+        raise support_actions.SupportActionRefused(str(metadata.get("refused", "")))
+    return SupportRun(run_id, metadata)
 
 
 def _failure_line(events: Sequence[dg.DagsterEvent]) -> str | None:

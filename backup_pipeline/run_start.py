@@ -18,6 +18,29 @@ class RunRefused(Exception):
     """The request cannot be run as it is (gone, or already done with); the message says why."""
 
 
+class RequestFinished(RunRefused):
+    """The request is done with (delivered, expired or refused): its run has nothing to do. Not
+    a failure: a re-executed run of a delivered request must not paint its partition red."""
+
+
+def _finished(request_id: int, status: RequestStatus) -> RequestFinished | None:
+    if status == RequestStatus.DELIVERED:
+        return RequestFinished(
+            f"request {request_id} is already delivered: nothing to do; "
+            "resend_link_job sends a new link"
+        )
+    if status == RequestStatus.EXPIRED:
+        return RequestFinished(
+            f"request {request_id} is already expired (its archive was deleted): nothing to do; "
+            "the clinic may request a new backup"
+        )
+    if status == RequestStatus.REJECTED:
+        return RequestFinished(
+            f"request {request_id} was refused (rejected): nothing to do; its run was not needed"
+        )
+    return None
+
+
 def begin_run(
     engine: Engine, mailer: MailerResource, archives: ObjectStore, *, request_id: int, run_id: str
 ) -> BackupTarget:
@@ -35,6 +58,9 @@ def begin_run(
             f"request {request_id} failed; re-run it with rerun_request_job (or "
             "`backup-pipeline run`), which re-checks the quota, rather than re-executing a run"
         )
+    finished = _finished(request_id, request.status)
+    if finished is not None:
+        raise finished
     if request.status not in RUNNABLE_STATUSES:
         raise RunRefused(
             f"request {request_id} is {request.status}; a new run would not change it "
@@ -50,7 +76,10 @@ def begin_run(
     )
     with engine.begin() as conn:
         if not db.mark_running(conn, request_id, run_id):
-            raise RunRefused(f"request {request_id} changed meanwhile; not started")
+            now = db.get_request(conn, request_id)
+            # Refused or finished by another run while this one started: nothing to do either.
+            finished = _finished(request_id, now.status) if now is not None else None
+            raise finished or RunRefused(f"request {request_id} changed meanwhile; not started")
     return BackupTarget(
         request_id=request_id,
         subscription_id=request.subscription_id,

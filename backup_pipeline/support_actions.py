@@ -40,11 +40,25 @@ class SupportActionRefused(Exception):
     """The action does not apply to the request as it is; the message says why, for support."""
 
 
-def _stated(reason: str) -> str:
-    reason = " ".join(reason.split())
-    if len(reason) < 3:
-        raise SupportActionRefused("say why (a reason of a few words is kept in the audit trail)")
-    return reason
+MIN_REASON_LENGTH = 3
+
+
+def reason_refusal(field: str, value: str) -> str | None:
+    """Why a stated reason is refused, in one line naming its field; None when it will do.
+    The support jobs check it when they are launched, the actions again (the CLI's path)."""
+    if len(" ".join(value.split())) < MIN_REASON_LENGTH:
+        return (
+            f"{field}: say why in a few words (kept in the request's audit trail); "
+            "an empty or blank reason is refused"
+        )
+    return None
+
+
+def _stated(reason: str, field: str = "reason") -> str:
+    refusal = reason_refusal(field, reason)
+    if refusal is not None:
+        raise SupportActionRefused(refusal)
+    return " ".join(reason.split())
 
 
 def _request(engine: Engine, request_id: int) -> BackupRequest:
@@ -103,6 +117,8 @@ def rerun_failed(
     runs it itself (the CLI): the sensor then launches it only if it is still pending later.
     """
     actor = Actor.support(_stated(reason), run_id)
+    if override_quota:
+        _stated(override_reason, "override_reason")  # asked for: say why, needed or not
     request = _request(engine, request_id)
     if request.status != RequestStatus.FAILED:
         raise SupportActionRefused(
@@ -134,7 +150,7 @@ def rerun_failed(
             )
         detail = None
         if later:
-            detail = f"quota overridden: {_stated(override_reason)}"
+            detail = f"quota overridden: {_stated(override_reason, 'override_reason')}"
         elif (refused := quota.refusal(now, history)) is not None:
             if not override_quota:
                 raise SupportActionRefused(
@@ -143,7 +159,7 @@ def rerun_failed(
                     f"{refused.allowed_from:%Y-%m-%d %H:%M} UTC; re-running now needs "
                     "override_quota with its own reason"
                 )
-            detail = f"quota overridden: {_stated(override_reason)}"
+            detail = f"quota overridden: {_stated(override_reason, 'override_reason')}"
         run_key = f"backup-request-{request_id}-rerun-{db.rerun_count(conn, request_id) + 1}"
         if not db.requeue_for_rerun(
             conn,

@@ -3,6 +3,11 @@ reason: re-send a link, re-run a failed request, refuse a pending one, expire an
 
 Each is one op over backup_pipeline.support_actions (the CLI calls the same functions); its run's
 metadata says what it did, and the audit trail keeps who (this run) and why.
+
+A support job's run config is only what support fills in (request_id, reason, the override
+fields): a job-level config mapping is the whole Launchpad, so no resource (storage, mail, the
+database, the policy) can be redirected from there, and an empty or blank reason is refused when
+the run is launched, before it exists, in one line naming the field.
 """
 
 # No `from __future__ import annotations`: Dagster reads the ops' config annotations as classes.
@@ -15,12 +20,16 @@ from pydantic import Field
 
 from backup_pipeline import support_actions as actions
 from backup_pipeline.delivery import DeliveryRefused
+from backup_pipeline.jobs import BACKUP_JOB_NAME
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.target import REQUEST_TAG
 
 SUPPORT_TAG = "backup/support_action"
+# "refused" on a support run whose action did not apply (see _unless_refused).
+OUTCOME_TAG = "backup/support_outcome"
 T = TypeVar("T")
 
 
@@ -50,11 +59,53 @@ class RefuseConfig(SupportActionConfig):
     )
 
 
-def _refusal_is_final(call: Callable[[], T]) -> T:
+def _unless_refused(
+    context: dg.OpExecutionContext, request_id: int, call: Callable[[], T]
+) -> T | None:
+    """The action's result, or None when it does not apply to the request as it is (a bad id, a
+    wrong state). Then nothing was changed, and the run says so in one line naming the id or
+    the state, in its log, its metadata (`outcome: refused`) and its tag, and ends without
+    failure: the Overview's red is kept for backups that failed (PRODUCT.md)."""
     try:
         return call()
     except (actions.SupportActionRefused, DeliveryRefused) as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
+        context.log.warning(f"refused, nothing changed: {exc}")
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: "refused"})
+        context.add_output_metadata(
+            {"request_id": request_id, "outcome": "refused", "refused": str(exc)}
+        )
+        return None
+
+
+# A backup run still waiting for its process: a refusal cancels it, so that no run of a refused
+# request fails (one that starts all the same ends at once without failure: jobs.start_backup).
+_WAITING_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+]
+
+
+def cancel_waiting_backup_runs(instance: dg.DagsterInstance, request_id: int) -> list[str]:
+    """Cancel the request's backup runs that are queued or starting; returns their ids."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=BACKUP_JOB_NAME,
+            tags={REQUEST_TAG: str(request_id)},
+            statuses=_WAITING_RUN_STATUSES,
+        )
+    )
+    for run in runs:
+        if run.status == dg.DagsterRunStatus.QUEUED:
+            # As the UI's Terminate does for a queued run: out of the queue, canceled.
+            instance.run_coordinator.cancel_run(run.run_id)
+        else:
+            # Launched but not yet running our code: marked canceled as the UI's "mark as
+            # canceled immediately" does; a run worker that starts later sees it and stops.
+            instance.report_run_canceled(
+                run, message=f"request {request_id} was refused by support before it started"
+            )
+    return [run.run_id for run in runs]
 
 
 @dg.op(description="A fresh signed link and email for a delivered request; no quota used.")
@@ -66,7 +117,9 @@ def resend_link_op(
     mailer: MailerResource,
     policy: BackupPolicyResource,
 ) -> None:
-    expires_at = _refusal_is_final(
+    expires_at = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.resend_link(
             platform_db.get_engine(),
             archives.get_store(),
@@ -75,10 +128,16 @@ def resend_link_op(
             reason=config.reason,
             link_ttl=policy.link_ttl,
             run_id=context.run_id,
-        )
+        ),
     )
+    if expires_at is None:
+        return
     context.add_output_metadata(
-        {"request_id": config.request_id, "link_expires_at": expires_at.isoformat() + "Z"}
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "link_expires_at": expires_at.isoformat() + "Z",
+        }
     )
 
 
@@ -91,7 +150,9 @@ def resend_link_op(
 def rerun_request_op(
     context: dg.OpExecutionContext, config: RerunConfig, platform_db: PlatformDatabaseResource
 ) -> None:
-    rerun = _refusal_is_final(
+    rerun = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.rerun_failed(
             platform_db.get_engine(),
             request_id=config.request_id,
@@ -99,11 +160,14 @@ def rerun_request_op(
             override_quota=config.override_quota,
             override_reason=config.override_reason,
             run_id=context.run_id,
-        )
+        ),
     )
+    if rerun is None:
+        return
     context.add_output_metadata(
         {
             "request_id": rerun.request_id,
+            "outcome": "done",
             "subscription_id": rerun.subscription_id,
             "run_key": rerun.run_key,
             "quota_overridden": rerun.quota_overridden,
@@ -115,16 +179,30 @@ def rerun_request_op(
 def refuse_request_op(
     context: dg.OpExecutionContext, config: RefuseConfig, platform_db: PlatformDatabaseResource
 ) -> None:
-    _refusal_is_final(
+    detail = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.refuse_pending(
             platform_db.get_engine(),
             request_id=config.request_id,
             reason=config.reason,
             message_to_clinic=config.message_to_clinic,
             run_id=context.run_id,
-        )
+        ),
     )
-    context.add_output_metadata({"request_id": config.request_id, "status": "rejected"})
+    if detail is None:
+        return
+    cancelled = cancel_waiting_backup_runs(context.instance, config.request_id)
+    if cancelled:
+        context.log.info(f"request {config.request_id}: cancelled its waiting backup run(s)")
+    context.add_output_metadata(
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "status": "rejected",
+            "cancelled_runs": cancelled,
+        }
+    )
 
 
 @dg.op(description="Deletes a delivered request's archive now (the link stops working): expired.")
@@ -134,26 +212,68 @@ def expire_archive_op(
     platform_db: PlatformDatabaseResource,
     archives: ObjectStoreResource,
 ) -> None:
-    deleted = _refusal_is_final(
+    deleted = _unless_refused(
+        context,
+        config.request_id,
         lambda: actions.expire_now(
             platform_db.get_engine(),
             archives.get_store(),
             request_id=config.request_id,
             reason=config.reason,
             run_id=context.run_id,
-        )
+        ),
     )
+    if deleted is None:
+        return
     context.add_output_metadata(
-        {"request_id": config.request_id, "status": "expired", "archive_deleted": deleted}
+        {
+            "request_id": config.request_id,
+            "outcome": "done",
+            "status": "expired",
+            "archive_deleted": deleted,
+        }
     )
 
 
-def _support_job(name: str, description: str, op: dg.OpDefinition) -> dg.JobDefinition:
+def _launch_refusal(config: SupportActionConfig) -> str | None:
+    """Why the Launchpad's config is refused, in one line naming the field; None when fine."""
+    if config.request_id <= 0:
+        return f"request_id: {config.request_id} is not a request id (backup_requests.id)"
+    refusal = actions.reason_refusal("reason", config.reason)
+    if refusal is None and isinstance(config, RerunConfig) and config.override_quota:
+        refusal = actions.reason_refusal("override_reason", config.override_reason)
+    return refusal
+
+
+def _support_config(
+    op: dg.OpDefinition, config_class: type[SupportActionConfig]
+) -> dg.ConfigMapping:
+    """The job's whole run config: the op's fields, checked when the run is launched."""
+
+    # Dagster calls this while it plans the run, before the run exists: the Launchpad's Launch
+    # (GraphQL), the Python APIs alike. DagsterInvalidConfigError is Dagster's own error for
+    # config that does not hold: its message comes first, not a wrapper naming the mapping.
+    def check_and_map(config: config_class) -> dg.RunConfig:  # type: ignore[valid-type]
+        refusal = _launch_refusal(config)
+        if refusal is not None:
+            raise dg.DagsterInvalidConfigError(refusal, [], config.model_dump())
+        return dg.RunConfig(ops={op.name: config})
+
+    return dg.config_mapping(check_and_map)
+
+
+def _support_job(
+    name: str,
+    description: str,
+    op: dg.OpDefinition,
+    config_class: type[SupportActionConfig],
+) -> dg.JobDefinition:
     @dg.job(
         name=name,
         description=description,
         tags={SUPPORT_TAG: name, "team": "backups", "dagster/priority": "20"},
         executor_def=dg.in_process_executor,
+        config=_support_config(op, config_class),
     )
     def support_job() -> None:
         op()
@@ -165,21 +285,25 @@ resend_link_job = _support_job(
     "resend_link_job",
     "Support: a fresh download link and email for a delivered request (no quota used).",
     resend_link_op,
+    SupportActionConfig,
 )
 rerun_request_job = _support_job(
     "rerun_request_job",
     "Support: re-run a failed request (quota re-checked; an override needs its own reason).",
     rerun_request_op,
+    RerunConfig,
 )
 refuse_request_job = _support_job(
     "refuse_request_job",
     "Support: refuse a pending request; the clinic reads why.",
     refuse_request_op,
+    RefuseConfig,
 )
 expire_archive_job = _support_job(
     "expire_archive_job",
     "Support: delete a delivered request's archive now and mark it expired.",
     expire_archive_op,
+    SupportActionConfig,
 )
 
 SUPPORT_JOBS = [resend_link_job, rerun_request_job, refuse_request_job, expire_archive_job]

@@ -479,3 +479,50 @@ def test_a_run_cancelled_for_outliving_its_maximum_time_is_not_supports_cancella
         last = db.events_of(conn, request_id)[-1]
     assert (last.event, last.actor) == ("failed", "run")
     assert "error=RunTimedOut" in (last.detail or "")
+
+
+@ON_SQLITE
+def test_a_failed_backup_names_its_cause_and_the_next_step_where_support_reads_them(
+    platform: Platform, clinic: Clinic, tmp_path: Path, dagster_home: dg.DagsterInstance
+):
+    unmounted = replace(platform.settings, files_url=(tmp_path / "not-mounted").as_uri())
+    resources = platform.resources(unmounted)
+    request_id = platform.file_request(clinic)
+    dagster_home.add_dynamic_partitions(backup_partitions.name, [str(request_id)])
+    failed = backup_job.execute_in_process(
+        instance=dagster_home,
+        partition_key=str(request_id),
+        tags=run_tags(request_id, clinic.subscription_id),
+        resources=resources,
+        raise_on_error=False,
+    )
+
+    # The run: the cause's own class and message first (not Dagster's Failure), not retried,
+    # and the next step in the failure's metadata.
+    (failure,) = failed.get_step_failure_events()
+    error = failure.event_specific_data.error
+    assert error.cls_name == "StoreRefused"
+    assert error.message.startswith(
+        "backup_pipeline.storage.base.StoreRefused: the folder store file:///"
+    )
+    assert "dagster._core" not in error.message
+    metadata = failure.event_specific_data.user_failure_data.metadata
+    assert metadata["cause"].value == "StoreRefused"
+    assert "BACKUP_FILES_URL" in metadata["next_step"].value
+    assert "rerun_request_job" in metadata["next_step"].value
+    assert events_of(dagster_home, failed.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY) == []
+
+    # The failure sensor's record and support's alert: the same cause and next step.
+    backup_failure_sensor(failure_sensor_context(dagster_home, failed, resources))
+    with platform.engine.connect() as conn:
+        recorded = db.events_of(conn, request_id)[-1]
+    assert recorded.event == "failed"
+    assert recorded.detail.startswith(
+        "step=plan_archive_files error=StoreRefused: the folder store file:///"
+    )
+    assert "Next: check BACKUP_FILES_URL" in recorded.detail
+    (alert,) = [m for m in read_outbox(platform.outbox) if m.to == unmounted.support_email]
+    assert "error=StoreRefused: the folder store" in alert.text
+    assert "error=Failure" not in alert.text
+    assert "check BACKUP_FILES_URL" in alert.text and "rerun_request_job" in alert.text
+    assert_no_personal_data(platform, clinic, alert.text + recorded.detail)

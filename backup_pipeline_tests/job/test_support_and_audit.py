@@ -79,14 +79,26 @@ def window_is_current(platform: Platform, subscription_id: int) -> None:
 
 
 def support_run(platform: Platform, job_name: str, **config: Any) -> dg.ExecuteInProcessResult:
+    """A support job's run, with the config support fills in on its Launchpad (the whole of it)."""
     job = code_location(platform.settings).resolve_job_def(job_name)
-    op_name = next(iter(job.graph.node_dict))
     return job.execute_in_process(
-        run_config={"ops": {op_name: {"config": config}}},
+        run_config=config,
         resources=platform.resources(),
         instance=platform.instance,
         raise_on_error=False,
     )
+
+
+def refusal_of(platform: Platform, result: dg.ExecuteInProcessResult, op_name: str) -> str:
+    """What a support run that did not apply says, in one line: the run ends without failure
+    (the Overview's red is for backups), tagged and logged as refused."""
+    assert result.success
+    metadata = platform.step_output_metadata(result.run_id, op_name)
+    assert metadata["outcome"] == "refused"
+    run = platform.instance.get_run_by_id(result.run_id)
+    assert run is not None and run.tags["backup/support_outcome"] == "refused"
+    assert "\n" not in metadata["refused"]
+    return metadata["refused"]
 
 
 def test_one_request_leaves_its_whole_story_in_the_audit_trail(platform, clinic):
@@ -169,7 +181,7 @@ def test_a_rerun_rechecks_the_quota_and_an_override_needs_its_own_reason(platfor
     with pytest.raises(SupportActionRefused, match="quota"):
         rerun_failed(platform.engine, request_id=failed_id, reason="clinic asked")
     refused = support_run(platform, "rerun_request_job", request_id=failed_id, reason="asked")
-    assert not refused.success
+    assert "quota" in refusal_of(platform, refused, "rerun_request_op")
     assert platform.status(failed_id) == "failed"
 
     with pytest.raises(SupportActionRefused, match="reason"):
@@ -212,7 +224,11 @@ def test_support_refuses_a_pending_request_and_expires_an_archive_now(platform, 
     assert events(platform, 77) == [("expired", "support")]
     # Refusing what is not pending says why and changes nothing.
     again = support_run(platform, "refuse_request_job", request_id=77, reason="oops")
-    assert not again.success and platform.status(77) == "expired"
+    assert refusal_of(platform, again, "refuse_request_op") == (
+        "request 77 is expired: only a pending request can be refused (a running one is "
+        "stopped by cancelling its run)"
+    )
+    assert platform.status(77) == "expired"
 
 
 def test_every_support_job_is_in_the_code_location_with_a_required_reason(platform):
@@ -451,3 +467,23 @@ def test_a_run_that_keeps_the_emailed_archive_keeps_its_contents_for_a_resend(pl
     assert support_run(platform, "resend_link_job", request_id=request_id, reason="lost").success
     _, resent = platform.sent()
     assert f"\n- Pacientes: {listed[0][1]}\n" in resent.text
+
+
+def test_refusing_a_request_cancels_its_backup_run_that_is_starting(platform, clinic):
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    backup_job = code_location(platform.settings).resolve_job_def("backup_job")
+    # Launched by the queue, its process not yet running our code (the daemon's STARTING).
+    starting = platform.instance.create_run_for_job(
+        backup_job,
+        status=dg.DagsterRunStatus.STARTING,
+        tags={"backup/request_id": str(request_id), "dagster/partition": str(request_id)},
+    )
+    refused = support_run(
+        platform, "refuse_request_job", request_id=request_id, reason="clinic closed"
+    )
+    assert refused.success
+    assert platform.instance.get_run_by_id(starting.run_id).status == dg.DagsterRunStatus.CANCELED
+    metadata = platform.step_output_metadata(refused.run_id, "refuse_request_op")
+    assert metadata["cancelled_runs"] == [starting.run_id]
+    assert platform.status(request_id) == "rejected"
