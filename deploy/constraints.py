@@ -31,15 +31,19 @@ def image_requirements(pyproject: Path = REPO / "pyproject.toml") -> dict[str, s
     evaluated for this Python, a dependency's extras followed)."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     found: dict[str, str] = {}
+    # (name, extra) pairs already followed: one package may be asked for with different extras
+    # (google-api-core, then google-api-core[grpc]), each bringing its own dependencies.
+    followed: set[tuple[str, str]] = set()
     pending = [Requirement(text) for text in project["dependencies"]]
     while pending:
         requirement = pending.pop()
         name = canonicalize_name(requirement.name)
-        if name in found:
+        extras = {extra for extra in {"", *requirement.extras} if (name, extra) not in followed}
+        if not extras:
             continue
+        followed.update((name, extra) for extra in extras)
         dist = distribution(requirement.name)
         found[name] = dist.version
-        extras = requirement.extras or {""}
         for text in dist.requires or []:
             dependency = Requirement(text)
             if dependency.marker is None or any(
