@@ -544,3 +544,25 @@ def test_the_images_command_is_the_charts_code_server_for_this_code_location(
     assert pyproject["tool"]["dagster"]["module_name"] == module
     assert pyproject["project"]["scripts"]["backup-pipeline"] == "backup_pipeline.cli:main"
     assert "backup-pipeline" in _console_scripts()
+
+
+def test_every_pod_that_reaches_gcs_runs_as_an_account_bound_through_workload_identity(
+    values: dict[str, Any],
+):
+    # The webserver and the daemon (the chart's account): the compute-log manager checks its
+    # bucket when they start. The code server (its sensors) and the runs: backup-pipeline-runs.
+    workload_identity = "iam.gke.io/gcp-service-account"
+    gcp_account = re.compile(rf"[a-z0-9-]+@{RELEASE_ENV['GCP_PROJECT']}\.iam\.gserviceaccount\.com")
+    assert values["serviceAccount"]["create"] is True
+    assert gcp_account.fullmatch(values["serviceAccount"]["annotations"][workload_identity])
+
+    code_server = values["dagster-user-deployments"]["serviceAccount"]
+    runs = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert code_server["name"] == runs["serviceAccountName"]
+    account = _objects()["ServiceAccount", code_server["name"]]
+    assert gcp_account.fullmatch(account["metadata"]["annotations"][workload_identity])
+    config = _objects()["ConfigMap", "backup-pipeline-config"]["data"]
+    # Links are signed by the same GCP account the runs act as (no key under Workload Identity).
+    assert (
+        config["BACKUP_GCS_SIGNER_EMAIL"] == account["metadata"]["annotations"][workload_identity]
+    )
