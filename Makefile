@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ui]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,6 +26,9 @@ MAX_LINK_TTL_HOURS = int(MAX_LINK_TTL.total_seconds() // 3600)
 
 DEFAULT_FROM_EMAIL = "Respaldo de información <respaldos@clinica.example>"
 
+# BACKUP_DEPLOYMENT: "embedded" (one machine, defaults under BACKUP_VAR_DIR) or "cluster".
+DEPLOYMENTS = ("embedded", "cluster")
+
 
 class SettingsError(ValueError):
     """A setting the environment gives that cannot be used; str() is one line naming the
@@ -40,6 +43,9 @@ class Variable:
     meaning: str
     allowed: str  # completes "NAME='value': ... expected"
     shown_default: str | None = None  # the README's default when the value itself is not it
+    # A cluster (BACKUP_DEPLOYMENT=cluster) must state it: its default is a local folder or an
+    # example address, which in a pod would silently lose archives or mail.
+    stated_in_cluster: bool = False
 
 
 def dagster_home() -> Path:
@@ -188,6 +194,7 @@ class Settings:
             " no password in it (psycopg reads `PGPASSWORD`)",
             "a sqlite:/// or postgresql:// SQLAlchemy URL",
             "`sqlite:///$BACKUP_VAR_DIR/platform.db`",
+            stated_in_cluster=True,
         ),
     ]
     files_url: Annotated[
@@ -198,6 +205,7 @@ class Settings:
             "the platform's files (attachments, CFDI XML/PDF), read only",
             "gs://bucket[/prefix] or file:///absolute/folder",
             "`file://$BACKUP_VAR_DIR/files`",
+            stated_in_cluster=True,
         ),
     ]
     archives_url: Annotated[
@@ -208,6 +216,7 @@ class Settings:
             "where archives and staging go",
             "gs://bucket[/prefix] or file:///absolute/folder",
             "`file://$BACKUP_VAR_DIR/archives`",
+            stated_in_cluster=True,
         ),
     ]
     mail_url: Annotated[
@@ -218,6 +227,7 @@ class Settings:
             "`sendgrid://` (key in `SENDGRID_API_KEY`) or an outbox of `.eml` files",
             "sendgrid://[host[:port]] or file:///absolute/folder",
             "`file://$BACKUP_VAR_DIR/outbox`",
+            stated_in_cluster=True,
         ),
     ]
     # With a display name: the clinic's inbox shows who wrote, not a bare address.
@@ -228,6 +238,7 @@ class Settings:
             ("BACKUP_FROM_EMAIL",),
             "sender of every email (`Name <address>`: the display name may have accents)",
             "an email address, optionally as 'Name <address>'",
+            stated_in_cluster=True,
         ),
     ] = DEFAULT_FROM_EMAIL
     support_email: Annotated[
@@ -237,6 +248,7 @@ class Settings:
             ("BACKUP_SUPPORT_EMAIL",),
             "support's address: reply-to of the clinic's emails, and where alerts go",
             "an email address, optionally as 'Name <address>'",
+            stated_in_cluster=True,
         ),
     ] = "soporte@clinica.example"
     link_ttl_hours: Annotated[
@@ -416,10 +428,40 @@ class Settings:
                 if env.get(name, "").strip():
                     raw[field_name] = env[name]
                     read_from[field_name] = name
+        if deployment_of(env) == "cluster":
+            _require_stated(env, read_from)
         try:
             return cls(**raw)
         except pydantic.ValidationError as exc:
             raise SettingsError(_one_line(exc, raw, read_from)) from None
+
+
+def deployment_of(env: Mapping[str, str]) -> str:
+    """BACKUP_DEPLOYMENT: 'embedded' when unset; SettingsError for anything but the two kinds."""
+    value = env.get("BACKUP_DEPLOYMENT", "").strip()
+    if not value:
+        return "embedded"
+    if value.lower() not in DEPLOYMENTS:
+        raise SettingsError(f"BACKUP_DEPLOYMENT={value!r}: 'embedded' or 'cluster' expected")
+    return value.lower()
+
+
+def _require_stated(env: Mapping[str, str], read_from: Mapping[str, str]) -> None:
+    """In a cluster every location and address is stated: an embedded default there would write
+    archives to a pod's disk (gone with the pod) or mail from an example address."""
+    missing = [
+        variable.names[0]
+        for field_name, variable in declared_variables().items()
+        if variable.stated_in_cluster and field_name not in read_from
+    ]
+    mail_url = env.get("BACKUP_MAIL_URL", "").strip()
+    if mail_url.startswith("sendgrid:") and not env.get("SENDGRID_API_KEY", "").strip():
+        missing.append("SENDGRID_API_KEY")
+    if missing:
+        raise SettingsError(
+            f"{', '.join(missing)} not set: BACKUP_DEPLOYMENT=cluster states every location and"
+            " address (the embedded defaults serve only the embedded setup)"
+        )
 
 
 def declared_variables() -> dict[str, Variable]:
@@ -458,6 +500,13 @@ def _one_line(exc: pydantic.ValidationError, raw: dict[str, Any], read_from: dic
 # the libraries that own them.
 OTHER_VARIABLES: tuple[Variable, ...] = (
     Variable(
+        ("BACKUP_DEPLOYMENT",),
+        "`cluster` in a deployment: every setting marked *required in a cluster* must then be set"
+        " (a missing one stops the load); `embedded`: the defaults under `BACKUP_VAR_DIR`",
+        "'embedded' or 'cluster'",
+        "`embedded`",
+    ),
+    Variable(
         ("BACKUP_VAR_DIR",),
         "the folder of the embedded defaults (database, files, archives, outbox)",
         "a folder",
@@ -479,6 +528,11 @@ OTHER_VARIABLES: tuple[Variable, ...] = (
 
 
 def _default_text(field: dataclasses.Field[Any], variable: Variable) -> str:
+    text = _embedded_default_text(field, variable)
+    return f"{text}; required in a cluster" if variable.stated_in_cluster else text
+
+
+def _embedded_default_text(field: dataclasses.Field[Any], variable: Variable) -> str:
     if variable.shown_default is not None:
         return variable.shown_default
     if field.default is None:

@@ -285,3 +285,62 @@ def test_empty_values_count_as_unset_and_the_older_ttl_name_is_read() -> None:
     assert Settings.from_env(both).link_ttl_hours == 48
     assert Settings.from_env({"BACKUP_EXPORT_WORKERS": "auto"}).export_workers is None
     assert Settings.from_env({"BACKUP_EXPORT_WORKERS": "0"}).export_workers == 0
+
+
+DEFINITIONS = "backup_pipeline.definitions"
+CLUSTER_LOCATIONS = {
+    "BACKUP_PLATFORM_DB_URL": "postgresql+psycopg://backup_reader@10.0.0.5/platform",
+    "BACKUP_FILES_URL": "gs://platform-files",
+    "BACKUP_ARCHIVES_URL": "gs://clinic-backups/archives",
+    "BACKUP_MAIL_URL": "sendgrid://",
+    "BACKUP_FROM_EMAIL": "Respaldo de información <respaldos@clinica.mx>",
+    "BACKUP_SUPPORT_EMAIL": "soporte@clinica.mx",
+    "SENDGRID_API_KEY": "SG.key",
+}
+
+
+@pytest.mark.parametrize("missing", sorted(CLUSTER_LOCATIONS))
+def test_in_a_cluster_a_missing_location_or_address_is_named_instead_of_defaulted(missing: str):
+    env = {"BACKUP_DEPLOYMENT": "cluster", **CLUSTER_LOCATIONS}
+    del env[missing]
+
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(env)
+    line = str(raised.value)
+    assert line.startswith(f"{missing} not set: BACKUP_DEPLOYMENT=cluster")
+    assert "\n" not in line
+
+
+def test_in_a_cluster_stated_locations_are_used_and_embedded_ones_stay_the_default():
+    stated = Settings.from_env({"BACKUP_DEPLOYMENT": "cluster", **CLUSTER_LOCATIONS})
+    assert (stated.archives_url, stated.mail_url) == ("gs://clinic-backups/archives", "sendgrid://")
+
+    embedded = Settings.from_env({"BACKUP_DEPLOYMENT": "embedded"})
+    assert embedded.archives_url.startswith("file://")
+    assert embedded == Settings.from_env({})
+
+
+def test_an_unknown_deployment_kind_is_named():
+    with pytest.raises(SettingsError, match=r"^BACKUP_DEPLOYMENT='k8s': 'embedded' or 'cluster'"):
+        Settings.from_env({"BACKUP_DEPLOYMENT": "k8s"})
+
+
+def test_a_cluster_without_its_locations_fails_the_code_location_load_with_one_line(
+    tmp_path: Path,
+) -> None:
+    # Dagster's own load, as the code server does it in the cluster: nothing falls back to var/.
+    (tmp_path / "dagster_home").mkdir()
+    settings = {k: v for k, v in CLUSTER_LOCATIONS.items() if k != "BACKUP_FILES_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", DEFINITIONS],
+        cwd=tmp_path,
+        env=_environment(tmp_path, {"BACKUP_DEPLOYMENT": "cluster", **settings}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "SettingsError: BACKUP_FILES_URL not set: BACKUP_DEPLOYMENT=cluster" in output
+    assert not (tmp_path / "var").exists()
