@@ -8,10 +8,12 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import pytest
@@ -23,7 +25,10 @@ from backup_pipeline.datasets import export
 from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
 from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import (
@@ -451,3 +456,66 @@ def test_a_run_that_keeps_the_emailed_archive_keeps_its_contents_for_a_resend(pl
     assert support_run(platform, "resend_link_job", request_id=request_id, reason="lost").success
     _, resent = platform.sent()
     assert f"\n- Pacientes: {listed[0][1]}\n" in resent.text
+
+
+# --- Nothing made for a requester revoked before the run ----------------------------------------
+
+
+class JournalledFolderStore(FolderStore):
+    """A folder store that notes every key written to it in a journal file: a forked worker's
+    writes land in the same journal, and a clean-up that deletes them later erases no line."""
+
+    def __init__(self, root: Path, journal: Path) -> None:
+        super().__init__(root)
+        self.journal = journal
+
+    def open_write(
+        self, key: str, content_type: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        with self.journal.open("a", encoding="utf-8") as notes:
+            notes.write(key + "\n")
+        return super().open_write(key, content_type)
+
+
+class JournalledArchivesResource(ObjectStoreResource):
+    """The archives folder of the platform, every write to it journalled."""
+
+    journal: str
+
+    def get_store(self) -> ObjectStore:
+        return self.open_new_store()
+
+    def open_new_store(self) -> ObjectStore:
+        return JournalledFolderStore(Path(unquote(urlsplit(self.url).path)), Path(self.journal))
+
+
+def test_nothing_is_exported_or_zipped_for_a_requester_revoked_before_the_run(platform, clinic):
+    """The check when the run starts stops it there: the check before delivery would catch the
+    revocation too, but only after the clinic's data was read, rendered and zipped."""
+    journal = platform.root / "archives-writes.txt"
+    journal.touch()
+    archives_url = platform.settings.archives_url
+    assert archives_url.startswith("file://")  # the folder store, journalled
+    platform.resource_overrides["archives"] = JournalledArchivesResource(
+        url=archives_url, journal=str(journal)
+    )
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    revoke(platform, clinic)
+
+    backup = platform.run(request_id, clinic.subscription_id)
+
+    assert not backup.outcome.success and platform.status(request_id) == "failed"
+    assert journal.read_text(encoding="utf-8") == ""  # no staging, plan, workbook or zip written
+    assert list(platform.archives.list("")) == []
+    run_id = backup.outcome.run_id
+    started = {
+        record.dagster_event.step_key
+        for record in platform.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+        if record.dagster_event is not None
+    }
+    assert started == {"start_backup"}  # no plan, no export, no zip
+    outputs = platform.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+    assert outputs == []  # no workbook, archive or target reported
+    # Never marked running: the audit trail goes from accepted straight to failed.
+    assert events(platform, request_id) == [("accepted", "sensor"), ("failed", "run")]
