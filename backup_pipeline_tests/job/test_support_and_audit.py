@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from backup_pipeline import jobs
 from backup_pipeline import tables as t
@@ -331,6 +331,19 @@ def test_re_executing_a_failed_requests_run_is_refused_without_touching_it(platf
     assert events(platform, failed_id) == []  # no quota-free way around support's re-run
 
 
+def waits_for(platform: Platform, holder: int, while_: Callable[[], bool]) -> bool:
+    """Whether a backend comes to wait on a lock the backend `holder` holds (pg_blocking_pids),
+    looked for while `while_()` holds."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
+    with platform.engine.connect() as watcher:
+        while while_():
+            if watcher.execute(query, {"holder": holder}).scalar_one():
+                return True
+            watcher.rollback()  # a fresh snapshot of the activity for the next look
+            time.sleep(0.01)
+    return False
+
+
 def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clinic):
     """A delivery and the sensor's review of a double click, in two open transactions: on
     PostgreSQL the second waits for the first instead of failing on the window's row."""
@@ -361,9 +374,11 @@ def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clini
         first.commit()  # SQLite has one writer at a time: the review simply comes after
         review()
     else:
+        holder = first.execute(text("SELECT pg_backend_pid()")).scalar_one()
         second = threading.Thread(target=review)
         second.start()
-        time.sleep(1)
+        # The barrier: PostgreSQL itself says the review waits on a lock the first holds.
+        assert waits_for(platform, holder, while_=second.is_alive)
         first.commit()
         second.join(timeout=60)
     first.close()
