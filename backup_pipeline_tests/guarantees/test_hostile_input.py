@@ -491,14 +491,35 @@ def test_a_200_megabyte_attachment_streams_through_without_holding_it_in_memory(
 # --- properties: names ----------------------------------------------------------------------------
 
 
+# The few names below as the naming rule makes each one a safe name within 64 bytes, written out
+# by hand: '.' and '' become the fallback, a device name gets a '_', a long stem is cut to fit.
+SAFE_BASE = {
+    "..": "archivo",
+    "": "archivo",
+    "con": "_con",
+    "x" * 70 + ".jpg": "x" * 60 + ".jpg",
+}
+
+
+def with_number(base: str, number: int, max_bytes: int = 64) -> str:
+    """'<stem> (n)<extension>', the stem cut to fit: the rule, for the ASCII-stemmed names below."""
+    stem, dot, extension = base.rpartition(".")
+    if not dot or not stem:
+        stem, extension = base, ""
+    else:
+        extension = "." + extension
+    suffix = f" ({number}){extension}"
+    return stem[: max_bytes - len(suffix.encode())] + suffix
+
+
 def naive_unique_path(taken: dict[str, set[str]], folder: str, name: str) -> str:
     """The first free '<stem> (n)<ext>' by trying n = 2, 3, ... from scratch: the reference."""
     used = taken.setdefault(folder, set())
-    base = archive_names.safe_component(name, fallback="archivo", max_bytes=64)
+    base = SAFE_BASE.get(name, name)
     candidate, number = base, 1
     while unicodedata.normalize("NFC", candidate.casefold()) in used:
         number += 1
-        candidate = archive_names._numbered(base, number, 64)
+        candidate = with_number(base, number)
     used.add(unicodedata.normalize("NFC", candidate.casefold()))
     return f"{folder}/{candidate}"
 
