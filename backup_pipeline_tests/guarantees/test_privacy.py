@@ -19,7 +19,8 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import dagster as dg
 import pytest
@@ -30,11 +31,14 @@ from sqlalchemy import select, update
 
 from backup_pipeline import housekeeping
 from backup_pipeline import tables as t
+from backup_pipeline.archive.entries import KIND_ATTACHMENT
+from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.failures import error_class_of
 from backup_pipeline.operations import execute_request
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.settings import MAX_LINK_TTL, Settings
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.location import backup_request_sensor
@@ -241,6 +245,142 @@ def test_a_failed_run_tells_support_why_without_patient_data(
         "stderr": captured.err,
     }
     assert "STEP_FAILURE" in texts["event log"]
+    assert leaks(texts, watched) == []
+
+
+# --- privacy: every path that warns -------------------------------------------------------------
+
+
+class FirstReadFails(FolderStore):
+    """The platform's files folder, where the first read of one object drops mid-way (as a reset
+    connection does) and the next succeeds. The marker file says it failed once, in whichever
+    process read it first."""
+
+    def __init__(self, root: Path, key: str, marker: Path) -> None:
+        super().__init__(root)
+        self.key, self.marker = key, marker
+
+    def _fail_once(self, key: str) -> None:
+        if key == self.key and not self.marker.exists():
+            self.marker.touch()
+            raise ConnectionResetError("the connection dropped during the read (test)")
+
+    def open_read(self, key: str) -> BinaryIO:
+        self._fail_once(key)
+        return super().open_read(key)
+
+    def read_into(self, key: str, out: BinaryIO) -> int:
+        self._fail_once(key)
+        return super().read_into(key, out)
+
+
+class FirstReadFailsFiles(ObjectStoreResource):
+    key: str = Field(description="the one object whose first read fails")
+    marker: str = Field(description="a file made when it failed")
+
+    def _open(self) -> FirstReadFails:
+        return FirstReadFails(Path(unquote(urlsplit(self.url).path)), self.key, Path(self.marker))
+
+
+def files_of(platform: Platform, clinic: Clinic) -> dict[str, set[str]]:
+    """Every file's name as uploaded and path in the archive (it holds the patient's name)."""
+    with platform.engine.connect() as conn:
+        plan = list(plan_files(conn, clinic.subscription_id))
+    return {
+        "file name": {p.original_name for p in plan if p.original_name},
+        "archive path": {p.archive_path for p in plan},
+    }
+
+
+WARNING_PATHS = ["checksum_mismatch", "read_retry", "missing_file", "revoked_requester"]
+
+
+@pytest.mark.parametrize("warning", WARNING_PATHS)
+def test_no_warning_path_leaves_patient_data_where_engineers_look(
+    platform: Platform,
+    clinic: Clinic,
+    warning: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    watched = {**personal_data(platform, clinic), **files_of(platform, clinic)}
+    with platform.engine.connect() as conn:
+        plan = list(plan_files(conn, clinic.subscription_id))
+    # The warned-about file: a patient's attachment, whose path names the patient.
+    concerned = next(
+        p for p in plan if p.kind == KIND_ATTACHMENT and platform.files.exists(p.source_key)
+    )
+    assert concerned.original_name and concerned.archive_path in watched["archive path"]
+    marker = tmp_path / "read-failed-once"
+    if warning == "checksum_mismatch":
+        with platform.engine.begin() as conn:
+            conn.execute(
+                update(t.attachments)
+                .where(t.attachments.c.id == concerned.record_id)
+                .values(sha256="0" * 64)
+            )
+    elif warning == "read_retry":
+        platform.resource_overrides["files"] = FirstReadFailsFiles(
+            url=platform.settings.files_url, key=concerned.source_key, marker=str(marker)
+        )
+    elif warning == "missing_file":
+        assert platform.files.delete(concerned.source_key)
+    else:
+        with platform.engine.begin() as conn:
+            conn.execute(
+                update(t.users)
+                .where(t.users.c.id == clinic.owner_id)
+                .values(can_request_backup=False)
+            )
+    gone = sum(1 for p in plan if not platform.files.exists(p.source_key))
+    request_id = platform.file_request(clinic)
+
+    with dg.instance_for_test() as instance:
+        outcome = execute_request(
+            instance, platform.resources(), request_id, clinic.subscription_id
+        )
+        texts = run_record(instance, outcome.run_id)
+        archive = (
+            {
+                name: value.value
+                for record in instance.all_logs(
+                    outcome.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+                )
+                if record.dagster_event.event_specific_data.step_output_handle.output_name
+                == "archive"
+                for name, value in record.dagster_event.event_specific_data.metadata.items()
+            }
+            if outcome.success
+            else {}
+        )
+
+    # The warning path was taken.
+    if warning == "checksum_mismatch":
+        assert archive["checksum_mismatches"] == 1
+    elif warning == "read_retry":
+        assert marker.exists() and archive["missing_files"] == gone  # read again, copied
+    elif warning == "missing_file":
+        assert archive["missing_files"] == gone
+    if warning == "revoked_requester":
+        assert outcome.request_status == "failed"
+    else:
+        assert outcome.request_status == "delivered"
+    request = platform.request(request_id)
+    requester = platform.email_of(clinic.owner_id)
+    captured = capfd.readouterr()
+    texts |= {
+        "status_detail and request row": repr(request),
+        "python logs": python_logs(caplog.records),
+        "stdout": captured.out,
+        "stderr": captured.err,
+        **{
+            f"email to support: {m.subject}": m.subject + m.text
+            for m in platform.sent()
+            if m.to != requester
+        },
+    }
     assert leaks(texts, watched) == []
 
 

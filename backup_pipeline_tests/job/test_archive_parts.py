@@ -4,9 +4,11 @@ extracted into one folder, the parts merge without loss."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import zipfile
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,8 +67,12 @@ def test_a_very_large_account_is_delivered_in_verified_parts(tmp_path: Path):
     names = [p.archive_key.rsplit("/", 1)[-1] for p in parts]
     assert all(re.search(rf"_parte-{i}-de-{len(parts)}\.zip$", n) for i, n in enumerate(names, 1))
 
+    with platform.engine.connect() as conn:
+        plan = list(plan_files(conn, clinic.subscription_id))
+    gone = [p for p in plan if not platform.files.exists(p.source_key)]  # the seed's edge cases
     folders: dict[str, set[int]] = {}
     paths = []
+    held: Counter[str] = Counter()  # every file of the plan's folders, over all parts
     for part in parts:
         blob = platform.archives.get_bytes(part.archive_key)
         path = tmp_path / part.archive_key.rsplit("/", 1)[-1]
@@ -87,6 +93,18 @@ def test_a_very_large_account_is_delivered_in_verified_parts(tmp_path: Path):
         for name in archive.names:
             if name.startswith("adjuntos/"):
                 folders.setdefault(name.split("/")[1], set()).add(part.part)
+            if name.startswith(FILE_FOLDERS):
+                held[name] += 1
+        if part.part == 1:
+            book = openpyxl.load_workbook(io.BytesIO(archive.read(MISSING_REPORT_PATH)))
+            listed_missing = sorted(
+                (row["Tipo"], row["ID del registro"]) for row in table_rows(book.worksheets[0])
+            )
+    # Each part checks only against its own manifest: together they must hold exactly the plan,
+    # every planned file once in one part, or listed as not included.
+    assert {name for name, times in held.items() if times > 1} == set()
+    assert set(held) == {p.archive_path for p in plan} - {p.archive_path for p in gone}
+    assert listed_missing == sorted((MISSING_KIND_LABELS[p.kind], p.record_id) for p in gone)
     # A patient's folder is in one part (unless it alone exceeds one, which none does here).
     assert all(len(in_parts) == 1 for in_parts in folders.values())
     assert cli.main(["verify", *paths]) == 0

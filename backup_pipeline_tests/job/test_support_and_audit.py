@@ -7,15 +7,17 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from backup_pipeline import jobs
 from backup_pipeline import tables as t
@@ -23,7 +25,10 @@ from backup_pipeline.datasets import export
 from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
 from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.resources import platform_db as db
+from backup_pipeline.resources.storage import ObjectStoreResource
 from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import (
@@ -342,6 +347,19 @@ def test_re_executing_a_failed_requests_run_is_refused_without_touching_it(platf
     assert events(platform, failed_id) == []  # no quota-free way around support's re-run
 
 
+def waits_for(platform: Platform, holder: int, while_: Callable[[], bool]) -> bool:
+    """Whether a backend comes to wait on a lock the backend `holder` holds (pg_blocking_pids),
+    looked for while `while_()` holds."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
+    with platform.engine.connect() as watcher:
+        while while_():
+            if watcher.execute(query, {"holder": holder}).scalar_one():
+                return True
+            watcher.rollback()  # a fresh snapshot of the activity for the next look
+            time.sleep(0.01)
+    return False
+
+
 def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clinic):
     """A delivery and the sensor's review of a double click, in two open transactions: on
     PostgreSQL the second waits for the first instead of failing on the window's row."""
@@ -372,9 +390,11 @@ def test_two_changes_of_one_subscription_at_once_keep_its_window(platform, clini
         first.commit()  # SQLite has one writer at a time: the review simply comes after
         review()
     else:
+        holder = first.execute(text("SELECT pg_backend_pid()")).scalar_one()
         second = threading.Thread(target=review)
         second.start()
-        time.sleep(1)
+        # The barrier: PostgreSQL itself says the review waits on a lock the first holds.
+        assert waits_for(platform, holder, while_=second.is_alive)
         first.commit()
         second.join(timeout=60)
     first.close()
@@ -487,3 +507,66 @@ def test_refusing_a_request_cancels_its_backup_run_that_is_starting(platform, cl
     metadata = platform.step_output_metadata(refused.run_id, "refuse_request_op")
     assert metadata["cancelled_runs"] == [starting.run_id]
     assert platform.status(request_id) == "rejected"
+
+
+# --- Nothing made for a requester revoked before the run ----------------------------------------
+
+
+class JournalledFolderStore(FolderStore):
+    """A folder store that notes every key written to it in a journal file: a forked worker's
+    writes land in the same journal, and a clean-up that deletes them later erases no line."""
+
+    def __init__(self, root: Path, journal: Path) -> None:
+        super().__init__(root)
+        self.journal = journal
+
+    def open_write(
+        self, key: str, content_type: str | None = None
+    ) -> AbstractContextManager[BinaryIO]:
+        with self.journal.open("a", encoding="utf-8") as notes:
+            notes.write(key + "\n")
+        return super().open_write(key, content_type)
+
+
+class JournalledArchivesResource(ObjectStoreResource):
+    """The archives folder of the platform, every write to it journalled."""
+
+    journal: str
+
+    def get_store(self) -> ObjectStore:
+        return self.open_new_store()
+
+    def open_new_store(self) -> ObjectStore:
+        return JournalledFolderStore(Path(unquote(urlsplit(self.url).path)), Path(self.journal))
+
+
+def test_nothing_is_exported_or_zipped_for_a_requester_revoked_before_the_run(platform, clinic):
+    """The check when the run starts stops it there: the check before delivery would catch the
+    revocation too, but only after the clinic's data was read, rendered and zipped."""
+    journal = platform.root / "archives-writes.txt"
+    journal.touch()
+    archives_url = platform.settings.archives_url
+    assert archives_url.startswith("file://")  # the folder store, journalled
+    platform.resource_overrides["archives"] = JournalledArchivesResource(
+        url=archives_url, journal=str(journal)
+    )
+    request_id = platform.file_request(clinic)
+    review_pending(platform.engine)
+    revoke(platform, clinic)
+
+    backup = platform.run(request_id, clinic.subscription_id)
+
+    assert not backup.outcome.success and platform.status(request_id) == "failed"
+    assert journal.read_text(encoding="utf-8") == ""  # no staging, plan, workbook or zip written
+    assert list(platform.archives.list("")) == []
+    run_id = backup.outcome.run_id
+    started = {
+        record.dagster_event.step_key
+        for record in platform.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+        if record.dagster_event is not None
+    }
+    assert started == {"start_backup"}  # no plan, no export, no zip
+    outputs = platform.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+    assert outputs == []  # no workbook, archive or target reported
+    # Never marked running: the audit trail goes from accepted straight to failed.
+    assert events(platform, request_id) == [("accepted", "sensor"), ("failed", "run")]

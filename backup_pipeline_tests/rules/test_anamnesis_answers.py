@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
 
-from backup_pipeline.cleaning import cell_text
 from backup_pipeline.datasets.anamnesis import parse_answer_date, typed_answer
 from backup_pipeline.datasets.base import Column, Extraction, Kind
 from backup_pipeline.workbook import DATE_FORMAT, render_workbook
+from backup_pipeline_tests.support.oracles import as_the_clinic_wrote_it
 
 ANSWER_TYPES = ("text", "yes_no", "choice", "number", "date")
 
@@ -96,7 +96,7 @@ def test_no_answer_is_lost_or_changed_in_meaning(answers: list[tuple[str, str]])
             assert answer_type == "number"
             assert Decimal(str(value)) == Decimal(answer.strip())
         elif value is None:
-            assert cell_text(answer) == ""
+            assert as_the_clinic_wrote_it(answer) == ""
         else:
-            assert value == cell_text(answer)  # text as written, never a formula
+            assert value == as_the_clinic_wrote_it(answer)  # text as written, never a formula
             assert cell.data_type == "s"

@@ -19,6 +19,7 @@ from backup_pipeline.cleaning import (
     fits_in_cell,
     sheet_title,
 )
+from backup_pipeline_tests.support.oracles import as_the_clinic_wrote_it
 
 
 def is_xml_char(ch: str) -> bool:
@@ -68,6 +69,11 @@ def test_emoji_tabs_and_line_breaks_survive_while_controls_and_lone_surrogates_g
 @given(xml_text)
 def test_cell_text_changes_only_line_endings(value: str) -> None:
     assert cell_text(value) == value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@given(any_text)
+def test_cell_text_is_what_the_clinic_wrote_without_what_xml_cannot_hold(value: str) -> None:
+    assert cell_text(value) == as_the_clinic_wrote_it(value)
 
 
 def test_cell_text_keeps_formula_looking_text_as_written() -> None:

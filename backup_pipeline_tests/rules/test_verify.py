@@ -8,6 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openpyxl import Workbook
 
 from backup_pipeline.archive.leeme import (
@@ -17,7 +19,13 @@ from backup_pipeline.archive.leeme import (
     part_sums_path,
 )
 from backup_pipeline.archive.names import part_key
-from backup_pipeline.archive.verify import sha256sums_text, verify_archive, verify_zip
+from backup_pipeline.archive.verify import (
+    is_contained,
+    sha256sums_text,
+    verify_archive,
+    verify_zip,
+)
+from backup_pipeline_tests.support.oracles import stays_in_the_archive
 
 SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
 UUID = "5FB2822E-396D-4725-8521-CDC4BDD20CCF"
@@ -119,11 +127,53 @@ def test_a_zip_without_sha256sums_fails():
     assert report.problems == ["SHA256SUMS is missing"]
 
 
-@pytest.mark.parametrize("evil", ["../fuera.txt", "/etc/passwd", "adjuntos/../../x", "C:/x"])
+# Windows' Explorer and most unzip tools on it take a backslash for a folder separator.
+ESCAPING_PATHS = [
+    "../fuera.txt",
+    "/etc/passwd",
+    "adjuntos/../../x",
+    "C:/x",
+    "..\\x",
+    "a\\..\\..\\x",
+    "adjuntos\\..\\..\\x",
+    "C:\\x",
+    "c:x",
+    "\\\\server\\share\\x",
+    "\\x",
+]
+
+
+@pytest.mark.parametrize("evil", ESCAPING_PATHS)
 def test_paths_that_escape_the_archive_fail(evil):
-    report = verify_zip(io.BytesIO(_zip({**GOOD, evil: b"x"})))
+    # Listed in SHA256SUMS with its true sum (written out: sha256sums_text refuses a '\\'), so
+    # that where it lands is the only thing wrong with it.
+    sums = sha256sums_text((p, hashlib.sha256(d).hexdigest()) for p, d in GOOD.items())
+    sums += f"{hashlib.sha256(b'x').hexdigest()}  {evil}\n"
+    report = verify_zip(io.BytesIO(_zip({**GOOD, evil: b"x"}, sums)))
     assert not report.ok
     assert any("escapes the archive folder" in p for p in report.problems)
+
+
+def test_the_escaping_paths_escape_by_the_rule_stated_apart():
+    assert not any(stays_in_the_archive(path) for path in ESCAPING_PATHS)
+    assert all(stays_in_the_archive(path) for path in GOOD)
+
+
+# Paths made of the steps that matter: names, dots, drives, both separators.
+path_steps = st.sampled_from(["a", "adjuntos", "x.pdf", ".", "..", "...", "C:", "c:x", "", " "])
+paths = st.builds(
+    lambda lead, steps, seps: (
+        lead + "".join(s + step for s, step in zip(seps, steps, strict=False))
+    ),
+    st.sampled_from(["", "/", "\\", "\\\\", "C:", "..", "a"]),
+    st.lists(path_steps, max_size=5),
+    st.lists(st.sampled_from(["/", "\\"]), min_size=5, max_size=5),
+)
+
+
+@given(paths)
+def test_is_contained_agrees_with_where_an_entry_lands_when_extracted(path):
+    assert is_contained(path) == stays_in_the_archive(path)
 
 
 def test_a_workbook_that_does_not_open_fails_and_is_named():
