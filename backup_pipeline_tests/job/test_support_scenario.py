@@ -3,18 +3,12 @@ backup failed, support jobs that ask only for what support fills in, refusals in
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pytest
@@ -25,6 +19,7 @@ from backup_pipeline.support_jobs import SUPPORT_JOBS
 from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.location import backup_failure_sensor, code_location
 from backup_pipeline_tests.support.platform import Clinic, Platform
+from backup_pipeline_tests.support.webserver import dagster_webserver
 
 REPO = Path(__file__).resolve().parents[2]
 # What support fills in on a support job's Launchpad, and nothing else.
@@ -89,12 +84,6 @@ def test_a_blank_reason_is_refused_at_launch_naming_the_field(
 # --- The afternoon, on a real instance and a real webserver ---------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class Deployment:
     """The instance of `make dev` (this repository's dagster.yaml: a run queue) with the
@@ -112,46 +101,11 @@ def deployment(
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    port = free_port()
-    webserver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster_webserver",
-            "-w",
-            str(REPO / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env={**os.environ, **platform.env, "DAGSTER_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its code server goes with it
-    )
-    try:
-        # Loading the code location takes seconds, more on a busy machine; not what is tested.
-        deadline = time.monotonic() + 600
-        while True:
-            assert webserver.poll() is None, webserver.stderr.read().decode()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the webserver did not start"
-                time.sleep(0.5)
-        ui = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=300)
+    with dagster_webserver({**platform.env, "DAGSTER_HOME": str(home)}) as url:
+        parts = urlsplit(url)
+        ui = DagsterGraphQLClient(parts.hostname, port_number=parts.port, timeout=300)
         with dg.DagsterInstance.get() as instance:
             yield Deployment(instance, ui)
-    finally:
-        os.killpg(webserver.pid, signal.SIGTERM)
-        try:
-            webserver.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(webserver.pid, signal.SIGKILL)
-            webserver.wait()
 
 
 def sensor_tick(deployment: Deployment, platform: Platform) -> list[dg.RunRequest]:
