@@ -1,7 +1,9 @@
-"""The only private Dagster names the product uses, each for something Dagster's public API
-cannot do; checked against dagster 1.13 by backup_pipeline_tests/job/test_cli_runs.py.
-
-When an upgrade moves or changes one, only this module changes, and that test says so.
+"""The only Dagster internals the product relies on (tag names Dagster writes, which its public
+API cannot write for us), each with its reason; written out here rather than imported from
+Dagster's private modules, and checked against dagster 1.13's own by
+backup_pipeline_tests/job/test_cli_runs.py (equal to its private constants, and found by the UI's
+own partition-status query). When an upgrade changes one, only this module changes, and that
+test says so.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ import dagster as dg
 # reconstructable job makes no origin either) has none, so without these tags the UI would not
 # count it in the request's partition. Dagster offers no public way to give an in-process run its
 # code location's origin.
-from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+# Dagster's names: dagster._core.storage.tags and the singleton repository of a Definitions.
+REPOSITORY_LABEL_TAG = ".dagster/repository"
+CODE_LOCATION_TAG = "dagster/code_location"
+SINGLETON_REPOSITORY_NAME = "__repository__"
 
 # A partitioned job's runs are found by its "partition set" (the dagster/partition_set tag), a
 # name Dagster derives from the job's; `execute_in_process(partition_key=...)` and the UI's
 # Launchpad write it themselves, a run submitted through the GraphQL client (which takes tags but
 # no partition) must carry it.
-from dagster._core.remote_representation.external_data import partition_set_snap_name_for_job_name
-from dagster._core.storage.tags import (
-    CODE_LOCATION_TAG,
-    PARTITION_NAME_TAG,
-    PARTITION_SET_TAG,
-    REPOSITORY_LABEL_TAG,
-)
+PARTITION_NAME_TAG = "dagster/partition"
+PARTITION_SET_TAG = "dagster/partition_set"
+
+
+def partition_set_name(job_name: str) -> str:
+    """The partition set Dagster derives from a partitioned job's name."""
+    return f"{job_name}_partition_set"
+
 
 # The daemon that dequeues the instance's runs (QueuedRunCoordinatorDaemon), by the type its
 # heartbeat carries. `DagsterInstance.get_daemon_statuses` reads the heartbeats the UI's Daemons
@@ -49,7 +55,7 @@ def partition_tags(job_name: str, partition_key: str) -> dict[str, str]:
     """The tags that make a run of `job_name` the run of one partition, as Dagster writes them."""
     return {
         PARTITION_NAME_TAG: partition_key,
-        PARTITION_SET_TAG: partition_set_snap_name_for_job_name(job_name),
+        PARTITION_SET_TAG: partition_set_name(job_name),
     }
 
 

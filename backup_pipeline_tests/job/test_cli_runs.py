@@ -21,6 +21,7 @@ from backup_pipeline.jobs import BACKUP_JOB_NAME
 from backup_pipeline.operations import CODE_LOCATION, Launch, NotLaunched
 from backup_pipeline.target import SUBSCRIPTION_TAG, run_tags
 from backup_pipeline_tests.guarantees.test_load import dequeue
+from backup_pipeline_tests.support import dagster_internals
 from backup_pipeline_tests.support.dagster_internals import DaemonHeartbeat
 from backup_pipeline_tests.support.platform import Clinic, Platform
 from backup_pipeline_tests.support.webserver import dagster_webserver, free_port, graphql
@@ -209,3 +210,16 @@ def test_through_the_webserver_cli_runs_are_the_code_locations_runs(platform, da
     # Another backup of the same clinic is running: the queue's own rule holds this one back.
     running = run_tags(request_id - 1, other.subscription_id)
     assert dequeue([running, dict(queued.tags)], REPO / "dagster.yaml") == [running]
+
+
+def test_the_tags_dagster_compat_writes_are_still_dagsters_own():
+    # dagster_compat writes Dagster's internal names out instead of importing them (the product
+    # uses no private name of a library): this fails the day Dagster renames one.
+    assert dagster_compat.REPOSITORY_LABEL_TAG == dagster_internals.REPOSITORY_LABEL_TAG
+    assert dagster_compat.CODE_LOCATION_TAG == dagster_internals.CODE_LOCATION_TAG
+    assert dagster_compat.PARTITION_NAME_TAG == dagster_internals.PARTITION_NAME_TAG
+    assert dagster_compat.PARTITION_SET_TAG == dagster_internals.PARTITION_SET_TAG
+    assert dagster_compat.SINGLETON_REPOSITORY_NAME == dagster_internals.SINGLETON_REPOSITORY_NAME
+    assert dagster_compat.partition_set_name(
+        BACKUP_JOB_NAME
+    ) == dagster_internals.partition_set_snap_name_for_job_name(BACKUP_JOB_NAME)

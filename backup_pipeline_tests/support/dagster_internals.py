@@ -11,12 +11,26 @@ from __future__ import annotations
 # PostgreSQL and Kubernetes. test_schedules checks each config (and each pluggable class's own
 # config) so that a misspelled key fails in CI rather than in a pod at deploy time.
 from dagster._config import validate_config
+
+# The tag names and the partition-set name Dagster writes on a code location's runs, which
+# backup_pipeline/dagster_compat.py writes out for a run the CLI executes in process:
+# test_cli_runs checks that they are still Dagster's.
+from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
 from dagster._core.instance.config import dagster_instance_config
 
 # What the webserver is sent about a code location (jobs, sensors, resources and their config):
 # test_privacy serializes it to show that no secret reaches the UI. Dagster has no public way to
 # build this snapshot from Definitions.
-from dagster._core.remote_representation.external_data import RepositorySnap
+from dagster._core.remote_representation.external_data import (
+    RepositorySnap,
+    partition_set_snap_name_for_job_name,
+)
+from dagster._core.storage.tags import (
+    CODE_LOCATION_TAG,
+    PARTITION_NAME_TAG,
+    PARTITION_SET_TAG,
+    REPOSITORY_LABEL_TAG,
+)
 
 # A daemon's heartbeat, as `dagster-daemon run` writes it: test_cli_runs tells the CLI that a
 # daemon serves the run queue without starting one (which would also run every sensor).
@@ -28,9 +42,15 @@ from dagster._daemon.types import DaemonHeartbeat
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 __all__ = [
+    "CODE_LOCATION_TAG",
+    "PARTITION_NAME_TAG",
+    "PARTITION_SET_TAG",
+    "REPOSITORY_LABEL_TAG",
+    "SINGLETON_REPOSITORY_NAME",
     "DaemonHeartbeat",
     "RepositorySnap",
     "TagConcurrencyLimitsCounter",
     "dagster_instance_config",
+    "partition_set_snap_name_for_job_name",
     "validate_config",
 ]
