@@ -318,10 +318,11 @@ def service_account_credentials(key: rsa.RSAPrivateKey) -> service_account.Crede
 
 
 def gcs_store_with(url: str, credentials, **kwargs) -> GcsStore:
-    """A store on the emulator bucket of url, whose client holds the given credentials."""
+    """A store on the emulator bucket of url, signed in with the given credentials."""
     parts = urlsplit(url)
-    client = storage.Client(project=EMULATOR_PROJECT, credentials=credentials)
-    return GcsStore(parts.netloc, parts.path, client=client, **kwargs)
+    return GcsStore(
+        parts.netloc, parts.path, credentials=credentials, project=EMULATOR_PROJECT, **kwargs
+    )
 
 
 def signed_query(url: str) -> dict[str, str]:
@@ -335,7 +336,7 @@ def test_gcs_upload_failing_after_chunks_were_sent_leaves_no_object(gcs_bucket_u
     with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
         out.write(os.urandom(MiB + 10))
         # The resumable session is open and holds bytes: this is a failure mid-upload.
-        upload, _transport = out._upload_and_transport
+        upload = out.upload
         assert upload.bytes_uploaded >= MiB
         raise RuntimeError("disk full while zipping")
 
@@ -346,31 +347,25 @@ def test_gcs_upload_failing_after_chunks_were_sent_leaves_no_object(gcs_bucket_u
     assert late.status_code == 404
 
 
-class CancelFailsTransport:
-    """The client's authorized session, except that cancelling (DELETE) loses the network."""
-
-    def __init__(self, session) -> None:
-        self._session = session
-
-    def delete(self, *args, **kwargs):
-        raise requests.ConnectionError("network down")
-
-    def __getattr__(self, name: str):
-        return getattr(self._session, name)
-
-
 def test_gcs_upload_whose_cancel_fails_still_never_finalizes(gcs_bucket_url: str) -> None:
     parts = urlsplit(gcs_bucket_url)
     store = GcsStore(parts.netloc, parts.path, chunk_size=256 * 1024)
 
+    def network_down(*args, **kwargs):
+        raise requests.ConnectionError("network down")
+
     with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
         out.write(os.urandom(300 * 1024))
-        upload, transport = out._upload_and_transport
-        out._upload_and_transport = (upload, CancelFailsTransport(transport))
+        assert out.upload.resumable_url  # a session holds the first chunk
+        # Cancelling (DELETE on the session) loses the network.
+        store.session.delete = network_down
         raise RuntimeError("zip failed")
     out.close()  # what io's finalizer does when the writer is collected
 
     assert not store.exists("archives/broken.zip")
+    # The session outlives the failed cancel, but its last chunk was never sent.
+    state = requests.put(out.upload.resumable_url, headers={"Content-Range": "bytes */*"})
+    assert state.status_code == 308
 
 
 def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
