@@ -10,6 +10,7 @@ import os
 import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -376,6 +377,67 @@ def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
     client = storage.Client(project=EMULATOR_PROJECT)
     assert [blob.name for blob in client.list_blobs(bucket_name)] == ["some/prefix/k.txt"]
     assert store.url == gcs_bucket_url
+
+
+class HeldMediaServer:
+    """A loopback stand-in for GCS's media endpoint that answers no read until `together` reads
+    are in flight at once, and notes each TCP connection the reads came on."""
+
+    def __init__(self, together: int) -> None:
+        self.connections: set[tuple[str, int]] = set()
+        barrier = threading.Barrier(together, timeout=60)
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as GCS
+
+            def do_GET(self) -> None:
+                with lock:
+                    server.connections.add(self.client_address)
+                barrier.wait()
+                body = b"object bytes"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+
+def test_gcs_reads_in_flight_keep_their_connections_for_the_next_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Dozens of reads share the store's session (READS_IN_FLIGHT): a pool of requests' default
+    # 10 connections would close the rest after each read, and open them again for the next
+    # (a TCP and TLS handshake on GCS each time).
+    together = 24
+    media = HeldMediaServer(together)
+    media.thread.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", media.url)
+    try:
+        store = GcsStore("bucket-1", "platform")
+        assert store.reads_in_flight >= together
+
+        def read(index: int) -> int:
+            return store.read_into(f"adjuntos/{index}.pdf", io.BytesIO())
+
+        with ThreadPoolExecutor(together) as pool:
+            for _round in range(2):
+                sizes = list(pool.map(read, range(together)))
+                assert sizes == [len(b"object bytes")] * together
+    finally:
+        media.httpd.shutdown()
+        media.httpd.server_close()
+
+    # Each round had every read in flight at once; the second reused the first's connections.
+    assert len(media.connections) == together
 
 
 def test_gcs_reads_stop_at_the_object_size_without_asking_past_it(
