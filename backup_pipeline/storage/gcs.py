@@ -166,7 +166,9 @@ class GcsStore(ObjectStore):
     def open_write(
         self, key: str, content_type: str | None = None
     ) -> AbstractContextManager[BinaryIO]:
-        upload = ResumableUpload(self._upload_url, self.chunk_size)
+        # GCS's CRC32C of the finished object is checked against the bytes sent, as BlobWriter's
+        # checksum="auto" did: a corrupted upload fails the write instead of being delivered.
+        upload = ResumableUpload(self._upload_url, self.chunk_size, checksum="crc32c")
         writer = _UploadWriter(
             upload,
             self.session,
