@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import dagster as dg
 import google.auth.credentials
 import google.auth.transport.requests
+import google_crc32c
 import pytest
 import requests
 from cryptography.hazmat.primitives import hashes
@@ -367,6 +369,84 @@ def test_gcs_upload_whose_cancel_fails_still_never_finalizes(gcs_bucket_url: str
     # The session outlives the failed cancel, but its last chunk was never sent.
     state = requests.put(out.upload.resumable_url, headers={"Content-Range": "bytes */*"})
     assert state.status_code == 308
+
+
+class HalfKeepingUploadServer:
+    """A loopback stand-in for GCS's resumable upload endpoint that keeps only the first half of
+    the first chunk it is sent, and says so in its 308's Range header, as GCS may."""
+
+    def __init__(self) -> None:
+        self.object = bytearray()
+        self.content_ranges: list[str] = []  # of each chunk sent, in order
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # initiation: the session URI
+                self.rfile.read(int(self.headers["Content-Length"]))
+                session = f"{server.url}/upload/storage/v1/b/bucket-1/o?upload_id=s1"
+                self._answer(200, {"Location": session})
+
+            def do_PUT(self) -> None:  # a chunk at an explicit offset
+                content_range = self.headers["Content-Range"]
+                server.content_ranges.append(content_range)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range)
+                assert match, content_range
+                start, total = int(match[1]), match[2]
+                if len(server.content_ranges) == 1:
+                    body = body[: len(body) // 2]
+                server.object[start : start + len(body)] = body
+                if total != "*" and len(server.object) == int(total):
+                    crc = google_crc32c.value(bytes(server.object)).to_bytes(4, "big")
+                    done = {"name": "k", "crc32c": base64.b64encode(crc).decode()}
+                    self._answer(
+                        200, {"Content-Type": "application/json"}, json.dumps(done).encode()
+                    )
+                else:
+                    self._answer(308, {"Range": f"bytes=0-{len(server.object) - 1}"})
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+
+def test_gcs_upload_resends_from_where_gcs_says_it_kept_a_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chunk = 256 * 1024
+    gcs = HalfKeepingUploadServer()
+    gcs.thread.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    data = os.urandom(3 * chunk + 1000)
+    try:
+        store = GcsStore("bucket-1", chunk_size=chunk)
+        with store.open_write("archives/a.zip") as out:
+            for start in range(0, len(data), 100_000):
+                out.write(data[start : start + 100_000])
+    finally:
+        gcs.httpd.shutdown()
+        gcs.httpd.server_close()
+
+    assert bytes(gcs.object) == data
+    # The second chunk starts where GCS said the first one ended, not where it was meant to.
+    assert gcs.content_ranges[:2] == [
+        f"bytes 0-{chunk - 1}/*",
+        f"bytes {chunk // 2}-{chunk // 2 + chunk - 1}/*",
+    ]
+    assert gcs.content_ranges[-1].endswith(f"/{len(data)}")
 
 
 def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
