@@ -1,4 +1,5 @@
-"""Google Cloud Storage as an object store (gs://), through google-cloud-storage."""
+"""Google Cloud Storage as an object store (gs://): metadata through google-cloud-storage, bytes
+through google-resumable-media on a session of our own."""
 
 from __future__ import annotations
 
@@ -6,27 +7,27 @@ import contextlib
 import http.client
 import io
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, BinaryIO, cast
+from urllib.parse import quote
 
+import google.auth
 import google.auth.credentials
 import google.auth.exceptions
 import google.auth.transport.requests
+import google.resumable_media
+import requests
 import requests.adapters
 import urllib3.exceptions
-from google.api_core.exceptions import (
-    GoogleAPICallError,
-    NotFound,
-    RequestRangeNotSatisfiable,
-    RetryError,
-)
-from google.auth.credentials import AnonymousCredentials, TokenState
+from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
+from google.auth.credentials import AnonymousCredentials, Credentials, TokenState
 from google.cloud import storage
-from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
-from google.cloud.storage.fileio import BlobReader, BlobWriter
+from google.cloud.storage.fileio import BlobReader
+from google.resumable_media.requests import Download, ResumableUpload
 
 from backup_pipeline.storage.base import (
     ObjectInfo,
@@ -49,16 +50,36 @@ DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 # Each request to GCS spends tens of milliseconds before its first byte: readers of many small
 # objects keep this many in flight (bench/RESULTS.md: 128 hide most of 40 ms per request).
 READS_IN_FLIGHT = 128
+# Seconds to connect, and to wait for each read from the socket: resumable-media's own defaults.
+_TIMEOUT = (61, 60)
+
+
+def default_credentials() -> Credentials:
+    """What the store signs in with when it is given no credentials, as storage.Client decides
+    it: anonymous when STORAGE_EMULATOR_HOST names an emulator, else google.auth.default()
+    (GOOGLE_APPLICATION_CREDENTIALS, workload identity's metadata server or gcloud's ADC)."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return AnonymousCredentials()
+    credentials, _project = google.auth.default(scopes=storage.Client.SCOPE)
+    return credentials
 
 
 class GcsStore(ObjectStore):
-    """Objects in a GCS bucket under an optional prefix, through google-cloud-storage.
+    """Objects in a GCS bucket under an optional prefix.
+
+    Two HTTP sessions share one set of credentials: storage.Client's, for metadata calls (get_blob,
+    exists, list, delete, the ranged reads of open_read) and signing; and ours, an
+    AuthorizedSession with a pool for READS_IN_FLIGHT connections, for the data path that runs
+    that many at once (read_into, read_head) and for uploads (google-resumable-media's Download
+    and ResumableUpload). requests keeps 10 connections per host by default, and the client's
+    session can only be replaced through a private argument.
 
     Retries: the client's DEFAULT_RETRY (408, 429, 500, 502, 503, 504, connection errors and
-    timeouts; backoff from 1 s up to 60 s, giving up after 120 s) covers every call made here:
-    get_blob, each ranged read, exists, list_blobs, delete, each resumable-upload request (chunks
-    go at explicit offsets, so resending one is safe) and the IAM signBlob call. A delete retried
-    after a lost reply sees 404 and reports False. The upload-cancel DELETE is not retried.
+    timeouts; backoff from 1 s up to 60 s, giving up after 120 s) covers its calls and the IAM
+    signBlob call; resumable-media retries the same statuses and connection errors on the data
+    path (backoff from 1 s up to 64 s, giving up after 600 s of waiting), resuming a broken
+    download from its last byte and resending an upload chunk at its explicit offset. A delete
+    retried after a lost reply sees 404 and reports False. The upload-cancel DELETE is not retried.
     """
 
     reads_in_flight = READS_IN_FLIGHT
@@ -67,8 +88,8 @@ class GcsStore(ObjectStore):
         self,
         bucket: str,
         prefix: str = "",
-        client: storage.Client | None = None,
         *,
+        credentials: Credentials | None = None,
         signer_email: str | None = None,
         project: str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -76,14 +97,21 @@ class GcsStore(ObjectStore):
         self.prefix = prefix.strip("/")
         if self.prefix:
             check_key(self.prefix)
-        # Credentials come from google.auth.default(): GOOGLE_APPLICATION_CREDENTIALS, workload
-        # identity's metadata server or gcloud's ADC. With STORAGE_EMULATOR_HOST set the client
-        # itself talks to the emulator with AnonymousCredentials. Object calls need no project,
-        # so a missing one (None, not google's own lookup) must not stop us. signer_email names
-        # the service account that signs URLs when the credentials hold no key (workload identity).
-        self.client = client or storage.Client(project=project)
-        _pool_connections(self.client, READS_IN_FLIGHT + 8)
+        # Scoped here (a no-op for credentials that are already) so that the client, our session
+        # and signing all hold this very object, and one token refresh serves them all.
+        self.credentials: Credentials = google.auth.credentials.with_scopes_if_required(
+            credentials or default_credentials(), storage.Client.SCOPE
+        )
+        # Object calls need no project, so a missing one (None, not google's own lookup) must not
+        # stop us. signer_email names the service account that signs URLs when the credentials
+        # hold no key (workload identity).
+        self.client = storage.Client(project=project, credentials=self.credentials)
         self.bucket = self.client.bucket(bucket)  # no lookup call: we may lack storage.buckets.get
+        self.session = _pooled_session(self.credentials, READS_IN_FLIGHT + 8)
+        endpoint = self.client.api_endpoint  # STORAGE_EMULATOR_HOST's, when it is set
+        bucket_path = quote(bucket, safe="")
+        self._media_url = f"{endpoint}/download/storage/v1/b/{bucket_path}/o/"
+        self._upload_url = f"{endpoint}/upload/storage/v1/b/{bucket_path}/o?uploadType=resumable"
         self.signer_email = signer_email
         self.chunk_size = chunk_size
         self.url = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
@@ -91,6 +119,10 @@ class GcsStore(ObjectStore):
     def _name(self, key: str) -> str:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _download(self, key: str, **kwargs: Any) -> Download:
+        """A download of the object's bytes (JSON API media URL, alt=media) on our session."""
+        return Download(f"{self._media_url}{quote(self._name(key), safe='')}?alt=media", **kwargs)
 
     def open_read(self, key: str) -> BinaryIO:
         name = self._name(key)
@@ -105,41 +137,45 @@ class GcsStore(ObjectStore):
         return cast(BinaryIO, _GcsReader(reader, self.url, size))
 
     def read_into(self, key: str, out: BinaryIO) -> int:
-        """One streaming GET of the object's bytes, without get_blob's metadata request first.
-        The client resumes a broken download from where it stopped, pinned to the generation
-        its first response named, and checks the whole object's CRC32C."""
-        blob = self.bucket.blob(self._name(key))
+        """One streaming GET of the object's bytes, without a metadata request first.
+        resumable-media resumes a broken download from where it stopped, pinned to the
+        generation its first response named, and checks the whole object's CRC32C."""
         counted = _CountingWriter(out)
+        download = self._download(key, stream=counted, checksum="crc32c")
         with _read_errors(self.url):
-            blob.download_to_file(counted)
+            download.consume(self.session, timeout=_TIMEOUT)
         return counted.size
 
     def read_head(self, key: str, max_bytes: int) -> bytes:
         """One ranged GET of the first max_bytes (a smaller object comes whole)."""
         if max_bytes <= 0:
             return b""
-        blob = self.bucket.blob(self._name(key))
+        head = io.BytesIO()
+        # No checksum: GCS's is the whole object's, a range cannot be checked against it.
+        download = self._download(key, stream=head, start=0, end=max_bytes - 1, checksum=None)
         with _read_errors(self.url):
             try:
-                # No checksum: GCS's is the whole object's, a range cannot be checked against it.
-                data = blob.download_as_bytes(start=0, end=max_bytes - 1, checksum=None)
-            except RequestRangeNotSatisfiable:
+                download.consume(self.session, timeout=_TIMEOUT)
+            except google.resumable_media.InvalidResponse as exc:
+                if exc.response.status_code != http.client.REQUESTED_RANGE_NOT_SATISFIABLE:
+                    raise
                 return b""  # the range starts at 0: only an empty object has no such byte
         # A transcoded (gzip) object comes whole whatever the range.
-        return data[:max_bytes]
+        return head.getvalue()[:max_bytes]
 
     def open_write(
         self, key: str, content_type: str | None = None
     ) -> AbstractContextManager[BinaryIO]:
-        blob = self.bucket.blob(self._name(key), chunk_size=self.chunk_size)
-        writer = blob.open(
-            "wb",
-            chunk_size=self.chunk_size,
-            content_type=content_type or "application/octet-stream",
-            # zipfile flushes its output; the upload can only be flushed by finalizing it.
-            ignore_flush=True,
+        # GCS's CRC32C of the finished object is checked against the bytes sent, as BlobWriter's
+        # checksum="auto" did: a corrupted upload fails the write instead of being delivered.
+        upload = ResumableUpload(self._upload_url, self.chunk_size, checksum="crc32c")
+        writer = _UploadWriter(
+            upload,
+            self.session,
+            {"name": self._name(key)},
+            content_type or "application/octet-stream",
         )
-        return _ResumableUpload(cast(BlobWriter, writer))
+        return _ResumableUpload(writer)
 
     def exists(self, key: str) -> bool:
         return bool(self.bucket.blob(self._name(key)).exists())
@@ -180,6 +216,7 @@ class GcsStore(ObjectStore):
             expiration=expires_in,
             method="GET",
             response_disposition=attachment_disposition(download_name),
+            credentials=self.credentials,
             **self._iam_signing(),
         )
 
@@ -190,7 +227,7 @@ class GcsStore(ObjectStore):
         the service account's Google-held key, which needs roles/iam.serviceAccountTokenCreator on
         that account. A configured signer other than the key's own account also goes through IAM.
         """
-        credentials = self.client._credentials
+        credentials = self.credentials
         if isinstance(credentials, google.auth.credentials.Signing) and self.signer_email in (
             None,
             credentials.signer_email,
@@ -212,14 +249,16 @@ class GcsStore(ObjectStore):
         return {"service_account_email": email, "access_token": credentials.token}
 
 
-def _pool_connections(client: storage.Client, size: int) -> None:
-    """Let `size` requests share the client's session at once: requests keeps 10 connections per
-    host, and the 11th thread's connection would be opened and thrown away on every request."""
-    session = client._http
-    if hasattr(session, "mount"):
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+def _pooled_session(
+    credentials: Credentials, size: int
+) -> google.auth.transport.requests.AuthorizedSession:
+    """An authorized session that `size` requests share at once: requests keeps 10 connections
+    per host, and the 11th thread's connection would be opened and thrown away on every request."""
+    session = google.auth.transport.requests.AuthorizedSession(credentials)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 class _CountingWriter(io.RawIOBase):
@@ -265,21 +304,25 @@ def _read_errors(url: str) -> Iterator[None]:
     400): a misconfiguration must fail the backup, not leave every file out of it.
 
     The messages name the store, never the key (google's name the URL): keys carry
-    user-chosen file names.
+    user-chosen file names. (google-cloud-storage's InvalidResponse and DataCorruption subclass
+    resumable-media's, so one clause catches both libraries'.)
     """
     try:
         yield
-    except (GoogleAPICallError, InvalidResponse) as exc:
+    except (GoogleAPICallError, google.resumable_media.InvalidResponse) as exc:
         status = exc.code if isinstance(exc, GoogleAPICallError) else exc.response.status_code
         if status == 404:
             raise ObjectNotFound(f"the object vanished while it was read in {url}") from None
         if status in _TRANSIENT_STATUS:
             raise StoreUnavailable(f"reading from {url} failed: HTTP {status}") from None
         raise StoreRefused(f"{url} refused a read: HTTP {status}") from None
-    except DataCorruption:
+    except google.resumable_media.DataCorruption:
         raise StoreUnavailable(f"a read from {url} failed its checksum") from None
     except (
         RetryError,
+        # resumable-media's last error once its retries give up: its message names the URL.
+        requests.exceptions.RequestException,
+        ConnectionError,
         urllib3.exceptions.HTTPError,
         http.client.HTTPException,
         google.auth.exceptions.TransportError,
@@ -345,16 +388,127 @@ class _GcsReader(io.BufferedIOBase):
         super().close()
 
 
-class _ResumableUpload(AbstractContextManager[BinaryIO]):
-    """Finalizes the resumable upload on a clean exit; on an error cancels it and never finalizes.
+class _UploadWindow:
+    """An upload's bytes from the last offset GCS confirmed on, at their offsets in the object:
+    the stream ResumableUpload reads each chunk from (tell() is the chunk's offset). Seeking back
+    to what GCS confirmed lets a chunk it kept only part of go again from there."""
 
-    Not BlobWriter's own __exit__: its terminate() sends DELETE to the upload's initiation URL
-    (upload_url), not to the session URI (resumable_url), so GCS keeps the session for a week;
-    and if that request fails, the writer's buffer stays open and io's finalizer later calls
-    close(), which would finalize a truncated object.
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._start = 0  # the offset of _data[0] in the object
+        self._position = 0
+
+    @property
+    def end(self) -> int:
+        return self._start + len(self._data)
+
+    def append(self, data: memoryview) -> None:
+        self._data += data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or not self._start <= position <= self.end:
+            raise ValueError("an upload can only go back to the bytes GCS has not confirmed")
+        self._position = position
+        return position
+
+    def read(self, size: int = -1) -> bytes:
+        begin = self._position - self._start
+        stop = len(self._data) if size < 0 else min(begin + size, len(self._data))
+        chunk = bytes(memoryview(self._data)[begin:stop])
+        self._position += len(chunk)
+        return chunk
+
+    def forget_before(self, position: int) -> None:
+        del self._data[: position - self._start]
+        self._start = position
+
+
+class _UploadWriter(io.BufferedIOBase):
+    """A resumable upload as a write-only stream: each full chunk goes up as it fills, and only
+    finish() sends the last one, which makes the object appear.
+
+    close() never finalizes (it only ends writing): a TextIOWrapper around the stream closes it
+    before the block exits, and io's finalizer closes a writer collected after an error, which
+    must not turn a truncated upload into an object.
     """
 
-    def __init__(self, writer: BlobWriter) -> None:
+    def __init__(
+        self,
+        upload: ResumableUpload,
+        session: requests.Session,
+        metadata: dict[str, str],
+        content_type: str,
+    ) -> None:
+        super().__init__()
+        self.upload = upload
+        self._session = session
+        self._metadata = metadata
+        self._content_type = content_type
+        self._window = _UploadWindow()
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._window.end
+
+    def flush(self) -> None:
+        """Nothing: the zip writer flushes its output, and an upload can only be flushed by
+        finalizing it."""
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed GCS upload")
+        with memoryview(data) as view:
+            self._window.append(view.cast("B"))
+            written = view.nbytes
+        # More than a chunk waiting: send a full one, keeping at least a byte for the last
+        # chunk, which finish() sends.
+        while self._window.end - self.upload.bytes_uploaded > self.upload.chunk_size:
+            self._send_chunk()
+        return written
+
+    def _send_chunk(self) -> None:
+        if self.upload.resumable_url is None:
+            self.upload.initiate(
+                self._session,
+                self._window,
+                self._metadata,
+                self._content_type,
+                stream_final=False,
+                timeout=_TIMEOUT,
+            )
+        self._window.seek(self.upload.bytes_uploaded)
+        self.upload.transmit_next_chunk(self._session, timeout=_TIMEOUT)
+        self._window.forget_before(self.upload.bytes_uploaded)
+
+    def finish(self) -> None:
+        """Send what is left as the last chunk: only now does the object appear."""
+        while not self.upload.finished:
+            self._send_chunk()
+        self._window = _UploadWindow()
+
+    def cancel(self) -> None:
+        """Drop the upload's session and its bytes (GCS answers 499); nothing was sent, nothing
+        to drop."""
+        self._window = _UploadWindow()
+        if self.upload.resumable_url:
+            self._session.delete(
+                self.upload.resumable_url, headers={"Content-Length": "0"}, timeout=60
+            )
+
+
+class _ResumableUpload(AbstractContextManager[BinaryIO]):
+    """Finalizes the upload on a clean exit; on an error cancels its session and never finalizes.
+
+    An uncancelled session would be kept by GCS for a week, bytes and all. A last chunk that
+    fails (after resumable-media's retries) cancels the session too, and the error goes on.
+    """
+
+    def __init__(self, writer: _UploadWriter) -> None:
         self._writer = writer
 
     def __enter__(self) -> BinaryIO:
@@ -366,21 +520,20 @@ class _ResumableUpload(AbstractContextManager[BinaryIO]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self._writer.close()  # sends the last chunk: only now does the object appear
-            return
         try:
-            self._cancel_session()
+            if exc_type is None:
+                try:
+                    self._writer.finish()
+                except BaseException:
+                    self._cancel()
+                    raise
+            else:
+                self._cancel()
+        finally:
+            self._writer.close()
+
+    def _cancel(self) -> None:
+        try:
+            self._writer.cancel()
         except Exception:
             logger.warning("could not cancel a failed GCS upload session", exc_info=True)
-        finally:
-            self._writer._buffer.close()  # makes close() a no-op from now on
-
-    def _cancel_session(self) -> None:
-        session = self._writer._upload_and_transport
-        if session is None:  # nothing was sent yet, so there is no session
-            return
-        upload, transport = session
-        if upload.resumable_url:
-            # GCS answers 499 and forgets the session and its bytes.
-            transport.delete(upload.resumable_url, headers={"Content-Length": "0"}, timeout=60)

@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import dagster as dg
 import google.auth.credentials
 import google.auth.transport.requests
+import google_crc32c
 import pytest
 import requests
 from cryptography.hazmat.primitives import hashes
@@ -318,10 +321,11 @@ def service_account_credentials(key: rsa.RSAPrivateKey) -> service_account.Crede
 
 
 def gcs_store_with(url: str, credentials, **kwargs) -> GcsStore:
-    """A store on the emulator bucket of url, whose client holds the given credentials."""
+    """A store on the emulator bucket of url, signed in with the given credentials."""
     parts = urlsplit(url)
-    client = storage.Client(project=EMULATOR_PROJECT, credentials=credentials)
-    return GcsStore(parts.netloc, parts.path, client=client, **kwargs)
+    return GcsStore(
+        parts.netloc, parts.path, credentials=credentials, project=EMULATOR_PROJECT, **kwargs
+    )
 
 
 def signed_query(url: str) -> dict[str, str]:
@@ -335,7 +339,7 @@ def test_gcs_upload_failing_after_chunks_were_sent_leaves_no_object(gcs_bucket_u
     with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
         out.write(os.urandom(MiB + 10))
         # The resumable session is open and holds bytes: this is a failure mid-upload.
-        upload, _transport = out._upload_and_transport
+        upload = out.upload
         assert upload.bytes_uploaded >= MiB
         raise RuntimeError("disk full while zipping")
 
@@ -346,31 +350,103 @@ def test_gcs_upload_failing_after_chunks_were_sent_leaves_no_object(gcs_bucket_u
     assert late.status_code == 404
 
 
-class CancelFailsTransport:
-    """The client's authorized session, except that cancelling (DELETE) loses the network."""
-
-    def __init__(self, session) -> None:
-        self._session = session
-
-    def delete(self, *args, **kwargs):
-        raise requests.ConnectionError("network down")
-
-    def __getattr__(self, name: str):
-        return getattr(self._session, name)
-
-
 def test_gcs_upload_whose_cancel_fails_still_never_finalizes(gcs_bucket_url: str) -> None:
     parts = urlsplit(gcs_bucket_url)
     store = GcsStore(parts.netloc, parts.path, chunk_size=256 * 1024)
 
+    def network_down(*args, **kwargs):
+        raise requests.ConnectionError("network down")
+
     with pytest.raises(RuntimeError), store.open_write("archives/broken.zip") as out:
         out.write(os.urandom(300 * 1024))
-        upload, transport = out._upload_and_transport
-        out._upload_and_transport = (upload, CancelFailsTransport(transport))
+        assert out.upload.resumable_url  # a session holds the first chunk
+        # Cancelling (DELETE on the session) loses the network.
+        store.session.delete = network_down
         raise RuntimeError("zip failed")
     out.close()  # what io's finalizer does when the writer is collected
 
     assert not store.exists("archives/broken.zip")
+    # The session outlives the failed cancel, but its last chunk was never sent.
+    state = requests.put(out.upload.resumable_url, headers={"Content-Range": "bytes */*"})
+    assert state.status_code == 308
+
+
+class HalfKeepingUploadServer:
+    """A loopback stand-in for GCS's resumable upload endpoint that keeps only the first half of
+    the first chunk it is sent, and says so in its 308's Range header, as GCS may."""
+
+    def __init__(self) -> None:
+        self.object = bytearray()
+        self.content_ranges: list[str] = []  # of each chunk sent, in order
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # initiation: the session URI
+                self.rfile.read(int(self.headers["Content-Length"]))
+                session = f"{server.url}/upload/storage/v1/b/bucket-1/o?upload_id=s1"
+                self._answer(200, {"Location": session})
+
+            def do_PUT(self) -> None:  # a chunk at an explicit offset
+                content_range = self.headers["Content-Range"]
+                server.content_ranges.append(content_range)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", content_range)
+                assert match, content_range
+                start, total = int(match[1]), match[2]
+                if len(server.content_ranges) == 1:
+                    body = body[: len(body) // 2]
+                server.object[start : start + len(body)] = body
+                if total != "*" and len(server.object) == int(total):
+                    crc = google_crc32c.value(bytes(server.object)).to_bytes(4, "big")
+                    done = {"name": "k", "crc32c": base64.b64encode(crc).decode()}
+                    self._answer(
+                        200, {"Content-Type": "application/json"}, json.dumps(done).encode()
+                    )
+                else:
+                    self._answer(308, {"Range": f"bytes=0-{len(server.object) - 1}"})
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+
+def test_gcs_upload_resends_from_where_gcs_says_it_kept_a_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chunk = 256 * 1024
+    gcs = HalfKeepingUploadServer()
+    gcs.thread.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    data = os.urandom(3 * chunk + 1000)
+    try:
+        store = GcsStore("bucket-1", chunk_size=chunk)
+        with store.open_write("archives/a.zip") as out:
+            for start in range(0, len(data), 100_000):
+                out.write(data[start : start + 100_000])
+    finally:
+        gcs.httpd.shutdown()
+        gcs.httpd.server_close()
+
+    assert bytes(gcs.object) == data
+    # The second chunk starts where GCS said the first one ended, not where it was meant to.
+    assert gcs.content_ranges[:2] == [
+        f"bytes 0-{chunk - 1}/*",
+        f"bytes {chunk // 2}-{chunk // 2 + chunk - 1}/*",
+    ]
+    assert gcs.content_ranges[-1].endswith(f"/{len(data)}")
 
 
 def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
@@ -381,6 +457,67 @@ def test_gcs_store_lives_under_its_prefix(gcs_bucket_url: str) -> None:
     client = storage.Client(project=EMULATOR_PROJECT)
     assert [blob.name for blob in client.list_blobs(bucket_name)] == ["some/prefix/k.txt"]
     assert store.url == gcs_bucket_url
+
+
+class HeldMediaServer:
+    """A loopback stand-in for GCS's media endpoint that answers no read until `together` reads
+    are in flight at once, and notes each TCP connection the reads came on."""
+
+    def __init__(self, together: int) -> None:
+        self.connections: set[tuple[str, int]] = set()
+        barrier = threading.Barrier(together, timeout=60)
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as GCS
+
+            def do_GET(self) -> None:
+                with lock:
+                    server.connections.add(self.client_address)
+                barrier.wait()
+                body = b"object bytes"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+
+def test_gcs_reads_in_flight_keep_their_connections_for_the_next_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Dozens of reads share the store's session (READS_IN_FLIGHT): a pool of requests' default
+    # 10 connections would close the rest after each read, and open them again for the next
+    # (a TCP and TLS handshake on GCS each time).
+    together = 24
+    media = HeldMediaServer(together)
+    media.thread.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", media.url)
+    try:
+        store = GcsStore("bucket-1", "platform")
+        assert store.reads_in_flight >= together
+
+        def read(index: int) -> int:
+            return store.read_into(f"adjuntos/{index}.pdf", io.BytesIO())
+
+        with ThreadPoolExecutor(together) as pool:
+            for _round in range(2):
+                sizes = list(pool.map(read, range(together)))
+                assert sizes == [len(b"object bytes")] * together
+    finally:
+        media.httpd.shutdown()
+        media.httpd.server_close()
+
+    # Each round had every read in flight at once; the second reused the first's connections.
+    assert len(media.connections) == together
 
 
 def test_gcs_reads_stop_at_the_object_size_without_asking_past_it(

@@ -15,7 +15,6 @@ from urllib.parse import quote, urlsplit
 
 import dagster as dg
 import pytest
-from google.cloud import storage
 from openpyxl import load_workbook
 from sqlalchemy import Engine, create_engine, select, text
 
@@ -79,8 +78,13 @@ class EmulatorGcsResource(ObjectStoreResource):
 
     def _open(self) -> GcsStore:
         parts = urlsplit(self.url)
-        client = storage.Client(project=EMULATOR_PROJECT, credentials=_signing_credentials())
-        return GcsStore(parts.netloc, parts.path, client=client, chunk_size=SMALL_CHUNK)
+        return GcsStore(
+            parts.netloc,
+            parts.path,
+            credentials=_signing_credentials(),
+            project=EMULATOR_PROJECT,
+            chunk_size=SMALL_CHUNK,
+        )
 
 
 @pytest.fixture

@@ -504,7 +504,8 @@ class KeySignedArchives(ObjectStoreResource):
             signer = GcsStore(
                 parts.netloc,
                 parts.path,
-                client=storage.Client(project=EMULATOR_PROJECT, credentials=credentials),
+                credentials=credentials,
+                project=EMULATOR_PROJECT,
             )
             store.signed_url = signer.signed_url  # object calls stay on the emulator's client
             self._store = store

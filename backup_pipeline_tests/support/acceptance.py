@@ -42,18 +42,6 @@ def signing_credentials() -> service_account.Credentials:
     return credentials
 
 
-def signing_client_class(credentials: service_account.Credentials) -> type[storage.Client]:
-    """storage.Client that defaults to `credentials` instead of the emulator's anonymous ones."""
-
-    class SigningClient(storage.Client):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if len(args) < 2 and kwargs.get("credentials") is None:
-                kwargs["credentials"] = credentials
-            super().__init__(*args, **kwargs)
-
-    return SigningClient
-
-
 # --- Reading an archive back ----------------------------------------------------------------
 
 

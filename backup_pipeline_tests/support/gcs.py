@@ -50,7 +50,7 @@ def _cancel_resumable_upload(request, response, storage) -> None:
 
 
 def _add_upload_cancel_route(patch: pytest.MonkeyPatch) -> None:
-    # Workaround: gcp-storage-emulator 2026.7.19 answers 501 to BlobWriter.terminate()'s DELETE of
+    # Workaround: gcp-storage-emulator 2026.7.19 answers 501 to GcsStore's upload-cancel DELETE of
     # the session URL. Harmless (the session never finalizes, so no object appears), but GCS
     # answers 499 and drops the session: teach the emulator to do the same.
     upload_path = f"^{emulator_server.settings.UPLOAD_API_ENDPOINT}/b/"

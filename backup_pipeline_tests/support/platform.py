@@ -31,10 +31,10 @@ from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.platform_db import create_schema
 from backup_pipeline.settings import Settings
 from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage import gcs as gcs_store
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 from backup_pipeline_tests.support.acceptance import (
     Archive,
-    signing_client_class,
     signing_credentials,
 )
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
@@ -461,7 +461,7 @@ def open_platform(
         # The emulator's anonymous credentials cannot sign links; production's service account can.
         credentials = request.getfixturevalue("gcs_signing_credentials")
         monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-        monkeypatch.setattr(storage, "Client", signing_client_class(credentials))
+        monkeypatch.setattr(gcs_store, "default_credentials", lambda: credentials)
         urls["BACKUP_FILES_URL"] = request.getfixturevalue("gcs_bucket_url")  # gs://b/some/prefix
         urls["BACKUP_ARCHIVES_URL"] = f"{new_bucket_url('bp-archives')}/{GCS_ARCHIVES_PREFIX}"
     sendgrid = None
