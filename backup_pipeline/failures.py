@@ -94,12 +94,6 @@ def failure_cause(step_failures: Sequence[Any]) -> FailureCause:
     return FailureCause(None, None, None)
 
 
-def failed_step(step_failures: Sequence[Any]) -> tuple[str | None, str | None]:
-    """(step, error class) of a failed run: failure_cause without the message."""
-    cause = failure_cause(step_failures)
-    return cause.step, cause.error_class
-
-
 # What support does next, by the cause's class: the setting to check, the job to launch. A
 # request that failed does not count, so once the cause is fixed a re-run costs the clinic nothing.
 _RERUN = "then launch rerun_request_job for this request (the quota is re-checked)"
@@ -126,6 +120,10 @@ _NEXT_STEPS = {
         "the run's process died (a restart, the OOM killer): check the machine's or pod's memory "
         f"against the clinic's size, {_RERUN}"
     ),
+    "RunStartTimedOut": (
+        "the run's process did not start within run monitoring's start timeout: check the run "
+        f"launcher (pods pending, image pulls, the namespace's quota), {_RERUN}"
+    ),
     "RunTimedOut": (
         "the run outlived its maximum time (12 h): read its logs for the slow step, check the "
         f"stores' latency and the run's resources, {_RERUN}"
@@ -143,16 +141,43 @@ def next_step(*error_classes: str | None) -> str:
     return _DEFAULT_NEXT_STEP
 
 
+# Causes whose message is ours (or Dagster's about the run itself), written without patient data:
+# support reads it. Any other error's text may quote SQL parameters, a file name or a path that
+# holds a patient's name, so only its class is stated and the run keeps the rest.
+MESSAGES_WITHOUT_PATIENT_DATA = frozenset(
+    {
+        "StoreRefused",
+        "StoreUnavailable",
+        "DeliveryRefused",
+        "MailError",
+        "RunRefused",
+        "AuthorizationRevoked",
+        "SchemaBehind",
+        "DatasetExportFailed",
+        "ArchiveIntegrityError",
+        "RunWorkerDied",
+        "RunTimedOut",
+        "RunStartTimedOut",
+    }
+)
+
+
 def cause_text(step: str | None, error_class: str | None, message: str | None) -> str:
-    """The cause as support's alert and the audit trail state it: step, class and message."""
+    """The cause as support's alert and the audit trail state it: step, class and, for a cause
+    whose message is known to hold no patient data, its message."""
     cause = f"step={step or '?'} error={error_class or '?'}"
-    return f"{cause}: {one_line(message)}" if message else cause
+    if not message:
+        return cause
+    if error_class not in MESSAGES_WITHOUT_PATIENT_DATA:
+        return f"{cause} (its message is in the run's logs)"
+    return f"{cause}: {one_line(message)}"
 
 
 def run_failure_cause(message: str | None) -> str | None:
     """The error class support reads for a run that failed outside every step: its process
-    died (found by run_liveness, or by Dagster's code server when only the run was killed) or
-    run monitoring ended it after its maximum time; None for anything else."""
+    died (found by run_liveness, or by Dagster's code server when only the run was killed), run
+    monitoring ended it after its maximum time, or its process never started in time; None for
+    anything else (a message that merely mentions a timeout is not run monitoring's)."""
     text = message or ""
     if (
         text.startswith(RUN_WORKER_GONE)
@@ -160,8 +185,10 @@ def run_failure_cause(message: str | None) -> str | None:
         or "worker status" in text
     ):
         return "RunWorkerDied"
-    if "maximum runtime" in text or "timed out" in text:
+    if "maximum runtime" in text:
         return "RunTimedOut"
+    if text.startswith("Run timed out due to taking longer than"):
+        return "RunStartTimedOut"
     return None
 
 
@@ -363,6 +390,7 @@ def fail_request(
     if requester is not None and subscription is not None:
         emails.append(
             mail.failed_email_to_requester(
+                cancelled=cancelled,
                 to=requester.email,
                 clinic_name=subscription.name,
                 support_email=mailer.support_email,

@@ -421,24 +421,43 @@ def _delivered_in_parts(
 
 
 def failed_email_to_requester(
-    *, to: str, clinic_name: str, support_email: str, from_email: str, request_id: int
+    *,
+    to: str,
+    clinic_name: str,
+    support_email: str,
+    from_email: str,
+    request_id: int,
+    cancelled: bool = False,
 ) -> OutgoingEmail:
-    """The backup could not be made; it does not count toward the limit and support is on it."""
+    """The backup could not be made (or support stopped it: `cancelled`, worded as the
+    request's status_detail is); it does not count toward the limit."""
     clinic = _one_line(clinic_name) or "su clínica"
-    blocks: list[Block] = [
-        _p("Hola:"),
+    what_happened = (
         _p(
+            "Le informamos que el equipo de soporte detuvo la generación del respaldo de "
+            "información de ",
+            Strong(clinic),
+            " que solicitó.",
+        )
+        if cancelled
+        else _p(
             "Lamentamos informarle que no pudimos generar el respaldo de información de ",
             Strong(clinic),
             " que solicitó.",
-        ),
+        )
+    )
+    blocks: list[Block] = [
+        _p("Hola:"),
+        what_happened,
         _p(
             Strong(
                 "Esta solicitud no cuenta para su límite de "
                 f"{spanish_count(MAX_IN_WINDOW, 'respaldo', 'respaldos')} cada "
                 f"{spanish_count(WINDOW.days, 'día', 'días')}."
             ),
-            " Nuestro equipo de soporte ya está enterado y está trabajando para resolverlo.",
+            ""
+            if cancelled
+            else " Nuestro equipo de soporte ya está enterado y está trabajando para resolverlo.",
         ),
         _p(
             "Puede volver a solicitar el respaldo cuando quiera desde la plataforma, en "
@@ -453,7 +472,11 @@ def failed_email_to_requester(
     ]
     return _email(
         to=to,
-        subject=f"No pudimos generar el respaldo de información de {clinic}",
+        subject=(
+            f"Se detuvo la generación del respaldo de información de {clinic}"
+            if cancelled
+            else f"No pudimos generar el respaldo de información de {clinic}"
+        ),
         blocks=blocks,
         from_email=from_email,
         reply_to=support_email,

@@ -349,7 +349,8 @@ ARCHIVOS NO INCLUIDOS
 (por ejemplo, porque ya no {spanish_plural(facts.missing_count, "existía", "existían")} en el almacenamiento de la plataforma). El archivo
 {MISSING_REPORT_PATH} indica cuáles son, de qué paciente o comprobante, y el motivo.
 Los archivos adjuntos entre ellos aparecen también en adjuntos.xlsx, con la ubicación que
-habrían tenido en el respaldo. Si necesita alguno de ellos, comuníquese con soporte.
+habrían tenido en el respaldo: esa lista indica cuáles faltan. Si necesita alguno de ellos,
+comuníquese con soporte.
 """
 
 

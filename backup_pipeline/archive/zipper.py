@@ -51,10 +51,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# assemble_archive's own names for the sink and the read-ahead, as before they moved out.
-_HashingSink = HashingSink
-_prefetched = prefetched
-
 # The spools' memory, freed by one thread and allocated by another, piles up in the C
 # allocator's heaps: every this many files it goes back to the system (memory.py).
 TRIM_EVERY_FILES = 1_000
@@ -124,12 +120,12 @@ def assemble_archive(
     missing: list[MissingFile] = []
     copied = copied_bytes = mismatches = 0
     with archives.open_write(final_key, "application/zip") as raw:
-        sink = _HashingSink(raw)
+        sink = HashingSink(raw)
         writer = _EntryWriter(sink, stamp, workdir)
 
         try:
             depth = prefetch if prefetch is not None else max(files.reads_in_flight, 1)
-            fetched_files = _prefetched(
+            fetched_files = prefetched(
                 files, planned, workdir, read_attempts, retry_wait_seconds, depth
             )
             with contextlib.closing(fetched_files):

@@ -438,7 +438,9 @@ def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
         ("Run execution process for 1a2b was terminated by signal 9 (SIGKILL).", "RunWorkerDied"),
         # Dagster's run monitoring.
         ("Exceeded maximum runtime of 43200 seconds.", "RunTimedOut"),
-        ("Run timed out due to taking longer than 180 seconds to start.", "RunTimedOut"),
+        ("Run timed out due to taking longer than 180 seconds to start.", "RunStartTimedOut"),
+        # A message that merely mentions a timeout is not run monitoring's.
+        ("Steps failed: the connection timed out.", None),
         ("Execution of run for \"backup_job\" failed. Steps failed: ['deliver_backup'].", None),
     ],
 )
@@ -526,3 +528,61 @@ def test_a_failed_backup_names_its_cause_and_the_next_step_where_support_reads_t
     assert "error=Failure" not in alert.text
     assert "check BACKUP_FILES_URL" in alert.text and "rerun_request_job" in alert.text
     assert_no_personal_data(platform, clinic, alert.text + recorded.detail)
+
+
+def test_an_unexpected_errors_message_stays_in_the_run_not_in_the_alert_or_the_audit_trail(
+    platform: Platform, clinic: Clinic
+):
+    # Our own errors' messages are written without patient data; any other error's text (a
+    # library's, SQL parameters, a path) may quote a patient's name: support reads its class.
+    request_id = platform.file_request(clinic)
+    with platform.engine.begin() as conn:
+        db.mark_running(conn, request_id, "run-1")
+    leaky = "cannot open adjuntos/Pérez López Juan (7)/receta Juan Pérez.pdf"
+
+    told = fail_request(
+        platform.engine,
+        platform.resources()["mailer"],
+        request_id=request_id,
+        run_id="run-1",
+        step="plan_archive_files",
+        error_class="ValueError",
+        archives=platform.archives,
+        error_message=leaky,
+    )
+
+    assert told
+    with platform.engine.connect() as conn:
+        details = " ".join(event.detail or "" for event in db.events_of(conn, request_id))
+    (alert,) = [m for m in read_outbox(platform.outbox) if m.to == platform.settings.support_email]
+    for text in (details, alert.text, alert.html):
+        assert "error=ValueError" in text
+        assert "Pérez" not in text and "receta" not in text
+    assert "message is in the run's logs" in alert.text
+
+
+def test_a_run_support_stopped_is_told_so_in_the_email_as_in_its_status(
+    platform: Platform, clinic: Clinic
+):
+    request_id = platform.file_request(clinic)
+    with platform.engine.begin() as conn:
+        db.mark_running(conn, request_id, "run-1")
+
+    fail_request(
+        platform.engine,
+        platform.resources()["mailer"],
+        request_id=request_id,
+        run_id="run-1",
+        step=None,
+        error_class="RunCanceled",
+        archives=platform.archives,
+    )
+
+    (notice,) = [
+        m for m in read_outbox(platform.outbox) if m.to == platform.email_of(clinic.owner_id)
+    ]
+    assert platform.request(request_id).status_detail.startswith("El equipo de soporte detuvo")
+    assert notice.subject.startswith("Se detuvo la generación del respaldo")
+    assert "el equipo de soporte detuvo la generación" in notice.text
+    assert "trabajando para resolverlo" not in notice.text
+    assert "no cuenta para su límite" in notice.text

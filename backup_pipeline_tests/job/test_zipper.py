@@ -647,7 +647,7 @@ MIXED = {
 
 
 def _zip_of(entries: dict[str, bytes], tmp: Path) -> Path:
-    sink = zipper._HashingSink(_Unseekable())
+    sink = zipwriter.HashingSink(_Unseekable())
     writer = zipper._EntryWriter(sink, STAMP.timetuple()[:6], tmp)
     for name, data in entries.items():
         writer.add_stream(name, io.BytesIO(data))
@@ -738,7 +738,7 @@ def test_every_entry_is_streamed_with_a_zip64_data_descriptor(tmp_path):
 def test_an_entry_stamped_before_1980_cannot_be_written(tmp_path):
     # MS-DOS dates start in 1980: an earlier one would wrap into a wrong date silently.
     with pytest.raises(ValueError, match="1980"):
-        zipper._EntryWriter(zipper._HashingSink(io.BytesIO()), (1979, 12, 31, 0, 0, 0), tmp_path)
+        zipper._EntryWriter(zipwriter.HashingSink(io.BytesIO()), (1979, 12, 31, 0, 0, 0), tmp_path)
 
 
 def test_an_archived_file_costs_the_writer_well_under_a_kilobyte_of_memory(tmp_path):
@@ -753,7 +753,7 @@ def test_an_archived_file_costs_the_writer_well_under_a_kilobyte_of_memory(tmp_p
         def write(self, data) -> int:
             return len(data)
 
-    writer = zipper._EntryWriter(zipper._HashingSink(Discard()), STAMP.timetuple()[:6], tmp_path)
+    writer = zipper._EntryWriter(zipwriter.HashingSink(Discard()), STAMP.timetuple()[:6], tmp_path)
     tracemalloc.start()
     try:
         sizes = []
@@ -775,7 +775,7 @@ def test_every_client_reads_a_zip_of_more_than_65535_entries(client, tmp_path):
     entries = {f"adjuntos/A (1)/{n}.txt": b"%d" % n for n in range(70_000)}
     work = tmp_path / "work"
     work.mkdir()
-    sink = zipper._HashingSink(_Unseekable())
+    sink = zipwriter.HashingSink(_Unseekable())
     writer = zipper._EntryWriter(sink, STAMP.timetuple()[:6], work)
     for path, data in entries.items():
         writer.add_bytes(path, data)
@@ -828,7 +828,9 @@ def test_the_archive_is_the_same_whether_files_are_read_ahead_or_one_at_a_time(t
 
 
 def test_a_spool_in_memory_is_listed_by_the_hash_taken_as_it_was_filled(tmp_path):
-    writer = zipper._EntryWriter(zipper._HashingSink(io.BytesIO()), STAMP.timetuple()[:6], tmp_path)
+    writer = zipper._EntryWriter(
+        zipwriter.HashingSink(io.BytesIO()), STAMP.timetuple()[:6], tmp_path
+    )
     known = hashlib.sha256(b"abc").hexdigest()
     # Not hashed again: even a hash that does not match is listed as given.
     assert writer.add_stream("a.txt", io.BytesIO(b"abd"), known, check=False) == 3

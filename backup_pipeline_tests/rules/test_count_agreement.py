@@ -131,14 +131,17 @@ def _emails(n: int) -> Iterator[tuple[str, str]]:
         link=parts[0].link, size_bytes=n, sha256=SHA, contents=contents, parts=parts, **common
     )
     yield "email in parts", email.subject + "\n" + email.text
-    failed = failed_email_to_requester(
-        to=common["to"],
-        clinic_name="Clínica Dental",
-        support_email="soporte@clinica.example",
-        from_email="respaldos@clinica.example",
-        request_id=42,
-    )
-    yield "failed email", failed.subject + "\n" + failed.text
+    for cancelled in (False, True):
+        failed = failed_email_to_requester(
+            to=common["to"],
+            clinic_name="Clínica Dental",
+            support_email="soporte@clinica.example",
+            from_email="respaldos@clinica.example",
+            request_id=42,
+            cancelled=cancelled,
+        )
+        kind = "stopped by support" if cancelled else "failed"
+        yield f"{kind} email", failed.subject + "\n" + failed.text
 
 
 def _leemes(n: int) -> Iterator[tuple[str, str]]:
