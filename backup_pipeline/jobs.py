@@ -17,9 +17,7 @@ from typing import TypeVar
 import dagster as dg
 from dagster import OpExecutionContext
 
-from backup_pipeline import migrations
-from backup_pipeline.archive.assembly import AssembledArchive, build_archive, kept_archive
-from backup_pipeline.archive.names import archive_key
+from backup_pipeline import platform as db
 from backup_pipeline.archive.plan import FilePlan, stage_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
@@ -36,18 +34,20 @@ from backup_pipeline.datasets.parallel import (
     yield_to_the_slowest_workbook,
 )
 from backup_pipeline.datasets.parallel import progress as export_progress
-from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
-from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
+from backup_pipeline.platform import migrations
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.run_start import RequestFinished, RunRefused, begin_run
-from backup_pipeline.spanish import to_clinic_time
+from backup_pipeline.rules.archive_names import archive_key
+from backup_pipeline.rules.spanish import to_clinic_time
+from backup_pipeline.rules.target import REQUEST_TAG, BackupTarget
+from backup_pipeline.services.archive import AssembledArchive, build_archive, kept_archive
+from backup_pipeline.services.delivery import DeliveryRefused, deliver, emailed_archive
+from backup_pipeline.services.failures import AuthorizationRevoked, fail_if_revoked
+from backup_pipeline.services.run_start import RequestFinished, RunRefused, begin_run
 from backup_pipeline.step_failure import permanent
 from backup_pipeline.storage import ObjectStore, StoreRefused
-from backup_pipeline.target import REQUEST_TAG, BackupTarget
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
 
@@ -103,7 +103,11 @@ def start_backup(
         raise permanent(exc) from exc
     try:
         target = begin_run(
-            engine, mailer, archives.get_store(), request_id=request_id, run_id=context.run_id
+            engine,
+            mailer.get_mailer(),
+            archives.get_store(),
+            request_id=request_id,
+            run_id=context.run_id,
         )
     except RequestFinished as finished:
         # A re-execution from the UI, or a run a refusal could not cancel in time: it succeeds
@@ -356,7 +360,7 @@ def deliver_backup(
     _permanent(
         lambda: fail_if_revoked(
             platform_db.get_engine(),
-            mailer,
+            mailer.get_mailer(),
             store,
             request_id=target.request_id,
             run_id=context.run_id,
@@ -368,7 +372,7 @@ def deliver_backup(
         lambda: deliver(
             platform_db.get_engine(),
             store,
-            mailer,
+            mailer.get_mailer(),
             request_id=target.request_id,
             run_id=context.run_id,
             archive=archive,

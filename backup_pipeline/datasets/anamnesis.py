@@ -28,9 +28,9 @@ from backup_pipeline.datasets.query import (
     patient_full_name,
     stream_query,
 )
-from backup_pipeline.tables import anamnesis_answers as a
-from backup_pipeline.tables import anamnesis_questions as q
-from backup_pipeline.tables import patients
+from backup_pipeline.platform.tables import anamnesis_answers as a
+from backup_pipeline.platform.tables import anamnesis_questions as q
+from backup_pipeline.platform.tables import patients
 
 ANSWER_TYPE_LABELS = {
     "text": "Texto",

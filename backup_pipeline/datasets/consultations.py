@@ -11,8 +11,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import consultations as c
-from backup_pipeline.tables import patients, users
+from backup_pipeline.platform.tables import consultations as c
+from backup_pipeline.platform.tables import patients, users
 
 COLUMNS = (
     *PATIENT_COLUMNS,

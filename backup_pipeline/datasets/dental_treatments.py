@@ -14,8 +14,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import consultations, patients
-from backup_pipeline.tables import dental_treatments as t
+from backup_pipeline.platform.tables import consultations, patients
+from backup_pipeline.platform.tables import dental_treatments as t
 
 STATUS_LABELS = {
     "planned": "Planeado",

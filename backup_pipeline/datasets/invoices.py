@@ -10,14 +10,14 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
-from backup_pipeline import cfdi, sat_catalogs
-from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_files_by_row
-from backup_pipeline.cfdi import cfdi_archive_paths
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.datasets.query import patient_full_name
+from backup_pipeline.platform.tables import cfdi_documents, patients
+from backup_pipeline.rules import cfdi, sat_catalogs
+from backup_pipeline.rules.archive_entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.rules.cfdi import cfdi_archive_paths
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
-from backup_pipeline.tables import cfdi_documents, patients
 
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}

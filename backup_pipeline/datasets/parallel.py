@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_pipeline.archive.memory import trim_free_memory
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import ExportResult
-from backup_pipeline.memory import trim_free_memory
 
 # Rough relative cost of each dataset's workbook (large synthetic clinic, bench/RESULTS.md):
 # only the order matters, slowest first; an unknown dataset goes first.
@@ -136,7 +136,7 @@ _FRAMES_SHOWN = 4
 
 
 def _short(filename: str) -> str:
-    """A frame's file from its package on: 'backup_pipeline/workbook.py', 'xlsxwriter/...'."""
+    """A frame's file from its package on: 'backup_pipeline/datasets/workbook.py', 'xlsxwriter/...'."""
     parts = Path(filename).parts
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] == "site-packages" or parts[index].endswith(".venv"):

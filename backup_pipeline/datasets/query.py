@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
 
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
-from backup_pipeline.tables import patients
+from backup_pipeline.platform.tables import patients
 
 PATIENT_COLUMNS = (
     Column("patient_id", "ID paciente", Kind.INTEGER),

@@ -11,8 +11,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import patients
-from backup_pipeline.tables import vaccinations as v
+from backup_pipeline.platform.tables import patients
+from backup_pipeline.platform.tables import vaccinations as v
 
 COLUMNS = (
     *PATIENT_COLUMNS,

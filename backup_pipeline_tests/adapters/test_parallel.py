@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from backup_pipeline.archive.entries import StagedEntry
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
 from backup_pipeline.datasets.parallel import (
@@ -28,6 +27,7 @@ from backup_pipeline.datasets.parallel import (
     usable_cpus,
     worker_count,
 )
+from backup_pipeline.rules.archive_entries import StagedEntry
 from backup_pipeline_tests.support.processes import running
 
 
@@ -370,7 +370,7 @@ def test_a_worker_hands_back_free_memory_between_two_workbooks():
 
 
 def _allocate_and_trim() -> bool:
-    from backup_pipeline import memory
+    from backup_pipeline.archive import memory
 
     blocks = [bytearray(200_000) for _ in range(5)]
     del blocks

@@ -11,21 +11,21 @@ import dagster as dg
 import pytest
 from sqlalchemy import select, update
 
-from backup_pipeline import tables as t
-from backup_pipeline.failures import (
+from backup_pipeline import platform as db
+from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.operations import execute_request, run_request
+from backup_pipeline.platform import tables as t
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.rules.request_state import Actor
+from backup_pipeline.rules.target import REQUEST_TAG, run_tags
+from backup_pipeline.services.failures import (
     RUN_WORKER_GONE,
     TERMINATED_IN_UI,
     fail_request,
     run_failure_cause,
 )
-from backup_pipeline.housekeeping import expire_archives
-from backup_pipeline.jobs import backup_partitions
-from backup_pipeline.operations import execute_request, run_request
-from backup_pipeline.request_state import Actor
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.storage import open_store
+from backup_pipeline.services.housekeeping import expire_archives
 from backup_pipeline.settings import Settings
-from backup_pipeline.target import REQUEST_TAG, run_tags
 from backup_pipeline_tests.support.location import (
     backup_canceled_sensor,
     backup_failure_sensor,
@@ -325,7 +325,7 @@ def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(
 
     told_requester = fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="killed-run",
         step="deliver_backup",
@@ -417,7 +417,7 @@ def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
 
     told = fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="cancelled-run",
         step=None,

@@ -16,12 +16,12 @@ import pytest
 from openpyxl import load_workbook
 
 from backup_pipeline import jobs
-from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
 from backup_pipeline.datasets import DATASETS, dental_treatments, export
 from backup_pipeline.datasets.base import ExtractContext, Extraction
 from backup_pipeline.jobs import export_output
 from backup_pipeline.operations import execute_request
+from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
 from backup_pipeline_tests.support.platform import LOCAL, Clinic, Platform, open_platform
 from backup_pipeline_tests.support.sendgrid import read_outbox
 

@@ -20,16 +20,16 @@ import pytest
 from sqlalchemy import text, update
 
 from backup_pipeline import jobs
-from backup_pipeline import tables as t
+from backup_pipeline import platform as db
 from backup_pipeline.datasets import export
-from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
-from backup_pipeline.intake import accepted_but_not_started, review_pending
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.rules.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.services.housekeeping import expire_archives, refresh_quota_windows
+from backup_pipeline.services.intake import accepted_but_not_started, review_pending
+from backup_pipeline.services.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import (
     EVERY_DATABASE,

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import lxml.html
 import pytest
 
-from backup_pipeline import mail
-from backup_pipeline.mail import OutgoingEmail
+from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules.emails import OutgoingEmail
 
 LINK = (
     "https://storage.googleapis.com/archivos/respaldos/42.zip?X-Goog-Algorithm=GOOG4-RSA-SHA256"
@@ -344,7 +344,7 @@ def test_late_alert_for_a_request_never_launched_says_no_run_yet() -> None:
 
 def test_email_content_module_imports_neither_dagster_nor_a_mail_client() -> None:
     code = (
-        "import sys, backup_pipeline.mail; "
+        "import sys, backup_pipeline.rules.emails; "
         "bad = [m for m in ('dagster', 'sendgrid', 'python_http_client') if m in sys.modules]; "
         "print(','.join(bad))"
     )

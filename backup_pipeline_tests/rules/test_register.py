@@ -9,14 +9,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backup_pipeline import cfdi, checks, failures, mail, quota, support_actions
-from backup_pipeline.archive import assembly, zipper
-from backup_pipeline.archive.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
-from backup_pipeline.archive.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
+from backup_pipeline.archive import zipper
 from backup_pipeline.datasets import DATASETS, anamnesis, invoices
 from backup_pipeline.datasets.base import Column
-from backup_pipeline.request_state import Requester
-from backup_pipeline.workbook import overflow_pointer
+from backup_pipeline.datasets.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
+from backup_pipeline.datasets.workbook import overflow_pointer
+from backup_pipeline.rules import cfdi, checks, quota
+from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
+from backup_pipeline.rules.request_state import Requester
+from backup_pipeline.services import archive as assembly
+from backup_pipeline.services import failures, support_actions
 from backup_pipeline_tests.support.register import tu_forms
 
 

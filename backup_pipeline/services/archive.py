@@ -14,8 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from backup_pipeline.archive.entries import ArchiveResult, MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import (
+from backup_pipeline.archive.plan import FilePlan, read_plan
+from backup_pipeline.archive.zipper import FileTally, assemble_archive
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.datasets.missing import render_missing_files
+from backup_pipeline.rules.archive_entries import (
+    ArchiveResult,
+    MissingFile,
+    PlannedFile,
+    StagedEntry,
+)
+from backup_pipeline.rules.archive_names import download_name, part_key
+from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
+from backup_pipeline.rules.leeme import (
     FILES_COPIED_LABEL,
     FILES_MISSING_LABEL,
     LEEME_PATH,
@@ -27,14 +39,7 @@ from backup_pipeline.archive.leeme import (
     part_note_text,
     part_sums_path,
 )
-from backup_pipeline.archive.missing import render_missing_files
-from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
-from backup_pipeline.archive.plan import FilePlan, read_plan
-from backup_pipeline.archive.zipper import FileTally, assemble_archive
-from backup_pipeline.datasets import DATASETS
-from backup_pipeline.datasets.export import ExportResult
-from backup_pipeline.spanish import spanish_count, spanish_number, spanish_size
+from backup_pipeline.rules.spanish import spanish_count, spanish_number, spanish_size
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)

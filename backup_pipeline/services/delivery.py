@@ -12,21 +12,21 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from backup_pipeline import mail
-from backup_pipeline.archive.assembly import AssembledArchive
-from backup_pipeline.archive.entries import ArchiveResult
-from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.checks import authorization_refusal
-from backup_pipeline.request_state import (
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer, MailError, OutgoingEmail
+from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules.archive_entries import ArchiveResult
+from backup_pipeline.rules.archive_names import download_name, part_key
+from backup_pipeline.rules.checks import authorization_refusal
+from backup_pipeline.rules.request_state import (
     Actor,
     BackupRequest,
     Requester,
     RequestStatus,
     Subscription,
 )
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
-from backup_pipeline.spanish import clinic_zone, to_clinic_time
+from backup_pipeline.rules.spanish import clinic_zone, to_clinic_time
+from backup_pipeline.services.archive import AssembledArchive
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 
@@ -97,7 +97,7 @@ def _read_whole(store: ObjectStore, key: str) -> tuple[int, str] | None:
 def deliver(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     run_id: str,
@@ -156,7 +156,7 @@ def deliver(
 def resend_link(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     link_ttl: timedelta,
@@ -228,7 +228,7 @@ def _request_parties(
 def _send_links(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     requester: Requester,
@@ -292,7 +292,7 @@ def _record_archive(
 
 
 def link_email(
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     requester: Requester,
     subscription: Subscription,
@@ -322,10 +322,10 @@ def link_email(
     )
 
 
-def send_or_refuse(mailer: MailerResource, email: OutgoingEmail) -> str:
+def send_or_refuse(mailer: Mailer, email: OutgoingEmail) -> str:
     """Send; a transient refusal raises MailError for a retry, a permanent one DeliveryRefused."""
     try:
-        return mailer.get_mailer().send(email)
+        return mailer.send(email)
     except MailError as exc:
         if exc.transient:
             raise

@@ -9,14 +9,15 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from backup_pipeline import mail, migrations
-from backup_pipeline.checks import authorization_refusal, revoked_detail
-from backup_pipeline.housekeeping import remove_objects_of_ended_request
-from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource, MailError
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer, MailError
+from backup_pipeline.platform import migrations
+from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules.checks import authorization_refusal, revoked_detail
+from backup_pipeline.rules.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
+from backup_pipeline.rules.target import REQUEST_TAG
+from backup_pipeline.services.housekeeping import remove_objects_of_ended_request
 from backup_pipeline.storage import ObjectStore
-from backup_pipeline.target import REQUEST_TAG
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def failure_reason(step: str | None, error_class: str | None) -> str:
 
 def fail_if_revoked(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     archives: ObjectStore,
     *,
     request_id: int,
@@ -288,7 +289,7 @@ def _already_delivered(
 
 def fail_request(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     run_id: str | None,
@@ -387,11 +388,10 @@ def _remove_objects(engine: Engine, archives: ObjectStore, request_id: int) -> N
         log.info("removed %s object(s) of ended request %s", removed, request_id)
 
 
-def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
-    sender = mailer.get_mailer()
+def _send_all(mailer: Mailer, request_id: int, emails: list) -> None:
     for email in emails:
         try:
-            sender.send(email)
+            mailer.send(email)
         except MailError as exc:
             # The request is already failed and visible to support in the UI; a lost notice must
             # not turn into a retry loop of the whole failure handling.
@@ -410,7 +410,7 @@ def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
 
 def handle_failed_run(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     archives: ObjectStore,
     *,
     run_id: str,
