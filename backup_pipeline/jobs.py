@@ -271,6 +271,7 @@ def _export_and_zip(
         export_one=export_one,
         worker_setup=worker_setup,
         done=staged_before,
+        priority=lambda dataset: dataset.render_cost,
     ) as exports:
         context.log.info(
             f"rendering {len(DATASETS) - len(staged_before)} workbooks with {exports.workers} "

@@ -40,6 +40,8 @@ class AttachmentIndex:
         "Índice de los archivos adjuntos: paciente, nombre original, fecha de carga, tipo, "
         "tamaño y ubicación de cada uno en el respaldo."
     )
+    failure_subject: str = "del índice de sus archivos adjuntos"
+    render_cost: int = 3
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         part_size = ctx.part_size or DEFAULT_PART_SIZE

@@ -84,6 +84,8 @@ DATASET = QueryDataset(
     archive_path="pacientes.xlsx",
     sheet_title="Pacientes",
     description="Pacientes: datos personales, de contacto y fiscales.",
+    failure_subject="de sus pacientes",
+    render_cost=5,
     columns=COLUMNS,
     query=query,
     # "616 - Sin obligaciones fiscales", as the invoice reports show the same catalogue.

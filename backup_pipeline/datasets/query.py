@@ -26,6 +26,8 @@ class QueryDataset:
     archive_path: str
     sheet_title: str
     description: str
+    failure_subject: str  # see datasets.base.Dataset
+    render_cost: int
     columns: tuple[Column, ...]
     query: Callable[[int], Select]
     # Per column, what SQL cannot portably do to a value (e.g. decode a SAT catalogue code).

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from backup_pipeline import platform as db
+from backup_pipeline.datasets import DATASETS
 from backup_pipeline.mail import Mailer, MailError
 from backup_pipeline.platform import migrations
 from backup_pipeline.rules import emails as mail
@@ -168,14 +169,7 @@ def run_failure_cause(message: str | None) -> str | None:
 
 # What each step was making, as the clinic would say it: the step names are ours, not theirs.
 _STEP_SUBJECTS = {
-    "export_patients": "de sus pacientes",
-    "export_anamnesis": "de las respuestas de anamnesis",
-    "export_consultations": "de sus consultas",
-    "export_dental_treatments": "de sus tratamientos odontológicos",
-    "export_vaccinations": "de sus registros de vacunación",
-    "export_attachments": "del índice de sus archivos adjuntos",
-    "export_invoices_issued": "de sus comprobantes emitidos",
-    "export_invoices_received": "de sus comprobantes recibidos",
+    **{f"export_{dataset.name}": dataset.failure_subject for dataset in DATASETS},
     "plan_archive_files": "de sus archivos adjuntos y comprobantes",
     "assemble_backup": "de sus archivos adjuntos y comprobantes",
 }

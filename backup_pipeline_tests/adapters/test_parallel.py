@@ -21,9 +21,9 @@ from backup_pipeline.datasets.parallel import (
     DatasetExportFailed,
     SpilledResult,
     WorkbookExports,
+    in_priority_order,
     progress,
     sendable,
-    slowest_first,
     usable_cpus,
     worker_count,
 )
@@ -40,9 +40,13 @@ def _names(datasets) -> list[str]:
 
 
 def test_the_slowest_workbook_starts_first_and_every_one_is_exported_once():
-    assert _names(slowest_first(DATASETS))[0] == "consultations"
+    assert _names(in_priority_order(DATASETS, lambda d: d.render_cost))[0] == "consultations"
     with WorkbookExports(
-        DATASETS, workers=2, export_one=lambda d: _result(d.name), worker_setup=lambda: None
+        DATASETS,
+        workers=2,
+        export_one=lambda d: _result(d.name),
+        worker_setup=lambda: None,
+        priority=lambda d: d.render_cost,
     ) as exports:
         finished = [rendered.dataset.name for rendered in exports.completed()]
         results = exports.all_results()

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from backup_pipeline import platform as db
+from backup_pipeline.datasets import DATASETS
 from backup_pipeline.jobs import backup_partitions
 from backup_pipeline.operations import execute_request, run_request
 from backup_pipeline.platform import tables as t
@@ -22,6 +23,7 @@ from backup_pipeline.services.failures import (
     RUN_WORKER_GONE,
     TERMINATED_IN_UI,
     fail_request,
+    failure_reason,
     run_failure_cause,
 )
 from backup_pipeline.services.housekeeping import expire_archives
@@ -526,3 +528,11 @@ def test_a_failed_backup_names_its_cause_and_the_next_step_where_support_reads_t
     assert "error=Failure" not in alert.text
     assert "check BACKUP_FILES_URL" in alert.text and "rerun_request_job" in alert.text
     assert_no_personal_data(platform, clinic, alert.text + recorded.detail)
+
+
+@pytest.mark.parametrize("dataset", DATASETS, ids=lambda dataset: dataset.name)
+def test_a_failed_workbook_is_named_in_its_own_datasets_words(dataset) -> None:
+    # The wording lives on the dataset's declaration: a new dataset brings its own.
+    detail = failure_reason(f"export_{dataset.name}", "OSError")
+    assert f"No se pudo generar el respaldo {dataset.failure_subject} " in detail
+    assert "export_" not in detail and "OSError" not in detail
