@@ -68,6 +68,26 @@ class AssembledArchive:
     def size(self) -> int:
         return sum(part.size for part in self.parts)
 
+    def totals(self) -> dict[str, object]:
+        """What support sees of it in the run (ids, sizes and counts only: no name of a file)."""
+        parts = self.parts
+        return {
+            "archive_key": self.result.key,
+            "archive_bytes": self.size,
+            "archive_sha256": self.result.sha256,
+            "archive_parts": len(parts),
+            # Parts are split by the platform's recorded sizes and part 1 keeps room for the
+            # workbooks: over the part size means many sizes were unrecorded, or the workbooks
+            # outgrew their room (rules.archive_parts.workbook_reserve).
+            "largest_part_bytes": max(part.size for part in parts),
+            "kept_emailed_archive": self.kept_emailed,
+            "zip_entries": sum(part.entries for part in parts),
+            "files_copied": sum(part.files_copied for part in parts),
+            "file_bytes": sum(part.file_bytes for part in parts),
+            "missing_files": sum(len(part.missing) for part in parts),
+            "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
+        }
+
 
 def kept_archive(parts: Sequence[ArchiveResult]) -> AssembledArchive:
     """The archive whose links the requester already holds, delivered again as it is."""

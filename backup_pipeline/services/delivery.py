@@ -27,6 +27,7 @@ from backup_pipeline.rules.request_state import (
 )
 from backup_pipeline.rules.spanish import clinic_zone, to_clinic_time
 from backup_pipeline.services.archive import AssembledArchive
+from backup_pipeline.services.failures import fail_if_revoked
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 
@@ -92,6 +93,39 @@ def _read_whole(store: ObjectStore, key: str) -> tuple[int, str] | None:
     except ObjectNotFound:
         return None
     return size, digest.hexdigest()
+
+
+def deliver_after_run(
+    engine: Engine,
+    store: ObjectStore,
+    mailer: Mailer,
+    *,
+    request_id: int,
+    run_id: str,
+    archive: AssembledArchive,
+    link_ttl: timedelta,
+) -> Delivered:
+    """A run's last step: the requester's authorisation checked again right before the link is
+    signed (it may have gone during the run: AuthorizationRevoked, the archive deleted), then
+    deliver()."""
+    fail_if_revoked(
+        engine,
+        mailer,
+        store,
+        request_id=request_id,
+        run_id=run_id,
+        checked_at="before its link was sent",
+        archive_keys=[part.key for part in archive.parts],
+    )
+    return deliver(
+        engine,
+        store,
+        mailer,
+        request_id=request_id,
+        run_id=run_id,
+        archive=archive,
+        link_ttl=link_ttl,
+    )
 
 
 def deliver(
