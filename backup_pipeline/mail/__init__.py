@@ -1,4 +1,7 @@
-"""Sending email behind one small interface (`Mailer`): SendGrid (sendgrid://) or an outbox folder of .eml files (file://).
+"""Sending email behind one small interface: SendGrid (sendgrid://) or an outbox folder of .eml files (file://).
+
+`open_transport(url)` opens the `Transport` a URL names; a `Mailer` is a transport with our
+sender's and support's addresses, what the services send through (mail.base).
 
 Mail URLs (BACKUP_MAIL_URL):
 
