@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine
 
 from backup_pipeline import platform as db
 from backup_pipeline.mail import Mailer, MailError, OutgoingEmail
-from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules import emails
 from backup_pipeline.rules.archive_entries import ArchiveResult
 from backup_pipeline.rules.archive_names import download_name, part_key
 from backup_pipeline.rules.checks import authorization_refusal
@@ -274,7 +274,7 @@ def _send_links(
     resent_by: Actor | None = None,
 ) -> None:
     links = [
-        mail.PartLink(
+        emails.PartLink(
             link=store.signed_url(part.key, link_ttl, download_name(part.key)),
             file_name=download_name(part.key),
             size_bytes=part.size,
@@ -336,11 +336,11 @@ def link_email(
     size_bytes: int,
     sha256: str,
     contents: list[tuple[str, int]],
-    parts: Sequence[mail.PartLink] = (),
+    parts: Sequence[emails.PartLink] = (),
 ) -> OutgoingEmail:
     """The email with the download link(s), for a delivery and for a re-sent link alike."""
     zone = clinic_zone(subscription.timezone)
-    return mail.delivered_email(
+    return emails.delivered_email(
         to=requester.email,  # the requester's address now, not when the request was made
         clinic_name=subscription.name,
         link=link,

@@ -13,7 +13,7 @@ from backup_pipeline import platform as db
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.mail import Mailer, MailError
 from backup_pipeline.platform import migrations
-from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules import emails
 from backup_pipeline.rules.checks import authorization_refusal, revoked_detail
 from backup_pipeline.rules.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
 from backup_pipeline.rules.target import REQUEST_TAG
@@ -239,7 +239,7 @@ def fail_if_revoked(
             mailer,
             request_id,
             [
-                mail.authorisation_revoked_to_support(
+                emails.authorisation_revoked_to_support(
                     support_email=mailer.support_email,
                     from_email=mailer.from_email,
                     request_id=request_id,
@@ -309,7 +309,7 @@ def fail_request(
             mailer,
             request_id,
             [
-                mail.failure_alert_to_support(
+                emails.failure_alert_to_support(
                     support_email=mailer.support_email,
                     from_email=mailer.from_email,
                     request_id=request_id,
@@ -345,8 +345,8 @@ def fail_request(
         _remove_objects(engine, archives, request_id)
     if not failed_now or request is None:
         return False
-    emails = [
-        mail.failure_alert_to_support(
+    notices = [
+        emails.failure_alert_to_support(
             support_email=mailer.support_email,
             from_email=mailer.from_email,
             request_id=request_id,
@@ -356,8 +356,8 @@ def fail_request(
         )
     ]
     if requester is not None and subscription is not None:
-        emails.append(
-            mail.failed_email_to_requester(
+        notices.append(
+            emails.failed_email_to_requester(
                 to=requester.email,
                 clinic_name=subscription.name,
                 support_email=mailer.support_email,
@@ -365,7 +365,7 @@ def fail_request(
                 request_id=request_id,
             )
         )
-    _send_all(mailer, request_id, emails)
+    _send_all(mailer, request_id, notices)
     return True
 
 
@@ -382,8 +382,8 @@ def _remove_objects(engine: Engine, archives: ObjectStore, request_id: int) -> N
         log.info("removed %s object(s) of ended request %s", removed, request_id)
 
 
-def _send_all(mailer: Mailer, request_id: int, emails: list) -> None:
-    for email in emails:
+def _send_all(mailer: Mailer, request_id: int, notices: list) -> None:
+    for email in notices:
         try:
             mailer.send(email)
         except MailError as exc:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from backup_pipeline import platform as db
 from backup_pipeline.mail import Mailer, MailError
-from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules import emails
 from backup_pipeline.rules.quota import quota_window
 from backup_pipeline.rules.request_state import FINISHED_STATUSES, OPEN_STATUSES, RequestStatus
 from backup_pipeline.storage import ObjectStore
@@ -239,7 +239,7 @@ def alert_late_requests(
         due = db.unalerted_waiting_requests(conn, LATE_ALERT, now - late_after, limit)
     result = LateAlerts()
     for position, request in enumerate(due):
-        email = mail.late_alert_to_support(
+        email = emails.late_alert_to_support(
             support_email=mailer.support_email,
             from_email=mailer.from_email,
             request_id=request.id,

@@ -14,8 +14,7 @@ from backup_pipeline.datasets import DATASETS, anamnesis, invoices
 from backup_pipeline.datasets.base import Column
 from backup_pipeline.datasets.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
 from backup_pipeline.datasets.workbook import overflow_pointer
-from backup_pipeline.rules import cfdi, checks, quota
-from backup_pipeline.rules import emails as mail
+from backup_pipeline.rules import cfdi, checks, emails, quota
 from backup_pipeline.rules.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
 from backup_pipeline.rules.request_state import Requester
 from backup_pipeline.services import archive as assembly
@@ -70,7 +69,7 @@ def _emails() -> Iterator[tuple[str, str]]:
         "from_email": "respaldos@clinica.example",
         "request_id": 42,
     }
-    delivered = mail.delivered_email(
+    delivered = emails.delivered_email(
         **common,
         link="https://example.test/42.zip",
         expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
@@ -79,7 +78,7 @@ def _emails() -> Iterator[tuple[str, str]]:
         sha256="0" * 64,
         contents=[("Pacientes", 1234)],
     )
-    in_parts = mail.delivered_email(
+    in_parts = emails.delivered_email(
         **common,
         link="https://example.test/42-1.zip",
         expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
@@ -88,11 +87,13 @@ def _emails() -> Iterator[tuple[str, str]]:
         sha256="0" * 64,
         contents=[("Pacientes", 1234)],
         parts=[
-            mail.PartLink(f"https://example.test/42-{i}.zip", f"r_parte-{i}-de-2.zip", 10, "1" * 64)
+            emails.PartLink(
+                f"https://example.test/42-{i}.zip", f"r_parte-{i}-de-2.zip", 10, "1" * 64
+            )
             for i in (1, 2)
         ],
     )
-    failed = mail.failed_email_to_requester(**common)
+    failed = emails.failed_email_to_requester(**common)
     for email in (delivered, in_parts, failed):
         yield f"{email.key} subject", email.subject
         yield f"{email.key} text", email.text
