@@ -29,7 +29,7 @@ def _ensure_dagster_home() -> Path:
 
 
 def _engine(settings: Settings):
-    from backup_pipeline.resources.platform_db import engine_for
+    from backup_pipeline.platform import engine_for
 
     return engine_for(settings.platform_db_url)
 
@@ -41,7 +41,7 @@ def _ensure_local_dirs(settings: Settings) -> None:
 
 
 def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.resources.platform_db import create_schema
+    from backup_pipeline.platform import create_schema
 
     _ensure_local_dirs(settings)
     create_schema(_engine(settings))
@@ -50,7 +50,7 @@ def cmd_init_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline import migrations
+    from backup_pipeline.platform import migrations
 
     _ensure_local_dirs(settings)
     engine = _engine(settings)
@@ -73,7 +73,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.resources.platform_db import create_schema, next_subscription_id
+    from backup_pipeline.platform import create_schema, next_subscription_id
     from backup_pipeline.resources.storage import open_store
     from backup_pipeline.synthetic import seed_platform
 
@@ -99,7 +99,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
-    from backup_pipeline.resources import platform_db as db
+    from backup_pipeline import platform as db
     from backup_pipeline.synthetic import file_backup_request
 
     engine = _engine(settings)
@@ -139,9 +139,9 @@ def _launch(args: argparse.Namespace) -> Launch:
 def _report_runs(start_runs: Callable[[], ProcessOutcome]) -> int:
     """Runs on $DAGSTER_HOME's instance; exit 1 if one failed, 2 when nothing could be launched
     (our tables are behind, a request that is done with, a daemon without its webserver)."""
-    from backup_pipeline.migrations import SchemaBehind
     from backup_pipeline.operations import NotLaunched
-    from backup_pipeline.support_actions import SupportActionRefused
+    from backup_pipeline.platform.migrations import SchemaBehind
+    from backup_pipeline.services.support_actions import SupportActionRefused
 
     _ensure_dagster_home()
     try:
@@ -179,9 +179,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _support_action(act: Callable[[], str]) -> int:
     """One of support's jobs, run on $DAGSTER_HOME's instance as `process` runs backups (the same
     job support launches from the UI); exit 2 when it refuses, with its one line."""
-    from backup_pipeline.delivery import DeliveryRefused
     from backup_pipeline.operations import NotLaunched
-    from backup_pipeline.support_actions import SupportActionRefused
+    from backup_pipeline.services.delivery import DeliveryRefused
+    from backup_pipeline.services.support_actions import SupportActionRefused
 
     _ensure_dagster_home()
     try:

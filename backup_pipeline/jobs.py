@@ -1,53 +1,37 @@
 """The backup job: one partition per request, from the platform's rows to an emailed link.
 
 Each op is one step of the run; what the step does lives in the module of its concern
-(datasets.export, archive.plan, archive.assembly, delivery). Ops hand on small records: a
+(services.run_start, archive.plan, services.export, services.delivery). Ops hand on small records: a
 target of ids, staged keys, counts and checksums, never data.
 """
 
 # No `from __future__ import annotations` here: Dagster reads the ops' context annotations as
 # real types and refuses them as strings.
 
-import threading
-import time
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import dagster as dg
 from dagster import OpExecutionContext
 
-from backup_pipeline import migrations
-from backup_pipeline.archive.assembly import AssembledArchive, build_archive, kept_archive
-from backup_pipeline.archive.names import archive_key
 from backup_pipeline.archive.plan import FilePlan, stage_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
-from backup_pipeline.datasets.export import (
-    ExportResult,
-    export_dataset,
-    record_staged_export,
-    staged_exports,
-)
-from backup_pipeline.datasets.parallel import (
-    DatasetExportFailed,
-    WorkbookExports,
-    worker_count,
-    yield_to_the_slowest_workbook,
-)
-from backup_pipeline.datasets.parallel import progress as export_progress
-from backup_pipeline.delivery import DeliveryRefused, deliver, emailed_archive
-from backup_pipeline.failures import AuthorizationRevoked, fail_if_revoked
+from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.datasets.parallel import DatasetExportFailed, Rendered
+from backup_pipeline.platform import migrations
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources import platform_db as db
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.run_start import RequestFinished, RunRefused, begin_run
-from backup_pipeline.spanish import to_clinic_time
+from backup_pipeline.rules.target import REQUEST_TAG, BackupTarget
+from backup_pipeline.services.archive import AssembledArchive
+from backup_pipeline.services.delivery import DeliveryRefused, deliver_after_run
+from backup_pipeline.services.export import RunStores, SubscriptionVanished, archive_for_request
+from backup_pipeline.services.failures import AuthorizationRevoked
+from backup_pipeline.services.run_start import RequestFinished, RunRefused, begin_run
 from backup_pipeline.step_failure import permanent
-from backup_pipeline.storage import ObjectStore, StoreRefused
-from backup_pipeline.target import REQUEST_TAG, BackupTarget
+from backup_pipeline.storage import StoreRefused
 
 backup_partitions = dg.DynamicPartitionsDefinition(name="backup_requests")
 
@@ -103,7 +87,11 @@ def start_backup(
         raise permanent(exc) from exc
     try:
         target = begin_run(
-            engine, mailer, archives.get_store(), request_id=request_id, run_id=context.run_id
+            engine,
+            mailer.get_mailer(),
+            archives.get_store(),
+            request_id=request_id,
+            run_id=context.run_id,
         )
     except RequestFinished as finished:
         # A re-execution from the UI, or a run a refusal could not cancel in time: it succeeds
@@ -179,166 +167,60 @@ def assemble_backup(
     archives: ObjectStoreResource,
     policy: BackupPolicyResource,
 ) -> Iterator[dg.Output]:
-    engine = platform_db.get_engine()
-    with engine.connect() as conn:
-        subscription = db.get_subscription(conn, target.subscription_id)
-        request = db.get_request(conn, target.request_id)
-    if subscription is None:
-        raise dg.Failure(f"subscription {target.subscription_id} vanished", allow_retries=False)
-    local_day = to_clinic_time(target.requested_at, target.timezone).date()
-    key = archive_key(target.subscription_id, target.request_id, subscription.name, local_day)
-    archives_store = archives.get_store()
-    emailed = emailed_archive(engine, archives_store, request, key)
-    if emailed is not None:
-        context.log.info(
-            f"request {target.request_id}: its link was emailed and the archive is intact; "
-            "keeping it instead of building another"
+    stores = RunStores(
+        files=files.get_store(),
+        archives=archives.get_store(),
+        open_files=files.open_new_store,
+        open_archives=archives.open_new_store,
+    )
+    assembled = yield from _reported(
+        archive_for_request(
+            platform_db.get_engine(),
+            stores,
+            target=target,
+            plan=plan,
+            run_id=context.run_id,
+            part_size=policy.part_size_bytes,
+            export_workers=policy.export_workers,
+            say=context.log.info,
         )
-        assembled = kept_archive(emailed)
-    else:
-        assembled = yield from _export_and_zip(
-            context, target, plan, subscription.name, key, platform_db, files, archives, policy
-        )
-    yield dg.Output(assembled, ARCHIVE_OUTPUT, metadata=_archive_metadata(assembled))
+    )
+    yield dg.Output(assembled, ARCHIVE_OUTPUT, metadata=assembled.totals())
 
 
-def _export_and_zip(
-    context: OpExecutionContext,
-    target: BackupTarget,
-    plan: FilePlan,
-    clinic_name: str,
-    key: str,
-    platform_db: PlatformDatabaseResource,
-    files: ObjectStoreResource,
-    archives: ObjectStoreResource,
-    policy: BackupPolicyResource,
+def _reported(
+    renders: Generator[Rendered, None, AssembledArchive],
 ) -> Generator[dg.Output, None, AssembledArchive]:
-    """The workbooks render in worker processes while a thread zips the files; each workbook is
-    reported as its own output when it is staged."""
-    engine = platform_db.get_engine()
-    files_store, archives_store = files.get_store(), archives.get_store()
-    # Set in each worker before its first export: its own connections (see datasets.parallel).
-    worker_stores: dict[str, ObjectStore] = {}
-
-    def worker_setup() -> None:
-        engine.dispose(close=False)  # the run's pooled connections are not the worker's
-        worker_stores["files"] = files.open_new_store()
-        worker_stores["archives"] = archives.open_new_store()
-
-    def export_one(dataset: Dataset) -> ExportResult:
-        started = time.perf_counter()
-        with engine.connect() as conn:
-            result = export_dataset(
-                dataset,
-                connection=conn,
-                subscription_id=target.subscription_id,
-                timezone=target.timezone,
-                files=worker_stores.get("files", files_store),
-                archives=worker_stores.get("archives", archives_store),
-                staging_prefix=target.staging_prefix,
-                # The request's time: a re-run renders the same rows into the same bytes.
-                created=target.requested_at,
-                progress=export_progress,
-                # The attachments index lists the files as this run's plan names and splits them.
-                plan=plan,
-                part_size=policy.part_size_bytes,
+    """Each workbook of services.export as its own output of assemble_backup; a workbook that
+    failed as a Failure naming its dataset and error class (failures.failure_cause reads them),
+    a subscription gone as a Failure that no retry repeats."""
+    try:
+        while True:
+            try:
+                rendered = next(renders)
+            except StopIteration as finished:
+                return finished.value
+            result = rendered.result
+            yield dg.Output(
+                result,
+                export_output(rendered.dataset),
+                metadata={
+                    "rows": result.rows,
+                    "sheets": result.sheets,
+                    "workbook_bytes": result.entries[0].size,
+                    "long_text_files": result.long_text_files,
+                    "seconds": round(rendered.seconds, 3),
+                    "staged_by_an_earlier_attempt": rendered.reused,
+                },
             )
-        # Noted as soon as it is staged, by whoever staged it: a retry of this step keeps it.
-        record_staged_export(
-            worker_stores.get("archives", archives_store),
-            target.staging_prefix,
-            context.run_id,
-            result,
-            time.perf_counter() - started,
-        )
-        return result
-
-    workers = worker_count(policy.export_workers)
-    if workers:
-        engine.dispose()  # no pooled connection crosses the fork
-    zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
-    unwanted = threading.Event()  # the zip stops between two files once this is set
-    # A retry of this step (a storage error in the zip) keeps the workbooks an earlier attempt of
-    # the same run staged; another run renders them again, from the data as it is then.
-    staged_before = staged_exports(archives_store, target.staging_prefix, context.run_id)
-    with WorkbookExports(
-        DATASETS,
-        workers=workers,
-        export_one=export_one,
-        worker_setup=worker_setup,
-        done=staged_before,
-    ) as exports:
-        context.log.info(
-            f"rendering {len(DATASETS) - len(staged_before)} workbooks with {exports.workers} "
-            f"workers ({len(staged_before)} staged by an earlier attempt)"
-        )
-
-        def zip_all() -> AssembledArchive:
-            if workers:
-                yield_to_the_slowest_workbook()  # this thread only
-            return build_archive(
-                archives=archives_store,
-                files=files_store,
-                key=key,
-                clinic_name=clinic_name,
-                timezone=target.timezone,
-                generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
-                exports=exports.all_results,
-                plan=plan,
-                part_size=policy.part_size_bytes,
-                cancelled=unwanted,
-            )
-
-        # In this process with no workers: the workbooks first, then the zip, one at a time.
-        archive = zipping.submit(zip_all) if workers else None
-        try:
-            # A failing zip is seen at once, not after the slowest workbook.
-            for rendered in exports.completed(watch=archive):
-                result = rendered.result
-                yield dg.Output(
-                    result,
-                    export_output(rendered.dataset),
-                    metadata={
-                        "rows": result.rows,
-                        "sheets": result.sheets,
-                        "workbook_bytes": result.entries[0].size,
-                        "long_text_files": result.long_text_files,
-                        "seconds": round(rendered.seconds, 3),
-                        "staged_by_an_earlier_attempt": rendered.reused,
-                    },
-                )
-            return archive.result() if archive is not None else zip_all()
-        except DatasetExportFailed as exc:
-            raise dg.Failure(
-                str(exc), metadata={"dataset": exc.dataset, "error": exc.cause_class}
-            ) from exc
-        finally:
-            # On the way out with an error (a workbook failed, the run was cancelled): workers
-            # still rendering are killed, and the zip, between two files or waiting for the
-            # workbooks, gives up and discards what it wrote before this step ends.
-            unwanted.set()
-            exports.stop()
-            zipping.shutdown(wait=True)
-
-
-def _archive_metadata(assembled: AssembledArchive) -> dict[str, object]:
-    parts = assembled.parts
-    return {
-        "archive_key": assembled.result.key,
-        "archive_bytes": assembled.size,
-        "archive_sha256": assembled.result.sha256,
-        "archive_parts": len(parts),
-        # Parts are split by the platform's recorded sizes and part 1 keeps room for the
-        # workbooks: over the part size means many sizes were unrecorded, or the workbooks
-        # outgrew their room (archive.parts.workbook_reserve).
-        "largest_part_bytes": max(part.size for part in parts),
-        "kept_emailed_archive": assembled.kept_emailed,
-        "zip_entries": sum(part.entries for part in parts),
-        "files_copied": sum(part.files_copied for part in parts),
-        "file_bytes": sum(part.file_bytes for part in parts),
-        "missing_files": sum(len(part.missing) for part in parts),
-        "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
-    }
+    except DatasetExportFailed as exc:
+        raise dg.Failure(
+            str(exc), metadata={"dataset": exc.dataset, "error": exc.cause_class}
+        ) from exc
+    except SubscriptionVanished as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    finally:
+        renders.close()  # left early (cancelled): the workers and the zip stop now, not at GC
 
 
 @dg.op(description="Signs the link, emails the requester once, and marks the request delivered.")
@@ -352,23 +234,11 @@ def deliver_backup(
     policy: BackupPolicyResource,
 ) -> None:
     store = archives.get_store()
-    # Again right before the link is signed: the authorisation may have gone during the run.
-    _permanent(
-        lambda: fail_if_revoked(
-            platform_db.get_engine(),
-            mailer,
-            store,
-            request_id=target.request_id,
-            run_id=context.run_id,
-            checked_at="before its link was sent",
-            archive_keys=[part.key for part in archive.parts],
-        )
-    )
     delivered = _permanent(
-        lambda: deliver(
+        lambda: deliver_after_run(
             platform_db.get_engine(),
             store,
-            mailer,
+            mailer.get_mailer(),
             request_id=target.request_id,
             run_id=context.run_id,
             archive=archive,

@@ -19,18 +19,20 @@ import dagster as dg
 import requests
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from backup_pipeline import dagster_compat, migrations, support_actions
-from backup_pipeline.archive.names import download_name
+from backup_pipeline import dagster_compat
+from backup_pipeline import platform as db
 from backup_pipeline.definitions import build_definitions
-from backup_pipeline.delivery import LinkUnavailable
-from backup_pipeline.failures import handle_failed_run
-from backup_pipeline.intake import accepted_but_not_started, review_pending
 from backup_pipeline.jobs import BACKUP_JOB_NAME, backup_partitions
-from backup_pipeline.request_state import RequestStatus
+from backup_pipeline.platform import migrations
 from backup_pipeline.resources import build_resources
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.rules.archive_names import download_name
+from backup_pipeline.rules.request_state import RequestStatus
+from backup_pipeline.rules.target import run_tags
+from backup_pipeline.services import support_actions
+from backup_pipeline.services.delivery import LinkUnavailable
+from backup_pipeline.services.failures import handle_failed_run
+from backup_pipeline.services.intake import accepted_but_not_started, review_pending
 from backup_pipeline.settings import Settings
-from backup_pipeline.target import run_tags
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ def _in_this_process(
         # No daemon runs the failure sensor for this instance: its decision is taken here.
         handle_failed_run(
             engine,
-            resources["mailer"],
+            resources["mailer"].get_mailer(),
             resources["archives"].get_store(),
             run_id=result.run_id,
             run_tags=result.dagster_run.tags,
@@ -560,7 +562,7 @@ def _local_path(url: str, key: str | None = None) -> Path | None:
 
 def demo(settings: Settings | None = None, launch: Launch | None = None) -> DemoResult:
     """Seed a small clinic, file a request as its owner, process it; everything under ./var."""
-    from backup_pipeline.resources.platform_db import create_schema
+    from backup_pipeline.platform import create_schema
     from backup_pipeline.synthetic import file_backup_request, seed_platform
 
     settings = settings or Settings.from_env()

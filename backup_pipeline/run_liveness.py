@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import dagster as dg
 import psutil
 
-from backup_pipeline.failures import RUN_WORKER_GONE
+from backup_pipeline.services.failures import RUN_WORKER_GONE
 
 log = logging.getLogger(__name__)
 

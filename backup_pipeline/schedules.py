@@ -1,7 +1,7 @@
 """Schedules that keep the pipeline in check: expired links, staging leftovers, late alerts, quotas.
 
 Dagster schedules must target a job, so each one launches a small housekeeping job whose op calls
-backup_pipeline.housekeeping (plain Python, tested without Dagster). A run, unlike work done
+backup_pipeline.services.housekeeping (plain Python, tested without Dagster). A run, unlike work done
 inside a tick, has its own logs, metadata, retries and no gRPC deadline. Each run is judged as of
 its tick's scheduled time (op config `as_of`), so a run that waited in the queue or is re-executed
 does the same work. The jobs carry a `backup/housekeeping` tag (deploy/dagster.yaml allows one run
@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 import dagster as dg
 from pydantic import Field
 
-from backup_pipeline import housekeeping as hk
-from backup_pipeline import migrations
 from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.platform import migrations, utcnow
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
-from backup_pipeline.resources.platform_db import PlatformDatabaseResource, utcnow
+from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.services import housekeeping as hk
 
 HOUSEKEEPING_TAG = "backup/housekeeping"
 
@@ -154,8 +154,6 @@ def alert_late_requests_op(
     alerts = hk.alert_late_requests(
         platform_db.get_engine(),
         mailer.get_mailer(),
-        support_email=mailer.support_email,
-        from_email=mailer.from_email,
         late_after=policy.late_after,
         now=config.moment(),
         limit=policy.late_alert_batch,

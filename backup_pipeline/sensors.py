@@ -8,15 +8,20 @@ from typing import Any
 
 import dagster as dg
 
-from backup_pipeline import migrations, run_liveness
-from backup_pipeline.failures import handle_failed_run, run_failure_cause
-from backup_pipeline.intake import AcceptedRequest, accepted_but_not_started, review_pending
+from backup_pipeline import run_liveness
 from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.platform import migrations
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.target import run_tags
+from backup_pipeline.rules.target import run_tags
+from backup_pipeline.services.failures import handle_failed_run, run_failure_cause
+from backup_pipeline.services.intake import (
+    AcceptedRequest,
+    accepted_but_not_started,
+    review_pending,
+)
 
 # How often the run_worker_watch sensor looks: a dead run is failed within about a minute.
 RUN_WORKER_WATCH_SECONDS = 60
@@ -61,7 +66,7 @@ def _fail_request_of_run(
 ) -> None:
     handle_failed_run(
         platform_db.get_engine(),
-        mailer,
+        mailer.get_mailer(),
         archives.get_store(),
         run_id=context.dagster_run.run_id,
         run_tags=context.dagster_run.tags,

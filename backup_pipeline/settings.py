@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE
+from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE
 
 MAX_LINK_TTL = timedelta(days=7)  # GCS V4 signed URLs cannot live longer
 MAX_LINK_TTL_HOURS = int(MAX_LINK_TTL.total_seconds() // 3600)

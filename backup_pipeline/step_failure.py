@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from backup_pipeline.failures import next_step
+from backup_pipeline.services.failures import next_step
 
 
 @functools.cache

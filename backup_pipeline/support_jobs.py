@@ -1,7 +1,7 @@
 """Support's jobs, launched from the Dagster UI's Launchpad with a request id and a required
 reason: re-send a link, re-run a failed request, refuse a pending one, expire an archive now.
 
-Each is one op over backup_pipeline.support_actions (the CLI calls the same functions); its run's
+Each is one op over backup_pipeline.services.support_actions (the CLI calls the same functions); its run's
 metadata says what it did, and the audit trail keeps who (this run) and why.
 
 A support job's run config is only what support fills in (request_id, reason, the override
@@ -18,14 +18,14 @@ from typing import TypeVar
 import dagster as dg
 from pydantic import Field
 
-from backup_pipeline import support_actions as actions
-from backup_pipeline.delivery import DeliveryRefused
 from backup_pipeline.jobs import BACKUP_JOB_NAME
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.target import REQUEST_TAG
+from backup_pipeline.rules.target import REQUEST_TAG
+from backup_pipeline.services import support_actions as actions
+from backup_pipeline.services.delivery import DeliveryRefused
 
 SUPPORT_TAG = "backup/support_action"
 # "refused" on a support run whose action did not apply (see _unless_refused).
@@ -123,7 +123,7 @@ def resend_link_op(
         lambda: actions.resend_link(
             platform_db.get_engine(),
             archives.get_store(),
-            mailer,
+            mailer.get_mailer(),
             request_id=config.request_id,
             reason=config.reason,
             link_ttl=policy.link_ttl,

@@ -72,8 +72,7 @@ def ensure_seeded(profile: str, patients: int | None) -> dict[str, Any]:
     """Seed the clinic once (SQLite + a files folder) and reuse it while seed.json exists."""
     from sqlalchemy import create_engine, select
 
-    from backup_pipeline import tables
-    from backup_pipeline.resources.platform_db import create_schema
+    from backup_pipeline.platform import create_schema, tables
     from backup_pipeline.storage.folder import FolderStore
     from backup_pipeline.synthetic import seed_platform
 
@@ -392,7 +391,7 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
     import dagster as dg
     from sqlalchemy import create_engine
 
-    from backup_pipeline.resources import platform_db as db
+    from backup_pipeline import platform as db
     from backup_pipeline.synthetic import file_backup_request
     from bench import jobdef
 
@@ -608,8 +607,8 @@ def worker_zip_memory(args: argparse.Namespace) -> dict[str, Any]:
     what the zip's per-entry bookkeeping costs, as peak RSS."""
     import io as io_
 
-    from backup_pipeline.archive.entries import PlannedFile
     from backup_pipeline.archive.zipper import assemble_archive
+    from backup_pipeline.rules.archive_entries import PlannedFile
     from backup_pipeline.storage import ObjectStore
     from backup_pipeline.storage.folder import FolderStore
 
@@ -710,7 +709,7 @@ def worker_render(args: argparse.Namespace) -> dict[str, Any]:
 
     from backup_pipeline.datasets import DATASETS
     from backup_pipeline.datasets.base import ExtractContext, Extraction
-    from backup_pipeline.workbook import render_workbook
+    from backup_pipeline.datasets.workbook import render_workbook
     from bench.naive import to_excel
 
     meta = json.loads((Path(args.clinic) / "seed.json").read_text())
@@ -761,10 +760,11 @@ def worker_sensor(args: argparse.Namespace) -> dict[str, Any]:
     """One tick of the request sensor's review with 10,000 pending requests of 10,000 clinics."""
     from sqlalchemy import create_engine, delete, insert, update
 
-    from backup_pipeline import tables as t
-    from backup_pipeline.intake import review_pending
-    from backup_pipeline.resources.platform_db import PlatformDatabaseResource, create_schema
+    from backup_pipeline.platform import create_schema
+    from backup_pipeline.platform import tables as t
+    from backup_pipeline.resources.platform_db import PlatformDatabaseResource
     from backup_pipeline.sensors import evaluate_pending_requests
+    from backup_pipeline.services.intake import review_pending
     from backup_pipeline.settings import Settings
 
     url = args.db_url

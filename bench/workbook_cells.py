@@ -21,7 +21,7 @@ import pandas as pd
 
 from backup_pipeline.datasets.base import Extraction, Kind
 from backup_pipeline.datasets.consultations import DATASET
-from backup_pipeline.workbook import render_workbook
+from backup_pipeline.datasets.workbook import render_workbook
 
 CHUNK_ROWS = 5_000
 WORDS = (

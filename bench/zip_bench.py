@@ -79,8 +79,8 @@ def seed(root: Path, count: int) -> None:
 
 
 def zip_files(root: Path) -> None:
-    from backup_pipeline.archive.entries import PlannedFile
     from backup_pipeline.archive.zipper import assemble_archive
+    from backup_pipeline.rules.archive_entries import PlannedFile
     from backup_pipeline.storage.folder import FolderStore
 
     plan = [

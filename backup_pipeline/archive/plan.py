@@ -11,22 +11,22 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select
 
-from backup_pipeline.archive.entries import (
+from backup_pipeline.platform.tables import attachments, cfdi_documents, patients
+from backup_pipeline.rules.archive_entries import (
     KIND_ATTACHMENT,
     KIND_CFDI_PDF,
     KIND_CFDI_XML,
     PlannedFile,
 )
-from backup_pipeline.archive.names import (
+from backup_pipeline.rules.archive_names import (
     MAX_PATH_UNITS,
     PATIENT_FOLDER_MAX_UNITS,
     Named,
     UniqueNames,
     named_patient_folder,
 )
-from backup_pipeline.cfdi import cfdi_archive_paths
+from backup_pipeline.rules.cfdi import cfdi_archive_paths
 from backup_pipeline.storage import ObjectStore
-from backup_pipeline.tables import attachments, cfdi_documents, patients
 
 ATTACHMENT_FALLBACK = "archivo"
 _CFDI_LABELS = {
@@ -146,7 +146,7 @@ def _cfdi_files(connection: Connection, subscription_id: int) -> Iterator[Planne
 
 
 def cfdi_planned_files(rows: Iterable[Any]) -> Iterator[PlannedFile]:
-    """The XML (and PDF) of each cfdi_documents row, named by backup_pipeline.cfdi."""
+    """The XML (and PDF) of each cfdi_documents row, named by backup_pipeline.rules.cfdi."""
     for _row, files in cfdi_files_by_row(rows):
         yield from files
 

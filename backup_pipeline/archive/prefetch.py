@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from backup_pipeline.archive.entries import MissingFile, PlannedFile
 from backup_pipeline.archive.zipwriter import ArchiveIntegrityError
+from backup_pipeline.rules.archive_entries import MissingFile, PlannedFile
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ from typing import BinaryIO
 
 from openpyxl import load_workbook
 
-from backup_pipeline import cfdi
-from backup_pipeline.archive.leeme import (
+from backup_pipeline.rules import cfdi
+from backup_pipeline.rules.archive_names import part_key
+from backup_pipeline.rules.leeme import (
     FILE_FOLDERS,
     LEEME_PATH,
     MISSING_REPORT_PATH,
     files_copied_in,
     files_missing_in,
 )
-from backup_pipeline.archive.names import part_key
 
 SHA256SUMS = "SHA256SUMS"
 # A zip's checksum file names the part it belongs to (leeme.part_sums_path): a part is known
@@ -196,7 +196,7 @@ def verify_zip(path_or_stream: str | Path | BinaryIO) -> VerifyReport:
     archive, SHA256SUMS lists every other entry exactly once and each digest matches, and
     every workbook opens with openpyxl (read-only, each sheet read through).
 
-    Every CFDI XML is also opened with the hardened parser (backup_pipeline.cfdi); those that
+    Every CFDI XML is also opened with the hardened parser (backup_pipeline.rules.cfdi); those that
     do not open are named in `unreadable_cfdi`. A support tool and a test helper: the
     delivery itself does not run it.
 

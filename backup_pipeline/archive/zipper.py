@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backup_pipeline.archive.entries import ArchiveResult, MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import (
-    LEEME_ENCODING,
-    LEEME_PATH,
-    MISSING_REPORT_PATH,
-    SHA256SUMS_PATH,
-)
+from backup_pipeline.archive.memory import trim_free_memory
 from backup_pipeline.archive.prefetch import (
     READ_ATTEMPTS,
     REASON_NOT_FOUND,
@@ -35,7 +29,18 @@ from backup_pipeline.archive.zipwriter import (
     EntryWriter,
     HashingSink,
 )
-from backup_pipeline.memory import trim_free_memory
+from backup_pipeline.rules.archive_entries import (
+    ArchiveResult,
+    MissingFile,
+    PlannedFile,
+    StagedEntry,
+)
+from backup_pipeline.rules.leeme import (
+    LEEME_ENCODING,
+    LEEME_PATH,
+    MISSING_REPORT_PATH,
+    SHA256SUMS_PATH,
+)
 from backup_pipeline.storage import ObjectStore
 
 __all__ = [

@@ -28,9 +28,9 @@ from backup_pipeline.datasets.query import (
     patient_full_name,
     stream_query,
 )
-from backup_pipeline.tables import anamnesis_answers as a
-from backup_pipeline.tables import anamnesis_questions as q
-from backup_pipeline.tables import patients
+from backup_pipeline.platform.tables import anamnesis_answers as a
+from backup_pipeline.platform.tables import anamnesis_questions as q
+from backup_pipeline.platform.tables import patients
 
 ANSWER_TYPE_LABELS = {
     "text": "Texto",
@@ -303,6 +303,8 @@ class AnamnesisDataset:
     archive_path = "anamnesis.xlsx"
     sheet_title = "Anamnesis"
     description = "Anamnesis: la respuesta más reciente de cada paciente a cada pregunta."
+    failure_subject = "de las respuestas de anamnesis"
+    render_cost = 7
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         # Questions first (a few hundred at most): they decide the columns.

@@ -9,10 +9,10 @@ from datetime import datetime
 
 import pandas as pd
 
-from backup_pipeline.archive.entries import KIND_ATTACHMENT, PlannedFile
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
 from backup_pipeline.archive.plan import plan_files, read_plan
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
+from backup_pipeline.rules.archive_entries import KIND_ATTACHMENT, PlannedFile
+from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
 
 BASE_COLUMNS = (
     Column("patient_id", "ID paciente", Kind.INTEGER),
@@ -40,6 +40,8 @@ class AttachmentIndex:
         "Índice de los archivos adjuntos: paciente, nombre original, fecha de carga, tipo, "
         "tamaño y ubicación de cada uno en el respaldo."
     )
+    failure_subject: str = "del índice de sus archivos adjuntos"
+    render_cost: int = 3
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         part_size = ctx.part_size or DEFAULT_PART_SIZE

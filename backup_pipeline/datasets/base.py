@@ -90,5 +90,11 @@ class Dataset(Protocol):
     archive_path: str  # e.g. "pacientes.xlsx" or "facturacion/ingresos/comprobantes_emitidos.xlsx"
     sheet_title: str  # e.g. "Pacientes"
     description: str  # one Spanish line for LEEME.txt
+    # What the clinic reads when this workbook could not be made: "No se pudo generar el
+    # respaldo <failure_subject> …" (services.failures), e.g. "de sus pacientes".
+    failure_subject: str
+    # Relative cost of rendering this workbook (large synthetic clinic, bench/RESULTS.md): the
+    # costliest starts first in the worker pool; only the order matters.
+    render_cost: int
 
     def extract(self, ctx: ExtractContext) -> Extraction: ...

@@ -11,8 +11,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import consultations as c
-from backup_pipeline.tables import patients, users
+from backup_pipeline.platform.tables import consultations as c
+from backup_pipeline.platform.tables import patients, users
 
 COLUMNS = (
     *PATIENT_COLUMNS,
@@ -77,6 +77,8 @@ DATASET = QueryDataset(
     archive_path="consultas.xlsx",
     sheet_title="Consultas",
     description="Consultas registradas, con signos vitales y quién atendió.",
+    failure_subject="de sus consultas",
+    render_cost=8,
     columns=COLUMNS,
     query=query,
     record=RecordName("consulta", "consultation_id"),

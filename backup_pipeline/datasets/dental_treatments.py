@@ -14,8 +14,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import consultations, patients
-from backup_pipeline.tables import dental_treatments as t
+from backup_pipeline.platform.tables import consultations, patients
+from backup_pipeline.platform.tables import dental_treatments as t
 
 STATUS_LABELS = {
     "planned": "Planeado",
@@ -90,6 +90,8 @@ DATASET = QueryDataset(
     archive_path="tratamientos_odontologicos.xlsx",
     sheet_title="Tratamientos odontológicos",
     description="Tratamientos odontológicos: diente, procedimiento, estado y precio.",
+    failure_subject="de sus tratamientos odontológicos",
+    render_cost=6,
     columns=COLUMNS,
     query=query,
     decode={"tooth": tooth_cell},

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from backup_pipeline.archive.entries import StagedEntry
 from backup_pipeline.archive.plan import FilePlan
+from backup_pipeline.archive.staging import stage_file
 from backup_pipeline.datasets.base import Dataset, ExtractContext
-from backup_pipeline.staging import stage_file
+from backup_pipeline.datasets.workbook import render_workbook
+from backup_pipeline.rules.archive_entries import StagedEntry
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
-from backup_pipeline.workbook import render_workbook
 
 T = TypeVar("T")
 

@@ -10,14 +10,14 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
-from backup_pipeline import cfdi, sat_catalogs
-from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import cfdi_files_by_row
-from backup_pipeline.cfdi import cfdi_archive_paths
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.datasets.query import patient_full_name
+from backup_pipeline.platform.tables import cfdi_documents, patients
+from backup_pipeline.rules import cfdi, sat_catalogs
+from backup_pipeline.rules.archive_entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.rules.cfdi import cfdi_archive_paths
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
-from backup_pipeline.tables import cfdi_documents, patients
 
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
@@ -75,6 +75,8 @@ class InvoiceDataset:
     archive_path: str
     sheet_title: str
     description: str
+    failure_subject: str  # see datasets.base.Dataset
+    render_cost: int
     direction: str
     # True: the "Archivo PDF" column always; None: only when some row of the report has a PDF
     # (the platform rarely stores one for a received invoice: an always-empty column misleads).
@@ -277,6 +279,8 @@ ISSUED = InvoiceDataset(
     archive_path="facturacion/ingresos/comprobantes_emitidos.xlsx",
     sheet_title="Comprobantes emitidos",
     description="Reporte de los comprobantes fiscales (CFDI) emitidos, uno por renglón, leído de cada XML.",
+    failure_subject="de sus comprobantes emitidos",
+    render_cost=2,
     direction="issued",
     with_pdf=True,
     with_patient=True,
@@ -287,6 +291,8 @@ RECEIVED = InvoiceDataset(
     archive_path="facturacion/gastos/comprobantes_recibidos.xlsx",
     sheet_title="Comprobantes recibidos",
     description="Reporte de los comprobantes fiscales (CFDI) recibidos, uno por renglón, leído de cada XML.",
+    failure_subject="de sus comprobantes recibidos",
+    render_cost=1,
     direction="received",
     with_pdf=None,
     with_patient=False,

@@ -1,11 +1,14 @@
-"""The workbooks rendered in worker processes forked from the run, while the run zips the files.
+"""A supervised pool of exports: worker processes forked from the run render them while the run zips.
 
 Rendering is Python-bound (XlsxWriter's per-cell work holds the GIL), so threads cannot overlap
 workbooks with each other or with the zip. Processes forked from the run's own process start at
 once and share its imported pages (Dagster, pandas, XlsxWriter, SQLAlchemy: ~250 MB), where the
 multiprocess executor's step processes each rebuilt the job, its resources and its event log
-connection (bench/RESULTS.md). The largest datasets go first, so that the slowest workbook starts
-at once and the small ones fill the other worker.
+connection (bench/RESULTS.md). The caller's priority decides what starts first (the datasets: the
+costliest workbook, so that it starts at once and the small ones fill the other worker).
+
+It knows nothing of what it exports: anything with a unique `name`, and `export_one`'s picklable
+result; the datasets and their staging are the caller's (services.export).
 
 A worker shares nothing mutable with the run: the run's pooled database connections are closed
 before the fork, the sockets the fork copied are let go of in the worker, and each worker opens
@@ -34,24 +37,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, Proce
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from backup_pipeline.datasets.base import Dataset
-from backup_pipeline.datasets.export import ExportResult
-from backup_pipeline.memory import trim_free_memory
+from backup_pipeline.archive.memory import trim_free_memory
 
-# Rough relative cost of each dataset's workbook (large synthetic clinic, bench/RESULTS.md):
-# only the order matters, slowest first; an unknown dataset goes first.
-_COST_ORDER = (
-    "consultations",
-    "anamnesis",
-    "dental_treatments",
-    "patients",
-    "vaccinations",
-    "attachments",
-    "invoices_issued",
-    "invoices_received",
-)
 _PR_SET_PDEATHSIG = 1
 # A worker whose export shows no progress (a chunk of rows, a staged file) for this long is
 # killed.
@@ -95,22 +84,35 @@ def worker_count(configured: int | None) -> int:
     return min(usable_cpus(), DEFAULT_MAX_WORKERS) if configured is None else configured
 
 
+class Export(Protocol):
+    """What the pool runs: anything named uniquely (in this package, a dataset's workbook)."""
+
+    name: str
+
+
+# What export_one returns: any picklable value (the datasets' Result).
+Result = Any
+
+
 @dataclass(frozen=True)
 class Rendered:
     """One dataset's export and how long it took (extraction, rendering and staging)."""
 
-    dataset: Dataset
-    result: ExportResult
+    dataset: Export
+    result: Result
     seconds: float
     reused: bool = False  # staged by an earlier attempt of the same run, not rendered again
 
 
-ExportOne = Callable[[Dataset], ExportResult]
+ExportOne = Callable[[Any], Any]
+Priority = Callable[[Any], float]
 
 
-def slowest_first(datasets: Sequence[Dataset]) -> list[Dataset]:
-    rank = {name: index for index, name in enumerate(_COST_ORDER)}
-    return sorted(datasets, key=lambda d: rank.get(d.name, -1))
+def in_priority_order(exports: Sequence[Export], priority: Priority | None) -> list[Export]:
+    """The order exports start in: a higher priority first, the declared order among equals."""
+    if priority is None:
+        return list(exports)
+    return sorted(exports, key=lambda export: -priority(export))
 
 
 class DatasetExportFailed(Exception):
@@ -136,7 +138,7 @@ _FRAMES_SHOWN = 4
 
 
 def _short(filename: str) -> str:
-    """A frame's file from its package on: 'backup_pipeline/workbook.py', 'xlsxwriter/...'."""
+    """A frame's file from its package on: 'backup_pipeline/datasets/workbook.py', 'xlsxwriter/...'."""
     parts = Path(filename).parts
     for index in range(len(parts) - 1, -1, -1):
         if parts[index] == "site-packages" or parts[index].endswith(".venv"):
@@ -155,23 +157,25 @@ class WorkbookExports:
     """Exports `datasets` with `export_one`: in `workers` forked processes, or one after another
     in this process when `workers` is 0.
 
-    `worker_setup` runs first in each worker (open the worker's own connections). Use as a
-    context manager: leaving it stops every worker still rendering.
+    `worker_setup` runs first in each worker (open the worker's own connections); `priority`
+    (higher first, default the declared order) decides which start first, and the first is the
+    critical path the zip yields to. Use as a context manager: leaving it stops every worker still rendering.
     """
 
     def __init__(
         self,
-        datasets: Sequence[Dataset],
+        datasets: Sequence[Export],
         *,
         workers: int,
         export_one: ExportOne,
         worker_setup: Callable[[], None],
         stall_seconds: float = DEFAULT_STALL_SECONDS,
-        done: Mapping[str, tuple[ExportResult, float]] | None = None,
+        done: Mapping[str, tuple[Result, float]] | None = None,
+        priority: Priority | None = None,
     ) -> None:
         self._datasets = list(datasets)
         self._stall_seconds = stall_seconds
-        self._order = slowest_first(self._datasets)
+        self._order = in_priority_order(self._datasets, priority)
         self._reused = dict(done or {})
         self._to_render = [d for d in self._order if d.name not in self._reused]
         self._workers = min(max(workers, 0), len(self._to_render))
@@ -179,7 +183,7 @@ class WorkbookExports:
         self._setup = worker_setup
         self._pool: ProcessPoolExecutor | None = None
         self._ours: list[multiprocessing.process.BaseProcess] = []
-        self._futures: dict[str, Future[tuple[ExportResult, float]]] = {
+        self._futures: dict[str, Future[tuple[Result, float]]] = {
             name: _done(value) for name, value in self._reused.items()
         }
         # Which worker (pid) is exporting each dataset, written by the workers: names the
@@ -194,7 +198,7 @@ class WorkbookExports:
         self._culprit: list[str | None] = []
         self._results_dir: str | None = None  # where workers write results too long to send
         # Those results once read: the run's thread and the zip's may both ask for one.
-        self._spilled: dict[str, tuple[ExportResult, float]] = {}
+        self._spilled: dict[str, tuple[Result, float]] = {}
         self._spilled_lock = threading.Lock()
 
     @property
@@ -234,6 +238,7 @@ class WorkbookExports:
                 initializer=_start_worker,
                 initargs=(
                     self._datasets,
+                    self._order[0].name,
                     self._export_one,
                     self._setup,
                     os.getpid(),
@@ -287,7 +292,7 @@ class WorkbookExports:
                 result, seconds = self._result_of(dataset, future)
                 yield Rendered(dataset, result, seconds)
 
-    def all_results(self) -> list[ExportResult]:
+    def all_results(self) -> list[Result]:
         """Every export in the datasets' declared order, waiting for those still rendering."""
         if any(d.name not in self._futures for d in self._datasets):  # none rendered yet
             for _rendered in self.completed():
@@ -319,8 +324,8 @@ class WorkbookExports:
                     future.set_exception(stopped)
 
     def _result_of(
-        self, dataset: Dataset, future: Future[tuple[ExportResult, float]]
-    ) -> tuple[ExportResult, float]:
+        self, dataset: Export, future: Future[tuple[Result, float]]
+    ) -> tuple[Result, float]:
         try:
             value = future.result()
             if isinstance(value, SpilledResult):
@@ -335,7 +340,7 @@ class WorkbookExports:
         except BaseException as exc:  # cancelled, stopped, a result that could not travel
             raise DatasetExportFailed(dataset.name, exc) from None
 
-    def _load_spilled(self, name: str, spilled: SpilledResult) -> tuple[ExportResult, float]:
+    def _load_spilled(self, name: str, spilled: SpilledResult) -> tuple[Result, float]:
         # Read once (the file goes), under a lock: the run's thread (completed) and the zip's
         # (all_results) may ask for the same result at once.
         with self._spilled_lock:
@@ -389,20 +394,20 @@ class WorkbookExports:
                 if process.is_alive():
                     process.kill()
 
-    def _dataset(self, name: str) -> Dataset:
+    def _dataset(self, name: str) -> Export:
         return next(d for d in self._datasets if d.name == name)
 
     def _order_of(self, name: str) -> int:
         return next(i for i, d in enumerate(self._order) if d.name == name)
 
 
-def _done(value: tuple[ExportResult, float]) -> Future[tuple[ExportResult, float]]:
-    future: Future[tuple[ExportResult, float]] = Future()
+def _done(value: tuple[Result, float]) -> Future[tuple[Result, float]]:
+    future: Future[tuple[Result, float]] = Future()
     future.set_result(value)
     return future
 
 
-def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult, float]:
+def _timed_export(export_one: ExportOne, dataset: Export) -> tuple[Result, float]:
     started = time.perf_counter()
     try:
         result = export_one(dataset)
@@ -416,7 +421,7 @@ def _timed_export(export_one: ExportOne, dataset: Dataset) -> tuple[ExportResult
 # --- In the worker process --------------------------------------------------------------------
 
 _worker_export: ExportOne | None = None
-_worker_datasets: dict[str, tuple[int, Dataset]] = {}
+_worker_datasets: dict[str, tuple[int, Export]] = {}
 _worker_holders: Any = None
 _worker_beats: Any = None
 _worker_index = -1  # the dataset this worker exports now
@@ -437,7 +442,8 @@ def yield_to_the_slowest_workbook() -> None:
 
 
 def _start_worker(
-    datasets: Sequence[Dataset],
+    datasets: Sequence[Export],
+    slowest: str,
     export_one: ExportOne,
     setup: Callable[[], None],
     parent_pid: int,
@@ -462,7 +468,6 @@ def _start_worker(
     _worker_beats = beats
     _worker_results_dir = results_dir
     _worker_datasets.update((d.name, (index, d)) for index, d in enumerate(datasets))
-    slowest = slowest_first(datasets)[0].name
     _worker_critical = next(i for i, d in enumerate(datasets) if d.name == slowest)
 
 
@@ -484,7 +489,7 @@ def _release_inherited_sockets() -> None:
         os.close(devnull)
 
 
-def _export_in_worker(name: str) -> tuple[ExportResult, float] | SpilledResult:
+def _export_in_worker(name: str) -> tuple[Result, float] | SpilledResult:
     if _worker_export is None:
         raise RuntimeError("the worker was not started by WorkbookExports")
     global _worker_index
@@ -520,7 +525,7 @@ class SpilledResult:
 
     path: str
 
-    def load(self) -> tuple[ExportResult, float]:
+    def load(self) -> tuple[Result, float]:
         with open(self.path, "rb") as src:
             value = pickle.load(src)  # noqa: S301 (written by our own worker, in our 0700 folder)
         os.unlink(self.path)
@@ -528,8 +533,8 @@ class SpilledResult:
 
 
 def sendable(
-    name: str, value: tuple[ExportResult, float], results_dir: str
-) -> tuple[ExportResult, float] | SpilledResult:
+    name: str, value: tuple[Result, float], results_dir: str
+) -> tuple[Result, float] | SpilledResult:
     """`value` itself when it pickles short enough for one atomic write to the pool's pipe,
     otherwise a SpilledResult (see INLINE_RESULT_BYTES)."""
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import Select, case, select
 
-from backup_pipeline import sat_catalogs
 from backup_pipeline.datasets.base import Column, Kind, RecordName
 from backup_pipeline.datasets.query import PATIENT_COLUMNS, QueryDataset, patient_full_name
-from backup_pipeline.tables import patients as p
+from backup_pipeline.platform.tables import patients as p
+from backup_pipeline.rules import sat_catalogs
 
 # schema.sql: 'F' | 'M' | 'X'. 'X' is the non-binary marker of Mexican identity documents (the
 # passport's "X"); any other value is shown as written.
@@ -84,6 +84,8 @@ DATASET = QueryDataset(
     archive_path="pacientes.xlsx",
     sheet_title="Pacientes",
     description="Pacientes: datos personales, de contacto y fiscales.",
+    failure_subject="de sus pacientes",
+    render_cost=5,
     columns=COLUMNS,
     query=query,
     # "616 - Sin obligaciones fiscales", as the invoice reports show the same catalogue.

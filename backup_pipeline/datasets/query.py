@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
 
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
-from backup_pipeline.tables import patients
+from backup_pipeline.platform.tables import patients
 
 PATIENT_COLUMNS = (
     Column("patient_id", "ID paciente", Kind.INTEGER),
@@ -26,6 +26,8 @@ class QueryDataset:
     archive_path: str
     sheet_title: str
     description: str
+    failure_subject: str  # see datasets.base.Dataset
+    render_cost: int
     columns: tuple[Column, ...]
     query: Callable[[int], Select]
     # Per column, what SQL cannot portably do to a value (e.g. decode a SAT catalogue code).

@@ -11,8 +11,8 @@ from backup_pipeline.datasets.query import (
     live_patient,
     patient_full_name,
 )
-from backup_pipeline.tables import patients
-from backup_pipeline.tables import vaccinations as v
+from backup_pipeline.platform.tables import patients
+from backup_pipeline.platform.tables import vaccinations as v
 
 COLUMNS = (
     *PATIENT_COLUMNS,
@@ -57,6 +57,8 @@ DATASET = QueryDataset(
     archive_path="vacunacion.xlsx",
     sheet_title="Vacunación",
     description="Registros de vacunación: vacuna, dosis, lote y próxima dosis.",
+    failure_subject="de sus registros de vacunación",
+    render_cost=4,
     columns=COLUMNS,
     query=query,
     record=RecordName("vacuna", "vaccination_id"),

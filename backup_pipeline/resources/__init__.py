@@ -1,4 +1,4 @@
-"""Adapters to the outside world, and the one place that builds them from the settings."""
+"""Thin Dagster resources over the adapters, all built from the settings in one place."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.exc import IntegrityError
 
-from backup_pipeline import tables
+from backup_pipeline.platform import tables
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import cfdi_xml, clinical, names
 from backup_pipeline.synthetic import files as file_formats

@@ -13,7 +13,6 @@ from openpyxl.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 from sqlalchemy import Connection, Table, Text, create_engine, text
 
-from backup_pipeline import tables as t
 from backup_pipeline.datasets import (
     anamnesis,
     consultations,
@@ -23,8 +22,9 @@ from backup_pipeline.datasets import (
 )
 from backup_pipeline.datasets.anamnesis import PatientNames, Question, latest_answers_by_patient
 from backup_pipeline.datasets.base import Dataset, ExtractContext
+from backup_pipeline.datasets.workbook import render_workbook
+from backup_pipeline.platform import tables as t
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.workbook import render_workbook
 
 CLINIC, OTHER_CLINIC, EMPTY_CLINIC, FORMULA_CLINIC = 1, 2, 3, 4
 ZONE = "America/Mexico_City"

@@ -14,10 +14,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Connection, create_engine, insert, select, update
 
-from backup_pipeline import tables as t
-from backup_pipeline.archive.entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.archive.plan import plan_files
-from backup_pipeline.cfdi import PROBLEM_BROKEN, PROBLEM_TOTALS_PREFIX
 from backup_pipeline.datasets.base import ExtractContext, Kind
 from backup_pipeline.datasets.invoices import (
     ISSUED,
@@ -25,6 +22,9 @@ from backup_pipeline.datasets.invoices import (
     RECEIVED,
     archive_names,
 )
+from backup_pipeline.platform import tables as t
+from backup_pipeline.rules.archive_entries import KIND_CFDI_PDF, KIND_CFDI_XML
+from backup_pipeline.rules.cfdi import PROBLEM_BROKEN, PROBLEM_TOTALS_PREFIX
 from backup_pipeline.storage import ObjectInfo, ObjectNotFound, ObjectStore
 
 SAMPLES = Path(__file__).parents[1] / "data" / "cfdi"
@@ -540,7 +540,7 @@ def test_xml_issue_date_shows_as_written_while_platform_times_move_to_the_clinic
 ):
     import openpyxl
 
-    from backup_pipeline.workbook import render_workbook
+    from backup_pipeline.datasets.workbook import render_workbook
 
     conn, store = platform
     extraction, frames = extract(ISSUED, conn, store)
@@ -619,7 +619,7 @@ def test_invoice_whose_figures_do_not_add_up_says_so_in_observaciones(platform):
 def test_local_tax_columns_are_money_cells_beside_the_federal_ones(platform, tmp_path: Path):
     import openpyxl
 
-    from backup_pipeline.workbook import render_workbook
+    from backup_pipeline.datasets.workbook import render_workbook
 
     conn, store = platform
     extraction, frames = extract(ISSUED, conn, store)

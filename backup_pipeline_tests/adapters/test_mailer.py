@@ -12,14 +12,14 @@ import stat
 import dagster as dg
 import pytest
 
-from backup_pipeline.resources.mailer import (
-    MailerResource,
+from backup_pipeline.mail import (
     MailError,
-    OutboxMailer,
+    OutboxTransport,
     OutgoingEmail,
-    SendGridMailer,
-    open_mailer,
+    SendGridTransport,
+    open_transport,
 )
+from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.settings import Settings
 from backup_pipeline_tests.support.sendgrid import (
     DUMMY_API_KEY,
@@ -97,7 +97,7 @@ def test_line_break_in_a_header_is_refused_for_good(
 
 
 def test_mailer_url_reopens_the_same_backend(mailer: MailerUnderTest) -> None:
-    assert type(open_mailer(mailer.mailer.url)) is type(mailer.mailer)
+    assert type(open_transport(mailer.mailer.url)) is type(mailer.mailer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_sendgrid_payload_follows_the_v3_mail_send_schema(
     sendgrid_endpoint: SendGridEndpoint,
 ) -> None:
     sent = spanish_email(to=RECIPIENT)
-    open_mailer(sendgrid_endpoint.url).send(sent)
+    open_transport(sendgrid_endpoint.url).send(sent)
 
     [payload] = sendgrid_endpoint.requests
     assert payload["personalizations"] == [{"to": [{"email": RECIPIENT}]}]
@@ -126,7 +126,7 @@ def test_sendgrid_payload_follows_the_v3_mail_send_schema(
 def test_sendgrid_does_not_rewrite_the_download_link_for_click_tracking(
     sendgrid_endpoint: SendGridEndpoint,
 ) -> None:
-    open_mailer(sendgrid_endpoint.url).send(spanish_email())
+    open_transport(sendgrid_endpoint.url).send(spanish_email())
 
     [payload] = sendgrid_endpoint.requests
     assert payload["tracking_settings"]["click_tracking"] == {"enable": False, "enable_text": False}
@@ -135,7 +135,7 @@ def test_sendgrid_does_not_rewrite_the_download_link_for_click_tracking(
 def test_sendgrid_authenticates_with_the_api_key_from_the_environment(
     sendgrid_endpoint: SendGridEndpoint,
 ) -> None:
-    open_mailer(sendgrid_endpoint.url).send(spanish_email())
+    open_transport(sendgrid_endpoint.url).send(spanish_email())
 
     [request] = sendgrid_endpoint.recorded
     assert request.path == "/v3/mail/send"
@@ -144,7 +144,7 @@ def test_sendgrid_authenticates_with_the_api_key_from_the_environment(
 
 
 def test_sendgrid_returns_the_x_message_id_it_answered(sendgrid_endpoint: SendGridEndpoint) -> None:
-    message_id = open_mailer(sendgrid_endpoint.url).send(spanish_email())
+    message_id = open_transport(sendgrid_endpoint.url).send(spanish_email())
 
     assert message_id == sendgrid_endpoint.recorded[0].message_id
 
@@ -159,7 +159,7 @@ def test_sendgrid_refusal_is_transient_only_for_429_and_5xx(
     sendgrid_endpoint.script([status])
 
     with pytest.raises(MailError) as error:
-        open_mailer(sendgrid_endpoint.url).send(spanish_email(to=RECIPIENT))
+        open_transport(sendgrid_endpoint.url).send(spanish_email(to=RECIPIENT))
 
     assert error.value.transient is transient
     assert error.value.status == status
@@ -175,7 +175,7 @@ def test_sendgrid_succeeds_on_retry_after_a_transient_refusal(
     sendgrid_endpoint: SendGridEndpoint,
 ) -> None:
     sendgrid_endpoint.script([429])
-    mailer = open_mailer(sendgrid_endpoint.url)
+    mailer = open_transport(sendgrid_endpoint.url)
 
     with pytest.raises(MailError):
         mailer.send(spanish_email())
@@ -187,7 +187,7 @@ def test_sendgrid_succeeds_on_retry_after_a_transient_refusal(
 
 def test_sendgrid_connection_refused_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENDGRID_API_KEY", DUMMY_API_KEY)
-    mailer = open_mailer(f"sendgrid://127.0.0.1:{closed_port()}?scheme=http")
+    mailer = open_transport(f"sendgrid://127.0.0.1:{closed_port()}?scheme=http")
 
     with pytest.raises(MailError) as error:
         mailer.send(spanish_email(to=RECIPIENT))
@@ -201,7 +201,7 @@ def test_sendgrid_request_that_gets_no_answer_times_out_as_transient(
     sendgrid_endpoint: SendGridEndpoint,
 ) -> None:
     sendgrid_endpoint.script([STALL])
-    mailer = open_mailer(f"{sendgrid_endpoint.url}&timeout=0.3")
+    mailer = open_transport(f"{sendgrid_endpoint.url}&timeout=0.3")
 
     with pytest.raises(MailError) as error:
         mailer.send(spanish_email())
@@ -214,7 +214,7 @@ def test_sendgrid_logs_neither_the_api_key_nor_the_recipient(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sendgrid_endpoint.script([400])
-    mailer = open_mailer(sendgrid_endpoint.url)
+    mailer = open_transport(sendgrid_endpoint.url)
 
     with pytest.raises(MailError):
         mailer.send(spanish_email(to=RECIPIENT))
@@ -230,7 +230,7 @@ def test_sendgrid_host_comes_from_the_environment_when_the_url_has_none(
 ) -> None:
     monkeypatch.setenv("BACKUP_SENDGRID_HOST", sendgrid_endpoint.base_url)
 
-    open_mailer("sendgrid://").send(spanish_email())
+    open_transport("sendgrid://").send(spanish_email())
 
     assert len(sendgrid_endpoint.requests) == 1
 
@@ -239,13 +239,13 @@ def test_sendgrid_defaults_to_the_public_api_over_https(monkeypatch: pytest.Monk
     monkeypatch.setenv("SENDGRID_API_KEY", DUMMY_API_KEY)
     monkeypatch.delenv("BACKUP_SENDGRID_HOST", raising=False)
 
-    mailer = open_mailer("sendgrid://")
-    eu = open_mailer("sendgrid://api.eu.sendgrid.com")
+    mailer = open_transport("sendgrid://")
+    eu = open_transport("sendgrid://api.eu.sendgrid.com")
 
-    assert isinstance(mailer, SendGridMailer)
+    assert isinstance(mailer, SendGridTransport)
     assert mailer.host == "https://api.sendgrid.com"
     assert mailer.url == "sendgrid://"
-    assert isinstance(eu, SendGridMailer)
+    assert isinstance(eu, SendGridTransport)
     assert eu.host == "https://api.eu.sendgrid.com"
 
 
@@ -255,7 +255,7 @@ def test_sendgrid_without_api_key_is_a_configuration_error(
     monkeypatch.delenv("SENDGRID_API_KEY", raising=False)
 
     with pytest.raises(ValueError, match="SENDGRID_API_KEY"):
-        open_mailer("sendgrid://")
+        open_transport("sendgrid://")
 
 
 @pytest.mark.parametrize(
@@ -275,7 +275,7 @@ def test_sendgrid_url_mistakes_are_explained(
     monkeypatch.setenv("SENDGRID_API_KEY", DUMMY_API_KEY)
 
     with pytest.raises(ValueError, match=complaint) as error:
-        open_mailer(url)
+        open_transport(url)
 
     assert "SG.secret" not in str(error.value)
 
@@ -287,12 +287,12 @@ def test_plain_http_host_from_the_environment_must_be_loopback(
     monkeypatch.setenv("BACKUP_SENDGRID_HOST", "http://mail.example.com")
 
     with pytest.raises(ValueError, match="loopback"):
-        open_mailer("sendgrid://")
+        open_transport("sendgrid://")
 
 
 def test_unknown_mail_scheme_names_the_supported_ones() -> None:
     with pytest.raises(ValueError, match=r"'smtp'.*file:///.*sendgrid://") as error:
-        open_mailer("smtp://user:hunter2@mail.example.com")
+        open_transport("smtp://user:hunter2@mail.example.com")
 
     assert "hunter2" not in str(error.value)
 
@@ -306,7 +306,7 @@ def test_the_default_sender_has_a_spanish_display_name(tmp_path) -> None:
     sender = Settings.from_env({}).from_email
     assert sender == "Respaldo de información <respaldos@clinica.example>"
 
-    OutboxMailer(tmp_path).send(spanish_email(from_email=sender))
+    OutboxTransport(tmp_path).send(spanish_email(from_email=sender))
     [path] = tmp_path.iterdir()
     msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.strict)
     assert msg["From"].addresses[0].display_name == "Respaldo de información"
@@ -314,7 +314,7 @@ def test_the_default_sender_has_a_spanish_display_name(tmp_path) -> None:
 
 def test_outbox_file_is_a_strict_rfc5322_message_named_without_the_recipient(tmp_path) -> None:
     outbox = tmp_path / "outbox"
-    message_id = OutboxMailer(outbox).send(spanish_email(to=RECIPIENT))
+    message_id = OutboxTransport(outbox).send(spanish_email(to=RECIPIENT))
 
     [path] = outbox.iterdir()
     assert re.fullmatch(r"\d{8}T\d{12}Z_backup-42-delivered\.eml", path.name)
@@ -339,7 +339,7 @@ def test_outbox_file_is_a_strict_rfc5322_message_named_without_the_recipient(tmp
 def test_outbox_names_a_file_by_hash_when_the_key_is_missing_or_not_a_plain_token(
     tmp_path,
 ) -> None:
-    mailer = OutboxMailer(tmp_path)
+    mailer = OutboxTransport(tmp_path)
     mailer.send(spanish_email(key=None))
     mailer.send(spanish_email(key=f"resend-to-{RECIPIENT}"))
 
@@ -350,7 +350,7 @@ def test_outbox_names_a_file_by_hash_when_the_key_is_missing_or_not_a_plain_toke
 
 
 def test_outbox_leaves_no_temporary_file_and_keeps_the_link_private(tmp_path) -> None:
-    OutboxMailer(tmp_path).send(spanish_email())
+    OutboxTransport(tmp_path).send(spanish_email())
 
     [path] = tmp_path.iterdir()
     assert path.suffix == ".eml"
@@ -360,10 +360,10 @@ def test_outbox_leaves_no_temporary_file_and_keeps_the_link_private(tmp_path) ->
 
 def test_outbox_url_with_percent_escapes_is_the_folder_it_names(tmp_path) -> None:
     outbox = tmp_path / "buzón de salida"
-    mailer = open_mailer(outbox.as_uri())
+    mailer = open_transport(outbox.as_uri())
     mailer.send(spanish_email())
 
-    assert isinstance(mailer, OutboxMailer)
+    assert isinstance(mailer, OutboxTransport)
     assert len(read_outbox(outbox)) == 1
 
 
@@ -372,7 +372,7 @@ def test_outbox_that_cannot_be_written_is_a_transient_mail_error(tmp_path) -> No
     blocker.write_text("")
 
     with pytest.raises(MailError) as error:
-        OutboxMailer(blocker / "outbox").send(spanish_email())
+        OutboxTransport(blocker / "outbox").send(spanish_email())
 
     assert error.value.transient is True
 

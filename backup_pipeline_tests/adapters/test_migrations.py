@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from backup_pipeline import cli, migrations
-from backup_pipeline import tables as t
-from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline import cli
+from backup_pipeline.platform import create_schema, migrations
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from backup_pipeline.archive.entries import StagedEntry
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.export import ExportResult
 from backup_pipeline.datasets.parallel import (
@@ -22,12 +21,13 @@ from backup_pipeline.datasets.parallel import (
     DatasetExportFailed,
     SpilledResult,
     WorkbookExports,
+    in_priority_order,
     progress,
     sendable,
-    slowest_first,
     usable_cpus,
     worker_count,
 )
+from backup_pipeline.rules.archive_entries import StagedEntry
 from backup_pipeline_tests.support.processes import running
 
 
@@ -40,9 +40,13 @@ def _names(datasets) -> list[str]:
 
 
 def test_the_slowest_workbook_starts_first_and_every_one_is_exported_once():
-    assert _names(slowest_first(DATASETS))[0] == "consultations"
+    assert _names(in_priority_order(DATASETS, lambda d: d.render_cost))[0] == "consultations"
     with WorkbookExports(
-        DATASETS, workers=2, export_one=lambda d: _result(d.name), worker_setup=lambda: None
+        DATASETS,
+        workers=2,
+        export_one=lambda d: _result(d.name),
+        worker_setup=lambda: None,
+        priority=lambda d: d.render_cost,
     ) as exports:
         finished = [rendered.dataset.name for rendered in exports.completed()]
         results = exports.all_results()
@@ -370,7 +374,7 @@ def test_a_worker_hands_back_free_memory_between_two_workbooks():
 
 
 def _allocate_and_trim() -> bool:
-    from backup_pipeline import memory
+    from backup_pipeline.archive import memory
 
     blocks = [bytearray(200_000) for _ in range(5)]
     del blocks

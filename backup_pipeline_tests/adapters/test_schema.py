@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, MetaData, create_engine, inspect
 
-from backup_pipeline import migrations, tables
-from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.platform import create_schema, migrations, tables
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
 
 SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[3] / "shared" / "platform" / "schema.sql"

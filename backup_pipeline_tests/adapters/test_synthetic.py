@@ -16,9 +16,9 @@ import pytest
 from lxml import etree
 from sqlalchemy import Engine, create_engine, func, select
 
-from backup_pipeline import tables
-from backup_pipeline.cfdi import PROBLEM_TOTALS_PREFIX, parse_cfdi, totals_difference
+from backup_pipeline.platform import tables
 from backup_pipeline.resources.storage import open_store
+from backup_pipeline.rules.cfdi import PROBLEM_TOTALS_PREFIX, parse_cfdi, totals_difference
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.synthetic import (
     ID_BLOCK,

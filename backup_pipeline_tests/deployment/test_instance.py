@@ -15,7 +15,7 @@ import pytest
 
 from backup_pipeline import cli
 from backup_pipeline.instance import READY_MARKER, prepare_embedded_instance
-from backup_pipeline.resources.platform_db import create_schema, engine_for
+from backup_pipeline.platform import create_schema, engine_for
 from backup_pipeline.resources.storage import open_store
 from backup_pipeline.synthetic import file_backup_request, seed_platform
 

@@ -13,15 +13,17 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select
 
-from backup_pipeline import cli, housekeeping, migrations
-from backup_pipeline import tables as t
+from backup_pipeline import cli
 from backup_pipeline.definitions import build_definitions
+from backup_pipeline.platform import migrations, utcnow
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources import BackupPolicyResource, build_resources
-from backup_pipeline.resources.platform_db import PlatformDatabaseResource, utcnow
+from backup_pipeline.resources.platform_db import PlatformDatabaseResource
+from backup_pipeline.rules.target import run_tags
+from backup_pipeline.services import housekeeping
 from backup_pipeline.settings import Settings
 from backup_pipeline.storage import PARTIAL_SUFFIX
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.target import run_tags
 
 SHARED_SCHEMA_SQL = Path(__file__).resolve().parents[3] / "shared" / "platform" / "schema.sql"
 COPIED_SCHEMA_SQL = Path(__file__).resolve().parents[1] / "data" / "platform_schema.sql"

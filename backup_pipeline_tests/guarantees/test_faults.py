@@ -18,17 +18,18 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import Engine, create_engine, select, text
 
-from backup_pipeline import tables
-from backup_pipeline.archive.entries import KIND_CFDI_XML
-from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
+from backup_pipeline import platform as db
 from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
 from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.datasets import consultations
 from backup_pipeline.datasets.base import ExtractContext, Extraction
 from backup_pipeline.operations import RunOutcome, execute_request
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.platform import tables
 from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.rules.archive_entries import KIND_CFDI_XML
+from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
+from backup_pipeline.rules.request_state import BackupRequest
 from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
 from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline_tests.support.acceptance import signing_credentials
@@ -111,7 +112,7 @@ def gcs_clinic(gcs_platform: Platform) -> Clinic:
 @dataclass
 class Delivered:
     outcome: RunOutcome
-    request: db.BackupRequest
+    request: BackupRequest
     zip_bytes: bytes
 
     def sums(self) -> dict[str, str]:

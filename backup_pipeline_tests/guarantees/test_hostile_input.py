@@ -28,19 +28,18 @@ from hypothesis import strategies as st
 from openpyxl import load_workbook
 from sqlalchemy import create_engine, insert, update
 
-from backup_pipeline import cfdi
-from backup_pipeline import tables as t
-from backup_pipeline.archive import names as archive_names
-from backup_pipeline.archive.entries import KIND_ATTACHMENT
-from backup_pipeline.archive.names import UniqueNames
 from backup_pipeline.archive.plan import plan_files
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.datasets.base import Column, Extraction
 from backup_pipeline.datasets.invoices import read_cfdi
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.datasets.workbook import render_workbook
+from backup_pipeline.platform import create_schema
+from backup_pipeline.platform import tables as t
+from backup_pipeline.rules import archive_names, cfdi
+from backup_pipeline.rules.archive_entries import KIND_ATTACHMENT
+from backup_pipeline.rules.archive_names import UniqueNames
+from backup_pipeline.rules.request_state import BackupRequest
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.workbook import render_workbook
 from backup_pipeline_tests.rules.test_archive_names import assert_safe
 from backup_pipeline_tests.support.oracles import as_the_clinic_wrote_it, stays_in_the_archive
 from backup_pipeline_tests.support.platform import (
@@ -112,7 +111,7 @@ def write_file(platform: Platform, key: str, data: bytes) -> None:
 
 @dataclass
 class Delivered:
-    request: db.BackupRequest
+    request: BackupRequest
     zip_path: Path
     emails: int
 

@@ -35,8 +35,8 @@ from backup_pipeline import operations
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.instance import prepare_embedded_instance
 from backup_pipeline.jobs import KIND_TAG
+from backup_pipeline.rules.target import REQUEST_TAG
 from backup_pipeline.run_liveness import RunWorker, is_alive
-from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
 from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import Platform, build_platform
@@ -66,9 +66,11 @@ def stand_still(**facts):
 
 
 from backup_pipeline import operations
-from backup_pipeline.archive import assembly, zipper
+from backup_pipeline.archive import zipper
+from backup_pipeline.services import archive as assembly
 from backup_pipeline.datasets import export
-from backup_pipeline.resources import platform_db, storage
+from backup_pipeline import platform as platform_db
+from backup_pipeline.resources import storage
 from backup_pipeline.storage.gcs import GcsStore
 
 if os.environ.get("KILL_TEST_GCS_CHUNK"):

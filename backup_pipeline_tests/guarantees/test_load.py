@@ -21,15 +21,16 @@ import pytest
 import yaml
 from sqlalchemy import Engine, event, insert, select
 
-from backup_pipeline import checks
-from backup_pipeline import tables as t
 from backup_pipeline.instance import prepare_embedded_instance
 from backup_pipeline.jobs import KIND_TAG
+from backup_pipeline.platform import create_schema
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources.platform_db import PlatformDatabaseResource, create_schema
+from backup_pipeline.resources.platform_db import PlatformDatabaseResource
+from backup_pipeline.rules import checks
+from backup_pipeline.rules.target import REQUEST_TAG, SUBSCRIPTION_TAG, run_tags
 from backup_pipeline.schedules import HOUSEKEEPING_JOBS
 from backup_pipeline.sensors import evaluate_pending_requests
-from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG, run_tags
 from backup_pipeline_tests.support.location import backup_job, backup_request_sensor
 
 REPO = Path(__file__).resolve().parents[2]

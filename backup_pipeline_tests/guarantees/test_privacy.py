@@ -29,14 +29,14 @@ from google.oauth2 import service_account
 from pydantic import Field
 from sqlalchemy import select, update
 
-from backup_pipeline import housekeeping
-from backup_pipeline import tables as t
-from backup_pipeline.archive.entries import KIND_ATTACHMENT
 from backup_pipeline.archive.plan import plan_files
-from backup_pipeline.failures import error_class_of
 from backup_pipeline.operations import execute_request
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
+from backup_pipeline.rules.archive_entries import KIND_ATTACHMENT
+from backup_pipeline.services import housekeeping
+from backup_pipeline.services.failures import error_class_of
 from backup_pipeline.settings import MAX_LINK_TTL, Settings
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.storage.gcs import GcsStore

@@ -25,8 +25,6 @@ import lxml.html
 import pytest
 from sqlalchemy import Engine, and_, bindparam, func, literal, select, update
 
-from backup_pipeline import tables
-from backup_pipeline.archive.leeme import ARCHIVE_FOLDERS
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import REASON_NOT_FOUND
 from backup_pipeline.cli import main as cli_main
@@ -35,7 +33,9 @@ from backup_pipeline.datasets import dental_treatments as dental_dataset
 from backup_pipeline.datasets import patients as patients_dataset
 from backup_pipeline.datasets import vaccinations as vaccinations_dataset
 from backup_pipeline.datasets.anamnesis import parse_answer_date, parse_answer_number
-from backup_pipeline.spanish import spanish_datetime, spanish_size, to_clinic_time, zone_name
+from backup_pipeline.platform import tables
+from backup_pipeline.rules.leeme import ARCHIVE_FOLDERS
+from backup_pipeline.rules.spanish import spanish_datetime, spanish_size, to_clinic_time, zone_name
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.synthetic.seed import row_id
 from backup_pipeline_tests.support.acceptance import SIGNER_EMAIL, Archive, headers

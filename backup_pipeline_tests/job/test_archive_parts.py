@@ -15,21 +15,21 @@ from pathlib import Path
 import openpyxl
 
 from backup_pipeline import cli
-from backup_pipeline.archive.leeme import (
+from backup_pipeline import platform as db
+from backup_pipeline.archive.plan import plan_files
+from backup_pipeline.archive.verify import verify_zip
+from backup_pipeline.datasets.missing import MISSING_KIND_LABELS
+from backup_pipeline.rules.archive_parts import archive_spans, estimated_size
+from backup_pipeline.rules.leeme import (
     FILE_FOLDERS,
     FILES_COPIED_LABEL,
     FILES_MISSING_LABEL,
     MISSING_REPORT_PATH,
     part_sums_path,
 )
-from backup_pipeline.archive.missing import MISSING_KIND_LABELS
-from backup_pipeline.archive.parts import archive_spans, estimated_size
-from backup_pipeline.archive.plan import plan_files
-from backup_pipeline.archive.verify import verify_zip
-from backup_pipeline.housekeeping import expire_archives
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.spanish import spanish_count, spanish_number
-from backup_pipeline.support_actions import resend_link
+from backup_pipeline.rules.spanish import spanish_count, spanish_number
+from backup_pipeline.services.housekeeping import expire_archives
+from backup_pipeline.services.support_actions import resend_link
 from backup_pipeline_tests.support.acceptance import Archive, table_rows
 from backup_pipeline_tests.support.platform import build_platform
 
@@ -118,7 +118,7 @@ def test_a_very_large_account_is_delivered_in_verified_parts(tmp_path: Path):
     resend_link(
         platform.engine,
         platform.archives,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=backup.request_id,
         reason="the clinic lost the email",
         link_ttl=timedelta(hours=72),

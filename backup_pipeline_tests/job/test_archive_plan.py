@@ -10,16 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, insert
 
-from backup_pipeline.archive.entries import PlannedFile
 from backup_pipeline.archive.plan import plan_files
-from backup_pipeline.tables import (
+from backup_pipeline.platform.tables import (
     attachments,
     cfdi_documents,
     metadata,
     patients,
     subscriptions,
 )
-from backup_pipeline.tables import patients as patients_table
+from backup_pipeline.platform.tables import patients as patients_table
+from backup_pipeline.rules.archive_entries import PlannedFile
 
 T0 = datetime(2026, 1, 2, 3, 4, 5)
 SHA = "ab" * 32
@@ -176,7 +176,7 @@ def test_every_planned_path_is_unique_in_the_archive(platform):
 
 # --- Windows can extract it: short paths, no two names that one system sees as one -------------
 
-# The rules stated independently of backup_pipeline.archive.names: Windows Explorer's 260-unit
+# The rules stated independently of backup_pipeline.rules.archive_names: Windows Explorer's 260-unit
 # limit leaves 140 UTF-16 units for a path inside the zip; Windows and macOS ignore case, and
 # macOS also ignores composed versus decomposed accents.
 MAX_ENTRY_UNITS = 140

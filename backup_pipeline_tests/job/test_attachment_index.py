@@ -13,12 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import insert
 
-from backup_pipeline import tables as t
-from backup_pipeline.archive.parts import archive_spans
+from backup_pipeline import platform as db
 from backup_pipeline.archive.plan import read_plan, stage_plan
 from backup_pipeline.datasets import attachments as attachments_index
 from backup_pipeline.datasets.base import ExtractContext
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.platform import tables as t
+from backup_pipeline.rules.archive_parts import archive_spans
 from backup_pipeline_tests.support.acceptance import Archive
 from backup_pipeline_tests.support.platform import Platform, build_platform
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from backup_pipeline import platform as db
 from backup_pipeline.operations import execute_request
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG
+from backup_pipeline.rules.target import REQUEST_TAG, SUBSCRIPTION_TAG
 from backup_pipeline_tests.support.location import (
     backup_job,
     backup_request_sensor,

@@ -19,7 +19,7 @@ from backup_pipeline import dagster_compat, operations
 from backup_pipeline.instance import prepare_embedded_instance
 from backup_pipeline.jobs import BACKUP_JOB_NAME
 from backup_pipeline.operations import CODE_LOCATION, Launch, NotLaunched
-from backup_pipeline.target import SUBSCRIPTION_TAG, run_tags
+from backup_pipeline.rules.target import SUBSCRIPTION_TAG, run_tags
 from backup_pipeline_tests.guarantees.test_load import dequeue
 from backup_pipeline_tests.support import dagster_internals
 from backup_pipeline_tests.support.dagster_internals import DaemonHeartbeat

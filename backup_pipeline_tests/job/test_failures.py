@@ -11,21 +11,23 @@ import dagster as dg
 import pytest
 from sqlalchemy import select, update
 
-from backup_pipeline import tables as t
-from backup_pipeline.failures import (
+from backup_pipeline import platform as db
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.operations import execute_request, run_request
+from backup_pipeline.platform import tables as t
+from backup_pipeline.resources.storage import open_store
+from backup_pipeline.rules.request_state import Actor
+from backup_pipeline.rules.target import REQUEST_TAG, run_tags
+from backup_pipeline.services.failures import (
     RUN_WORKER_GONE,
     TERMINATED_IN_UI,
     fail_request,
+    failure_reason,
     run_failure_cause,
 )
-from backup_pipeline.housekeeping import expire_archives
-from backup_pipeline.jobs import backup_partitions
-from backup_pipeline.operations import execute_request, run_request
-from backup_pipeline.request_state import Actor
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.storage import open_store
+from backup_pipeline.services.housekeeping import expire_archives
 from backup_pipeline.settings import Settings
-from backup_pipeline.target import REQUEST_TAG, run_tags
 from backup_pipeline_tests.support.location import (
     backup_canceled_sensor,
     backup_failure_sensor,
@@ -325,7 +327,7 @@ def test_a_run_that_dies_after_the_link_was_emailed_counts_as_delivered(
 
     told_requester = fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="killed-run",
         step="deliver_backup",
@@ -417,7 +419,7 @@ def test_a_refused_request_whose_run_was_cancelled_loses_what_the_run_wrote(
 
     told = fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="cancelled-run",
         step=None,
@@ -542,7 +544,7 @@ def test_an_unexpected_errors_message_stays_in_the_run_not_in_the_alert_or_the_a
 
     told = fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="run-1",
         step="plan_archive_files",
@@ -570,7 +572,7 @@ def test_a_run_support_stopped_is_told_so_in_the_email_as_in_its_status(
 
     fail_request(
         platform.engine,
-        platform.resources()["mailer"],
+        platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="run-1",
         step=None,
@@ -586,3 +588,11 @@ def test_a_run_support_stopped_is_told_so_in_the_email_as_in_its_status(
     assert "el equipo de soporte detuvo la generación" in notice.text
     assert "trabajando para resolverlo" not in notice.text
     assert "no cuenta para su límite" in notice.text
+
+
+@pytest.mark.parametrize("dataset", DATASETS, ids=lambda dataset: dataset.name)
+def test_a_failed_workbook_is_named_in_its_own_datasets_words(dataset) -> None:
+    # The wording lives on the dataset's declaration: a new dataset brings its own.
+    detail = failure_reason(f"export_{dataset.name}", "OSError")
+    assert f"No se pudo generar el respaldo {dataset.failure_subject} " in detail
+    assert "export_" not in detail and "OSError" not in detail

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from backup_pipeline import housekeeping as hk
-from backup_pipeline.mail import OutgoingEmail
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailError, OutboxMailer, open_mailer
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer, MailError, OutboxTransport, Transport, open_transport
+from backup_pipeline.rules.emails import OutgoingEmail
+from backup_pipeline.services import housekeeping as hk
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.base import PARTIAL_SUFFIX
 from backup_pipeline.storage.folder import FolderStore
@@ -60,7 +60,7 @@ def sent_emails(outbox: Path) -> list[str]:
     return sorted(p.read_text() for p in outbox.glob("*.eml")) if outbox.exists() else []
 
 
-class FlakyMailer(OutboxMailer):
+class FlakyMailer(OutboxTransport):
     """The outbox, except that the first `failures` sends fail the way SendGrid's 503 does."""
 
     def __init__(self, directory: Path, *, failures: int = 1, transient: bool = True) -> None:
@@ -257,12 +257,10 @@ def test_stale_partition_keys_handle_more_ids_than_one_in_list(platform):
 # --- alert_late_requests ------------------------------------------------------------------
 
 
-def alert(engine: Engine, mailer, now: datetime = NOW, **kwargs) -> hk.LateAlerts:
+def alert(engine: Engine, transport: Transport, now: datetime = NOW, **kwargs) -> hk.LateAlerts:
     return hk.alert_late_requests(
         engine,
-        mailer,
-        support_email=SUPPORT,
-        from_email=SENDER,
+        Mailer(transport, from_email=SENDER, support_email=SUPPORT),
         late_after=timedelta(hours=24),
         now=now,
         **kwargs,
@@ -273,7 +271,7 @@ def test_a_late_request_alerts_support_once_across_ticks(platform, outbox):
     platform.add_request(
         1, status="running", requested_at=NOW - timedelta(hours=25), run_id="run-1"
     )
-    mailer = open_mailer(outbox.as_uri())
+    mailer = open_transport(outbox.as_uri())
 
     assert alert(platform.engine, mailer).sent == 1
     assert alert(platform.engine, mailer, NOW + timedelta(hours=1)).sent == 0
@@ -294,7 +292,7 @@ def test_only_requests_still_waiting_after_the_threshold_are_late(platform, outb
         platform.add_request(request_id, status=status, requested_at=late)
     platform.add_request(7, status="pending", requested_at=late + timedelta(seconds=1))
 
-    result = alert(platform.engine, open_mailer(outbox.as_uri()))
+    result = alert(platform.engine, open_transport(outbox.as_uri()))
 
     assert result.sent == 3
     assert [row[0] for row in platform.alerts()] == [1, 2, 3]
@@ -330,7 +328,7 @@ def test_a_permanent_mail_refusal_is_reported_and_not_recorded_as_sent(platform,
 def test_late_alerts_are_bounded_per_tick(platform, outbox):
     for request_id in (1, 2, 3):
         platform.add_request(request_id, status="pending", requested_at=NOW - timedelta(days=2))
-    mailer = open_mailer(outbox.as_uri())
+    mailer = open_transport(outbox.as_uri())
     assert alert(platform.engine, mailer, limit=2).sent == 2
     assert alert(platform.engine, mailer, limit=2).sent == 1
 

@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import insert, update
 
 from backup_pipeline import cli, dagster_compat
-from backup_pipeline import tables as t
-from backup_pipeline.housekeeping import expire_archives
+from backup_pipeline import platform as db
 from backup_pipeline.operations import CODE_LOCATION
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.target import REQUEST_TAG
+from backup_pipeline.platform import tables as t
+from backup_pipeline.rules.target import REQUEST_TAG
+from backup_pipeline.services.housekeeping import expire_archives
 from backup_pipeline_tests.support.platform import Clinic, Platform, open_platform
 from backup_pipeline_tests.support.sendgrid import SendGridEndpoint, read_outbox, read_sendgrid
 

@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 from openpyxl import load_workbook
 
-from backup_pipeline import jobs
-from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
 from backup_pipeline.datasets import DATASETS, dental_treatments, export
 from backup_pipeline.datasets.base import ExtractContext, Extraction
 from backup_pipeline.jobs import export_output
 from backup_pipeline.operations import execute_request
+from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
+from backup_pipeline.services import export as export_service
 from backup_pipeline_tests.support.platform import LOCAL, Clinic, Platform, open_platform
 from backup_pipeline_tests.support.sendgrid import read_outbox
 
@@ -147,7 +147,7 @@ def test_a_retried_step_keeps_the_workbooks_an_earlier_attempt_staged(
     platform = open_platform(request, LOCAL)
     (clinic,) = platform.seed(patients=PATIENTS, seed=21)
     renders = tmp_path / "renders"  # a line per workbook rendered, from whichever process
-    real_render, real_build = export.render_workbook, jobs.build_archive
+    real_render, real_build = export.render_workbook, export_service.build_archive
     failed_once: list[bool] = []
 
     def counted_render(extraction, **kwargs):
@@ -163,7 +163,7 @@ def test_a_retried_step_keeps_the_workbooks_an_earlier_attempt_staged(
         return real_build(**kwargs)
 
     monkeypatch.setattr(export, "render_workbook", counted_render)
-    monkeypatch.setattr(jobs, "build_archive", build_failing_once)
+    monkeypatch.setattr(export_service, "build_archive", build_failing_once)
     request_id = platform.file_request(clinic)
     resources = platform.resources(replace(platform.settings, export_workers=2))
     outcome = execute_request(platform.instance, resources, request_id, clinic.subscription_id)

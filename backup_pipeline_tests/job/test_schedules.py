@@ -16,8 +16,9 @@ from sqlalchemy.engine import make_url
 
 from backup_pipeline import schedules as s
 from backup_pipeline.jobs import backup_partitions
+from backup_pipeline.mail import Mailer
 from backup_pipeline.resources import BackupPolicyResource
-from backup_pipeline.resources.mailer import Mailer, MailerResource
+from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline_tests.job.test_housekeeping import (
@@ -161,7 +162,11 @@ class OutageMailerResource(MailerResource):
     """The configured outbox behind a provider that answers 503 to every send."""
 
     def get_mailer(self) -> Mailer:
-        return FlakyMailer(Path(self.url.removeprefix("file://")), failures=10**6)
+        return Mailer(
+            FlakyMailer(Path(self.url.removeprefix("file://")), failures=10**6),
+            from_email=self.from_email,
+            support_email=self.support_email,
+        )
 
 
 def test_a_late_request_alerts_support_once_even_after_an_outage(platform, instance, resources):

@@ -12,12 +12,12 @@ import yaml
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.engine import make_url
 
-from backup_pipeline import tables as t
+from backup_pipeline import platform as db
 from backup_pipeline.jobs import backup_partitions
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.platform import tables as t
+from backup_pipeline.rules.target import REQUEST_TAG, SUBSCRIPTION_TAG
 from backup_pipeline.settings import Settings
 from backup_pipeline.synthetic import file_backup_request
-from backup_pipeline.target import REQUEST_TAG, SUBSCRIPTION_TAG
 from backup_pipeline_tests.support.db import create_postgres_database, drop_postgres_database
 from backup_pipeline_tests.support.location import (
     backup_canceled_sensor,

@@ -19,17 +19,17 @@ import dagster as dg
 import pytest
 from sqlalchemy import text, update
 
-from backup_pipeline import jobs
-from backup_pipeline import tables as t
+from backup_pipeline import platform as db
 from backup_pipeline.datasets import export
-from backup_pipeline.housekeeping import expire_archives, refresh_quota_windows
-from backup_pipeline.intake import accepted_but_not_started, review_pending
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources.storage import ObjectStoreResource
-from backup_pipeline.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.rules.spanish import spanish_datetime, to_clinic_time
+from backup_pipeline.services import export as export_service
+from backup_pipeline.services.housekeeping import expire_archives, refresh_quota_windows
+from backup_pipeline.services.intake import accepted_but_not_started, review_pending
+from backup_pipeline.services.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.support_actions import SupportActionRefused, rerun_failed
 from backup_pipeline_tests.support.location import code_location
 from backup_pipeline_tests.support.platform import (
     EVERY_DATABASE,
@@ -285,7 +285,7 @@ def test_a_requester_revoked_while_the_backup_runs_gets_no_link(platform, clinic
         module, name = (
             (export, "render_workbook")
             if point == "during_the_exports"
-            else (jobs, "build_archive")
+            else (export_service, "build_archive")
         )
         with revoked_when(platform, clinic, module, name):
             backup = platform.run(request_id, clinic.subscription_id)

@@ -15,8 +15,8 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from backup_pipeline.jobs import BACKUP_JOB_NAME
+from backup_pipeline.rules.target import REQUEST_TAG
 from backup_pipeline.support_jobs import SUPPORT_JOBS
-from backup_pipeline.target import REQUEST_TAG
 from backup_pipeline_tests.support.location import backup_failure_sensor, code_location
 from backup_pipeline_tests.support.platform import Clinic, Platform
 from backup_pipeline_tests.support.webserver import dagster_webserver

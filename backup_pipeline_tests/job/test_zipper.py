@@ -20,16 +20,6 @@ import pytest
 from openpyxl import Workbook
 
 from backup_pipeline.archive import prefetch, zipper, zipwriter
-from backup_pipeline.archive.entries import MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import (
-    ARCHIVE_FOLDERS,
-    LeemeFacts,
-    PartNoteFacts,
-    leeme_text,
-    part_note_path,
-    part_note_text,
-    part_sums_path,
-)
 from backup_pipeline.archive.verify import verify_zip
 from backup_pipeline.archive.zipper import (
     REASON_NOT_FOUND,
@@ -39,6 +29,16 @@ from backup_pipeline.archive.zipper import (
     assemble_archive,
 )
 from backup_pipeline.resources.storage import open_store
+from backup_pipeline.rules.archive_entries import MissingFile, PlannedFile, StagedEntry
+from backup_pipeline.rules.leeme import (
+    ARCHIVE_FOLDERS,
+    LeemeFacts,
+    PartNoteFacts,
+    leeme_text,
+    part_note_path,
+    part_note_text,
+    part_sums_path,
+)
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.folder import FolderStore
 

@@ -15,7 +15,7 @@ from openpyxl import load_workbook
 
 from backup_pipeline.datasets.anamnesis import parse_answer_date, typed_answer
 from backup_pipeline.datasets.base import Column, Extraction, Kind
-from backup_pipeline.workbook import DATE_FORMAT, render_workbook
+from backup_pipeline.datasets.workbook import DATE_FORMAT, render_workbook
 from backup_pipeline_tests.support.oracles import as_the_clinic_wrote_it
 
 ANSWER_TYPES = ("text", "yes_no", "choice", "number", "date")

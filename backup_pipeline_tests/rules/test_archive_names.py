@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_pipeline.archive.names import (
+from backup_pipeline.rules.archive_names import (
     MAX_COMPONENT_BYTES,
     UniqueNames,
     archive_key,
@@ -207,7 +207,7 @@ def test_unique_names_are_safe_unique_and_stay_in_their_folder(raws, limit):
 
 
 def test_the_character_rule_holds_past_the_remembered_characters(monkeypatch):
-    from backup_pipeline.archive import names
+    from backup_pipeline.rules import archive_names as names
 
     monkeypatch.setattr(names, "_CHAR_MAP", names._CharMap())
     monkeypatch.setattr(names._CharMap, "MAX_REMEMBERED", 3)

@@ -8,14 +8,14 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline.archive.entries import (
+from backup_pipeline.rules.archive_entries import (
     KIND_ATTACHMENT,
     KIND_CFDI_PDF,
     KIND_CFDI_XML,
     PlannedFile,
 )
-from backup_pipeline.archive.names import part_key
-from backup_pipeline.archive.parts import (
+from backup_pipeline.rules.archive_names import part_key
+from backup_pipeline.rules.archive_parts import (
     DEFAULT_PART_SIZE,
     archive_spans,
     estimated_size,

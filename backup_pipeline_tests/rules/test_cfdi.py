@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from backup_pipeline import cfdi
-from backup_pipeline.cfdi import (
+from backup_pipeline.rules import cfdi
+from backup_pipeline.rules.cfdi import (
     MAX_CFDI_BYTES,
     PROBLEM_BROKEN,
     PROBLEM_EMPTY,

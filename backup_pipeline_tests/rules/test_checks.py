@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline.checks import (
+from backup_pipeline.rules.checks import (
     ACCEPTED,
     BACKUP_IN_PROGRESS,
     QUOTA_EXCEEDED,
@@ -22,7 +22,7 @@ from backup_pipeline.checks import (
     RequestUnderReview,
     review_request,
 )
-from backup_pipeline.quota import PastRequest
+from backup_pipeline.rules.quota import PastRequest
 
 SUBSCRIPTION = 7
 REQUEST = RequestUnderReview(

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from backup_pipeline.cleaning import (
+from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
     MAX_SHEET_TITLE_CHARS,
     cell_text,

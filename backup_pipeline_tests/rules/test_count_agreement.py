@@ -9,15 +9,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from backup_pipeline import checks, quota
-from backup_pipeline.archive.assembly import part_summary
-from backup_pipeline.archive.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
-from backup_pipeline.failures import failure_reason
-from backup_pipeline.mail import PartLink, delivered_email, failed_email_to_requester
-from backup_pipeline.request_state import Requester
-from backup_pipeline.spanish import plural_category, spanish_count
-from backup_pipeline.support_actions import REFUSED_BY_SUPPORT
-from backup_pipeline.workbook import overflow_pointer
+from backup_pipeline.datasets.workbook import overflow_pointer
+from backup_pipeline.rules import checks, quota
+from backup_pipeline.rules.emails import PartLink, delivered_email, failed_email_to_requester
+from backup_pipeline.rules.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
+from backup_pipeline.rules.request_state import Requester
+from backup_pipeline.rules.spanish import plural_category, spanish_count
+from backup_pipeline.services.archive import part_summary
+from backup_pipeline.services.failures import failure_reason
+from backup_pipeline.services.support_actions import REFUSED_BY_SUPPORT
 
 COUNTS = (0, 1, 2, 1000, 1_000_000)
 ZONE = "America/Mexico_City"

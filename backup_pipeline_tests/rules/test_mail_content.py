@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import lxml.html
 import pytest
 
-from backup_pipeline import mail
-from backup_pipeline.mail import OutgoingEmail
+from backup_pipeline.rules import emails
+from backup_pipeline.rules.emails import OutgoingEmail
 
 LINK = (
     "https://storage.googleapis.com/archivos/respaldos/42.zip?X-Goog-Algorithm=GOOG4-RSA-SHA256"
@@ -36,7 +36,7 @@ def delivered(**overrides: object) -> OutgoingEmail:
         "request_id": 42,
     }
     fields.update(overrides)
-    return mail.delivered_email(**fields)  # type: ignore[arg-type]
+    return emails.delivered_email(**fields)  # type: ignore[arg-type]
 
 
 def failed(**overrides: object) -> OutgoingEmail:
@@ -48,7 +48,7 @@ def failed(**overrides: object) -> OutgoingEmail:
         "request_id": 42,
     }
     fields.update(overrides)
-    return mail.failed_email_to_requester(**fields)  # type: ignore[arg-type]
+    return emails.failed_email_to_requester(**fields)  # type: ignore[arg-type]
 
 
 def failure_alert(**overrides: object) -> OutgoingEmail:
@@ -61,7 +61,7 @@ def failure_alert(**overrides: object) -> OutgoingEmail:
         "reason": "step=assemble_backup error=TimeoutError",
     }
     fields.update(overrides)
-    return mail.failure_alert_to_support(**fields)  # type: ignore[arg-type]
+    return emails.failure_alert_to_support(**fields)  # type: ignore[arg-type]
 
 
 def late_alert(**overrides: object) -> OutgoingEmail:
@@ -75,7 +75,7 @@ def late_alert(**overrides: object) -> OutgoingEmail:
         "run_id": "5f1c9e0a-run",
     }
     fields.update(overrides)
-    return mail.late_alert_to_support(**fields)  # type: ignore[arg-type]
+    return emails.late_alert_to_support(**fields)  # type: ignore[arg-type]
 
 
 ALL_EMAILS = [delivered, failed, failure_alert, late_alert]
@@ -175,9 +175,9 @@ def test_delivered_email_without_contents_still_states_the_size() -> None:
     assert "El archivo .zip pesa 12.3 MB." in email.text
 
 
-def _parts(count: int) -> list[mail.PartLink]:
+def _parts(count: int) -> list[emails.PartLink]:
     return [
-        mail.PartLink(f"{LINK}&part={i}", f"respaldo_parte-{i}-de-{count}.zip", 4_000_000, SHA)
+        emails.PartLink(f"{LINK}&part={i}", f"respaldo_parte-{i}-de-{count}.zip", 4_000_000, SHA)
         for i in range(1, count + 1)
     ]
 
@@ -344,7 +344,7 @@ def test_late_alert_for_a_request_never_launched_says_no_run_yet() -> None:
 
 def test_email_content_module_imports_neither_dagster_nor_a_mail_client() -> None:
     code = (
-        "import sys, backup_pipeline.mail; "
+        "import sys, backup_pipeline.rules.emails; "
         "bad = [m for m in ('dagster', 'sendgrid', 'python_http_client') if m in sys.modules]; "
         "print(','.join(bad))"
     )

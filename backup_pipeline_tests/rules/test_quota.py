@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline.quota import (
+from backup_pipeline.rules.quota import (
     COUNTED_STATUSES,
     MIN_GAP,
     WINDOW,

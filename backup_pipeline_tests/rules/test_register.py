@@ -9,14 +9,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backup_pipeline import cfdi, checks, failures, mail, quota, support_actions
-from backup_pipeline.archive import assembly, zipper
-from backup_pipeline.archive.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
-from backup_pipeline.archive.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
+from backup_pipeline.archive import zipper
 from backup_pipeline.datasets import DATASETS, anamnesis, invoices
 from backup_pipeline.datasets.base import Column
-from backup_pipeline.request_state import Requester
-from backup_pipeline.workbook import overflow_pointer
+from backup_pipeline.datasets.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
+from backup_pipeline.datasets.workbook import overflow_pointer
+from backup_pipeline.rules import cfdi, checks, emails, quota
+from backup_pipeline.rules.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
+from backup_pipeline.rules.request_state import Requester
+from backup_pipeline.services import archive as assembly
+from backup_pipeline.services import failures, support_actions
 from backup_pipeline_tests.support.register import tu_forms
 
 
@@ -67,7 +69,7 @@ def _emails() -> Iterator[tuple[str, str]]:
         "from_email": "respaldos@clinica.example",
         "request_id": 42,
     }
-    delivered = mail.delivered_email(
+    delivered = emails.delivered_email(
         **common,
         link="https://example.test/42.zip",
         expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
@@ -76,7 +78,7 @@ def _emails() -> Iterator[tuple[str, str]]:
         sha256="0" * 64,
         contents=[("Pacientes", 1234)],
     )
-    in_parts = mail.delivered_email(
+    in_parts = emails.delivered_email(
         **common,
         link="https://example.test/42-1.zip",
         expires_at_local=datetime(2026, 11, 28, 14, 30, tzinfo=ZoneInfo("America/Cancun")),
@@ -85,11 +87,13 @@ def _emails() -> Iterator[tuple[str, str]]:
         sha256="0" * 64,
         contents=[("Pacientes", 1234)],
         parts=[
-            mail.PartLink(f"https://example.test/42-{i}.zip", f"r_parte-{i}-de-2.zip", 10, "1" * 64)
+            emails.PartLink(
+                f"https://example.test/42-{i}.zip", f"r_parte-{i}-de-2.zip", 10, "1" * 64
+            )
             for i in (1, 2)
         ],
     )
-    failed = mail.failed_email_to_requester(**common)
+    failed = emails.failed_email_to_requester(**common)
     for email in (delivered, in_parts, failed):
         yield f"{email.key} subject", email.subject
         yield f"{email.key} text", email.text

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline import sat_catalogs
-from backup_pipeline.sat_catalogs import (
+from backup_pipeline.rules import sat_catalogs
+from backup_pipeline.rules.sat_catalogs import (
     FORMA_PAGO,
     METODO_PAGO,
     REGIMEN_FISCAL,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline.spanish import (
+from backup_pipeline.rules.spanish import (
     DEFAULT_TIMEZONE,
     clinic_zone,
     plural_category,

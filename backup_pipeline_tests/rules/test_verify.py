@@ -12,18 +12,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openpyxl import Workbook
 
-from backup_pipeline.archive.leeme import (
-    FILES_COPIED_LABEL,
-    FILES_MISSING_LABEL,
-    part_note_path,
-    part_sums_path,
-)
-from backup_pipeline.archive.names import part_key
 from backup_pipeline.archive.verify import (
     is_contained,
     sha256sums_text,
     verify_archive,
     verify_zip,
+)
+from backup_pipeline.rules.archive_names import part_key
+from backup_pipeline.rules.leeme import (
+    FILES_COPIED_LABEL,
+    FILES_MISSING_LABEL,
+    part_note_path,
+    part_sums_path,
 )
 from backup_pipeline_tests.support.oracles import stays_in_the_archive
 

@@ -17,7 +17,7 @@ from openpyxl import load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from backup_pipeline.datasets.base import Column, Extraction, Kind, RecordName, Sheet
-from backup_pipeline.workbook import (
+from backup_pipeline.datasets.workbook import (
     DATE_FORMAT,
     DATETIME_FORMAT,
     MONEY_FORMAT,

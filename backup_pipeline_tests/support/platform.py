@@ -23,12 +23,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from sqlalchemy import Engine, create_engine, delete, func, insert, select
 
-from backup_pipeline import tables as t
+from backup_pipeline import platform as db
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.operations import RunOutcome, execute_request
+from backup_pipeline.platform import create_schema
+from backup_pipeline.platform import tables as t
 from backup_pipeline.resources import build_resources
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.platform_db import create_schema
+from backup_pipeline.rules.request_state import BackupRequest
 from backup_pipeline.settings import Settings
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage import gcs as gcs_store
@@ -95,7 +96,7 @@ class Backup:
 
     request_id: int
     outcome: RunOutcome
-    request: db.BackupRequest
+    request: BackupRequest
 
     @property
     def delivered(self) -> bool:
@@ -308,7 +309,7 @@ class Platform:
         )
         return key
 
-    def request(self, request_id: int) -> db.BackupRequest:
+    def request(self, request_id: int) -> BackupRequest:
         """The backup_requests row, which must exist."""
         with self.engine.connect() as conn:
             row = db.get_request(conn, request_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from backup_pipeline.resources.mailer import Mailer, open_mailer
+from backup_pipeline.mail import Mailer, open_transport
 
 DUMMY_API_KEY = "SG.test-key-not-real"
 # A scripted entry that makes the endpoint hold the response until the client has given up.
@@ -38,7 +38,7 @@ class RecordedRequest:
 class SendGridEndpoint:
     """A fake SendGrid API on 127.0.0.1; what it received and what it will answer next."""
 
-    url: str  # the mail URL for open_mailer: sendgrid://127.0.0.1:PORT?scheme=http
+    url: str  # the mail URL for open_transport: sendgrid://127.0.0.1:PORT?scheme=http
     base_url: str  # http://127.0.0.1:PORT (for BACKUP_SENDGRID_HOST)
     recorded: list[RecordedRequest] = field(default_factory=list)
     _script: deque[int | None] = field(default_factory=deque)
@@ -222,8 +222,8 @@ def mailer(request: pytest.FixtureRequest, tmp_path: Path) -> MailerUnderTest:
     if request.param == "outbox":
         outbox = tmp_path / "outbox"
         url = outbox.as_uri()
-        return MailerUnderTest("outbox", url, open_mailer(url), lambda: read_outbox(outbox))
+        return MailerUnderTest("outbox", url, open_transport(url), lambda: read_outbox(outbox))
     endpoint: SendGridEndpoint = request.getfixturevalue("sendgrid_endpoint")
     return MailerUnderTest(
-        "sendgrid", endpoint.url, open_mailer(endpoint.url), lambda: read_sendgrid(endpoint)
+        "sendgrid", endpoint.url, open_transport(endpoint.url), lambda: read_sendgrid(endpoint)
     )

@@ -6,7 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from backup_pipeline.archive.entries import StagedEntry
+from backup_pipeline.rules.archive_entries import StagedEntry
 from backup_pipeline.storage import ObjectStore
 
 CHUNK = 1024 * 1024

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from backup_pipeline.failures import fail_if_revoked
-from backup_pipeline.request_state import RUNNABLE_STATUSES, RequestStatus
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource
-from backup_pipeline.spanish import clinic_zone
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer
+from backup_pipeline.rules.request_state import RUNNABLE_STATUSES, RequestStatus
+from backup_pipeline.rules.spanish import clinic_zone
+from backup_pipeline.rules.target import BackupTarget, staging_prefix
+from backup_pipeline.services.failures import fail_if_revoked
 from backup_pipeline.storage import ObjectStore
-from backup_pipeline.target import BackupTarget, staging_prefix
 
 
 class RunRefused(Exception):
@@ -42,7 +42,7 @@ def _finished(request_id: int, status: RequestStatus) -> RequestFinished | None:
 
 
 def begin_run(
-    engine: Engine, mailer: MailerResource, archives: ObjectStore, *, request_id: int, run_id: str
+    engine: Engine, mailer: Mailer, archives: ObjectStore, *, request_id: int, run_id: str
 ) -> BackupTarget:
     with engine.connect() as conn:
         request = db.get_request(conn, request_id)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from backup_pipeline.quota import MAX_IN_WINDOW, WINDOW
-from backup_pipeline.spanish import (
+from backup_pipeline.rules.quota import MAX_IN_WINDOW, WINDOW
+from backup_pipeline.rules.spanish import (
     spanish_count,
     spanish_datetime,
     spanish_number,

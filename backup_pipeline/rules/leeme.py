@@ -7,8 +7,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from backup_pipeline.cleaning import EXCEL_CELL_MAX_CHARS
-from backup_pipeline.spanish import (
+from backup_pipeline.rules.cleaning import EXCEL_CELL_MAX_CHARS
+from backup_pipeline.rules.spanish import (
     spanish_count,
     spanish_datetime,
     spanish_number,

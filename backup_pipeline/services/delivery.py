@@ -12,21 +12,22 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from backup_pipeline import mail
-from backup_pipeline.archive.assembly import AssembledArchive
-from backup_pipeline.archive.entries import ArchiveResult
-from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.checks import authorization_refusal
-from backup_pipeline.request_state import (
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer, MailError, OutgoingEmail
+from backup_pipeline.rules import emails
+from backup_pipeline.rules.archive_entries import ArchiveResult
+from backup_pipeline.rules.archive_names import download_name, part_key
+from backup_pipeline.rules.checks import authorization_refusal
+from backup_pipeline.rules.request_state import (
     Actor,
     BackupRequest,
     Requester,
     RequestStatus,
     Subscription,
 )
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource, MailError, OutgoingEmail
-from backup_pipeline.spanish import clinic_zone, to_clinic_time
+from backup_pipeline.rules.spanish import clinic_zone, to_clinic_time
+from backup_pipeline.services.archive import AssembledArchive
+from backup_pipeline.services.failures import fail_if_revoked
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 
@@ -94,10 +95,43 @@ def _read_whole(store: ObjectStore, key: str) -> tuple[int, str] | None:
     return size, digest.hexdigest()
 
 
+def deliver_after_run(
+    engine: Engine,
+    store: ObjectStore,
+    mailer: Mailer,
+    *,
+    request_id: int,
+    run_id: str,
+    archive: AssembledArchive,
+    link_ttl: timedelta,
+) -> Delivered:
+    """A run's last step: the requester's authorisation checked again right before the link is
+    signed (it may have gone during the run: AuthorizationRevoked, the archive deleted), then
+    deliver()."""
+    fail_if_revoked(
+        engine,
+        mailer,
+        store,
+        request_id=request_id,
+        run_id=run_id,
+        checked_at="before its link was sent",
+        archive_keys=[part.key for part in archive.parts],
+    )
+    return deliver(
+        engine,
+        store,
+        mailer,
+        request_id=request_id,
+        run_id=run_id,
+        archive=archive,
+        link_ttl=link_ttl,
+    )
+
+
 def deliver(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     run_id: str,
@@ -156,7 +190,7 @@ def deliver(
 def resend_link(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     link_ttl: timedelta,
@@ -228,7 +262,7 @@ def _request_parties(
 def _send_links(
     engine: Engine,
     store: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     requester: Requester,
@@ -240,7 +274,7 @@ def _send_links(
     resent_by: Actor | None = None,
 ) -> None:
     links = [
-        mail.PartLink(
+        emails.PartLink(
             link=store.signed_url(part.key, link_ttl, download_name(part.key)),
             file_name=download_name(part.key),
             size_bytes=part.size,
@@ -292,7 +326,7 @@ def _record_archive(
 
 
 def link_email(
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     requester: Requester,
     subscription: Subscription,
@@ -302,11 +336,11 @@ def link_email(
     size_bytes: int,
     sha256: str,
     contents: list[tuple[str, int]],
-    parts: Sequence[mail.PartLink] = (),
+    parts: Sequence[emails.PartLink] = (),
 ) -> OutgoingEmail:
     """The email with the download link(s), for a delivery and for a re-sent link alike."""
     zone = clinic_zone(subscription.timezone)
-    return mail.delivered_email(
+    return emails.delivered_email(
         to=requester.email,  # the requester's address now, not when the request was made
         clinic_name=subscription.name,
         link=link,
@@ -322,10 +356,10 @@ def link_email(
     )
 
 
-def send_or_refuse(mailer: MailerResource, email: OutgoingEmail) -> str:
+def send_or_refuse(mailer: Mailer, email: OutgoingEmail) -> str:
     """Send; a transient refusal raises MailError for a retry, a permanent one DeliveryRefused."""
     try:
-        return mailer.get_mailer().send(email)
+        return mailer.send(email)
     except MailError as exc:
         if exc.transient:
             raise

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from backup_pipeline import quota
-from backup_pipeline.request_state import OPEN_STATUSES, Requester, RequestStatus
-from backup_pipeline.spanish import (
+from backup_pipeline.rules import quota
+from backup_pipeline.rules.request_state import OPEN_STATUSES, Requester, RequestStatus
+from backup_pipeline.rules.spanish import (
     spanish_count,
     spanish_date,
     spanish_moment,

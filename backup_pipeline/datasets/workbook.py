@@ -25,21 +25,21 @@ from slugify import slugify
 from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
 
-from backup_pipeline.archive.names import (
+from backup_pipeline.datasets.base import Column, Extraction, Kind, RecordName
+from backup_pipeline.rules.archive_names import (
     MAX_PATH_UNITS,
     collision_keys,
     safe_component,
     utf16_units,
 )
-from backup_pipeline.cleaning import (
+from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
     cell_text,
     clean_text,
     continuation_title,
     fits_in_cell,
 )
-from backup_pipeline.datasets.base import Column, Extraction, Kind, RecordName
-from backup_pipeline.spanish import spanish_number
+from backup_pipeline.rules.spanish import spanish_number
 
 MAX_DATA_ROWS = 1_048_575  # Excel's 1,048,576 rows minus the header row
 OVERFLOW_FOLDER = "textos_largos"

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from backup_pipeline import tables
+from backup_pipeline.platform import tables
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 

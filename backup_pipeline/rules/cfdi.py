@@ -13,7 +13,7 @@ from typing import Any
 
 from lxml import etree
 
-from backup_pipeline.spanish import spanish_number
+from backup_pipeline.rules.spanish import spanish_number
 
 # Real CFDI weigh kilobytes; a few thousand conceptos still fit in a few MB. Anything larger is
 # not read at all, so a hostile file cannot make a run hold hundreds of MB per thread.

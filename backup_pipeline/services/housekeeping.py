@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from backup_pipeline import mail
-from backup_pipeline.quota import quota_window
-from backup_pipeline.request_state import FINISHED_STATUSES, OPEN_STATUSES, RequestStatus
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import Mailer, MailError
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer, MailError
+from backup_pipeline.rules import emails
+from backup_pipeline.rules.quota import quota_window
+from backup_pipeline.rules.request_state import FINISHED_STATUSES, OPEN_STATUSES, RequestStatus
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -225,8 +225,6 @@ def alert_late_requests(
     engine: Engine,
     mailer: Mailer,
     *,
-    support_email: str,
-    from_email: str,
     late_after: timedelta,
     now: datetime,
     limit: int = 200,
@@ -241,9 +239,9 @@ def alert_late_requests(
         due = db.unalerted_waiting_requests(conn, LATE_ALERT, now - late_after, limit)
     result = LateAlerts()
     for position, request in enumerate(due):
-        email = mail.late_alert_to_support(
-            support_email=support_email,
-            from_email=from_email,
+        email = emails.late_alert_to_support(
+            support_email=mailer.support_email,
+            from_email=mailer.from_email,
             request_id=request.id,
             subscription_id=request.subscription_id,
             status=request.status,

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from backup_pipeline.checks import review_request
-from backup_pipeline.quota import PastRequest
-from backup_pipeline.request_state import RequestStatus
-from backup_pipeline.resources import platform_db as db
+from backup_pipeline import platform as db
+from backup_pipeline.rules.checks import review_request
+from backup_pipeline.rules.quota import PastRequest
+from backup_pipeline.rules.request_state import RequestStatus
 
 # An accepted request still pending this long after its review may have lost its run request (a
 # tick whose result never reached Dagster): the sensor asks again, and the run key makes a second

@@ -9,14 +9,16 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from backup_pipeline import mail, migrations
-from backup_pipeline.checks import authorization_refusal, revoked_detail
-from backup_pipeline.housekeeping import remove_objects_of_ended_request
-from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource, MailError
+from backup_pipeline import platform as db
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.mail import Mailer, MailError
+from backup_pipeline.platform import migrations
+from backup_pipeline.rules import emails
+from backup_pipeline.rules.checks import authorization_refusal, revoked_detail
+from backup_pipeline.rules.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestEvent
+from backup_pipeline.rules.target import REQUEST_TAG
+from backup_pipeline.services.housekeeping import remove_objects_of_ended_request
 from backup_pipeline.storage import ObjectStore
-from backup_pipeline.target import REQUEST_TAG
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +196,7 @@ def run_failure_cause(message: str | None) -> str | None:
 
 # What each step was making, as the clinic would say it: the step names are ours, not theirs.
 _STEP_SUBJECTS = {
-    "export_patients": "de sus pacientes",
-    "export_anamnesis": "de las respuestas de anamnesis",
-    "export_consultations": "de sus consultas",
-    "export_dental_treatments": "de sus tratamientos odontológicos",
-    "export_vaccinations": "de sus registros de vacunación",
-    "export_attachments": "del índice de sus archivos adjuntos",
-    "export_invoices_issued": "de sus comprobantes emitidos",
-    "export_invoices_received": "de sus comprobantes recibidos",
+    **{f"export_{dataset.name}": dataset.failure_subject for dataset in DATASETS},
     "plan_archive_files": "de sus archivos adjuntos y comprobantes",
     "assemble_backup": "de sus archivos adjuntos y comprobantes",
 }
@@ -229,7 +224,7 @@ def failure_reason(step: str | None, error_class: str | None) -> str:
 
 def fail_if_revoked(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     archives: ObjectStore,
     *,
     request_id: int,
@@ -271,7 +266,7 @@ def fail_if_revoked(
             mailer,
             request_id,
             [
-                mail.authorisation_revoked_to_support(
+                emails.authorisation_revoked_to_support(
                     support_email=mailer.support_email,
                     from_email=mailer.from_email,
                     request_id=request_id,
@@ -315,7 +310,7 @@ def _already_delivered(
 
 def fail_request(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     run_id: str | None,
@@ -341,7 +336,7 @@ def fail_request(
             mailer,
             request_id,
             [
-                mail.failure_alert_to_support(
+                emails.failure_alert_to_support(
                     support_email=mailer.support_email,
                     from_email=mailer.from_email,
                     request_id=request_id,
@@ -377,8 +372,8 @@ def fail_request(
         _remove_objects(engine, archives, request_id)
     if not failed_now or request is None:
         return False
-    emails = [
-        mail.failure_alert_to_support(
+    notices = [
+        emails.failure_alert_to_support(
             support_email=mailer.support_email,
             from_email=mailer.from_email,
             request_id=request_id,
@@ -388,8 +383,8 @@ def fail_request(
         )
     ]
     if requester is not None and subscription is not None:
-        emails.append(
-            mail.failed_email_to_requester(
+        notices.append(
+            emails.failed_email_to_requester(
                 cancelled=cancelled,
                 to=requester.email,
                 clinic_name=subscription.name,
@@ -398,7 +393,7 @@ def fail_request(
                 request_id=request_id,
             )
         )
-    _send_all(mailer, request_id, emails)
+    _send_all(mailer, request_id, notices)
     return True
 
 
@@ -415,11 +410,10 @@ def _remove_objects(engine: Engine, archives: ObjectStore, request_id: int) -> N
         log.info("removed %s object(s) of ended request %s", removed, request_id)
 
 
-def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
-    sender = mailer.get_mailer()
-    for email in emails:
+def _send_all(mailer: Mailer, request_id: int, notices: list) -> None:
+    for email in notices:
         try:
-            sender.send(email)
+            mailer.send(email)
         except MailError as exc:
             # The request is already failed and visible to support in the UI; a lost notice must
             # not turn into a retry loop of the whole failure handling.
@@ -438,7 +432,7 @@ def _send_all(mailer: MailerResource, request_id: int, emails: list) -> None:
 
 def handle_failed_run(
     engine: Engine,
-    mailer: MailerResource,
+    mailer: Mailer,
     archives: ObjectStore,
     *,
     run_id: str,

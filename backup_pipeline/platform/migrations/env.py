@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from alembic import context
 
-from backup_pipeline.migrations import VERSION_TABLE, include_name, include_object
-from backup_pipeline.tables import metadata
+from backup_pipeline.platform.migrations import VERSION_TABLE, include_name, include_object
+from backup_pipeline.platform.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
         "backup_pipeline's migrations run through `backup-pipeline migrate` "
-        "(backup_pipeline.migrations.upgrade), which hands them a connection"
+        "(backup_pipeline.platform.migrations.upgrade), which hands them a connection"
     )
 
 context.configure(

@@ -8,7 +8,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from backup_pipeline.archive.entries import (
+from backup_pipeline.rules.archive_entries import (
     KIND_ATTACHMENT,
     KIND_CFDI_PDF,
     KIND_CFDI_XML,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from backup_pipeline.archive.entries import MissingFile
-from backup_pipeline.archive.leeme import MISSING_REPORT_PATH
 from backup_pipeline.datasets.base import Column, Extraction, Kind
-from backup_pipeline.workbook import render_workbook
+from backup_pipeline.datasets.workbook import render_workbook
+from backup_pipeline.rules.archive_entries import MissingFile
+from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
 
 MISSING_COLUMNS = (
     # Where the file would have been: it is not in the archive, so not "Archivo en el respaldo".

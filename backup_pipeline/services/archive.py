@@ -14,8 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from backup_pipeline.archive.entries import ArchiveResult, MissingFile, PlannedFile, StagedEntry
-from backup_pipeline.archive.leeme import (
+from backup_pipeline.archive.plan import FilePlan, read_plan
+from backup_pipeline.archive.zipper import FileTally, assemble_archive
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.datasets.export import ExportResult
+from backup_pipeline.datasets.missing import render_missing_files
+from backup_pipeline.rules.archive_entries import (
+    ArchiveResult,
+    MissingFile,
+    PlannedFile,
+    StagedEntry,
+)
+from backup_pipeline.rules.archive_names import download_name, part_key
+from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
+from backup_pipeline.rules.leeme import (
     FILES_COPIED_LABEL,
     FILES_MISSING_LABEL,
     LEEME_PATH,
@@ -27,14 +39,7 @@ from backup_pipeline.archive.leeme import (
     part_note_text,
     part_sums_path,
 )
-from backup_pipeline.archive.missing import render_missing_files
-from backup_pipeline.archive.names import download_name, part_key
-from backup_pipeline.archive.parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
-from backup_pipeline.archive.plan import FilePlan, read_plan
-from backup_pipeline.archive.zipper import FileTally, assemble_archive
-from backup_pipeline.datasets import DATASETS
-from backup_pipeline.datasets.export import ExportResult
-from backup_pipeline.spanish import spanish_count, spanish_number, spanish_size
+from backup_pipeline.rules.spanish import spanish_count, spanish_number, spanish_size
 from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,26 @@ class AssembledArchive:
     @property
     def size(self) -> int:
         return sum(part.size for part in self.parts)
+
+    def totals(self) -> dict[str, object]:
+        """What support sees of it in the run (ids, sizes and counts only: no name of a file)."""
+        parts = self.parts
+        return {
+            "archive_key": self.result.key,
+            "archive_bytes": self.size,
+            "archive_sha256": self.result.sha256,
+            "archive_parts": len(parts),
+            # Parts are split by the platform's recorded sizes and part 1 keeps room for the
+            # workbooks: over the part size means many sizes were unrecorded, or the workbooks
+            # outgrew their room (rules.archive_parts.workbook_reserve).
+            "largest_part_bytes": max(part.size for part in parts),
+            "kept_emailed_archive": self.kept_emailed,
+            "zip_entries": sum(part.entries for part in parts),
+            "files_copied": sum(part.files_copied for part in parts),
+            "file_bytes": sum(part.file_bytes for part in parts),
+            "missing_files": sum(len(part.missing) for part in parts),
+            "checksum_mismatches": sum(part.checksum_mismatches for part in parts),
+        }
 
 
 def kept_archive(parts: Sequence[ArchiveResult]) -> AssembledArchive:

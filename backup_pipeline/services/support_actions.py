@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from backup_pipeline import quota
-from backup_pipeline.delivery import resend_link as deliver_new_link
-from backup_pipeline.quota import PastRequest
-from backup_pipeline.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestStatus
-from backup_pipeline.resources import platform_db as db
-from backup_pipeline.resources.mailer import MailerResource
+from backup_pipeline import platform as db
+from backup_pipeline.mail import Mailer
+from backup_pipeline.rules import quota
+from backup_pipeline.rules.quota import PastRequest
+from backup_pipeline.rules.request_state import OPEN_STATUSES, Actor, BackupRequest, RequestStatus
+from backup_pipeline.services.delivery import resend_link as deliver_new_link
 from backup_pipeline.storage import ObjectStore
 
 # What the clinic reads when support refuses its request and gives no words of its own.
@@ -72,7 +72,7 @@ def _request(engine: Engine, request_id: int) -> BackupRequest:
 def resend_link(
     engine: Engine,
     archives: ObjectStore,
-    mailer: MailerResource,
+    mailer: Mailer,
     *,
     request_id: int,
     reason: str,

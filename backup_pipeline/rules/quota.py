@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from backup_pipeline.request_state import COUNTED_STATUSES
+from backup_pipeline.rules.request_state import COUNTED_STATUSES
 
 # The help article states both rules ("2 veces en un periodo de 360 días ... con una diferencia de
 # al menos 180 días"); both are kept explicit even though, with the gap rule honoured, a third

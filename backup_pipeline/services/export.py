@@ -1,0 +1,206 @@
+"""A backup's archive: the one already emailed, kept, or workbooks rendered in worker processes
+while a thread zips the files."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from backup_pipeline import platform as db
+from backup_pipeline.archive.plan import FilePlan
+from backup_pipeline.datasets import DATASETS
+from backup_pipeline.datasets.base import Dataset
+from backup_pipeline.datasets.export import (
+    ExportResult,
+    export_dataset,
+    record_staged_export,
+    staged_exports,
+)
+from backup_pipeline.datasets.parallel import (
+    Rendered,
+    WorkbookExports,
+    worker_count,
+    yield_to_the_slowest_workbook,
+)
+from backup_pipeline.datasets.parallel import progress as export_progress
+from backup_pipeline.rules.archive_names import archive_key
+from backup_pipeline.rules.spanish import to_clinic_time
+from backup_pipeline.rules.target import BackupTarget
+from backup_pipeline.services.archive import AssembledArchive, build_archive, kept_archive
+from backup_pipeline.services.delivery import emailed_archive
+from backup_pipeline.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunStores:
+    """The run's two stores, and how a forked worker opens clients of its own: a worker must not
+    share the run's connections (datasets.parallel)."""
+
+    files: ObjectStore
+    archives: ObjectStore
+    open_files: Callable[[], ObjectStore]
+    open_archives: Callable[[], ObjectStore]
+
+
+class SubscriptionVanished(Exception):
+    """The request's subscription is gone from the platform: there is nothing to back up."""
+
+
+def archive_for_request(
+    engine: Engine,
+    stores: RunStores,
+    *,
+    target: BackupTarget,
+    plan: FilePlan,
+    run_id: str,
+    part_size: int,
+    export_workers: int | None,
+    say: Callable[[str], None] = log.info,
+) -> Generator[Rendered, None, AssembledArchive]:
+    """The request's archive: the one its emailed link points to when it is intact (a retry after
+    the email must not send a second, different archive), else a new one (export_and_zip)."""
+    with engine.connect() as conn:
+        subscription = db.get_subscription(conn, target.subscription_id)
+        request = db.get_request(conn, target.request_id)
+    if subscription is None:
+        raise SubscriptionVanished(f"subscription {target.subscription_id} vanished")
+    local_day = to_clinic_time(target.requested_at, target.timezone).date()
+    key = archive_key(target.subscription_id, target.request_id, subscription.name, local_day)
+    emailed = emailed_archive(engine, stores.archives, request, key)
+    if emailed is not None:
+        say(
+            f"request {target.request_id}: its link was emailed and the archive is intact; "
+            "keeping it instead of building another"
+        )
+        return kept_archive(emailed)
+    return (
+        yield from export_and_zip(
+            engine,
+            stores,
+            target=target,
+            plan=plan,
+            clinic_name=subscription.name,
+            key=key,
+            run_id=run_id,
+            part_size=part_size,
+            export_workers=export_workers,
+            say=say,
+        )
+    )
+
+
+def export_and_zip(
+    engine: Engine,
+    stores: RunStores,
+    *,
+    target: BackupTarget,
+    plan: FilePlan,
+    clinic_name: str,
+    key: str,
+    run_id: str,
+    part_size: int,
+    export_workers: int | None,
+    say: Callable[[str], None] = log.info,
+) -> Generator[Rendered, None, AssembledArchive]:
+    """Render every workbook (in `export_workers` processes, see worker_count) while a thread
+    zips the plan's files into the archive under `key`; yields each workbook once it is staged
+    and returns the assembled archive.
+
+    A workbook that fails raises datasets.parallel.DatasetExportFailed (it names the dataset and
+    the error's class, never its text). Leaving early, by an error or by closing this generator,
+    kills the workers still rendering, and the zip discards what it wrote.
+    """
+    # Set in each worker before its first export: its own connections (see datasets.parallel).
+    worker_stores: dict[str, ObjectStore] = {}
+
+    def worker_setup() -> None:
+        engine.dispose(close=False)  # the run's pooled connections are not the worker's
+        worker_stores["files"] = stores.open_files()
+        worker_stores["archives"] = stores.open_archives()
+
+    def export_one(dataset: Dataset) -> ExportResult:
+        started = time.perf_counter()
+        with engine.connect() as conn:
+            result = export_dataset(
+                dataset,
+                connection=conn,
+                subscription_id=target.subscription_id,
+                timezone=target.timezone,
+                files=worker_stores.get("files", stores.files),
+                archives=worker_stores.get("archives", stores.archives),
+                staging_prefix=target.staging_prefix,
+                # The request's time: a re-run renders the same rows into the same bytes.
+                created=target.requested_at,
+                progress=export_progress,
+                # The attachments index lists the files as this run's plan names and splits them.
+                plan=plan,
+                part_size=part_size,
+            )
+        # Noted as soon as it is staged, by whoever staged it: a retry of this step keeps it.
+        record_staged_export(
+            worker_stores.get("archives", stores.archives),
+            target.staging_prefix,
+            run_id,
+            result,
+            time.perf_counter() - started,
+        )
+        return result
+
+    workers = worker_count(export_workers)
+    if workers:
+        engine.dispose()  # no pooled connection crosses the fork
+    zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
+    unwanted = threading.Event()  # the zip stops between two files once this is set
+    # A retry of this step (a storage error in the zip) keeps the workbooks an earlier attempt of
+    # the same run staged; another run renders them again, from the data as it is then.
+    staged_before = staged_exports(stores.archives, target.staging_prefix, run_id)
+    with WorkbookExports(
+        DATASETS,
+        workers=workers,
+        export_one=export_one,
+        worker_setup=worker_setup,
+        done=staged_before,
+        priority=lambda dataset: dataset.render_cost,
+    ) as exports:
+        say(
+            f"rendering {len(DATASETS) - len(staged_before)} workbooks with {exports.workers} "
+            f"workers ({len(staged_before)} staged by an earlier attempt)"
+        )
+
+        def zip_all() -> AssembledArchive:
+            if workers:
+                yield_to_the_slowest_workbook()  # this thread only
+            return build_archive(
+                archives=stores.archives,
+                files=stores.files,
+                key=key,
+                clinic_name=clinic_name,
+                timezone=target.timezone,
+                generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
+                exports=exports.all_results,
+                plan=plan,
+                part_size=part_size,
+                cancelled=unwanted,
+            )
+
+        # In this process with no workers: the workbooks first, then the zip, one at a time.
+        archive = zipping.submit(zip_all) if workers else None
+        try:
+            # A failing zip is seen at once, not after the slowest workbook.
+            yield from exports.completed(watch=archive)
+            return archive.result() if archive is not None else zip_all()
+        finally:
+            # On the way out with an error (a workbook failed, the run was cancelled): workers
+            # still rendering are killed, and the zip, between two files or waiting for the
+            # workbooks, gives up and discards what it wrote before this step ends.
+            unwanted.set()
+            exports.stop()
+            zipping.shutdown(wait=True)
