@@ -37,8 +37,7 @@ class AttachmentIndex:
     archive_path: str = "adjuntos.xlsx"
     sheet_title: str = "Índice de adjuntos"
     description: str = (
-        "Índice de los archivos adjuntos: paciente, nombre original, fecha de carga, tipo, "
-        "tamaño y ubicación de cada uno en el respaldo."
+        "Índice de adjuntos: paciente, nombre original, fecha, tipo, tamaño y ubicación."
     )
     failure_subject: str = "del índice de sus archivos adjuntos"
     render_cost: int = 3
