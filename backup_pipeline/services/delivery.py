@@ -115,7 +115,6 @@ def deliver_after_run(
         request_id=request_id,
         run_id=run_id,
         checked_at="before its link was sent",
-        archive_keys=[part.key for part in archive.parts],
     )
     return deliver(
         engine,

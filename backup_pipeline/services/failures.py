@@ -230,7 +230,6 @@ def fail_if_revoked(
     request_id: int,
     run_id: str,
     checked_at: str,
-    archive_keys: Sequence[str] = (),
 ) -> None:
     """Re-check the requester's authorisation while the backup runs (PRODUCT.md, step 3).
 
@@ -257,10 +256,9 @@ def fail_if_revoked(
             run_id=run_id,
             detail=f"authorisation revoked ({refusal.reason_code}), checked {checked_at}",
         )
-    with engine.connect() as conn:
-        recorded = [part.archive_key for part in db.parts_of(conn, request_id)]
-    for key in {*archive_keys, *recorded}:
-        archives.delete(key)
+    # Its archive (every part, recorded or just written under its folder) and staging go now,
+    # so that no link to it works: the same clean-up as any ended request's.
+    _remove_objects(engine, archives, request_id)
     if failed_now:  # told once, however often a refused run is re-executed
         _send_all(
             mailer,
