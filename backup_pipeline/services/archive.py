@@ -44,10 +44,6 @@ from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# The email's lines for the files, worded as LEEME.txt's totals.
-FILES_LABEL = FILES_COPIED_LABEL
-MISSING_LABEL = FILES_MISSING_LABEL
-
 
 @dataclass(frozen=True)
 class AssembledArchive:
@@ -228,9 +224,9 @@ def build_archive(
     copied = sum(r.files_copied for r in results)
     missing = sum(len(r.missing) for r in results)
     contents = [(_content_label(e), e.rows) for e in workbooks()]
-    contents.append((FILES_LABEL, copied))
+    contents.append((FILES_COPIED_LABEL, copied))
     if missing:
-        contents.append((MISSING_LABEL, missing))
+        contents.append((FILES_MISSING_LABEL, missing))
     return AssembledArchive(parts=tuple(results), contents=contents)
 
 

@@ -14,10 +14,9 @@ from backup_pipeline.datasets import DATASETS, anamnesis, invoices
 from backup_pipeline.datasets.base import Column
 from backup_pipeline.datasets.missing import MISSING_COLUMNS, MISSING_KIND_LABELS
 from backup_pipeline.datasets.workbook import overflow_pointer
-from backup_pipeline.rules import cfdi, checks, emails, quota
+from backup_pipeline.rules import cfdi, checks, emails, leeme, quota
 from backup_pipeline.rules.leeme import LeemeFacts, PartNoteFacts, leeme_text, part_note_text
 from backup_pipeline.rules.request_state import Requester
-from backup_pipeline.services import archive as assembly
 from backup_pipeline.services import failures, support_actions
 from backup_pipeline_tests.support.register import tu_forms
 
@@ -183,7 +182,7 @@ def _workbook_texts() -> Iterator[tuple[str, str]]:
     yield "anamnesis answer types", " ".join(anamnesis.ANSWER_TYPE_LABELS.values())
     yield "missing kinds", " ".join(MISSING_KIND_LABELS.values())
     yield "missing reasons", f"{zipper.REASON_NOT_FOUND}. {zipper.REASON_UNREADABLE}."
-    yield "email contents", f"{assembly.FILES_LABEL}. {assembly.MISSING_LABEL}."
+    yield "email contents", f"{leeme.FILES_COPIED_LABEL}. {leeme.FILES_MISSING_LABEL}."
     yield "long text", overflow_pointer("textos_largos/consultas/consulta_1_notas.txt", "x")
     problems = [value for name, value in vars(cfdi).items() if name.startswith("PROBLEM_")]
     yield "cfdi observations", ". ".join([*problems, invoices.PROBLEM_XML_MISSING])
