@@ -24,6 +24,7 @@ from backup_pipeline.resources import BackupPolicyResource
 from backup_pipeline.resources.mailer import MailerResource
 from backup_pipeline.resources.platform_db import PlatformDatabaseResource
 from backup_pipeline.resources.storage import ObjectStoreResource
+from backup_pipeline.rules.archive_names import archive_folder
 from backup_pipeline.rules.target import REQUEST_TAG, BackupTarget
 from backup_pipeline.services.archive import AssembledArchive
 from backup_pipeline.services.delivery import DeliveryRefused, deliver_after_run
@@ -250,7 +251,7 @@ def deliver_backup(
     store.delete_prefix(target.staging_prefix)
     context.add_output_metadata(
         {
-            "archive_key": archive.result.key,
+            "archive_folder": archive_folder(archive.result.key),
             "archive_bytes": archive.result.size,
             "archive_sha256": archive.result.sha256,
             "link_expires_at": delivered.expires_at.isoformat() + "Z",

@@ -347,6 +347,12 @@ def archive_key(subscription_id: int, request_id: int, clinic_name: str, local_d
     return f"respaldos/{subscription_id}/{request_id}/{archive_file_name(clinic_name, local_day)}"
 
 
+def archive_folder(key: str) -> str:
+    """'respaldos/<subscription>/<request>/': where a request's archive objects are, without the
+    file name (which carries the clinic's name, kept out of logs and run metadata)."""
+    return f"{key.rpartition('/')[0]}/"
+
+
 def part_key(key: str, part: int, parts: int) -> str:
     """The key of part `part` of `parts`: the archive's own key when there is one part, else
     respaldo_<slug>_<date>_parte-<i>-de-<n>.zip beside it, the slug cut (the same for every

@@ -25,7 +25,7 @@ from backup_pipeline.rules.archive_entries import (
     PlannedFile,
     StagedEntry,
 )
-from backup_pipeline.rules.archive_names import download_name, part_key
+from backup_pipeline.rules.archive_names import archive_folder, download_name, part_key
 from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
 from backup_pipeline.rules.leeme import (
     FILES_COPIED_LABEL,
@@ -68,7 +68,8 @@ class AssembledArchive:
         """What support sees of it in the run (ids, sizes and counts only: no name of a file)."""
         parts = self.parts
         return {
-            "archive_key": self.result.key,
+            # Its folder, not its key: the key's file name carries the clinic's name.
+            "archive_folder": archive_folder(self.result.key),
             "archive_bytes": self.size,
             "archive_sha256": self.result.sha256,
             "archive_parts": len(parts),
