@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from backup_pipeline import platform as db
+from backup_pipeline.archive.memory import limit_malloc_arenas
 from backup_pipeline.archive.plan import FilePlan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
@@ -155,6 +156,8 @@ def export_and_zip(
         return result
 
     workers = worker_count(export_workers)
+    # Before the zip's threads and the workers: every thread past the cap shares its heaps.
+    limit_malloc_arenas()
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")

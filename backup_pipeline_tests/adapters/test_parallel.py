@@ -379,3 +379,54 @@ def _allocate_and_trim() -> bool:
     blocks = [bytearray(200_000) for _ in range(5)]
     del blocks
     return memory.trim_free_memory()
+
+
+_ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from backup_pipeline.archive.memory import limit_malloc_arenas
+
+def allocate(barrier=None):
+    kept = [bytearray(3000) for _ in range(50)]  # past Python's small-object allocator: malloc's
+    if barrier is not None:
+        barrier.wait()  # every thread alive at once, each asking for a heap
+
+limited = sys.argv[1] == "limited"
+started = [threading.Thread(target=allocate) for _ in range(3)]  # threads of the run before it
+for thread in started:
+    thread.start()
+    thread.join()
+if limited:
+    assert limit_malloc_arenas()
+barrier = threading.Barrier(40)
+threads = [threading.Thread(target=allocate, args=(barrier,)) for _ in range(40)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL(None).malloc_stats()  # one 'Arena N:' line per heap, on stderr
+"""
+
+
+def _arenas(mode: str) -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENAS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+
+def test_the_run_s_threads_share_a_few_heaps_once_limited():
+    """glibc makes a heap per thread up to 8 per core, each keeping its own free pages; once
+    limited, 40 threads started after share those there are."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt and malloc_stats are glibc's")
+    # Limited: the main heap, the earlier threads' (reused), RUN_ARENAS; unlimited: 8 per core.
+    assert _arenas("limited") <= 4 < _arenas("unlimited")
