@@ -407,6 +407,10 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         baseline = _own_tree_rss_mb()
         self_before = resource.getrusage(resource.RUSAGE_SELF)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if os.environ.get("BENCH_TIMELINE"):  # bench/timeline.py: note the workbooks and zip
+            from bench.timeline import install_hooks
+
+            install_hooks()
         started = time.perf_counter()
         if executor == "in_process":
             result = job.execute_in_process(
@@ -442,6 +446,11 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
             output = data.step_output_handle.output_name
             name = event.step_key if output == "result" else output
             metadata[name] = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
+        timeline_events = []
+        if os.environ.get("BENCH_TIMELINE"):
+            from bench.timeline import dagster_events
+
+            timeline_events = dagster_events(instance, result.run_id)
     with engine.connect() as conn:
         row = db.get_request(conn, request_id)
     engine.dispose()
@@ -477,6 +486,8 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         "archive_bytes": assemble.get("archive_bytes"),
         "files_mb_per_s": round(file_bytes / MiB / assemble_s, 1) if assemble_s else None,
     }
+    if timeline_events:
+        report["timeline_events"] = timeline_events
     _store(os.environ["BACKUP_ARCHIVES_URL"]).delete_prefix("respaldos/")
     return report
 
