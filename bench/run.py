@@ -288,8 +288,14 @@ def upload_files(base_url: str, files_dir: Path) -> float:
 
 
 def bench_clinic(args: argparse.Namespace) -> None:
-    meta = ensure_seeded(args.profile, args.patients)
-    folder = clinic_dir(args.profile, args.patients)
+    if args.clinic_dir:
+        # A clinic seeded elsewhere (its seed.json, platform.db and files/): its archives and
+        # outbox go there too, away from other runs on the profile's own folder.
+        folder = Path(args.clinic_dir).absolute()
+        meta = json.loads((folder / "seed.json").read_text())
+    else:
+        meta = ensure_seeded(args.profile, args.patients)
+        folder = clinic_dir(args.profile, args.patients)
     if args.seed_only:
         return
     base_env = {
@@ -969,6 +975,11 @@ def main() -> None:
         type=int,
         default=usable_cpus(),
         help="job_multiprocess: steps at once (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--clinic-dir",
+        help="run on the clinic seeded in this folder (seed.json, platform.db, files/) instead "
+        "of the profile's; its archives and outbox go there",
     )
     parser.add_argument("--seed-only", action="store_true")
     parser.add_argument("--sensor", action="store_true", help="benchmark the request sensor")
