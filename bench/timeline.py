@@ -95,7 +95,18 @@ def install_hooks() -> None:
     )
     # The zip thread's first call is the archive's; the staged workbooks' copies into the zip.
     export.build_archive = _noted(lambda **_kw: "zip thread", export.build_archive)
-    # The zip thread waiting for the last workbooks once its files are in.
+    # The zip thread waiting for the workbooks once its files are in (each in declared order).
+    in_order = getattr(parallel.WorkbookExports, "results_in_order", None)
+    if in_order is not None:
+
+        def noted_in_order(self: Any) -> Any:
+            _note("zip waits for workbooks start")
+            for result in in_order(self):
+                _note(f"zip has workbook {result.dataset}")
+                yield result
+            _note("zip waits for workbooks end")
+
+        parallel.WorkbookExports.results_in_order = noted_in_order
     parallel.WorkbookExports.all_results = _noted(
         lambda _self: "zip waits for workbooks", parallel.WorkbookExports.all_results
     )
