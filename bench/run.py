@@ -288,8 +288,14 @@ def upload_files(base_url: str, files_dir: Path) -> float:
 
 
 def bench_clinic(args: argparse.Namespace) -> None:
-    meta = ensure_seeded(args.profile, args.patients)
-    folder = clinic_dir(args.profile, args.patients)
+    if args.clinic_dir:
+        # A clinic seeded elsewhere (its seed.json, platform.db and files/): its archives and
+        # outbox go there too, away from other runs on the profile's own folder.
+        folder = Path(args.clinic_dir).absolute()
+        meta = json.loads((folder / "seed.json").read_text())
+    else:
+        meta = ensure_seeded(args.profile, args.patients)
+        folder = clinic_dir(args.profile, args.patients)
     if args.seed_only:
         return
     base_env = {
@@ -407,6 +413,10 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         baseline = _own_tree_rss_mb()
         self_before = resource.getrusage(resource.RUSAGE_SELF)
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if os.environ.get("BENCH_TIMELINE"):  # bench/timeline.py: note the workbooks and zip
+            from bench.timeline import install_hooks
+
+            install_hooks()
         started = time.perf_counter()
         if executor == "in_process":
             result = job.execute_in_process(
@@ -442,6 +452,11 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
             output = data.step_output_handle.output_name
             name = event.step_key if output == "result" else output
             metadata[name] = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
+        timeline_events = []
+        if os.environ.get("BENCH_TIMELINE"):
+            from bench.timeline import dagster_events
+
+            timeline_events = dagster_events(instance, result.run_id)
     with engine.connect() as conn:
         row = db.get_request(conn, request_id)
     engine.dispose()
@@ -477,6 +492,8 @@ def worker_job(args: argparse.Namespace, executor: str) -> dict[str, Any]:
         "archive_bytes": assemble.get("archive_bytes"),
         "files_mb_per_s": round(file_bytes / MiB / assemble_s, 1) if assemble_s else None,
     }
+    if timeline_events:
+        report["timeline_events"] = timeline_events
     _store(os.environ["BACKUP_ARCHIVES_URL"]).delete_prefix("respaldos/")
     return report
 
@@ -958,6 +975,11 @@ def main() -> None:
         type=int,
         default=usable_cpus(),
         help="job_multiprocess: steps at once (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--clinic-dir",
+        help="run on the clinic seeded in this folder (seed.json, platform.db, files/) instead "
+        "of the profile's; its archives and outbox go there",
     )
     parser.add_argument("--seed-only", action="store_true")
     parser.add_argument("--sensor", action="store_true", help="benchmark the request sensor")

@@ -92,7 +92,7 @@ def assemble_archive(
     archives: ObjectStore,
     files: ObjectStore,
     final_key: str,
-    staged: Sequence[StagedEntry] | Callable[[], Sequence[StagedEntry]],
+    staged: Sequence[StagedEntry] | Callable[[], Iterable[StagedEntry]],
     planned: Iterable[PlannedFile],
     render_missing: Callable[[list[MissingFile], Path], Path | None] | None,
     leeme: Callable[[FileTally], str],
@@ -109,7 +109,8 @@ def assemble_archive(
     """Write the zip to archives at final_key: the planned files, then the staged entries
     (workbooks) in their order, archivos_no_incluidos.xlsx when some could not be copied,
     LEEME.txt (at `leeme_path`), and SHA256SUMS (at `sums_path`) last. `staged` may be a
-    callable, called once the files are in: it may wait for workbooks still being rendered.
+    callable, called once the files are in: it may wait for workbooks still being rendered,
+    and each entry it yields goes into the zip at once.
     Setting `cancelled` stops the zip between two files (ArchiveCancelled), leaving nothing at
     final_key.
 

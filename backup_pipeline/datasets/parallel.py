@@ -294,10 +294,16 @@ class WorkbookExports:
 
     def all_results(self) -> list[Result]:
         """Every export in the datasets' declared order, waiting for those still rendering."""
+        return list(self.results_in_order())
+
+    def results_in_order(self) -> Iterator[Result]:
+        """Each export in the datasets' declared order, as soon as it and those before it are
+        done: the zip adds the slowest workbook while the last small ones still render."""
         if any(d.name not in self._futures for d in self._datasets):  # none rendered yet
             for _rendered in self.completed():
                 pass
-        return [self._result_of(d, self._futures[d.name])[0] for d in self._datasets]
+        for dataset in self._datasets:
+            yield self._result_of(dataset, self._futures[dataset.name])[0]
 
     def stop(self) -> None:
         """Stop rendering: workers still running are killed, pending datasets dropped."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
@@ -18,12 +19,20 @@ class _Serialisable:
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict, which deep-copies each value: these are flat, of scalars, and
         # a large clinic's plan writes tens of thousands of them.
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        names = _field_names(cls)
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls: type) -> dict[str, None]:
+    """A record class's field names in declared order, looked up once per class: the plan
+    writes each of a large clinic's ~36,000 files once and the zip reads each back twice, and
+    dataclasses.fields() on every one of them was ~9% of the plan step's CPU."""
+    return dict.fromkeys(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def build_archive(
     clinic_name: str,
     timezone: str,
     generated_at_local: datetime,
-    exports: Sequence[ExportResult] | Callable[[], Sequence[ExportResult]],
+    exports: Sequence[ExportResult] | Callable[[], Iterable[ExportResult]],
     plan: FilePlan,
     part_size: int = DEFAULT_PART_SIZE,
     cancelled: threading.Event | None = None,
@@ -114,8 +114,10 @@ def build_archive(
 
     `exports` may be a callable that waits for workbooks still being rendered: it is called
     once every part's files are in (part 1's last), so that the files are zipped while the
-    workbooks render. Part 1 keeps room for the workbooks (workbook_reserve) since their size
-    is not known when the parts are split.
+    workbooks render, and yields them in the declared order (DATASETS), each as soon as it
+    is ready: each goes into the zip then, while the ones after it still render, rather than
+    all of them after the last one. Part 1 keeps room for the workbooks (workbook_reserve)
+    since their size is not known when the parts are split.
     Setting `cancelled` stops the zip between two files.
     """
     planned_in: Counter[str | None] = Counter()  # planned files per folder of ARCHIVE_FOLDERS
@@ -134,6 +136,17 @@ def build_archive(
         if not resolved:
             resolved.extend(_in_declared_order(exports() if callable(exports) else exports))
         return resolved
+
+    def staged_as_ready() -> Iterator[StagedEntry]:
+        # Part 1's workbooks: a callable's as it yields each one, which is in declared order.
+        if resolved or not callable(exports):
+            yield from _staged_entries(workbooks())
+            return
+        for export in exports():
+            if resolved and _declared_index(export) < _declared_index(resolved[-1]):
+                raise ValueError("the workbooks must come in their declared order")
+            resolved.append(export)
+            yield from export.entries
 
     def leeme(tally: FileTally) -> str:
         # Part 1, the last one written: the others are all in `written`.
@@ -191,7 +204,7 @@ def build_archive(
                 archives=archives,
                 files=files,
                 final_key=part_key(key, span.number, count),
-                staged=(lambda: _staged_entries(workbooks())) if first else [],
+                staged=staged_as_ready if first else [],
                 planned=itertools.islice(read_plan(archives, plan), span.start, span.stop),
                 render_missing=(
                     (lambda missing, workdir: render_missing_files(missing, workdir, timezone))
@@ -254,10 +267,13 @@ def part_summary(number: int, parts: int, files_copied: int, file_bytes: int) ->
     return f"Parte {spanish_number(number)} de {spanish_number(parts)}: {what}."
 
 
-def _in_declared_order(exports: Sequence[ExportResult]) -> list[ExportResult]:
+def _in_declared_order(exports: Iterable[ExportResult]) -> list[ExportResult]:
     # Workbooks in the order DATASETS declares them, whatever order the ops finished in.
-    order = {dataset.name: i for i, dataset in enumerate(DATASETS)}
-    return sorted(exports, key=lambda e: order.get(e.dataset, len(order)))
+    return sorted(exports, key=_declared_index)
+
+
+def _declared_index(export: ExportResult) -> int:
+    return next((i for i, d in enumerate(DATASETS) if d.name == export.dataset), len(DATASETS))
 
 
 def _staged_entries(exports: Sequence[ExportResult]) -> list[StagedEntry]:

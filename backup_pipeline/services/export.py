@@ -188,7 +188,7 @@ def export_and_zip(
                 clinic_name=clinic_name,
                 timezone=target.timezone,
                 generated_at_local=to_clinic_time(db.utcnow(), target.timezone),
-                exports=exports.all_results,
+                exports=exports.results_in_order,
                 plan=plan,
                 part_size=part_size,
                 cancelled=unwanted,

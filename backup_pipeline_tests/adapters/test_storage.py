@@ -35,6 +35,7 @@ from backup_pipeline.resources import build_resources
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.settings import Settings
 from backup_pipeline.storage import ObjectNotFound, ObjectStore, StoreRefused
+from backup_pipeline.storage import folder as folder_store
 from backup_pipeline.storage.folder import FolderStore
 from backup_pipeline.storage.gcs import GcsStore
 from backup_pipeline_tests.support.gcs import EMULATOR_PROJECT
@@ -273,6 +274,28 @@ def test_folder_write_goes_through_a_temporary_file_in_the_same_folder(tmp_path:
         assert not store.exists("deep/er/file.bin")
 
     assert [p.name for p in (tmp_path / "root" / "deep" / "er").iterdir()] == ["file.bin"]
+
+
+def test_folder_long_write_reaches_the_disk_as_it_goes_and_lands_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long write is synced every SYNC_EVERY_BYTES, so that its fsync at the end is short.
+    monkeypatch.setattr(folder_store, "SYNC_EVERY_BYTES", 1000)
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(
+        folder_store.os, "fdatasync", lambda fd: (synced.append(fd), real_fdatasync(fd))
+    )
+    store = FolderStore(tmp_path / "root")
+    data = os.urandom(4500)
+
+    with store.open_write("a/b.bin") as out:
+        for start in range(0, len(data), 300):
+            out.write(data[start : start + 300])
+
+    # After 1200, 2400 and 3600 bytes; the last 900 go with the fsync before the rename.
+    assert len(synced) == 3
+    assert store.get_bytes("a/b.bin") == data
 
 
 def test_folder_failed_write_removes_its_temporary_file(tmp_path: Path) -> None:

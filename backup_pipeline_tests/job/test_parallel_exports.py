@@ -158,7 +158,7 @@ def test_a_retried_step_keeps_the_workbooks_an_earlier_attempt_staged(
     def build_failing_once(**kwargs):
         if not failed_once:
             failed_once.append(True)
-            kwargs["exports"]()  # the workbooks are all staged, then the storage fails
+            list(kwargs["exports"]())  # the workbooks are all staged, then the storage fails
             raise ConnectionResetError("the archives store dropped the upload")
         return real_build(**kwargs)
 
