@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline.archive.plan import cfdi_files_by_row
@@ -18,6 +17,11 @@ from backup_pipeline.rules import cfdi, sat_catalogs
 from backup_pipeline.rules.archive_entries import KIND_CFDI_PDF, KIND_CFDI_XML
 from backup_pipeline.rules.cfdi import cfdi_archive_paths
 from backup_pipeline.storage import ObjectNotFound, ObjectStore
+
+if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
 
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
@@ -104,6 +108,8 @@ class InvoiceDataset:
         columns: Sequence[Column],
         names: CfdiNames,
     ) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
         query = report_query(ctx.subscription_id, self.direction).execution_options(
             yield_per=ctx.chunksize  # implies stream_results: a server-side cursor on PostgreSQL
         )
