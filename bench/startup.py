@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.run import TreeSampler, warm_page_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REQUEST_SENSOR = "backup_request_sensor"
@@ -62,7 +64,9 @@ def _copy_database(source: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def fresh_clinic(clinic: Path, code_root: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+def fresh_clinic(
+    clinic: Path, code_root: Path, request: bool = True
+) -> Iterator[tuple[Path, dict[str, str]]]:
     """A temporary folder with a copy of the clinic's database, a fresh DAGSTER_HOME, and the
     environment of the measured commands; one pending request of the seeded subscription."""
     meta = json.loads((clinic / "seed.json").read_text())
@@ -83,7 +87,14 @@ def fresh_clinic(clinic: Path, code_root: Path) -> Iterator[tuple[Path, dict[str
         (folder / "dagster_home").mkdir()
         cli = str(BIN / "backup-pipeline")
         ids = ["--subscription", str(meta["subscription_id"]), "--user", str(meta["user_id"])]
-        subprocess.run([cli, "request", *ids], env=env, cwd=code_root, check=True)
+        if request:
+            subprocess.run(
+                [cli, "request", *ids],
+                env=env,
+                cwd=code_root,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         yield folder, env
 
 
@@ -175,23 +186,96 @@ def measure_import(code_root: Path) -> dict[str, Any]:
     }
 
 
-def measure_process(clinic: Path, code_root: Path) -> dict[str, Any]:
-    """`backup-pipeline process` without a daemon: the run executes in the CLI's process."""
+def measure_process(clinic: Path, code_root: Path, prepared: bool = False) -> dict[str, Any]:
+    """`backup-pipeline process` without a daemon: the run executes in the CLI's process.
+    `prepared`: the instance is made before the clock starts (`prepare-instance`), as for every
+    `process` after the first; else the command creates Dagster's SQLite storage itself."""
     with fresh_clinic(clinic, code_root) as (folder, env):
+        if prepared:
+            subprocess.run(
+                [str(BIN / "backup-pipeline"), "prepare-instance"],
+                env=env,
+                cwd=code_root,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        warm_page_cache(clinic)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         launched = time.time()
-        subprocess.run(
+        process = subprocess.Popen(
             [str(BIN / "backup-pipeline"), "process"],
             env=env,
+            cwd=code_root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # The process tree's memory as bench.run samples it (the forked workers included).
+        sampler = TreeSampler(process.pid)
+        sampler.start()
+        try:
+            code = process.wait()
+        finally:
+            sampler.stop()
+        wall = time.time() - launched
+        cpu = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN), before)
+        if code:
+            raise subprocess.CalledProcessError(code, process.args)
+        runs = run_events(folder / "dagster_home")
+    return {
+        "process_wall_s": round(wall, 2),
+        "cpu_s": cpu,
+        "peak_pss_mb": round(sampler.peak_pss / 2**20, 1),
+        **_gaps(runs[0], launched),
+    }
+
+
+def measure_bench_job(clinic: Path, code_root: Path) -> dict[str, Any]:
+    """The bench's own `job_in_process` (bench/run.py: `execute_in_process` on
+    `instance_for_test`, its work_s) on the same copy of the clinic: beside `process`, what the
+    real instance and the CLI add after the first step."""
+    meta = json.loads((clinic / "seed.json").read_text())
+    with fresh_clinic(clinic, code_root, request=False) as (folder, env):
+        warm_page_cache(clinic)
+        result = folder / "result.json"
+        subprocess.run(
+            [
+                sys.executable,
+                *("-m", "bench.run", "--worker", "job_in_process", "--clinic", str(clinic)),
+                *("--result", str(result)),
+                *("--subscription", str(meta["subscription_id"]), "--user", str(meta["user_id"])),
+            ],
+            env={**env, "PYTHONPATH": f"{code_root}:{ROOT}", "BENCH_BACKEND": "file"},
             cwd=code_root,
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wall = time.time() - launched
+        data = json.loads(result.read_text())
+    return {
+        "work_s": data["work_s"],
+        "steps_s": data["steps_s"],
+        "steps_sum_s": round(sum(data["steps_s"].values()), 2),
+    }
+
+
+def measure_idle(clinic: Path, code_root: Path) -> dict[str, Any]:
+    """`backup-pipeline process` on a prepared instance with no pending request: everything the
+    command does before it launches a run (imports, settings, the instance, our migrations'
+    check, the job's definitions, the review), whose CPU seconds a loaded machine inflates
+    less than its wall time."""
+    with fresh_clinic(clinic, code_root, request=False) as (_folder, env):
+        command = [str(BIN / "backup-pipeline")]
+        subprocess.run(
+            [*command, "prepare-instance"], env=env, cwd=code_root, check=True, capture_output=True
+        )
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(
+            [*command, "process"], env=env, cwd=code_root, check=True, capture_output=True
+        )
+        wall = time.perf_counter() - started
         cpu = _cpu_s(resource.getrusage(resource.RUSAGE_CHILDREN), before)
-        runs = run_events(folder / "dagster_home")
-    return {"process_wall_s": round(wall, 2), "cpu_s": cpu, **_gaps(runs[0], launched)}
+    return {"wall_s": round(wall, 2), "cpu_s": cpu}
 
 
 def _wait_for_webserver(url: str, deadline: float) -> None:
@@ -287,7 +371,11 @@ def _medians(records: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clinic", type=Path, default=ROOT / "bench" / "out" / "medium-5000p")
-    parser.add_argument("--modes", default="import,process,daemon")
+    # import: `import backup_pipeline.definitions`; process: `backup-pipeline process` on a fresh
+    # DAGSTER_HOME; process_prepared: on one made beforehand; process_idle: on one made
+    # beforehand, with no request (the command's own start); daemon: under `dagster dev`;
+    # bench_job: bench/run.py's job_in_process on the same clinic (instance_for_test).
+    parser.add_argument("--modes", default="import,process,process_prepared,daemon")
     parser.add_argument("--repeat", type=int, default=3)
     # Several checkouts (comma-separated) are measured in turn, run by run, so that a change of
     # the machine's load falls on all of them alike.
@@ -307,8 +395,14 @@ def main() -> None:
             for root in roots:
                 if mode == "import":
                     result = measure_import(root)
-                elif mode == "process":
-                    result = measure_process(args.clinic.resolve(), root)
+                elif mode == "bench_job":
+                    result = measure_bench_job(args.clinic.resolve(), root)
+                elif mode == "process_idle":
+                    result = measure_idle(args.clinic.resolve(), root)
+                elif mode in ("process", "process_prepared"):
+                    result = measure_process(
+                        args.clinic.resolve(), root, prepared=mode == "process_prepared"
+                    )
                 else:
                     result = measure_daemon(args.clinic.resolve(), root)
                 runs[str(root)].append(result)
