@@ -176,8 +176,12 @@ def measure_import(code_root: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(code_root)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
+    # cwd too: `python -c` puts the current folder before PYTHONPATH on sys.path.
     subprocess.run(
-        [sys.executable, "-c", "import backup_pipeline.definitions"], env=env, check=True
+        [sys.executable, "-c", "import backup_pipeline.definitions"],
+        env=env,
+        cwd=code_root,
+        check=True,
     )
     wall = time.perf_counter() - started
     return {
