@@ -12,12 +12,10 @@ from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse, urlsplit
 
 import dagster as dg
-import requests
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from backup_pipeline import dagster_compat
 from backup_pipeline import platform as db
@@ -33,6 +31,11 @@ from backup_pipeline.services.delivery import LinkUnavailable
 from backup_pipeline.services.failures import handle_failed_run
 from backup_pipeline.services.intake import accepted_but_not_started, review_pending
 from backup_pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    # Imported where a deployment is used: the GraphQL client (gql, graphql-core, requests)
+    # takes ~0.1 s to import, which a CLI run without a daemon never needs.
+    from dagster_graphql import DagsterGraphQLClient
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,9 @@ def deployment_client(instance: dg.DagsterInstance, launch: Launch) -> DagsterGr
     would handle these runs' failures too."""
     if not dagster_compat.daemon_serves_run_queue(instance):
         return None
+    import requests
+    from dagster_graphql import DagsterGraphQLClient
+
     url = (launch.dagster_url or "").rstrip("/")
     try:
         # The GraphQL endpoint the webserver serves (Dagster's documented API), asked the
@@ -254,6 +260,8 @@ def _submit(
     request_id: int,
     subscription_id: int,
 ) -> str:
+    from dagster_graphql import DagsterGraphQLClientError
+
     _add_partition(instance, request_id)
     try:
         run_id = submit_to_deployment(client, request_id, subscription_id)
@@ -283,6 +291,8 @@ def _outcome_of_submitted(
 
 
 def _wait_or_explain(client: DagsterGraphQLClient, run_id: str) -> dg.DagsterRunStatus:
+    from dagster_graphql import DagsterGraphQLClientError
+
     try:
         return wait_for_run(client, run_id)
     except DagsterGraphQLClientError as exc:
@@ -441,6 +451,8 @@ def run_support_job(
             )
         run_id, success, events = result.run_id, result.success, list(result.all_events)
     else:
+        from dagster_graphql import DagsterGraphQLClientError
+
         try:
             run_id = client.submit_job_execution(
                 job_name, repository_location_name=CODE_LOCATION, run_config=run_config

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from openpyxl import load_workbook
-
 from backup_pipeline.rules import cfdi
 from backup_pipeline.rules.archive_names import part_key
 from backup_pipeline.rules.leeme import (
@@ -274,6 +272,10 @@ def _part_of(sums_name: str) -> tuple[int, int]:
 def _workbook_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str | None, int]:
     """Why openpyxl cannot read the workbook through (None when it can), and its data rows:
     those with a value, each sheet's header row aside."""
+    # Imported here: only `verify` reads workbooks back, and the run imports this module for its
+    # checksum file (~0.07 s of openpyxl in every command and run worker otherwise).
+    import openpyxl
+
     rows = 0
     # openpyxl needs a seekable file: spooled, on disk past a few MB (a workbook may be large).
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
@@ -281,7 +283,7 @@ def _workbook_failure(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[
             shutil.copyfileobj(src, spool, CHUNK)
         spool.seek(0)
         try:
-            book = load_workbook(spool, read_only=True, data_only=True)
+            book = openpyxl.load_workbook(spool, read_only=True, data_only=True)
             try:
                 for sheet in book.worksheets:
                     filled = sum(

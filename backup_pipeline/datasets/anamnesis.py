@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline.datasets.base import (
@@ -28,6 +27,11 @@ from backup_pipeline.datasets.query import (
     patient_full_name,
     stream_query,
 )
+
+if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
 from backup_pipeline.platform.tables import anamnesis_answers as a
 from backup_pipeline.platform.tables import anamnesis_questions as q
 from backup_pipeline.platform.tables import patients
@@ -92,6 +96,8 @@ def typed_answer(answer: object, answer_type: str) -> date | int | float | str |
     with more digits than Excel keeps) stays the text as written: nothing is lost or rounded.
     """
     if answer is None or not isinstance(answer, str):
+        import pandas as pd
+
         return None if answer is None or pd.isna(answer) else str(answer)
     if answer_type == "date":
         day = parse_answer_date(answer)
@@ -185,6 +191,8 @@ def latest_answers_by_patient(
     patient's answers: that patient is carried over and completed with the next chunk. `names`
     gives the patients' names for ascending ids (PatientNames).
     """
+    import pandas as pd
+
     carry: pd.DataFrame | None = None
     for chunk in chunks:
         frame = (
@@ -205,6 +213,8 @@ def _one_row_per_patient(
     questions: Sequence[Question],
     names: Callable[[list[int]], list[str | None]],
 ) -> pd.DataFrame:
+    import pandas as pd
+
     latest = answers.drop_duplicates(["patient_id", "question_id"], keep="last")
     wide = latest.pivot(index="patient_id", columns="question_id", values="answer")
     wide = wide.reindex(columns=[question.id for question in questions])
@@ -243,6 +253,8 @@ class PatientNames:
 
 def questions_frame(questions: Sequence[Question]) -> pd.DataFrame:
     """The "Preguntas" sheet: every question, retired ones included and marked."""
+    import pandas as pd
+
     return pd.DataFrame(
         {
             "section": [question.section for question in questions],

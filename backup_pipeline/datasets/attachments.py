@@ -6,13 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from backup_pipeline.archive.plan import plan_files, read_plan
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.rules.archive_entries import KIND_ATTACHMENT, PlannedFile
 from backup_pipeline.rules.archive_parts import DEFAULT_PART_SIZE, PartSpan, archive_spans
+
+if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
 
 BASE_COLUMNS = (
     Column("patient_id", "ID paciente", Kind.INTEGER),
@@ -101,6 +105,8 @@ def _utc(stamp: str | None) -> datetime | None:
 
 
 def _frame(rows: list[dict[str, object]], keys: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     # Object columns: an id or size stays an exact integer, a missing one stays empty.
     return pd.DataFrame.from_records(rows, columns=keys).astype(object)
 

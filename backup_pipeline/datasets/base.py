@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import pandas as pd
 from sqlalchemy import Connection
 
 from backup_pipeline.storage import ObjectStore
 
 if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
+
     from backup_pipeline.archive.plan import FilePlan
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline.archive.plan import cfdi_files_by_row
@@ -24,6 +23,11 @@ from backup_pipeline.storage import ObjectNotFound, ObjectStore
 # the other worker and the zip); each of GCS's 128 took a thread, its stack and a share of the
 # heaps, and both reports usually render last, side by side, at the run's peak of memory.
 XML_READS_IN_FLIGHT = 64
+
+if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
 
 PROBLEM_XML_MISSING = "El archivo XML no se encontró en el almacenamiento"
 STATUS_NAMES = {"vigente": "Vigente", "cancelado": "Cancelado"}
@@ -110,6 +114,8 @@ class InvoiceDataset:
         columns: Sequence[Column],
         names: CfdiNames,
     ) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
         query = report_query(ctx.subscription_id, self.direction).execution_options(
             yield_per=ctx.chunksize  # implies stream_results: a server-side cursor on PostgreSQL
         )

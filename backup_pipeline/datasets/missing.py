@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from backup_pipeline.datasets.base import Column, Extraction, Kind
-from backup_pipeline.datasets.workbook import render_workbook
 from backup_pipeline.rules.archive_entries import MissingFile
 from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
 
@@ -32,6 +29,10 @@ def render_missing_files(missing: list[MissingFile], workdir: Path, timezone: st
     """The workbook of files left out, or None when every file was copied."""
     if not missing:
         return None
+    import pandas as pd
+
+    from backup_pipeline.datasets.workbook import render_workbook
+
     frame = pd.DataFrame(
         [
             {

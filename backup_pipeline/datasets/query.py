@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
 
 from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
 from backup_pipeline.platform.tables import patients
+
+if TYPE_CHECKING:
+    # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
+    # run worker's start) does not need it (datasets.export.import_renderer).
+    import pandas as pd
 
 PATIENT_COLUMNS = (
     Column("patient_id", "ID paciente", Kind.INTEGER),
@@ -41,6 +45,8 @@ class QueryDataset:
         return Extraction(columns=self.columns, chunks=chunks, record=self.record)
 
     def _decoded(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        import pandas as pd
+
         for key, decode in self.decode.items():
             chunk[key] = [None if pd.isna(v) else decode(v) for v in chunk[key].tolist()]
         return chunk
@@ -55,6 +61,8 @@ def stream_query(
     stream_results makes PostgreSQL use a server-side cursor, so only one chunk is in memory;
     it is set on the statement, not on the shared connection.
     """
+    import pandas as pd
+
     return pd.read_sql(
         statement.execution_options(stream_results=True),
         ctx.connection,

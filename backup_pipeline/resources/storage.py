@@ -12,7 +12,6 @@ from pydantic import Field, PrivateAttr
 
 from backup_pipeline.storage import ObjectStore
 from backup_pipeline.storage.folder import FolderStore
-from backup_pipeline.storage.gcs import GcsStore
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _SUPPORTED_FORMS = (
@@ -45,6 +44,11 @@ def open_store(
         if set(query) - {"signer"}:
             raise ValueError(f"a gs:// URL takes only the 'signer' option; use {_SUPPORTED_FORMS}")
         signer = query.get("signer", [""])[-1] or signer_email or None
+        # Imported here: Google's client (google-auth, requests, urllib3) takes ~0.2 s to import,
+        # which every command, sensor tick and run worker with file:// stores would pay. A run
+        # opens its stores before it forks its workbook workers, so they share this import.
+        from backup_pipeline.storage.gcs import GcsStore
+
         return GcsStore(parts.netloc, unquote(parts.path), signer_email=signer, project=project)
     raise ValueError(
         f"unsupported object store URL scheme {parts.scheme!r}; use {_SUPPORTED_FORMS}"

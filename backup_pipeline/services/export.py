@@ -20,6 +20,7 @@ from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import (
     ExportResult,
     export_dataset,
+    import_renderer,
     record_staged_export,
     staged_exports,
 )
@@ -160,6 +161,7 @@ def export_and_zip(
     limit_malloc_arenas()
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
+        import_renderer()  # pandas and XlsxWriter once, shared by the forked workers
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
     unwanted = threading.Event()  # the zip stops between two files once this is set
     # A retry of this step (a storage error in the zip) keeps the workbooks an earlier attempt of
