@@ -40,6 +40,7 @@ COLUMNS = (
     Column("active", "Vigente", Kind.BOOLEAN),
     Column("text", "Texto"),
     Column("notes", "Notas largas"),
+    Column("plain", "Texto limpio"),
     Column("mixed", "Respuesta", Kind.MIXED),
 )
 
@@ -157,6 +158,9 @@ def _frames() -> list[pd.DataFrame]:
             "text": _column(_TEXTS, n),
             "notes": _column([None, "corta", "y" * 33_000, "z" * 32_768], n),
             "mixed": pd.Series(_column(_MIXED, n), dtype=object),
+            "plain": _column(
+                ["dolor molar", None, "", "<r>rico</r>", "=1+1", "  ", "ñ 🦷", "e" * 16_383], n
+            ),
         }
     )
     # Two chunks, the second with its own index, as pandas.read_sql yields them.
