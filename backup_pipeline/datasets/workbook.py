@@ -420,10 +420,12 @@ def _cell_values(kind: Kind, series: pd.Series, zone: ZoneInfo) -> list[CellValu
 
 def _text_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
     values = series.tolist()
-    # The common column: text and NULLs only, none of it needing cleaning or a file. It is
-    # checked once for the whole column, and each cell is then the text itself ("" is empty).
-    if set(map(type, values)) <= _TEXT_OR_NULL and already_cell_texts(filter(None, values)):
-        return [value or None for value in values]
+    if set(map(type, values)) <= _TEXT_OR_NULL:
+        # The common column: text and NULLs only. Usually none of it needs cleaning or a file:
+        # that is checked once for the whole column, and each cell is then the text itself.
+        if already_cell_texts(filter(None, values)):
+            return [value or None for value in values]  # "" is an empty cell
+        return [_text_cell(value) if value else None for value in values]
     return [
         None if missing else _text_cell(value)
         for value, missing in zip(values, series.isna().tolist(), strict=True)

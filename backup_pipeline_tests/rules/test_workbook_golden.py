@@ -41,6 +41,7 @@ COLUMNS = (
     Column("text", "Texto"),
     Column("notes", "Notas largas"),
     Column("plain", "Texto limpio"),
+    Column("lines", "Texto con saltos"),
     Column("mixed", "Respuesta", Kind.MIXED),
 )
 
@@ -158,6 +159,7 @@ def _frames() -> list[pd.DataFrame]:
             "text": _column(_TEXTS, n),
             "notes": _column([None, "corta", "y" * 33_000, "z" * 32_768], n),
             "mixed": pd.Series(_column(_MIXED, n), dtype=object),
+            "lines": _column(["a\r\nb", None, "limpio", "", "c\x00d", "e\rf", "<r>\r</r>"], n),
             "plain": _column(
                 ["dolor molar", None, "", "<r>rico</r>", "=1+1", "  ", "ñ 🦷", "e" * 16_383], n
             ),
