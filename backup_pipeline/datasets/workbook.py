@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 import xlsxwriter
 from slugify import slugify
@@ -34,6 +35,7 @@ from backup_pipeline.rules.archive_names import (
 )
 from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
+    already_cell_texts,
     cell_text,
     clean_text,
     continuation_title,
@@ -417,10 +419,20 @@ def _cell_values(kind: Kind, series: pd.Series, zone: ZoneInfo) -> list[CellValu
 
 
 def _text_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    values = series.tolist()
+    if set(map(type, values)) <= _TEXT_OR_NULL:
+        # The common column: text and NULLs only. Usually none of it needs cleaning or a file:
+        # that is checked once for the whole column, and each cell is then the text itself.
+        if already_cell_texts(filter(None, values)):
+            return [value or None for value in values]  # "" is an empty cell
+        return [_text_cell(value) if value else None for value in values]
     return [
         None if missing else _text_cell(value)
-        for value, missing in zip(series.tolist(), series.isna().tolist(), strict=True)
+        for value, missing in zip(values, series.isna().tolist(), strict=True)
     ]
+
+
+_TEXT_OR_NULL = {str, type(None)}
 
 
 def _text_cell(value: object) -> CellValue:
@@ -455,6 +467,8 @@ def _mixed_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
 
 
 def _integer_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
+    if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
+        return series.tolist()  # no NULL in this chunk: Python ints already
     numbers = pd.to_numeric(series)
     return [
         None if missing else int(value)
@@ -490,8 +504,14 @@ def _date_cell(value: object) -> CellValue:
 
 
 def _datetime_values(series: pd.Series, zone: ZoneInfo) -> list[CellValue]:
-    # Stored naive UTC -> the clinic's wall-clock time, for the whole column at once.
-    stamps = pd.to_datetime(series, utc=True).dt.tz_convert(zone).dt.tz_localize(None)
+    # Stored naive UTC -> the clinic's wall-clock time, for the whole column at once. A column
+    # pandas already holds as naive datetimes (the usual one) is only localized: to_datetime
+    # would do the same, at the cost of parsing it again.
+    if pd.api.types.is_datetime64_dtype(series.dtype):
+        utc = series.dt.tz_localize("UTC")
+    else:
+        utc = pd.to_datetime(series, utc=True)
+    stamps = utc.dt.tz_convert(zone).dt.tz_localize(None)
     return _wall_clock_values(stamps)
 
 
@@ -507,18 +527,16 @@ def _wall_clock_values(stamps: pd.Series) -> list[CellValue]:
     delta = stamps - pd.Timestamp(_EXCEL_EPOCH)
     # Days and seconds apart, as Excel's own serials are built, to keep whole seconds exact.
     serials = delta.dt.days + (delta.dt.seconds + delta.dt.microseconds / 1e6) / 86_400
-    early = (stamps < pd.Timestamp(_FIRST_SERIAL_DATE)).tolist()
-    out: list[CellValue] = []
-    for serial, is_early, stamp in zip(serials.tolist(), early, stamps.tolist(), strict=True):
-        if serial != serial:  # NaN: no value
-            out.append(None)
-        elif is_early:
-            out.append(
+    out: list[CellValue] = [None if serial != serial else serial for serial in serials.tolist()]
+    early = stamps < pd.Timestamp(_FIRST_SERIAL_DATE)
+    if early.any():
+        # Rare: only these become Timestamps, to be written as text.
+        for position in early.to_numpy().nonzero()[0].tolist():
+            stamp = stamps.iloc[position]
+            out[position] = (
                 f"{stamp.day:02d}/{stamp.month:02d}/{stamp.year:04d} "
                 f"{stamp.hour:02d}:{stamp.minute:02d}"
             )
-        else:
-            out.append(serial)
     return out
 
 

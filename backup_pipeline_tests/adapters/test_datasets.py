@@ -576,16 +576,17 @@ def test_a_patient_s_answers_split_across_chunks_make_one_row() -> None:
     import pandas as pd
 
     questions = [Question(i, "S", i, f"P{i}", "text", True) for i in (1, 2, 3)]
-    answers = pd.DataFrame(
-        {
-            "patient_id": [1, 1, 1, 1, 2, 3, 3, 3],
-            "question_id": [1, 1, 2, 3, 1, 1, 2, 3],
-            "answer": ["viejo", "nuevo", "x", "y", "b", "c1", "c2", "c3"],
-            "answered_at": [T0] * 8,
-        }
+    answers = list(
+        zip(
+            [1, 1, 1, 1, 2, 3, 3, 3],
+            [1, 1, 2, 3, 1, 1, 2, 3],
+            ["viejo", "nuevo", "x", "y", "b", "c1", "c2", "c3"],
+            [T0] * 8,
+            strict=True,
+        )
     )
     for size in (1, 2, 3, 8):
-        chunks = (answers.iloc[i : i + size] for i in range(0, len(answers), size))
+        chunks = (answers[i : i + size] for i in range(0, len(answers), size))
         # Patient 0 has no answers, patient 2 no name row (deleted meanwhile).
         names = PatientNames([(0, "Z"), (1, "A"), (3, "C"), (4, "D")])
         wide = pd.concat(

@@ -12,6 +12,7 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
     MAX_SHEET_TITLE_CHARS,
+    already_cell_texts,
     cell_text,
     clean_text,
     continuation_title,
@@ -79,6 +80,27 @@ def test_cell_text_is_what_the_clinic_wrote_without_what_xml_cannot_hold(value: 
 def test_cell_text_keeps_formula_looking_text_as_written() -> None:
     for value in ("=1+1", "+1", "-1", "@SUM(A1)", "=cmd|' /C calc'!A0", "_x0041_"):
         assert cell_text(value) == value
+
+
+# Mostly text that needs no work, sometimes a character that does, sometimes a long text.
+mostly_clean_texts = st.lists(
+    st.one_of(
+        xml_text.filter(lambda t: "\r" not in t),
+        xml_text,
+        any_text,
+        st.builds(lambda n, c: c * n, st.integers(16_000, 33_000), st.sampled_from("a🦷")),
+    ),
+    max_size=6,
+)
+
+
+@given(mostly_clean_texts)
+def test_a_column_found_clean_is_each_text_unchanged_and_within_a_cell(texts: list[str]) -> None:
+    each = all(cell_text(t) == t and fits_in_cell(t) for t in texts)
+    if already_cell_texts(texts):
+        assert each
+    elif all(len(t) * 2 <= EXCEL_CELL_MAX_CHARS for t in texts):
+        assert not each  # only a long text may send a clean column the slow way
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=50))
