@@ -113,6 +113,8 @@ class FolderStore(ObjectStore):
 # archive written over the run was still all in memory when its fsync came, and the fsync (about
 # 0.9 s on the bench's VM) was the last thing the backup waited for after its last workbook.
 SYNC_EVERY_BYTES = 64 * 1024 * 1024
+# fdatasync (the data without the file's times) where the system has it; macOS and Windows do not.
+_sync_data = getattr(os, "fdatasync", os.fsync)
 
 
 class _SyncingWriter(io.BufferedWriter):
@@ -128,7 +130,7 @@ class _SyncingWriter(io.BufferedWriter):
         self._unsynced += written
         if self._unsynced >= SYNC_EVERY_BYTES:
             self.flush()
-            os.fdatasync(self.fileno())
+            _sync_data(self.fileno())
             self._unsynced = 0
         return written
 

@@ -282,10 +282,8 @@ def test_folder_long_write_reaches_the_disk_as_it_goes_and_lands_whole(
     # A long write is synced every SYNC_EVERY_BYTES, so that its fsync at the end is short.
     monkeypatch.setattr(folder_store, "SYNC_EVERY_BYTES", 1000)
     synced: list[int] = []
-    real_fdatasync = os.fdatasync
-    monkeypatch.setattr(
-        folder_store.os, "fdatasync", lambda fd: (synced.append(fd), real_fdatasync(fd))
-    )
+    real_sync = folder_store._sync_data
+    monkeypatch.setattr(folder_store, "_sync_data", lambda fd: (synced.append(fd), real_sync(fd)))
     store = FolderStore(tmp_path / "root")
     data = os.urandom(4500)
 
