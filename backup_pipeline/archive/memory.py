@@ -36,7 +36,7 @@ RUN_ARENAS = 2
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(None)
-    except OSError:
+    except (OSError, TypeError):  # Windows has no process-wide C library handle (TypeError)
         return None
 
 
