@@ -271,6 +271,20 @@ def test_instance_config_matches_dagsters_schema(name):
     assert config["telemetry"] == {"enabled": False}
 
 
+def test_the_local_instance_dequeues_runs_every_second(tmp_path):
+    """The local dagster.yaml with Dagster's own loader: the daemon's run queue polls every
+    second (Dagster's default is five), with the run limits still taken from `concurrency`."""
+    shutil.copy(INSTANCE_CONFIGS["local"], tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        coordinator = instance.run_coordinator
+        assert isinstance(coordinator, dg.QueuedRunCoordinator)
+        assert coordinator.dequeue_interval_seconds == 1
+        # What the daemon dequeues by: `concurrency > runs` merged over the run queue's config.
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 6
+        assert {"key": "backup/kind", "value": "backup", "limit": 2} in queue.tag_concurrency_limits
+
+
 def test_a_misspelled_key_in_the_production_config_is_caught(tmp_path):
     broken = tmp_path / "dagster.yaml"
     text = INSTANCE_CONFIGS["production"].read_text()
