@@ -35,11 +35,13 @@ from backup_pipeline.rules.archive_names import (
 )
 from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
+    EXCEL_NUMBER_DIGITS,
     already_cell_texts,
     cell_text,
     clean_text,
     continuation_title,
     fits_in_cell,
+    integer_cell,
 )
 from backup_pipeline.rules.spanish import spanish_number
 
@@ -49,13 +51,8 @@ OVERFLOW_FOLDER = "textos_largos"
 DATE_FORMAT = "dd/mm/yyyy"
 DATETIME_FORMAT = "dd/mm/yyyy hh:mm"
 MONEY_FORMAT = "#,##0.00"
-# Integers a number cell holds and shows exactly: at most 15 significant digits (what Excel keeps
-# of a number) and at most 2**53 (XlsxWriter writes a number through a double). Any other
-# integer (an id, a count) is written as text, with all its digits. Every integer under
-# 10**15 is one of them.
-MAX_SIGNIFICANT_DIGITS = 15
-_MAX_EXACT_DOUBLE = 2**53
-_ALWAYS_EXACT = 10**15 - 1
+# Integers under this are always a number cell (rules.cleaning.integer_cell decides the rest).
+_ALWAYS_EXACT = 10**EXCEL_NUMBER_DIGITS - 1
 
 # Excel's serial day 0; serials before 1900-03-01 are off by one day (the Lotus 1900 leap-year
 # bug) and before 1900 there are none, so such dates are written as text in the same format.
@@ -503,14 +500,7 @@ _INT_OR_NULL = {int, type(None)}
 
 
 def _integer_cell(value: object) -> int | str:
-    """An integer's cell: a number, or its digits as text when a number cell would not hold or
-    show it exactly (2**53 + 1 would show as 9007199254740990)."""
-    number = int(value)  # type: ignore[call-overload]
-    if -_ALWAYS_EXACT <= number <= _ALWAYS_EXACT:
-        return number
-    digits = str(abs(number))
-    exact = abs(number) <= _MAX_EXACT_DOUBLE and len(digits.rstrip("0")) <= MAX_SIGNIFICANT_DIGITS
-    return number if exact else str(number)
+    return integer_cell(int(value))  # type: ignore[call-overload]
 
 
 def _number_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
