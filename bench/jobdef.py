@@ -2,6 +2,11 @@
 
 Everything comes from the environment the orchestrator (bench/run.py) sets, so that the step
 processes of the multiprocess executor build the same resources as the worker.
+
+Google's client (backup_pipeline.storage.gcs, cryptography's signing) is imported only for the
+backends that use it (gcs, and latency, which stands for GCS), as the product imports it only
+for gs:// stores: with the folder store the worker holds what `backup-pipeline process` holds
+(imported at the top, it added ~20 MB to the tree's peak, grpc's library among it).
 """
 
 from __future__ import annotations
@@ -12,13 +17,9 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import dagster as dg
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from google.cloud import storage
-from google.oauth2 import service_account
 
 from backup_pipeline.definitions import transient_retry
 from backup_pipeline.jobs import build_backup_job
@@ -26,7 +27,9 @@ from backup_pipeline.resources import build_resources
 from backup_pipeline.resources.storage import ObjectStoreResource, open_store
 from backup_pipeline.settings import Settings
 from backup_pipeline.storage import ObjectInfo, ObjectStore, attachment_disposition
-from backup_pipeline.storage.gcs import READS_IN_FLIGHT, GcsStore
+
+if TYPE_CHECKING:
+    from google.oauth2 import service_account
 
 BACKEND_ENV = "BENCH_BACKEND"
 # spawn | forkserver: the job with the multiprocess executor (max_concurrent from
@@ -43,6 +46,11 @@ FILES_LATENCY_ENV = "BENCH_FILES_LATENCY_MS"
 def _signing_credentials() -> service_account.Credentials:
     # The emulator takes anonymous requests only, and anonymous credentials cannot sign the
     # delivery link: a throwaway local key signs it (signing is local, no request is made).
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.cloud import storage
+    from google.oauth2 import service_account
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -61,27 +69,35 @@ def _signing_credentials() -> service_account.Credentials:
     )
 
 
-class BenchGcsStore(GcsStore):
-    """GcsStore on the emulator whose delivery link is signed with a local throwaway key."""
+@functools.cache
+def _bench_gcs_store() -> type[ObjectStore]:
+    from backup_pipeline.storage.gcs import GcsStore
 
-    def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
-        return self.bucket.blob(self._name(key)).generate_signed_url(
-            version="v4",
-            expiration=expires_in,
-            method="GET",
-            response_disposition=attachment_disposition(download_name),
-            credentials=_signing_credentials(),
-        )
+    class BenchGcsStore(GcsStore):
+        """GcsStore on the emulator whose delivery link is signed with a local throwaway key."""
+
+        def signed_url(self, key: str, expires_in: timedelta, download_name: str) -> str:
+            return self.bucket.blob(self._name(key)).generate_signed_url(
+                version="v4",
+                expiration=expires_in,
+                method="GET",
+                response_disposition=attachment_disposition(download_name),
+                credentials=_signing_credentials(),
+            )
+
+    return BenchGcsStore
 
 
 class LatencyStore(ObjectStore):
     """Another store with `seconds` of waiting before every request, as GCS spends tens of
     milliseconds before the first byte of each: one per open_read, read_into, read_head, exists,
-    list and check_reachable. Reads in flight as on GCS."""
-
-    reads_in_flight = READS_IN_FLIGHT
+    list and check_reachable. Reads in flight as on GCS (whose client it imports, as a run on
+    GCS does)."""
 
     def __init__(self, inner: ObjectStore, seconds: float) -> None:
+        from backup_pipeline.storage.gcs import READS_IN_FLIGHT
+
+        self.reads_in_flight = READS_IN_FLIGHT
         self.inner = inner
         self.seconds = seconds
         self.url = inner.url
@@ -129,9 +145,9 @@ class LatencyStore(ObjectStore):
 
 def bench_store(url: str, latency_ms: float = 0) -> ObjectStore:
     store = open_store(url)
-    if isinstance(store, GcsStore):
+    if url.startswith("gs://"):
         bucket = url.removeprefix("gs://").split("/", 1)
-        store = BenchGcsStore(bucket[0], bucket[1] if len(bucket) > 1 else "")
+        store = _bench_gcs_store()(bucket[0], bucket[1] if len(bucket) > 1 else "")
     return LatencyStore(store, latency_ms / 1000) if latency_ms else store
 
 

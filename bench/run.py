@@ -53,6 +53,28 @@ SHARED_LIBRARIES = frozenset(
 )
 
 
+def neighbours_sharing_libraries() -> int:
+    """Processes outside this one that map pandas' or pyarrow's libraries from this virtualenv
+    (another bench, a test suite): each takes a share of those pages off the measured tree's
+    PSS (bench/README.md), so a record's peak PSS is only comparable with others made with none.
+    Read from /proc/<pid>/maps, without importing either."""
+    import importlib.util
+
+    folders = []
+    for name in ("pandas", "pyarrow"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folders.append(str(Path(next(iter(spec.submodule_search_locations)))) + "/")
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            maps = (entry / "maps").read_text()
+            count += any(folder in maps for folder in folders)
+    return count
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or "unknown"
     with contextlib.suppress(OSError):
@@ -189,6 +211,7 @@ def run_worker(kind: str, env: dict[str, str], clinic: Path, extra: list[str]) -
         str(result_path),
         *extra,
     ]
+    neighbours = neighbours_sharing_libraries()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=ROOT)
@@ -216,6 +239,8 @@ def run_worker(kind: str, env: dict[str, str], clinic: Path, extra: list[str]) -
         peak_pss_mb=round(sampler.peak_pss / MiB, 1),
         peak_processes=sampler.peak_processes,
         page_cache_warm_s=round(warm_s, 1),
+        # Before and after the run: more than 0 and its peak PSS is too low (bench/README.md).
+        neighbours_sharing_libraries=[neighbours, neighbours_sharing_libraries()],
         load_average=[round(x, 2) for x in os.getloadavg()],
     )
     windows = data.get("step_windows", {})

@@ -20,6 +20,7 @@ from backup_pipeline.datasets.base import (
     Kind,
     RecordName,
     Sheet,
+    integer_column,
 )
 from backup_pipeline.datasets.query import (
     PATIENT_COLUMNS,
@@ -265,7 +266,7 @@ def questions_frame(questions: Sequence[Question]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "section": [question.section for question in questions],
-            "position": [question.position for question in questions],
+            "position": integer_column([question.position for question in questions]),
             "question": [question.text for question in questions],
             "answer_type": [
                 ANSWER_TYPE_LABELS.get(question.answer_type, question.answer_type)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection
 
 from backup_pipeline.storage import ObjectStore
 
 if TYPE_CHECKING:
+    import numpy as np
+
     # pandas is imported where rows are extracted: importing the package (sensors, the CLI, a
     # run worker's start) does not need it (datasets.export.import_renderer).
     import pandas as pd
@@ -86,6 +88,22 @@ class Extraction:
     chunks: Iterator[pd.DataFrame]
     extra_sheets: list[Sheet] = field(default_factory=list)
     record: RecordName | None = None  # None: long-text files are named by sheet and row
+
+
+def integer_column(values: Sequence[Any]) -> np.ndarray:
+    """A column of integers as read (Python ints, None for NULL), to put in a DataFrame: an object
+    column whose values never pass through float64, as pandas would hold a column of ints with a
+    NULL (every integer beyond 2**53 then changed: 2**53 + 1 read as 9007199254740992)."""
+    import numpy as np
+
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+def integer_keys(columns: Iterable[Column]) -> frozenset[str]:
+    """The keys of the integer columns among `columns`."""
+    return frozenset(column.key for column in columns if column.kind is Kind.INTEGER)
 
 
 class Dataset(Protocol):

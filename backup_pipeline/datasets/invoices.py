@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Select, and_, select
 
 from backup_pipeline.archive.plan import cfdi_files_by_row
-from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
+from backup_pipeline.datasets.base import (
+    Column,
+    ExtractContext,
+    Extraction,
+    Kind,
+    RecordName,
+    integer_column,
+)
 from backup_pipeline.datasets.query import patient_full_name
 from backup_pipeline.platform.tables import cfdi_documents, patients
 from backup_pipeline.rules import cfdi, sat_catalogs
@@ -137,8 +144,9 @@ class InvoiceDataset:
                     for row, record in zip(rows, records, strict=True)
                 ]
                 frame = pd.DataFrame.from_records(report)[keys]
-                if "patient_id" in frame:
-                    frame["patient_id"] = frame["patient_id"].astype("Int64")
+                if "patient_id" in frame and frame["patient_id"].dtype.kind not in "iu":
+                    # A CFDI without a patient: the ids as read, not through floats.
+                    frame["patient_id"] = integer_column([r["patient_id"] for r in report])
                 yield frame
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backup_pipeline.datasets.base import Column, Extraction, Kind
+from backup_pipeline.datasets.base import Column, Extraction, Kind, integer_column
 from backup_pipeline.rules.archive_entries import MissingFile
 from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
 
@@ -48,6 +48,10 @@ def render_missing_files(missing: list[MissingFile], workdir: Path, timezone: st
         ],
         columns=[column.key for column in MISSING_COLUMNS],
     )
+    # The ids as they are, a missing one empty: not the floats that a column of ints with a NULL
+    # becomes in a DataFrame.
+    frame["patient_id"] = integer_column([m.patient_id for m in missing])
+    frame["record_id"] = integer_column([m.record_id for m in missing])
     path = workdir / MISSING_REPORT_PATH
     render_workbook(
         Extraction(columns=MISSING_COLUMNS, chunks=iter([frame])),

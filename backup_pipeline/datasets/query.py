@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, Table, Text, and_, func, literal
 
-from backup_pipeline.datasets.base import Column, ExtractContext, Extraction, Kind, RecordName
+from backup_pipeline.datasets.base import (
+    Column,
+    ExtractContext,
+    Extraction,
+    Kind,
+    RecordName,
+    integer_column,
+    integer_keys,
+)
 from backup_pipeline.platform.tables import patients
 
 if TYPE_CHECKING:
@@ -39,7 +47,9 @@ class QueryDataset:
     record: RecordName | None = None  # how a long-text file names the row
 
     def extract(self, ctx: ExtractContext) -> Extraction:
-        chunks = stream_query(self.query(ctx.subscription_id), ctx)
+        chunks = stream_query(
+            self.query(ctx.subscription_id), ctx, integers=integer_keys(self.columns)
+        )
         if self.decode:
             chunks = (self._decoded(chunk) for chunk in chunks)
         return Extraction(columns=self.columns, chunks=chunks, record=self.record)
@@ -53,21 +63,36 @@ class QueryDataset:
 
 
 def stream_query(
-    statement: Select, ctx: ExtractContext, rows_per_chunk: int | None = None
+    statement: Select,
+    ctx: ExtractContext,
+    rows_per_chunk: int | None = None,
+    integers: Collection[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """The statement's rows in DataFrames of at most ctx.chunksize rows (or rows_per_chunk,
-    for narrow rows).
+    for narrow rows), typed as `pandas.read_sql` types them, except the `integers` columns: in
+    a chunk where one holds a NULL it keeps its values as read (integer_column), where
+    read_sql would turn them into floats.
 
     stream_results makes PostgreSQL use a server-side cursor, so only one chunk is in memory;
     it is set on the statement, not on the shared connection.
     """
     import pandas as pd
 
-    return pd.read_sql(
-        statement.execution_options(stream_results=True),
-        ctx.connection,
-        chunksize=rows_per_chunk or ctx.chunksize,
-    )
+    size = rows_per_chunk or ctx.chunksize
+    with ctx.connection.execute(statement.execution_options(stream_results=True)) as result:
+        keys = list(result.keys())
+        exact = [(index, key) for index, key in enumerate(keys) if key in integers]
+        read = False
+        for rows in result.partitions(size):
+            read = True
+            # What read_sql does with each chunk (coerce_float: Decimal columns become floats).
+            frame = pd.DataFrame.from_records(rows, columns=keys, coerce_float=True)
+            for index, key in exact:
+                if frame[key].dtype.kind not in "iu":  # a NULL (int64 holds the rest exactly)
+                    frame[key] = integer_column([row[index] for row in rows])
+            yield frame
+        if not read:
+            yield pd.DataFrame(columns=keys)  # as read_sql: one empty chunk, with the columns
 
 
 def patient_full_name(table: Table = patients) -> ColumnElement[str]:

@@ -35,11 +35,13 @@ from backup_pipeline.rules.archive_names import (
 )
 from backup_pipeline.rules.cleaning import (
     EXCEL_CELL_MAX_CHARS,
+    EXCEL_NUMBER_DIGITS,
     already_cell_texts,
     cell_text,
     clean_text,
     continuation_title,
     fits_in_cell,
+    integer_cell,
 )
 from backup_pipeline.rules.spanish import spanish_number
 
@@ -49,6 +51,8 @@ OVERFLOW_FOLDER = "textos_largos"
 DATE_FORMAT = "dd/mm/yyyy"
 DATETIME_FORMAT = "dd/mm/yyyy hh:mm"
 MONEY_FORMAT = "#,##0.00"
+# Integers under this are always a number cell (rules.cleaning.integer_cell decides the rest).
+_ALWAYS_EXACT = 10**EXCEL_NUMBER_DIGITS - 1
 
 # Excel's serial day 0; serials before 1900-03-01 are off by one day (the Lotus 1900 leap-year
 # bug) and before 1900 there are none, so such dates are written as text in the same format.
@@ -456,8 +460,9 @@ def _mixed_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
             out.append(_DateCell(day) if isinstance(day, int) else day)
         elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
             number = float(value)
-            # An int stays an int: it is written exactly as it was read.
-            out.append(value if isinstance(value, int) else number)
+            # An int stays an int: it is written exactly as it was read (as text when a number
+            # cell would round it).
+            out.append(_integer_cell(value) if isinstance(value, int) else number)
             if not math.isfinite(number):
                 out[-1] = None
         else:
@@ -468,12 +473,34 @@ def _mixed_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
 
 def _integer_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
     if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
-        return series.tolist()  # no NULL in this chunk: Python ints already
+        # No NULL in this chunk: Python ints already, exact.
+        if len(series) and (series.max() > _ALWAYS_EXACT or series.min() < -_ALWAYS_EXACT):
+            return [_integer_cell(value) for value in series.tolist()]
+        return series.tolist()
+    values = series.tolist()
+    if set(map(type, values)) <= _INT_OR_NULL:
+        # The readers' column of ints with a NULL (datasets.base.integer_column): as read.
+        top = _ALWAYS_EXACT
+        return [
+            None if value is None else value if -top <= value <= top else _integer_cell(value)
+            for value in values
+        ]
+    # Anything else (floats, text digits, Decimals): numbers as pandas reads them, but an
+    # integer value itself, never its float.
     numbers = pd.to_numeric(series)
     return [
-        None if missing else int(value)
-        for value, missing in zip(numbers.tolist(), numbers.isna().tolist(), strict=True)
+        None if missing else _integer_cell(raw if isinstance(raw, int | np.integer) else number)
+        for raw, number, missing in zip(
+            values, numbers.tolist(), numbers.isna().tolist(), strict=True
+        )
     ]
+
+
+_INT_OR_NULL = {int, type(None)}
+
+
+def _integer_cell(value: object) -> int | str:
+    return integer_cell(int(value))  # type: ignore[call-overload]
 
 
 def _number_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:

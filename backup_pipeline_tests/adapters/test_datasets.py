@@ -628,6 +628,43 @@ def test_postgresql_streams_rows_through_a_server_side_cursor(
     assert len(first) == 1 and sum(len(chunk) for chunk in rest) == 2
 
 
+# The first integer a float64 cannot hold: read through floats it became 9007199254740992.
+BIG = 2**53 + 1
+
+
+def test_an_integer_beyond_a_double_is_exact_beside_a_null(
+    clinic_conn: Connection, tmp_path: Path
+) -> None:
+    c, d = t.consultations, t.dental_treatments
+    clinic_conn.execute(
+        c.insert(),
+        [with_nulls(c, id=BIG, subscription_id=CLINIC, patient_id=MARIA, started_at=T0, created_at=T0)],
+    )  # fmt: skip
+    clinic_conn.execute(
+        d.insert(),
+        [with_nulls(d, id=BIG, subscription_id=CLINIC, patient_id=MARIA, consultation_id=BIG,
+                    procedure_name="Amalgama", status="completed", currency="MXN", created_at=T0)],
+    )  # fmt: skip
+    clinic_conn.commit()
+    ctx = ExtractContext(
+        connection=clinic_conn, subscription_id=CLINIC, files=FolderStore(tmp_path), timezone=ZONE
+    )
+    # One chunk: the consultation ids of the other treatments are NULL beside it.
+    (chunk,) = dental_treatments.DATASET.extract(ctx).chunks
+    assert None in chunk["consultation_id"].tolist() and BIG in chunk["consultation_id"].tolist()
+
+    rows = records(
+        export(dental_treatments.DATASET, clinic_conn, tmp_path)["Tratamientos odontológicos"]
+    )
+    # Beyond Excel's 15 digits a number cell would round it: the digits are written as text.
+    assert [(row["ID tratamiento"], row["ID consulta"]) for row in rows] == [
+        (1, 1), (3, None), (2, None), (str(BIG), str(BIG)),
+    ]  # fmt: skip
+    consultations_rows = records(export(consultations.DATASET, clinic_conn, tmp_path)["Consultas"])
+    assert [row["ID consulta"] for row in consultations_rows] == [1, 5, 2, str(BIG)]
+    assert all(row["Presión sistólica"] is None for row in consultations_rows[1:])
+
+
 @pytest.mark.parametrize(
     ("stored", "shown"),
     [

@@ -18,6 +18,7 @@ from backup_pipeline.rules.cleaning import (
     continuation_title,
     excel_length,
     fits_in_cell,
+    integer_cell,
     sheet_title,
 )
 from backup_pipeline_tests.support.oracles import as_the_clinic_wrote_it
@@ -132,3 +133,22 @@ def test_continuation_sheets_number_the_title_within_31_characters() -> None:
     long = continuation_title("Tratamientos odontológicos del paciente", 12)
     assert long.endswith(" (12)") and len(long) == MAX_SHEET_TITLE_CHARS
     assert sheet_title("Notas: [2026]/*?") == "Notas 2026"
+
+
+@given(st.integers(min_value=-(2**70), max_value=2**70))
+def test_an_integer_is_a_number_cell_only_where_excel_shows_every_digit(number: int) -> None:
+    cell = integer_cell(number)
+    if isinstance(cell, str):
+        assert cell == str(number)  # every digit, as text
+    else:
+        assert cell == number
+        assert float(number) == number  # a double holds it
+        assert len(str(abs(number)).rstrip("0")) <= 15  # Excel shows 15 significant digits
+
+
+def test_the_first_integer_a_double_cannot_hold_is_written_whole() -> None:
+    assert integer_cell(2**53 + 1) == "9007199254740993"
+    assert integer_cell(2**53) == "9007199254740992"  # a double, but Excel would show ...990
+    assert integer_cell(999_999_999_999_999) == 999_999_999_999_999
+    assert integer_cell(-(10**15)) == -(10**15)
+    assert integer_cell(-(2**63)) == "-9223372036854775808"
