@@ -43,6 +43,8 @@ PREFETCH_START_FILES = 16
 PREFETCH_MEMORY = 16 * 1024 * 1024
 PREFETCH_AHEAD = 256 * 1024 * 1024
 UNKNOWN_SIZE_CLAIM = 64 * 1024
+# A spool in memory is hashed once it is whole, this much at a time.
+HASH_CHUNK = 256 * 1024
 
 REASON_NOT_FOUND = "El archivo no existe en el almacenamiento"
 REASON_UNREADABLE = "No se pudo leer el archivo"
@@ -147,6 +149,7 @@ def prefetched(
             yield head, current
             _release(current, budget)
             current = None
+        log.debug("read ahead: at most %d files in flight, %d bytes in memory", wanted, budget.most)
     finally:
         # Stopped early (an error, an abandoned archive): drop the fetches not started, wait
         # for the running ones, and close every spool nobody will read.
@@ -237,8 +240,9 @@ def fetch(
 
 
 class HashingSpool(io.RawIOBase):
-    """The spool as a store writes an object into it: hashed on the way in, in memory up to
-    `in_memory` bytes while `budget` (the read-ahead's memory, shared) has room, then on disk.
+    """The spool as a store writes an object into it: in memory up to `in_memory` bytes while
+    `budget` (the read-ahead's memory, shared) has room, then on disk, hashed before it gets
+    there (what goes to disk on the way in, what stays in memory once whole).
     A download the store starts over from the top seeks back to 0, and the hash starts over too."""
 
     def __init__(
@@ -268,9 +272,19 @@ class HashingSpool(io.RawIOBase):
         except OSError as exc:
             self.write_error = exc
             raise
-        self._digest.update(data)
+        if self.on_disk:
+            self._digest.update(data)
+        # In memory it is hashed whole once read (hexdigest): stores write a few KiB at a time
+        # (resumable-media 8 KiB), and each hash call that releases the GIL is one more hand-over
+        # among the dozens of read threads.
         self.size += len(data)
         return len(data)
+
+    def _hash_held(self) -> None:
+        """Hash what the spool holds (in memory), in HASH_CHUNK pieces; leaves it at its end."""
+        self._spool.seek(0)
+        while chunk := self._spool.read(HASH_CHUNK):
+            self._digest.update(chunk)
 
     def _room_for(self, size: int) -> bool:
         if size > self._in_memory:
@@ -284,8 +298,11 @@ class HashingSpool(io.RawIOBase):
         return True
 
     def to_disk(self) -> None:
-        """From now on in workdir (what it holds so far moves there too): it stays there even
-        when a download that starts over truncates it."""
+        """From now on in workdir (what it holds so far moves there too, hashed first): it stays
+        there even when a download that starts over truncates it."""
+        if self.on_disk:
+            return
+        self._hash_held()
         self._spool.rollover()
         self.on_disk = True
         self._give_back()
@@ -319,6 +336,9 @@ class HashingSpool(io.RawIOBase):
         return self.size
 
     def hexdigest(self) -> str:
+        """The SHA-256 of what was written since the last start over; call once, at the end."""
+        if not self.on_disk:
+            self._hash_held()
         return self._digest.hexdigest()
 
 

@@ -979,6 +979,42 @@ def test_a_spool_spills_when_the_shared_memory_is_taken(stores, tmp_path):
         assert not fetched.on_disk and fetched.in_memory == 50_000 == budget.held
 
 
+class _SmallWrites(FolderStore):
+    """Writes an object 8 KiB at a time, as resumable-media does, starting over once halfway
+    when asked to (a download retried from the top)."""
+
+    def __init__(self, root: Path, restart: bool = False) -> None:
+        super().__init__(root)
+        self.restart = restart
+
+    def read_into(self, key: str, out) -> int:
+        data = self.get_bytes(key)
+        if self.restart:
+            out.write(data[: len(data) // 2])
+            out.seek(0)
+        for start in range(0, len(data), 8192):
+            out.write(data[start : start + 8192])
+        return len(data)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize(
+    ("limit", "on_disk"),
+    [(1_000_000, False), (100_000, True)],  # whole in memory; spills after 100 KB
+)
+def test_a_spool_is_hashed_whole_in_memory_or_partly_on_disk(tmp_path, restart, limit, on_disk):
+    files = _SmallWrites(tmp_path / "files", restart)
+    data = os.urandom(300_000)
+    plan = _planned(files, "adjuntos/A (1)/a.png", data, 1)
+    budget = prefetch.MemoryBudget(limit)
+    fetched = prefetch.fetch(files, plan, tmp_path, 1, 0.0, 1_000_000, budget)
+    with fetched.spool:
+        assert fetched.on_disk is on_disk
+        assert fetched.sha256 == hashlib.sha256(data).hexdigest()
+        fetched.spool.seek(0)
+        assert fetched.spool.read() == data
+
+
 def test_a_failed_read_gives_its_memory_back(tmp_path):
     files = FlakyStore(tmp_path / "files", {"platform/1": 99})
     budget = prefetch.MemoryBudget(1_000_000)
