@@ -871,6 +871,213 @@ def test_a_spool_is_on_disk_once_it_held_more_than_its_share(stores, tmp_path):
             assert (fetched.spool.name is not None) is on_disk
 
 
+class _CountingInFlight(FolderStore):
+    """A folder read as a remote store: reads in flight together, each waiting a little first;
+    counts the most at once."""
+
+    reads_in_flight = 16
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._lock = threading.Lock()
+        self._reading = 0
+        self.most_at_once = 0
+
+    def read_into(self, key: str, out) -> int:
+        with self._lock:
+            self._reading += 1
+            self.most_at_once = max(self.most_at_once, self._reading)
+        try:
+            time.sleep(0.003)
+            return super().read_into(key, out)
+        finally:
+            with self._lock:
+                self._reading -= 1
+
+
+@pytest.fixture
+def budgets(monkeypatch):
+    """Every read-ahead memory budget made, to look at once the archive is written."""
+    made: list[prefetch.MemoryBudget] = []
+
+    class Recorded(prefetch.MemoryBudget):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            made.append(self)
+
+    monkeypatch.setattr(prefetch, "MemoryBudget", Recorded)
+    return made
+
+
+def _zip_bytes(archives: ObjectStore) -> dict[str, bytes]:
+    with zipfile.ZipFile(_object_path(archives)) as zf:
+        return {name: zf.read(name) for name in zf.namelist() if name.startswith("adjuntos/")}
+
+
+def test_the_read_ahead_never_holds_more_than_its_memory(tmp_path, monkeypatch, budgets):
+    monkeypatch.setattr(prefetch, "PREFETCH_MEMORY", 256 * 1024)
+    archives, files = _folder(tmp_path / "archives"), _CountingInFlight(tmp_path / "files")
+    sizes = [40_000, 90_000, 5_000, 70_000, 200_000, 60_000] * 6
+    contents = {f"adjuntos/A (1)/{n}.png": os.urandom(size) for n, size in enumerate(sizes)}
+    planned = [
+        _planned(files, path, data, n, expected_size=len(data))
+        for n, (path, data) in enumerate(contents.items(), start=1)
+    ]
+    result = _assemble(archives, files, [], planned, tmp_path, render_missing=_no_report)
+    assert files.most_at_once > 1
+    (budget,) = budgets
+    assert 0 < budget.most <= 256 * 1024
+    assert budget.held == 0  # every spool's memory given back
+    assert result.files_copied == len(contents)
+    assert _zip_bytes(archives) == contents
+    assert verify_zip(_object_path(archives)).ok
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_files_without_a_size_or_with_a_wrong_one_are_archived_whole(
+    tmp_path, monkeypatch, budgets
+):
+    monkeypatch.setattr(prefetch, "PREFETCH_MEMORY", 256 * 1024)  # 64 KiB in memory per file
+    archives, files = _folder(tmp_path / "archives"), _CountingInFlight(tmp_path / "files")
+    cases = [
+        ("sin-tamano-chico.png", 10_000, None),
+        ("sin-tamano-grande.png", 300_000, None),  # no size: spills once over its share
+        ("dice-menos.png", 500_000, 1_000),  # claims less than it holds: spills
+        ("dice-mas.png", 2_000, 900_000),  # claims more: read to disk from the start
+        ("dice-negativo.png", 3_000, -5),
+        ("vacio.png", 0, None),
+    ]
+    contents = {}
+    planned = []
+    for n, (name, size, claim) in enumerate(cases, start=1):
+        data = os.urandom(size)
+        contents[f"adjuntos/A (1)/{name}"] = data
+        planned.append(_planned(files, f"adjuntos/A (1)/{name}", data, n, expected_size=claim))
+    result = _assemble(archives, files, [], planned, tmp_path, render_missing=_no_report)
+    assert result.files_copied == len(cases) and result.missing == []
+    assert result.checksum_mismatches == 3  # the three wrong claims, counted and kept
+    assert _zip_bytes(archives) == contents
+    assert verify_zip(_object_path(archives)).ok
+    (budget,) = budgets
+    assert budget.most <= 256 * 1024 and budget.held == 0
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_a_spool_spills_when_the_shared_memory_is_taken(stores, tmp_path):
+    _archives, files = stores
+    budget = prefetch.MemoryBudget(100_000)
+    assert budget.take(60_000)  # another spool in flight holds this much
+    plan = _planned(files, "adjuntos/A (1)/a.png", os.urandom(50_000), 1)
+    fetched = prefetch.fetch(files, plan, tmp_path, 1, 0.0, 1_000_000, budget)
+    with fetched.spool:
+        assert fetched.on_disk and fetched.in_memory == 0
+        assert fetched.spool.name is not None
+    assert budget.held == 60_000
+    budget.give_back(60_000)
+    fetched = prefetch.fetch(files, plan, tmp_path, 1, 0.0, 1_000_000, budget)
+    with fetched.spool:
+        assert not fetched.on_disk and fetched.in_memory == 50_000 == budget.held
+
+
+class _SmallWrites(FolderStore):
+    """Writes an object 8 KiB at a time, as resumable-media does, starting over once halfway
+    when asked to (a download retried from the top)."""
+
+    def __init__(self, root: Path, restart: bool = False) -> None:
+        super().__init__(root)
+        self.restart = restart
+
+    def read_into(self, key: str, out) -> int:
+        data = self.get_bytes(key)
+        if self.restart:
+            out.write(data[: len(data) // 2])
+            out.seek(0)
+        for start in range(0, len(data), 8192):
+            out.write(data[start : start + 8192])
+        return len(data)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+@pytest.mark.parametrize(
+    ("limit", "on_disk"),
+    [(1_000_000, False), (100_000, True)],  # whole in memory; spills after 100 KB
+)
+def test_a_spool_is_hashed_whole_in_memory_or_partly_on_disk(tmp_path, restart, limit, on_disk):
+    files = _SmallWrites(tmp_path / "files", restart)
+    data = os.urandom(300_000)
+    plan = _planned(files, "adjuntos/A (1)/a.png", data, 1)
+    budget = prefetch.MemoryBudget(limit)
+    fetched = prefetch.fetch(files, plan, tmp_path, 1, 0.0, 1_000_000, budget)
+    with fetched.spool:
+        assert fetched.on_disk is on_disk
+        assert fetched.sha256 == hashlib.sha256(data).hexdigest()
+        fetched.spool.seek(0)
+        assert fetched.spool.read() == data
+
+
+def test_a_failed_read_gives_its_memory_back(tmp_path):
+    files = FlakyStore(tmp_path / "files", {"platform/1": 99})
+    budget = prefetch.MemoryBudget(1_000_000)
+    plan = _planned(files, "adjuntos/A (1)/roto.txt", NOTE * 100, 1)
+    missing = prefetch.fetch(files, plan, tmp_path, 2, 0.0, 1_000_000, budget)
+    assert isinstance(missing, MissingFile) and missing.reason == REASON_UNREADABLE
+    assert budget.held == 0
+    assert list(tmp_path.glob("tmp*")) == []
+
+
+def test_the_files_claimed_ahead_are_bounded_by_bytes_as_well(tmp_path, monkeypatch):
+    monkeypatch.setattr(prefetch, "PREFETCH_AHEAD", 300_000)
+    archives, files = _folder(tmp_path / "archives"), _CountingInFlight(tmp_path / "files")
+    contents = {f"adjuntos/A (1)/{n}.png": os.urandom(100_000) for n in range(12)}
+    planned = [
+        _planned(files, path, data, n, expected_size=len(data))
+        for n, (path, data) in enumerate(contents.items(), start=1)
+    ]
+    # One file claims more than the whole window: it is read alone, and archived whole.
+    huge = os.urandom(50_000)
+    contents["adjuntos/A (1)/video.mp4"] = huge
+    planned.insert(5, _planned(files, "adjuntos/A (1)/video.mp4", huge, 99, expected_size=10**9))
+    _assemble(archives, files, [], planned, tmp_path, render_missing=_no_report)
+    assert 1 < files.most_at_once <= 3
+    assert _zip_bytes(archives) == contents
+
+
+def test_an_abandoned_archive_closes_every_spool_read_ahead(tmp_path, budgets):
+    archives, files = _folder(tmp_path / "archives"), _CountingInFlight(tmp_path / "files")
+    planned = [
+        _planned(files, f"adjuntos/A (1)/{n}.png", os.urandom(30_000), n) for n in range(1, 40)
+    ]
+    stop = threading.Event()
+    calls = []
+
+    def leeme(tally: FileTally) -> str:
+        raise AssertionError("not reached")
+
+    def staged():
+        calls.append(1)
+        return []
+
+    stop.set()
+    (tmp_path / "work").mkdir()
+    with pytest.raises(zipper.ArchiveCancelled):
+        assemble_archive(
+            archives=archives,
+            files=files,
+            final_key=FINAL_KEY,
+            staged=staged,
+            planned=planned,
+            render_missing=_no_report,
+            leeme=leeme,
+            workdir=tmp_path / "work",
+            cancelled=stop,
+        )
+    assert calls == []
+    (budget,) = budgets
+    assert budget.held == 0
+    assert list((tmp_path / "work").iterdir()) == []
+    assert not archives.exists(FINAL_KEY)
+
+
 def test_the_zip_hands_back_free_memory_as_it_goes(stores, tmp_path, monkeypatch):
     archives, files = stores
     trims = []
