@@ -95,6 +95,9 @@ def install_hooks() -> None:
     )
     # The zip thread's first call is the archive's; the staged workbooks' copies into the zip.
     export.build_archive = _noted(lambda **_kw: "zip thread", export.build_archive)
+    # The file plan, made in the zip thread (it was a step of its own before).
+    if hasattr(export, "stage_plan"):
+        export.stage_plan = _noted(lambda *_a, **_kw: "plan", export.stage_plan)
     # The zip thread waiting for the workbooks once its files are in (each in declared order).
     in_order = getattr(parallel.WorkbookExports, "results_in_order", None)
     if in_order is not None:
@@ -201,7 +204,7 @@ def build(
 ) -> dict[str, Any]:
     """Intervals with the cores each role used, and the events, on one clock (seconds from the
     op assemble_backup's start, or from the first event)."""
-    zip_tids = {e["tid"] for e in events if e.get("label") == "zip thread start"}
+    zip_tids = {e["tid"] for e in events if e.get("label") in ("zip thread start", "plan start")}
     main_tids = {e["tid"] for e in events if e.get("pid") == run_pid and "zip" not in e["label"]}
     main_tids -= zip_tids
     worker_pids = sorted({e["pid"] for e in events if e.get("label", "").startswith("workbook")})
