@@ -226,12 +226,12 @@ def export_and_zip(
         plan_made: Future[FilePlan] = Future()
 
         def zip_all() -> AssembledArchive:
-            if workers:
-                yield_to_the_slowest_workbook()  # this thread only
             try:
+                if workers:
+                    yield_to_the_slowest_workbook()  # this thread only
                 plan = planned()
             except BaseException as exc:
-                plan_made.set_exception(exc)
+                plan_made.set_exception(exc)  # the run's thread waits for it: it fails now
                 raise
             plan_made.set_result(plan)
             return build_archive(
