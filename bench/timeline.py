@@ -245,14 +245,18 @@ def build(
     ]
     intervals = []
     totals: dict[str, float] = defaultdict(float)
-    for (t0, before), (t1, after) in itertools.pairwise(samples):
+    # Each thread's last value read: a thread whose /proc file could not be read in one sample
+    # (a race with its exit or creation) is not counted again from its start in the next one.
+    last: dict[Any, int] = dict(samples[0][1]) if samples else {}
+    for (t0, _before), (t1, after) in itertools.pairwise(samples):
         used: dict[str, float] = defaultdict(float)
         for key, ticks in after.items():
             name = role(*key)
             # A new thread: all of it. "wanted": the run's threads' and workers' time on a core
             # or waiting for one, which the rest of the machine does not change.
             scale = 1e9 if name == "wanted" else TICKS
-            used[name] += (ticks - before.get(key, 0)) / scale
+            used[name] += max(ticks - last.get(key, 0), 0) / scale
+            last[key] = ticks
         span = t1 - t0
         for name, seconds in used.items():
             totals[name] += seconds
@@ -305,21 +309,24 @@ def print_report(timeline: dict[str, Any], bin_seconds: float) -> None:
         for role in [*roles, "other process", "machine", "wanted"]:
             bins[index][role] += interval.get(role, 0.0) * interval["span"]
     cores = len(os.sched_getaffinity(0))
+    short_total = 0.0
     for index in sorted(bins):
         span = spans[index]
         values = [bins[index][r] / span for r in roles]
         total = sum(values) + bins[index]["other process"] / span
         others = max(bins[index]["machine"] / span - total, 0)
         wanted = bins[index]["wanted"] / span
+        # Per row, not per 0.1 s sample: the sampler reads the threads one after another, so a
+        # sample's share jitters around the true one and clipping each would add up the jitter.
+        short_total += max(cores - wanted, 0) * span
         print(
             f"  {index * bin_seconds:6.1f}  "
             + "  ".join(f"{v:9.2f}" for v in values)
             + f"   {total:5.2f}  {others:6.2f}  {max(cores - total - others, 0):5.2f}"
             + f"  {wanted:6.2f}  {max(cores - wanted, 0):5.2f}"
         )
-    short = sum(max(cores - i.get("wanted", 0.0), 0) * i["span"] for i in timeline["intervals"])
     print(f"\nCPU s by role: {timeline['cpu_s']}")
-    print(f"core-seconds the run left unwanted (short): {short:.2f} of {cores} cores")
+    print(f"core-seconds the run left unwanted (short): {short_total:.2f} of {cores} cores")
 
 
 def main() -> None:
