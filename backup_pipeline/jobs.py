@@ -262,8 +262,8 @@ def deliver_backup(
 )
 def backup_graph() -> None:
     target = start_backup()
-    # The files are planned inside assemble_backup, while its workers render: a step of its own
-    # kept both cores but one idle for 1-1.5 s on a large clinic (bench/RESULTS.md).
+    # The files are planned inside assemble_backup, while its workers render: as a step of its
+    # own the plan ran alone, one core idle, for 1-1.5 s of a large clinic's run.
     outputs = assemble_backup(target)
     deliver_backup(target, getattr(outputs, ARCHIVE_OUTPUT))
 
