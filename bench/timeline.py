@@ -95,6 +95,9 @@ def install_hooks() -> None:
     )
     # The zip thread's first call is the archive's; the staged workbooks' copies into the zip.
     export.build_archive = _noted(lambda **_kw: "zip thread", export.build_archive)
+    # The file plan, made in the zip thread (it was a step of its own before).
+    if hasattr(export, "stage_plan"):
+        export.stage_plan = _noted(lambda *_a, **_kw: "plan", export.stage_plan)
     # The zip thread waiting for the workbooks once its files are in (each in declared order).
     in_order = getattr(parallel.WorkbookExports, "results_in_order", None)
     if in_order is not None:
@@ -168,8 +171,21 @@ def _thread_ticks(pid: int) -> dict[int, int]:
     return ticks
 
 
+def _thread_wanted_ns(pid: int) -> dict[int, int]:
+    """Each thread's nanoseconds on a CPU plus waiting in a run queue for one
+    (/proc/<pid>/task/<tid>/schedstat): the time it wanted a core, whether or not it got one."""
+    wanted = {}
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                on_cpu, waiting = Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[:2]
+                wanted[int(task)] = int(on_cpu) + int(waiting)
+    return wanted
+
+
 class ThreadSampler(threading.Thread):
-    """Each thread's CPU ticks of a process and its descendants, every SAMPLE_SECONDS."""
+    """Each thread's CPU ticks of a process and its descendants, and the time each wanted a
+    core (schedstat), every SAMPLE_SECONDS."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -184,6 +200,8 @@ class ThreadSampler(threading.Thread):
             for pid in [self.pid, *_children(self.pid)]:
                 for tid, ticks in _thread_ticks(pid).items():
                     sample[(pid, tid)] = ticks
+                for tid, ns in _thread_wanted_ns(pid).items():
+                    sample[("wanted", tid)] = ns
             sample[(0, 0)] = _machine_busy_ticks()
             self.samples.append((now, sample))
             self._stop_event.wait(SAMPLE_SECONDS)
@@ -201,7 +219,7 @@ def build(
 ) -> dict[str, Any]:
     """Intervals with the cores each role used, and the events, on one clock (seconds from the
     op assemble_backup's start, or from the first event)."""
-    zip_tids = {e["tid"] for e in events if e.get("label") == "zip thread start"}
+    zip_tids = {e["tid"] for e in events if e.get("label") in ("zip thread start", "plan start")}
     main_tids = {e["tid"] for e in events if e.get("pid") == run_pid and "zip" not in e["label"]}
     main_tids -= zip_tids
     worker_pids = sorted({e["pid"] for e in events if e.get("label", "").startswith("workbook")})
@@ -209,7 +227,9 @@ def build(
     starts = [e["t"] for e in events if e["label"] == "dagster STEP_START assemble_backup"]
     origin = starts[0] if starts else min(e["t"] for e in events)
 
-    def role(pid: int, tid: int) -> str:
+    def role(pid: int | str, tid: int) -> str:
+        if pid == "wanted":
+            return "wanted"
         if pid == 0:
             return "machine"
         if pid == run_pid:
@@ -225,10 +245,18 @@ def build(
     ]
     intervals = []
     totals: dict[str, float] = defaultdict(float)
-    for (t0, before), (t1, after) in itertools.pairwise(samples):
+    # Each thread's last value read: a thread whose /proc file could not be read in one sample
+    # (a race with its exit or creation) is not counted again from its start in the next one.
+    last: dict[Any, int] = dict(samples[0][1]) if samples else {}
+    for (t0, _before), (t1, after) in itertools.pairwise(samples):
         used: dict[str, float] = defaultdict(float)
         for key, ticks in after.items():
-            used[role(*key)] += (ticks - before.get(key, 0)) / TICKS  # a new thread: all of it
+            name = role(*key)
+            # A new thread: all of it. "wanted": the run's threads' and workers' time on a core
+            # or waiting for one, which the rest of the machine does not change.
+            scale = 1e9 if name == "wanted" else TICKS
+            used[name] += max(ticks - last.get(key, 0), 0) / scale
+            last[key] = ticks
         span = t1 - t0
         for name, seconds in used.items():
             totals[name] += seconds
@@ -246,7 +274,7 @@ def build(
         "roles": roles,
         "events": sorted(events, key=lambda e: e["t"]),
         "intervals": intervals,
-        "cpu_s": {k: round(v, 2) for k, v in totals.items() if k != "machine"},
+        "cpu_s": {k: round(v, 2) for k, v in totals.items() if k not in ("machine", "wanted")},
         "machine_busy_s": round(totals["machine"], 2),
     }
 
@@ -265,28 +293,40 @@ def print_report(timeline: dict[str, Any], bin_seconds: float) -> None:
     roles = timeline["roles"]
     print(
         f"\ncores used per {bin_seconds:g} s (2 = both cores busy; others: the rest of the "
-        "machine, idle: neither):"
+        "machine, idle: neither; wanted: cores the run's threads and workers were on or "
+        "waiting for, short: cores they left unwanted, whatever the rest of the machine did):"
     )
-    print(f"  {'t':>6}  " + "  ".join(f"{r:>9}" for r in roles) + "   total  others   idle")
+    print(
+        f"  {'t':>6}  "
+        + "  ".join(f"{r:>9}" for r in roles)
+        + "   total  others   idle  wanted  short"
+    )
     bins: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     spans: dict[int, float] = defaultdict(float)
     for interval in timeline["intervals"]:
         index = int(interval["t"] // bin_seconds)
         spans[index] += interval["span"]
-        for role in [*roles, "other process", "machine"]:
+        for role in [*roles, "other process", "machine", "wanted"]:
             bins[index][role] += interval.get(role, 0.0) * interval["span"]
     cores = len(os.sched_getaffinity(0))
+    short_total = 0.0
     for index in sorted(bins):
         span = spans[index]
         values = [bins[index][r] / span for r in roles]
         total = sum(values) + bins[index]["other process"] / span
         others = max(bins[index]["machine"] / span - total, 0)
+        wanted = bins[index]["wanted"] / span
+        # Per row, not per 0.1 s sample: the sampler reads the threads one after another, so a
+        # sample's share jitters around the true one and clipping each would add up the jitter.
+        short_total += max(cores - wanted, 0) * span
         print(
             f"  {index * bin_seconds:6.1f}  "
             + "  ".join(f"{v:9.2f}" for v in values)
             + f"   {total:5.2f}  {others:6.2f}  {max(cores - total - others, 0):5.2f}"
+            + f"  {wanted:6.2f}  {max(cores - wanted, 0):5.2f}"
         )
     print(f"\nCPU s by role: {timeline['cpu_s']}")
+    print(f"core-seconds the run left unwanted (short): {short_total:.2f} of {cores} cores")
 
 
 def main() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, select
 
+from backup_pipeline.archive.zipper import ArchiveCancelled
 from backup_pipeline.platform.tables import attachments, cfdi_documents, patients
 from backup_pipeline.rules.archive_entries import (
     KIND_ATTACHMENT,
@@ -26,7 +28,7 @@ from backup_pipeline.rules.archive_names import (
     named_patient_folder,
 )
 from backup_pipeline.rules.cfdi import cfdi_archive_paths
-from backup_pipeline.storage import ObjectStore
+from backup_pipeline.storage import ObjectNotFound, ObjectStore
 
 ATTACHMENT_FALLBACK = "archivo"
 _CFDI_LABELS = {
@@ -241,28 +243,79 @@ class FilePlan:
     # Attachments whose folder or file name was cut to keep its path short (LEEME says so).
     names_shortened: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "files": self.files,
+            "expected_bytes": self.expected_bytes,
+            "by_kind": dict(self.by_kind),
+            "names_shortened": self.names_shortened,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilePlan:
+        """KeyError, ValueError or TypeError when `data` is not one (a damaged summary)."""
+        return cls(
+            key=str(data["key"]),
+            files=int(data["files"]),
+            expected_bytes=int(data["expected_bytes"]),
+            by_kind={str(kind): int(count) for kind, count in dict(data["by_kind"]).items()},
+            names_shortened=int(data["names_shortened"]),
+        )
+
+
+# Rows planned between two looks at `cancelled` (stage_plan).
+_CANCEL_CHECK_ROWS = 1_000
+
 
 def stage_plan(
-    connection: Connection, subscription_id: int, store: ObjectStore, key: str
+    connection: Connection,
+    subscription_id: int,
+    store: ObjectStore,
+    key: str,
+    cancelled: threading.Event | None = None,
 ) -> FilePlan:
     """Write the subscription's plan to `key` in the archives store, one file per line: the zip
-    step streams it back instead of the run holding every file's record in memory."""
+    step streams it back instead of the run holding every file's record in memory. Its totals
+    go beside it (summary_key) once the plan is whole, so that staged_plan finds it again.
+
+    Setting `cancelled` stops it between two batches of rows (archive.zipper.ArchiveCancelled).
+    """
     count = expected = shortened = 0
     by_kind: dict[str, int] = {}
     with store.open_write(key, "application/jsonl") as out:
         for planned in plan_files(connection, subscription_id):
+            if cancelled is not None and count % _CANCEL_CHECK_ROWS == 0 and cancelled.is_set():
+                raise ArchiveCancelled("the archive was no longer wanted")
             out.write(json.dumps(planned.to_dict(), ensure_ascii=False).encode() + b"\n")
             count += 1
             expected += planned.expected_size or 0
             by_kind[planned.kind] = by_kind.get(planned.kind, 0) + 1
             shortened += planned.name_shortened
-    return FilePlan(
+    plan = FilePlan(
         key=key,
         files=count,
         expected_bytes=expected,
         by_kind=by_kind,
         names_shortened=shortened,
     )
+    store.put_bytes(summary_key(key), json.dumps(plan.to_dict()).encode(), "application/json")
+    return plan
+
+
+def summary_key(key: str) -> str:
+    """Where a staged plan's totals go, beside it: written last, so it marks the plan whole."""
+    return f"{key.removesuffix('.jsonl')}.summary.json"
+
+
+def staged_plan(store: ObjectStore, key: str) -> FilePlan | None:
+    """The plan stage_plan staged under `key`, whole (its summary written), or None: none yet,
+    or an unreadable one (it is planned again)."""
+    try:
+        plan = FilePlan.from_dict(json.loads(store.get_bytes(summary_key(key))))
+    except (ObjectNotFound, ValueError, KeyError, TypeError):
+        return None
+    return plan if plan.key == key and store.exists(key) else None
 
 
 def read_plan(store: ObjectStore, plan: FilePlan) -> Iterator[PlannedFile]:

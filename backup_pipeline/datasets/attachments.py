@@ -63,7 +63,7 @@ def _planned(ctx: ExtractContext) -> Iterator[PlannedFile]:
     """The run's staged plan; without one (a dataset exported on its own), the plan made now
     from the database, named the same way."""
     if ctx.plan is not None and ctx.archives is not None:
-        return read_plan(ctx.archives, ctx.plan)
+        return read_plan(ctx.archives, ctx.plan() if callable(ctx.plan) else ctx.plan)
     return plan_files(ctx.connection, ctx.subscription_id)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,8 +75,10 @@ class ExtractContext:
     chunksize: int = 2_000
     # The run's staged file plan, the store it is staged in and the archive's part size: what
     # the attachments index (adjuntos.xlsx) lists. Without a plan it plans the files itself.
+    # A callable returns the plan once the run has staged it (the run plans while its workers
+    # render): only a dataset that lists the files calls it, and waits.
     archives: ObjectStore | None = None
-    plan: FilePlan | None = None
+    plan: FilePlan | Callable[[], FilePlan] | None = None
     part_size: int | None = None
 
 

@@ -91,13 +91,14 @@ def export_dataset(
     staging_prefix: str,
     created: datetime | None = None,
     progress: Callable[[], None] | None = None,
-    plan: FilePlan | None = None,
+    plan: FilePlan | Callable[[], FilePlan] | None = None,
     part_size: int | None = None,
 ) -> ExportResult:
     """Render `dataset` for one subscription and stage it under `staging_prefix`; `created`
     (naive UTC) is the workbook's creation date (workbook.render_workbook), `progress` is
     called as each chunk of rows arrives and as each file is staged; `plan` (staged in
-    `archives`) and `part_size` are the run's, for the attachments index."""
+    `archives`, or a callable that waits for it) and `part_size` are the run's, for the
+    attachments index."""
     with tempfile.TemporaryDirectory(prefix=f"bp-{dataset.name}-") as tmp:
         workdir = Path(tmp)
         extraction = dataset.extract(

@@ -4,17 +4,18 @@ while a thread zips the files."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from backup_pipeline import platform as db
 from backup_pipeline.archive.memory import limit_malloc_arenas
-from backup_pipeline.archive.plan import FilePlan
+from backup_pipeline.archive.plan import FilePlan, stage_plan, staged_plan
 from backup_pipeline.datasets import DATASETS
 from backup_pipeline.datasets.base import Dataset
 from backup_pipeline.datasets.export import (
@@ -40,6 +41,11 @@ from backup_pipeline.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+# The run's file plan in its staging (archive.plan.stage_plan), and how often an export waiting
+# for it tells the run it is alive.
+PLAN_NAME = "plan.jsonl"
+PLAN_WAIT_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class RunStores:
@@ -61,12 +67,11 @@ def archive_for_request(
     stores: RunStores,
     *,
     target: BackupTarget,
-    plan: FilePlan,
     run_id: str,
     part_size: int,
     export_workers: int | None,
     say: Callable[[str], None] = log.info,
-) -> Generator[Rendered, None, AssembledArchive]:
+) -> Generator[Rendered | FilePlan, None, AssembledArchive]:
     """The request's archive: the one its emailed link points to when it is intact (a retry after
     the email must not send a second, different archive), else a new one (export_and_zip)."""
     with engine.connect() as conn:
@@ -88,7 +93,6 @@ def archive_for_request(
             engine,
             stores,
             target=target,
-            plan=plan,
             clinic_name=subscription.name,
             key=key,
             run_id=run_id,
@@ -104,24 +108,66 @@ def export_and_zip(
     stores: RunStores,
     *,
     target: BackupTarget,
-    plan: FilePlan,
     clinic_name: str,
     key: str,
     run_id: str,
     part_size: int,
     export_workers: int | None,
     say: Callable[[str], None] = log.info,
-) -> Generator[Rendered, None, AssembledArchive]:
+) -> Generator[Rendered | FilePlan, None, AssembledArchive]:
     """Render every workbook (in `export_workers` processes, see worker_count) while a thread
-    zips the plan's files into the archive under `key`; yields each workbook once it is staged
-    and returns the assembled archive.
+    plans the files and zips them into the archive under `key`; yields the file plan once it
+    is staged, then each workbook once it is staged, and returns the assembled archive.
+
+    The workers start before the plan is made: only the attachments index needs it, and waits
+    for it (the plan takes a second or two of a large clinic's run, on the zip's core).
 
     A workbook that fails raises datasets.parallel.DatasetExportFailed (it names the dataset and
-    the error's class, never its text). Leaving early, by an error or by closing this generator,
+    the error's class, never its text); a files store that cannot be reached while there are
+    files to copy, StoreRefused. Leaving early, by an error or by closing this generator,
     kills the workers still rendering, and the zip discards what it wrote.
     """
     # Set in each worker before its first export: its own connections (see datasets.parallel).
     worker_stores: dict[str, ObjectStore] = {}
+    plan_key = f"{target.staging_prefix}/{PLAN_NAME}"
+    workers = worker_count(export_workers)
+    # The run's plan: made once per run (a retry of this step keeps the one an earlier attempt
+    # staged, which the workbooks it kept were made from), by planned() in the run's process.
+    made: list[FilePlan] = []
+    # Set once the plan is staged; made before the fork, so that the workers see it too.
+    plan_ready = multiprocessing.get_context("fork").Event() if workers else threading.Event()
+    unwanted = threading.Event()  # the zip, and the plan, stop between two files once this is set
+
+    def planned() -> FilePlan:
+        if not made:
+            plan = staged_plan(stores.archives, plan_key)
+            if plan is None:
+                with engine.connect() as conn:
+                    plan = stage_plan(
+                        conn, target.subscription_id, stores.archives, plan_key, unwanted
+                    )
+            if plan.files:
+                # A missing files store would make every file "not found" and send the backup
+                # out empty, using up one of the clinic's two: fail it instead (a failure does
+                # not count).
+                stores.files.check_reachable()
+            made.append(plan)
+            plan_ready.set()
+        return made[0]
+
+    def plan_for_exports() -> FilePlan:
+        """The plan, for the attachments index: in the run's process, as made; in a worker
+        (forked before it was), read from staging once the run says it is there."""
+        if made:
+            return made[0]
+        while not plan_ready.wait(PLAN_WAIT_SECONDS):
+            export_progress()  # waiting for the plan is not a stalled export
+        archives = worker_stores.get("archives", stores.archives)
+        plan = staged_plan(archives, plan_key)
+        if plan is None:
+            raise RuntimeError("the run's file plan is not in staging")
+        made.append(plan)
+        return plan
 
     def worker_setup() -> None:
         engine.dispose(close=False)  # the run's pooled connections are not the worker's
@@ -143,7 +189,7 @@ def export_and_zip(
                 created=target.requested_at,
                 progress=export_progress,
                 # The attachments index lists the files as this run's plan names and splits them.
-                plan=plan,
+                plan=plan_for_exports,
                 part_size=part_size,
             )
         # Noted as soon as it is staged, by whoever staged it: a retry of this step keeps it.
@@ -156,14 +202,12 @@ def export_and_zip(
         )
         return result
 
-    workers = worker_count(export_workers)
     # Before the zip's threads and the workers: every thread past the cap shares its heaps.
     limit_malloc_arenas()
     if workers:
         engine.dispose()  # no pooled connection crosses the fork
         import_renderer()  # pandas and XlsxWriter once, shared by the forked workers
     zipping = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-zip")
-    unwanted = threading.Event()  # the zip stops between two files once this is set
     # A retry of this step (a storage error in the zip) keeps the workbooks an earlier attempt of
     # the same run staged; another run renders them again, from the data as it is then.
     staged_before = staged_exports(stores.archives, target.staging_prefix, run_id)
@@ -179,10 +223,17 @@ def export_and_zip(
             f"rendering {len(DATASETS) - len(staged_before)} workbooks with {exports.workers} "
             f"workers ({len(staged_before)} staged by an earlier attempt)"
         )
+        plan_made: Future[FilePlan] = Future()
 
         def zip_all() -> AssembledArchive:
-            if workers:
-                yield_to_the_slowest_workbook()  # this thread only
+            try:
+                if workers:
+                    yield_to_the_slowest_workbook()  # this thread only
+                plan = planned()
+            except BaseException as exc:
+                plan_made.set_exception(exc)  # the run's thread waits for it: it fails now
+                raise
+            plan_made.set_result(plan)
             return build_archive(
                 archives=stores.archives,
                 files=stores.files,
@@ -196,9 +247,11 @@ def export_and_zip(
                 cancelled=unwanted,
             )
 
-        # In this process with no workers: the workbooks first, then the zip, one at a time.
+        # The forks are done (WorkbookExports started its workers): threads may start now.
+        # With no workers: the plan, the workbooks, then the zip, one at a time, here.
         archive = zipping.submit(zip_all) if workers else None
         try:
+            yield plan_made.result() if archive is not None else planned()
             # A failing zip is seen at once, not after the slowest workbook.
             yield from exports.completed(watch=archive)
             return archive.result() if archive is not None else zip_all()

@@ -197,8 +197,10 @@ def run_failure_cause(message: str | None) -> str | None:
 # What each step was making, as the clinic would say it: the step names are ours, not theirs.
 _STEP_SUBJECTS = {
     **{f"export_{dataset.name}": dataset.failure_subject for dataset in DATASETS},
-    "plan_archive_files": "de sus archivos adjuntos y comprobantes",
     "assemble_backup": "de sus archivos adjuntos y comprobantes",
+    # The step that planned the files before assemble_backup did: a run of an earlier version
+    # that failed there may still reach the failure sensor after an upgrade.
+    "plan_archive_files": "de sus archivos adjuntos y comprobantes",
 }
 
 

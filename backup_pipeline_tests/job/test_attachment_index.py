@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import unicodedata
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -14,7 +15,14 @@ import pytest
 from sqlalchemy import insert
 
 from backup_pipeline import platform as db
-from backup_pipeline.archive.plan import read_plan, stage_plan
+from backup_pipeline.archive.plan import (
+    FilePlan,
+    read_plan,
+    stage_plan,
+    staged_plan,
+    summary_key,
+)
+from backup_pipeline.archive.zipper import ArchiveCancelled
 from backup_pipeline.datasets import attachments as attachments_index
 from backup_pipeline.datasets.base import ExtractContext
 from backup_pipeline.platform import tables as t
@@ -239,4 +247,51 @@ def test_a_single_part_archive_has_no_part_column_and_a_parted_one_does(tmp_path
     expected = [span.number for span in spans for _ in range(span.start, span.stop)]
     assert [row["part"] for row in rows] == expected
     assert len(set(expected)) >= 3 and expected == sorted(expected)
+    platform.close()
+
+
+def test_a_staged_plan_is_found_again_whole_and_the_index_may_wait_for_it(tmp_path):
+    platform = build_platform(tmp_path)
+    platform.add_clinic(1)
+    add_patient(platform, 10, "Ana", "García")
+    add_attachment(platform, 1, 10, "estudio.jpg", size=400_000)
+    key = "staging/1/run-1/plan.jsonl"
+    assert staged_plan(platform.archives, key) is None  # not planned yet
+    with platform.engine.connect() as conn:
+        plan = stage_plan(conn, 1, platform.archives, key)
+
+    # What a retry of the step, or a worker forked before the plan was made, reads back.
+    assert staged_plan(platform.archives, key) == plan
+    assert plan.files == 1 and plan.expected_bytes == 400_000
+    # The index takes the run's plan from a callable: a worker's waits for the run to make it.
+    asked: list[bool] = []
+
+    def when_ready() -> FilePlan:
+        asked.append(True)
+        return plan
+
+    _, rows = extract_index(platform, archives=platform.archives, plan=when_ready)
+    assert asked and [row["archive_path"] for row in rows] == [
+        "adjuntos/García Ana (10)/estudio.jpg"
+    ]
+    # A damaged summary, or a plan gone from staging: planned again, never half read.
+    platform.archives.put_bytes(summary_key(key), b"{not json", "application/json")
+    assert staged_plan(platform.archives, key) is None
+    with platform.engine.connect() as conn:
+        stage_plan(conn, 1, platform.archives, key)
+    platform.archives.delete(key)
+    assert staged_plan(platform.archives, key) is None
+    platform.close()
+
+
+def test_planning_stops_between_two_batches_once_the_archive_is_no_longer_wanted(tmp_path):
+    platform = build_platform(tmp_path)
+    platform.add_clinic(1)
+    add_patient(platform, 10, "Ana", "García")
+    add_attachment(platform, 1, 10, "estudio.jpg", size=400_000)
+    cancelled = threading.Event()
+    cancelled.set()
+    with platform.engine.connect() as conn, pytest.raises(ArchiveCancelled):
+        stage_plan(conn, 1, platform.archives, "staging/plan.jsonl", cancelled)
+    assert staged_plan(platform.archives, "staging/plan.jsonl") is None
     platform.close()

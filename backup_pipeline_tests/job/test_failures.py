@@ -356,7 +356,7 @@ def test_a_misconfigured_files_store_fails_the_backup_instead_of_delivering_it_e
     row = platform.request(request_id)
     assert row.status == "failed" and row.archive_key is None
     assert "archivos adjuntos" in row.status_detail
-    assert "plan_archive_files" not in row.status_detail and "Failure" not in row.status_detail
+    assert "assemble_backup" not in row.status_detail and "Failure" not in row.status_detail
     keys = sorted(p.name.split("_", 1)[1] for p in platform.outbox.glob("*.eml"))
     assert keys == [f"backup-{request_id}-failed.eml", f"backup-{request_id}-failure-alert.eml"]
 
@@ -522,7 +522,7 @@ def test_a_failed_backup_names_its_cause_and_the_next_step_where_support_reads_t
         recorded = db.events_of(conn, request_id)[-1]
     assert recorded.event == "failed"
     assert recorded.detail.startswith(
-        "step=plan_archive_files error=StoreRefused: the folder store file:///"
+        "step=assemble_backup error=StoreRefused: the folder store file:///"
     )
     assert "Next: check BACKUP_FILES_URL" in recorded.detail
     (alert,) = [m for m in read_outbox(platform.outbox) if m.to == unmounted.support_email]
@@ -547,7 +547,7 @@ def test_an_unexpected_errors_message_stays_in_the_run_not_in_the_alert_or_the_a
         platform.resources()["mailer"].get_mailer(),
         request_id=request_id,
         run_id="run-1",
-        step="plan_archive_files",
+        step="assemble_backup",
         error_class="ValueError",
         archives=platform.archives,
         error_message=leaky,

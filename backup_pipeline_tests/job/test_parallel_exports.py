@@ -18,7 +18,7 @@ from openpyxl import load_workbook
 from backup_pipeline.archive.verify import SHA256SUMS, verify_zip
 from backup_pipeline.datasets import DATASETS, dental_treatments, export
 from backup_pipeline.datasets.base import ExtractContext, Extraction
-from backup_pipeline.jobs import export_output
+from backup_pipeline.jobs import PLAN_OUTPUT, export_output
 from backup_pipeline.operations import execute_request
 from backup_pipeline.rules.leeme import MISSING_REPORT_PATH
 from backup_pipeline.services import export as export_service
@@ -67,6 +67,12 @@ def test_the_archive_is_the_same_with_worker_processes_as_one_after_another(
     for dataset in DATASETS:
         metadata = platform.step_output_metadata(run_id, "assemble_backup", export_output(dataset))
         assert metadata["rows"] >= 0 and metadata["seconds"] > 0
+    # The file plan too, made while the workers rendered: counts and bytes, no file's name.
+    plan = platform.step_output_metadata(run_id, "assemble_backup", PLAN_OUTPUT)
+    archive = platform.step_output_metadata(run_id, "assemble_backup", "archive")
+    assert plan["files"] == archive["files_copied"] + archive["missing_files"] > 0
+    assert plan["expected_bytes"] > 0
+    assert sum(v for k, v in plan.items() if k not in ("files", "expected_bytes")) == plan["files"]
 
 
 def _rows(workbook: bytes) -> list[tuple]:

@@ -158,7 +158,7 @@ def _status_details() -> Iterator[tuple[str, str]]:
         yield f"status detail: {name}", decision.status_detail
         if decision.reason_code != checks.BACKUP_IN_PROGRESS and name != "quota":
             yield f"status detail, revoked: {name}", checks.revoked_detail(decision)
-    steps = [None, "deliver_backup", "plan_archive_files", *(f"export_{d.name}" for d in DATASETS)]
+    steps = [None, "deliver_backup", "assemble_backup", *(f"export_{d.name}" for d in DATASETS)]
     for step in steps:
         yield f"status detail: failed at {step}", failures.failure_reason(step, "OSError")
     yield "status detail: cancelled", failures.failure_reason(None, "RunCanceled")
