@@ -324,7 +324,7 @@ class AnamnesisDataset:
     sheet_title = "Anamnesis"
     description = "Anamnesis: la respuesta más reciente de cada paciente a cada pregunta."
     failure_subject = "de las respuestas de anamnesis"
-    render_cost = 7
+    render_cost = 6
 
     def extract(self, ctx: ExtractContext) -> Extraction:
         # Questions first (a few hundred at most): they decide the columns.
