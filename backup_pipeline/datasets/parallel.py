@@ -264,10 +264,17 @@ class WorkbookExports:
                 result, seconds = self._reused[dataset.name]
                 yield Rendered(dataset, result, seconds, reused=True)
         if not self._workers:
-            for dataset in self._to_render:
-                result, seconds = _timed_export(self._export_one, dataset)
-                self._futures[dataset.name] = _done((result, seconds))
-                yield Rendered(dataset, result, seconds)
+            # As in a worker, which is forked with them frozen: the run's long-lived objects
+            # (Dagster, pandas, SQLAlchemy) stay out of the collector's passes while the
+            # workbooks render here; with Dagster loaded those passes were ~4% of the renders.
+            gc.freeze()
+            try:
+                for dataset in self._to_render:
+                    result, seconds = _timed_export(self._export_one, dataset)
+                    self._futures[dataset.name] = _done((result, seconds))
+                    yield Rendered(dataset, result, seconds)
+            finally:
+                gc.unfreeze()
             return
         by_future = {
             future: name for name, future in self._futures.items() if name not in self._reused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -69,6 +70,28 @@ def test_without_workers_they_are_exported_here_one_after_another():
     ) as exports:
         assert [r.dataset for r in exports.all_results()] == _names(DATASETS)
     assert pids == [os.getpid()] * len(DATASETS)
+
+
+def test_without_workers_the_runs_objects_are_frozen_while_they_render_and_thawed_after():
+    frozen_while_rendering: list[int] = []
+
+    def export_one(dataset):
+        frozen_while_rendering.append(gc.get_freeze_count())
+        return _result(dataset.name)
+
+    before = gc.get_freeze_count()
+    with WorkbookExports(
+        DATASETS, workers=0, export_one=export_one, worker_setup=lambda: None
+    ) as exports:
+        rendering = exports.completed()
+        next(rendering)
+        next(rendering)
+        rendering.close()  # left early (a failure, a cancel): thawed all the same
+        assert gc.get_freeze_count() == before
+        exports.all_results()
+    assert len(frozen_while_rendering) >= len(DATASETS)
+    assert all(count > before for count in frozen_while_rendering)
+    assert gc.get_freeze_count() == before
 
 
 def test_the_workers_are_sized_from_the_usable_cpus():
