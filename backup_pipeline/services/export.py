@@ -103,6 +103,63 @@ def archive_for_request(
     )
 
 
+class RunPlan:
+    """The run's file plan (archive.plan.stage_plan), made once, by the run's process while the
+    workers render; a worker, forked before it was made, reads it from staging once the run says
+    it is there. A retry of the step keeps the plan an earlier attempt staged, which the
+    workbooks it kept were made from."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        stores: RunStores,
+        target: BackupTarget,
+        *,
+        forked: bool,
+        cancelled: threading.Event,
+    ) -> None:
+        self._engine = engine
+        self._stores = stores
+        self._target = target
+        self._cancelled = cancelled  # planning stops between two batches of rows once set
+        self.key = f"{target.staging_prefix}/{PLAN_NAME}"
+        self._made: list[FilePlan] = []  # in each process, once it has the plan
+        # Set once the plan is staged; made before the fork, so that the workers see it too.
+        self._ready = multiprocessing.get_context("fork").Event() if forked else threading.Event()
+
+    def make(self) -> FilePlan:
+        """The plan, staged now or by an earlier attempt of the step (in the run's process)."""
+        if not self._made:
+            archives = self._stores.archives
+            plan = staged_plan(archives, self.key)
+            if plan is None:
+                with self._engine.connect() as conn:
+                    plan = stage_plan(
+                        conn, self._target.subscription_id, archives, self.key, self._cancelled
+                    )
+            if plan.files:
+                # A missing files store would make every file "not found" and send the backup
+                # out empty, using up one of the clinic's two: fail it instead (a failure does
+                # not count).
+                self._stores.files.check_reachable()
+            self._made.append(plan)
+            self._ready.set()
+        return self._made[0]
+
+    def wait(self, archives: ObjectStore, alive: Callable[[], None]) -> FilePlan:
+        """The plan: in the run's process, as made; in a worker, read from `archives` once the
+        run has staged it, calling `alive` meanwhile (waiting for it is not a stalled export)."""
+        if self._made:
+            return self._made[0]
+        while not self._ready.wait(PLAN_WAIT_SECONDS):
+            alive()
+        plan = staged_plan(archives, self.key)
+        if plan is None:
+            raise RuntimeError("the run's file plan is not in staging")
+        self._made.append(plan)
+        return plan
+
+
 def export_and_zip(
     engine: Engine,
     stores: RunStores,
@@ -129,45 +186,13 @@ def export_and_zip(
     """
     # Set in each worker before its first export: its own connections (see datasets.parallel).
     worker_stores: dict[str, ObjectStore] = {}
-    plan_key = f"{target.staging_prefix}/{PLAN_NAME}"
     workers = worker_count(export_workers)
-    # The run's plan: made once per run (a retry of this step keeps the one an earlier attempt
-    # staged, which the workbooks it kept were made from), by planned() in the run's process.
-    made: list[FilePlan] = []
-    # Set once the plan is staged; made before the fork, so that the workers see it too.
-    plan_ready = multiprocessing.get_context("fork").Event() if workers else threading.Event()
     unwanted = threading.Event()  # the zip, and the plan, stop between two files once this is set
-
-    def planned() -> FilePlan:
-        if not made:
-            plan = staged_plan(stores.archives, plan_key)
-            if plan is None:
-                with engine.connect() as conn:
-                    plan = stage_plan(
-                        conn, target.subscription_id, stores.archives, plan_key, unwanted
-                    )
-            if plan.files:
-                # A missing files store would make every file "not found" and send the backup
-                # out empty, using up one of the clinic's two: fail it instead (a failure does
-                # not count).
-                stores.files.check_reachable()
-            made.append(plan)
-            plan_ready.set()
-        return made[0]
+    run_plan = RunPlan(engine, stores, target, forked=workers > 0, cancelled=unwanted)
 
     def plan_for_exports() -> FilePlan:
-        """The plan, for the attachments index: in the run's process, as made; in a worker
-        (forked before it was), read from staging once the run says it is there."""
-        if made:
-            return made[0]
-        while not plan_ready.wait(PLAN_WAIT_SECONDS):
-            export_progress()  # waiting for the plan is not a stalled export
-        archives = worker_stores.get("archives", stores.archives)
-        plan = staged_plan(archives, plan_key)
-        if plan is None:
-            raise RuntimeError("the run's file plan is not in staging")
-        made.append(plan)
-        return plan
+        """The plan, for the attachments index (in a worker, through the worker's own store)."""
+        return run_plan.wait(worker_stores.get("archives", stores.archives), export_progress)
 
     def worker_setup() -> None:
         engine.dispose(close=False)  # the run's pooled connections are not the worker's
@@ -229,7 +254,7 @@ def export_and_zip(
             try:
                 if workers:
                     yield_to_the_slowest_workbook()  # this thread only
-                plan = planned()
+                plan = run_plan.make()
             except BaseException as exc:
                 plan_made.set_exception(exc)  # the run's thread waits for it: it fails now
                 raise
@@ -251,7 +276,7 @@ def export_and_zip(
         # With no workers: the plan, the workbooks, then the zip, one at a time, here.
         archive = zipping.submit(zip_all) if workers else None
         try:
-            yield plan_made.result() if archive is not None else planned()
+            yield plan_made.result() if archive is not None else run_plan.make()
             # A failing zip is seen at once, not after the slowest workbook.
             yield from exports.completed(watch=archive)
             return archive.result() if archive is not None else zip_all()
