@@ -34,8 +34,8 @@ from backup_pipeline.rules.archive_names import (
     utf16_units,
 )
 from backup_pipeline.rules.cleaning import (
+    ALWAYS_EXACT_INTEGER,
     EXCEL_CELL_MAX_CHARS,
-    EXCEL_NUMBER_DIGITS,
     already_cell_texts,
     cell_text,
     clean_text,
@@ -51,8 +51,6 @@ OVERFLOW_FOLDER = "textos_largos"
 DATE_FORMAT = "dd/mm/yyyy"
 DATETIME_FORMAT = "dd/mm/yyyy hh:mm"
 MONEY_FORMAT = "#,##0.00"
-# Integers under this are always a number cell (rules.cleaning.integer_cell decides the rest).
-_ALWAYS_EXACT = 10**EXCEL_NUMBER_DIGITS - 1
 
 # Excel's serial day 0; serials before 1900-03-01 are off by one day (the Lotus 1900 leap-year
 # bug) and before 1900 there are none, so such dates are written as text in the same format.
@@ -474,13 +472,15 @@ def _mixed_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
 def _integer_values(series: pd.Series, _zone: ZoneInfo) -> list[CellValue]:
     if isinstance(series.dtype, np.dtype) and series.dtype.kind in "iu":
         # No NULL in this chunk: Python ints already, exact.
-        if len(series) and (series.max() > _ALWAYS_EXACT or series.min() < -_ALWAYS_EXACT):
+        if len(series) and (
+            series.max() > ALWAYS_EXACT_INTEGER or series.min() < -ALWAYS_EXACT_INTEGER
+        ):
             return [_integer_cell(value) for value in series.tolist()]
         return series.tolist()
     values = series.tolist()
     if set(map(type, values)) <= _INT_OR_NULL:
         # The readers' column of ints with a NULL (datasets.base.integer_column): as read.
-        top = _ALWAYS_EXACT
+        top = ALWAYS_EXACT_INTEGER
         return [
             None if value is None else value if -top <= value <= top else _integer_cell(value)
             for value in values

@@ -11,7 +11,7 @@ EXCEL_CELL_MAX_CHARS = 32_767
 # travels through a double (XlsxWriter writes it so), exact for integers up to 2**53.
 EXCEL_NUMBER_DIGITS = 15
 _MAX_EXACT_DOUBLE = 2**53
-_ALWAYS_EXACT = 10**EXCEL_NUMBER_DIGITS - 1  # fewer than 16 digits: always a number
+ALWAYS_EXACT_INTEGER = 10**EXCEL_NUMBER_DIGITS - 1  # fewer than 16 digits: always a number
 MAX_SHEET_TITLE_CHARS = 31
 
 # XML 1.0 `Char` excludes the C0 controls other than tab, LF and CR, the surrogate block (a lone
@@ -60,7 +60,7 @@ def already_cell_texts(texts: Iterable[str]) -> bool:
 def integer_cell(number: int) -> int | str:
     """An integer's cell value: the number, or its digits as text when a number cell would not
     show it exactly (2**53 + 1 would show as 9007199254740990): every digit stays as it was."""
-    if -_ALWAYS_EXACT <= number <= _ALWAYS_EXACT:
+    if -ALWAYS_EXACT_INTEGER <= number <= ALWAYS_EXACT_INTEGER:
         return number
     size = abs(number)
     if size <= _MAX_EXACT_DOUBLE and len(str(size).rstrip("0")) <= EXCEL_NUMBER_DIGITS:
